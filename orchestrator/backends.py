@@ -1,0 +1,92 @@
+"""Backend URLs to adapter bundles.
+
+``sqlite:///PATH`` (the embedded default: queue, topic and status store in one file, objects
+in ``PATH.objects/``), ``memory://`` (in-process only). ``aws://`` comes with the AWS adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlparse
+
+from orchestrator.base import ObjectStore, StatusStore, Topic, Transport
+from orchestrator.clock import Clock, SimClock, SystemClock
+from orchestrator.errors import ConfigError
+
+T = TypeVar("T")
+DEFAULT_BACKEND = "sqlite:///orchestrator.db"
+
+
+@dataclass
+class Backend:
+    transport: Transport
+    topic: Topic
+    store: StatusStore
+    clock: Clock
+    objects: ObjectStore | None = None
+    #: runs a callable as one transaction over transport and store, when they share one
+    #: database (then commit + emit + ack are atomic); None when they do not
+    atomic: Callable[[Callable[[], Any]], Any] | None = None
+    url: str = ""
+
+    def run_atomic(self, fn: Callable[[], T]) -> T:
+        return self.atomic(fn) if self.atomic is not None else fn()
+
+    def close(self) -> None:
+        db = getattr(self.transport, "db", None)
+        if db is not None:
+            db.close()
+
+
+def memory_backend(clock: Clock | None = None, *, objects_root: str | Path | None = None) -> Backend:
+    from orchestrator.objects.local import LocalObjectStore
+    from orchestrator.stores.memory import MemoryStatusStore
+    from orchestrator.transports.memory import MemoryTopic, MemoryTransport
+
+    clock = clock or SystemClock()
+    transport = MemoryTransport(clock=clock)
+    objects = LocalObjectStore(objects_root) if objects_root else None
+    return Backend(transport=transport, topic=MemoryTopic(transport), store=MemoryStatusStore(clock=clock),
+                   clock=clock, objects=objects, url="memory://")
+
+
+def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root: str | Path | None = None) -> Backend:
+    from orchestrator.objects.local import LocalObjectStore
+    from orchestrator.sqlite_db import SqliteDatabase
+    from orchestrator.stores.sqlite import SqliteStatusStore
+    from orchestrator.transports.sqlite import SqliteTopic, SqliteTransport
+
+    clock = clock or SystemClock()
+    db = SqliteDatabase(path)
+    transport = SqliteTransport(db, clock=clock)
+    objects = LocalObjectStore(objects_root or f"{path}.objects")
+
+    def atomic(fn: Callable[[], Any]) -> Any:
+        return db.run(lambda _c: fn())
+
+    return Backend(transport=transport, topic=SqliteTopic(transport), store=SqliteStatusStore(db, clock=clock),
+                   clock=clock, objects=objects, atomic=atomic, url=f"sqlite:///{path}")
+
+
+def open_backend(url: str | None = None, *, clock: Clock | None = None, **options: Any) -> Backend:
+    """Open the backend a URL names. Raises ``ConfigError`` with a clear message."""
+    url = url or DEFAULT_BACKEND
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///PATH: PATH is what follows the third slash (relative, or absolute with a
+        # fourth slash, as SQLAlchemy reads it).
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ConfigError(f"backend URL {url!r} names no database file (expected sqlite:///PATH)")
+        return sqlite_backend(url[len("sqlite:///"):], clock=clock, **options)
+    if parsed.scheme == "memory":
+        return memory_backend(clock or (SimClock() if "sim" in parse_qs(parsed.query) else None), **options)
+    if parsed.scheme == "aws":
+        try:
+            from orchestrator.aws import aws_backend
+        except ImportError as exc:
+            raise ConfigError(f"backend {url!r}: the AWS adapters are not available ({exc})") from exc
+        return aws_backend(url, clock=clock, **options)
+    raise ConfigError(f"unreadable backend URL {url!r}: expected sqlite:///PATH, memory:// or aws://?region=...")

@@ -1,0 +1,241 @@
+"""The seams. One protocol per seam; adapters live beside it in their own modules.
+
+Units are seconds everywhere. Adapters implement primitives only (receive, send, delete,
+extend, conditional writes); retries, backoff, leases and dead-lettering policy live in the
+controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.envelope import Envelope
+from orchestrator.status import JobRecord, JobStatus, OutMessage
+
+DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
+DEFAULT_MAX_RECEIVES = 5
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    max_receives: int = DEFAULT_MAX_RECEIVES
+    dead_letter: str | None = None
+    fifo: bool = False
+    delay_s: float = 0.0
+
+
+@dataclass
+class Delivery:
+    """One received copy of a message. ``receipt`` changes on every receive."""
+
+    queue: str
+    body: str
+    receipt: str
+    receive_count: int
+    first_received_at: float
+    message_id: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    envelope: Envelope | None = None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    body: str
+    message_id: str | None = None
+    delay_s: float = 0.0
+    attributes: dict[str, str] = field(default_factory=dict)
+    group_id: str | None = None  # FIFO message group (the job id)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    visible: int
+    in_flight: int
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.delayed
+
+
+class Transport(Protocol):
+    """Durable queues with visibility timeouts (SQS semantics)."""
+
+    #: the longest delay ``send``/``release`` accept, in seconds
+    max_delay_s: float
+    #: the longest lease ``extend`` can hold from the time of receipt, in seconds
+    max_visibility_s: float
+    #: the largest body ``send`` accepts, in bytes
+    max_body_bytes: int
+
+    def ensure_queue(self, spec: QueueSpec) -> None:
+        """Create the queue (and its dead-letter queue) if missing. Idempotent."""
+        ...
+
+    def send(self, queue: str, message: Outgoing) -> str:
+        """Enqueue one message and return its transport id.
+
+        Not idempotent in general; on the embedded backends a message whose ``message_id``
+        is already waiting in the queue is not enqueued twice. Raises ``BodyTooLarge``.
+        """
+        ...
+
+    def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
+        """Enqueue several messages; all or an exception (failed entries are retried inside)."""
+        ...
+
+    def receive(
+        self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float
+    ) -> list[Delivery]:
+        """Lease up to ``max_messages`` visible messages for ``visibility_s`` seconds.
+
+        Each leased message's receive count goes up by one *now*, at claim time, so a
+        handler that kills its process still uses up an attempt. Waits up to ``wait_s``
+        seconds for a first message (long polling); returns ``[]`` if none came.
+        """
+        ...
+
+    def ack(self, delivery: Delivery) -> bool:
+        """Delete the message. Idempotent; returns False when the receipt is stale (the
+        message was redelivered to someone else or is gone) and then deletes nothing."""
+        ...
+
+    def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]: ...
+
+    def extend(self, delivery: Delivery, seconds: float) -> None:
+        """Keep the message invisible for ``seconds`` more from now (the heartbeat).
+
+        Raises ``LeaseLostError`` when the receipt is stale or the message is gone."""
+        ...
+
+    def release(self, delivery: Delivery, delay_s: float) -> bool:
+        """Make the message visible again after ``delay_s`` seconds (0: at once).
+        Returns False when the receipt is stale."""
+        ...
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to its queue's dead-letter queue with ``reason`` as attribute
+        ``dead_letter_reason``; the body is kept as it was. Idempotent."""
+        ...
+
+    def depth(self, queue: str) -> QueueDepth: ...
+
+    def queues(self) -> list[str]:
+        """Names of every queue this backend knows."""
+        ...
+
+    def peek(self, queue: str, limit: int) -> list[Delivery]:
+        """Read up to ``limit`` messages without leasing them (operators, DLQ listing)."""
+        ...
+
+    def spec(self, queue: str) -> QueueSpec | None: ...
+
+
+class Topic(Protocol):
+    """Fan-out: a message published to a topic lands in every subscribed queue."""
+
+    def ensure_topic(self, topic: str) -> None:
+        """Create the topic if missing. Idempotent."""
+        ...
+
+    def subscribe(self, topic: str, queue: str, *, raw: bool = True) -> None:
+        """Subscribe ``queue`` to ``topic``. Idempotent. ``raw=False`` wraps each body in an
+        SNS-style notification (``{"Type": "Notification", "Message": body, ...}``)."""
+        ...
+
+    def publish(self, topic: str, body: str, *, message_id: str) -> None:
+        """Deliver ``body`` to every subscription of ``topic``."""
+        ...
+
+    def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
+        """(queue, raw) pairs of ``topic``."""
+        ...
+
+
+class StatusStore(Protocol):
+    """Jobs and their step records. Every write is conditional (first committer wins).
+
+    Each method returns the record as written, or raises ``ConflictError`` /
+    ``InvalidTransition`` / ``JobNotFound`` carrying the current record.
+    """
+
+    def create(
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Create a PENDING job. Idempotent: an existing job is returned unchanged with
+        ``False``."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def begin_step(
+        self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int
+    ) -> JobRecord:
+        """Claim ``stage`` for the delivery holding ``claim``; PENDING -> RUNNING.
+        Raises ``ConflictError`` if the step is finished or the job FAILED."""
+        ...
+
+    def commit_step(
+        self,
+        job_id: str,
+        *,
+        stage: str,
+        message_id: str,
+        claim: str,
+        status: JobStatus | None,
+        fields: dict[str, Any],
+        outbox: list[OutMessage],
+    ) -> JobRecord:
+        """One conditional write: step committed with its outbox, fields merged, status
+        moved. Conditions: step_not_finished, lease_still_ours, transition allowed."""
+        ...
+
+    def fail(
+        self,
+        job_id: str,
+        *,
+        stage: str,
+        message_id: str,
+        claim: str | None,
+        reason: str,
+        dead_letter: bool,
+    ) -> JobRecord:
+        """Mark the step failed and the job FAILED (a COMPLETED job stays COMPLETED).
+        With ``claim=None`` no lease is checked (a message that never began a step)."""
+        ...
+
+    def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:
+        """Operator redrive: FAILED -> PENDING, forgetting ``stage``'s failed step."""
+        ...
+
+    def update_fields(self, job_id: str, fields: dict[str, Any]) -> JobRecord:
+        """Merge fields without touching status or steps (producers, operators)."""
+        ...
+
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]: ...
+
+
+class ObjectStore(Protocol):
+    """Files by key. Keys with ``..``, a leading ``/`` or NUL raise ``InvalidKey``."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        """Raises ``ObjectNotFound``."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Idempotent."""
+        ...
+
+    def url(self, key: str, *, expires_s: int = 3600) -> str: ...
+
+
+def outmessage(kind: str, target: str, envelope_id: str, body: str) -> OutMessage:
+    return OutMessage(kind="topic" if kind == "topic" else "queue", target=target, id=envelope_id, body=body)

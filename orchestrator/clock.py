@@ -1,0 +1,109 @@
+"""Clocks: the system clock, and a simulated one that moves only when told.
+
+``every(interval_s, fn)`` schedules a repeating callback (the visibility heartbeat). On the
+system clock it runs on a daemon thread; on ``SimClock`` it fires inside ``advance``/``sleep``,
+so simulated time passing in a handler extends leases deterministically.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Cancel(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the epoch (float)."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> Cancel:
+        """Call ``fn`` every ``interval_s`` seconds until cancelled."""
+        ...
+
+
+class _ThreadTimer:
+    def __init__(self, interval_s: float, fn: Callable[[], None]) -> None:
+        self._stop = threading.Event()
+        self._interval = interval_s
+        self._fn = fn
+        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._fn()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> Cancel:
+        return _ThreadTimer(interval_s, fn)
+
+
+class _SimTimer:
+    def __init__(self, clock: SimClock, interval_s: float, fn: Callable[[], None]) -> None:
+        self.clock = clock
+        self.interval_s = interval_s
+        self.fn = fn
+        self.cancelled = False
+        self.paused = False  # a stalled process: its timers do not fire
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SimClock:
+    """Simulated time. Starts at ``start`` and advances only through ``advance``/``sleep``."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._heap: list[tuple[float, int, _SimTimer]] = []
+        self._seq = itertools.count()
+        self._lock = threading.RLock()
+
+    def now(self) -> float:
+        return self._now
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> _SimTimer:
+        timer = _SimTimer(self, interval_s, fn)
+        with self._lock:
+            heapq.heappush(self._heap, (self._now + interval_s, next(self._seq), timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, firing due timers in time order."""
+        target = self._now + max(0.0, seconds)
+        while True:
+            with self._lock:
+                if not self._heap or self._heap[0][0] > target:
+                    break
+                due, _, timer = heapq.heappop(self._heap)
+                self._now = max(self._now, due)
+                if timer.cancelled:
+                    continue
+                heapq.heappush(self._heap, (due + timer.interval_s, next(self._seq), timer))
+            if not timer.paused:
+                timer.fn()
+        self._now = target

@@ -1,0 +1,98 @@
+"""Turn queue bodies into envelopes, accepting the foreign formats GAS deployments send.
+
+Accepted, in order:
+
+1. an SNS notification wrapper (``{"Type": "Notification", "Message": "..."}``) is unwrapped,
+   also when published with ``MessageStructure="json"`` (a ``{"default": "..."}`` document);
+2. an orchestrator envelope (has ``"v"``);
+3. for a queue bound to one stage with ``plain_task`` set: any JSON object, with the job id
+   read from ``job_id_field`` and the whole object as the payload.
+
+Anything else raises ``MalformedMessage`` with the reason; the controller dead-letters it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestrator.envelope import Envelope, canonical_json, derive_id
+from orchestrator.errors import MalformedMessage
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's limit; bigger bodies belong in the object store
+
+
+@dataclass(frozen=True)
+class Codec:
+    plain_task: str | None = None
+    job_id_field: str = "job_id"
+    required_fields: Sequence[str] = field(default_factory=tuple)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def decode(self, body: str) -> Envelope:
+        size = len(body.encode())
+        if size > self.max_body_bytes:
+            raise MalformedMessage(f"body is {size} bytes, over the {self.max_body_bytes}-byte limit")
+        doc = _parse(body, "body")
+        sns_id: str | None = None
+        if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
+            sns_id = str(doc.get("MessageId") or "") or None
+            doc = _parse(doc["Message"], "SNS Message")
+            if isinstance(doc, dict) and isinstance(doc.get("default"), str) and _only_protocol_keys(doc):
+                doc = _parse(doc["default"], "SNS default message")
+        if not isinstance(doc, dict):
+            raise MalformedMessage(f"expected a JSON object, got {type(doc).__name__}")
+        if "v" in doc:
+            try:
+                return Envelope.model_validate(doc)
+            except ValidationError as exc:
+                raise MalformedMessage(
+                    f"invalid envelope: {_summarise(exc)}", job_id=_str_or_none(doc.get("job_id"))
+                ) from exc
+        if self.plain_task is None:
+            raise MalformedMessage("not an orchestrator envelope (no 'v' field) and this queue takes no plain JSON")
+        return self._plain(doc, sns_id)
+
+    def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
+        assert self.plain_task is not None
+        job_id = _str_or_none(doc.get(self.job_id_field))
+        if not job_id:
+            raise MalformedMessage(f"plain JSON message has no '{self.job_id_field}'")
+        missing = [k for k in self.required_fields if k not in doc]
+        if missing:
+            raise MalformedMessage(f"plain JSON message lacks required keys: {', '.join(missing)}", job_id=job_id)
+        # The same body redelivered gets the same id, so the step record spots duplicates.
+        msg_id = derive_id("plain", sns_id or canonical_json(doc))
+        return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
+
+
+def _parse(text: Any, what: str) -> Any:
+    if not isinstance(text, str):
+        raise MalformedMessage(f"{what} is not a string")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedMessage(f"{what} is not valid JSON: {exc}") from exc
+
+
+def _only_protocol_keys(doc: dict[str, Any]) -> bool:
+    protocols = {"default", "sqs", "email", "email-json", "http", "https", "sms", "lambda", "application", "firehose"}
+    return set(doc) <= protocols
+
+
+def _str_or_none(value: Any) -> str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,148 @@
+"""The worker runtime: N threads each running the controller loop on one stage."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import structlog
+
+from orchestrator.backends import Backend
+from orchestrator.controllers.controller import Controller, Outcome
+from orchestrator.controllers.faults import FaultPlan
+from orchestrator.errors import SimulatedCrash
+from orchestrator.pipeline import Pipeline, Stage
+
+IDLE_CHECK_INTERVAL_S = 0.1
+RECEIVE_ERROR_BACKOFF_S = 1.0
+
+log = structlog.get_logger("orchestrator.worker")
+
+
+class Worker:
+    """Runs one stage with ``concurrency`` threads.
+
+    Each thread receives a batch, keeps every message of the batch alive with a heartbeat,
+    and processes the messages one by one. ``stop(drain=True)`` lets in-flight messages
+    finish and releases prefetched-but-unstarted ones at once (visibility 0) instead of
+    leaving them invisible until their lease lapses.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        stage: str | Stage,
+        backend: Backend,
+        *,
+        concurrency: int = 1,
+        faults: FaultPlan | None = None,
+        batch_size: int | None = None,
+        wait_s: float | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
+        self.backend = backend
+        self.concurrency = max(1, concurrency)
+        self.faults = faults
+        self.batch_size = batch_size or self.stage.batch_size
+        self.wait_s = self.stage.wait_s if wait_s is None else wait_s
+        self.id = uuid.uuid4().hex[:8]
+        self.stats: Counter[str] = Counter()
+        self.errors: list[BaseException] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._threads: list[threading.Thread] = []
+        pipeline.validate(backend)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.backend.transport.ensure_queue(self.stage.queue_spec())
+        for i in range(self.concurrency):
+            t = threading.Thread(target=self._loop, name=f"worker-{self.stage.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("worker started", stage=self.stage.name, worker=self.id, concurrency=self.concurrency)
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        self._stopping.set()
+        if drain:
+            for t in self._threads:
+                t.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            busy = self._busy
+        return busy == 0 and self.backend.transport.depth(self.stage.source).total == 0
+
+    def run(self, *, until_idle: bool = False, idle_checks: int = 3) -> None:
+        """Block until stopped (SIGTERM in the CLI) or, with ``until_idle``, until the source
+        queue has been empty with nothing in flight for ``idle_checks`` checks in a row."""
+        if not self._threads:
+            self.start()
+        quiet = 0
+        while not self._stopping.wait(IDLE_CHECK_INTERVAL_S):
+            if until_idle:
+                quiet = quiet + 1 if self.is_idle() else 0
+                if quiet >= idle_checks:
+                    break
+            if not any(t.is_alive() for t in self._threads):
+                break
+        self.stop(drain=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        ctrl = Controller(self.pipeline, self.stage, self.backend, faults=self.faults, worker_id=self.id)
+        transport, st = self.backend.transport, self.stage
+        while not self._stopping.is_set():
+            try:
+                batch = transport.receive(st.source, max_messages=self.batch_size, wait_s=self.wait_s,
+                                          visibility_s=st.visibility_timeout)
+            except Exception as exc:
+                log.warning("receive failed; backing off", error=str(exc), stage=st.name)
+                time.sleep(RECEIVE_ERROR_BACKOFF_S)
+                continue
+            if not batch:
+                continue
+            with self._lock:
+                self._busy += len(batch)
+            leases = [ctrl.lease(d) for d in batch]  # prefetched messages stay leased too
+            done = 0
+            try:
+                for i, (d, lease) in enumerate(zip(batch, leases, strict=True)):
+                    if self._stopping.is_set():
+                        for rest, rest_lease in zip(batch[i:], leases[i:], strict=True):
+                            rest_lease.stop()
+                            transport.release(rest, 0)
+                        break
+                    try:
+                        outcome = ctrl.handle(d, lease)
+                        self.stats[outcome.value] += 1
+                    except SimulatedCrash:
+                        # An in-process "crash": drop the rest of the batch as a dead process
+                        # would, leases and all. The queue redelivers them later.
+                        self.stats["crashed"] += 1
+                        break
+                    except Exception as exc:  # store or queue unavailable: redelivery retries
+                        self.stats["errors"] += 1
+                        self.errors.append(exc)
+                        log.exception("delivery not processed; left for redelivery", stage=st.name)
+                    finally:
+                        lease.stop()
+                        done += 1
+                        with self._lock:
+                            self._busy -= 1
+            finally:
+                for lease in leases:
+                    lease.stop()
+                with self._lock:
+                    self._busy -= len(batch) - done
+
+    def count(self, outcome: Outcome) -> int:
+        return self.stats[outcome.value]

@@ -1,0 +1,61 @@
+"""The message envelope and its deterministic ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def derive_id(*parts: object) -> str:
+    """A stable id from its parts: the same input message and stage give the same id.
+
+    A step that is re-emitted after a crash therefore carries the id of the first emission,
+    and the downstream step record recognises it as the same message.
+    """
+    raw = "\x1f".join(str(p) for p in parts).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def submit_id(job_id: str, queue: str) -> str:
+    """Id of the first message of a job: resubmitting the same job id gives the same id."""
+    return derive_id("submit", job_id, queue)
+
+
+class Envelope(BaseModel):
+    """What travels on a queue. JSON on the wire; ``v`` is the schema version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1)
+    task: str = Field(min_length=1)
+    job_id: str = Field(min_length=1)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    parent_id: str | None = None
+    trace_id: str | None = None
+    created_at: float = 0.0
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    def child(self, *, stage: str, index: int, task: str, payload: dict[str, Any], now: float) -> Envelope:
+        """The envelope a step emits: deterministic id, same job and trace."""
+        return Envelope(
+            id=derive_id(self.id, stage, index),
+            task=task,
+            job_id=self.job_id,
+            payload=payload,
+            parent_id=self.id,
+            trace_id=self.trace_id or self.id,
+            created_at=now,
+        )
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

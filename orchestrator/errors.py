@@ -1,0 +1,92 @@
+"""One error tree for the whole library.
+
+Adapters translate vendor errors at their edge into these types and attach the current
+state where they have it (``ConflictError(current=...)``), so the controller's policy never
+looks at a vendor exception.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.status import JobRecord
+
+
+class OrchestratorError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(OrchestratorError):
+    """A stage, pipeline or backend is configured inconsistently; raised at start-up."""
+
+
+class PermanentError(OrchestratorError):
+    """Raised by a handler when retrying cannot help (missing input, invalid file).
+
+    The controller marks the job FAILED with ``str(error)`` as the reason and acks the
+    message: it is not retried.
+    """
+
+
+class MalformedMessage(OrchestratorError):
+    """A message body that cannot be decoded into an ``Envelope``."""
+
+    def __init__(self, reason: str, *, job_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.job_id = job_id
+
+
+class StoreError(OrchestratorError):
+    """A conditional write to the status store did not apply."""
+
+    def __init__(self, message: str, *, current: JobRecord | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class ConflictError(StoreError):
+    """A conditional write lost: the step is committed already or the claim is not ours."""
+
+
+class JobNotFound(StoreError):
+    """The job does not exist in the status store."""
+
+
+class InvalidTransition(StoreError):
+    """The requested status change would move the job backwards or skip RUNNING."""
+
+
+class LeaseLostError(OrchestratorError):
+    """The message's lease is no longer ours (receipt stale, or the message is gone)."""
+
+
+class BodyTooLarge(OrchestratorError):
+    """A message body exceeds the transport's size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message body is {size} bytes, over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class InvalidKey(OrchestratorError):
+    """An object-store key that could escape its root (``..``, absolute, NUL)."""
+
+
+class ObjectNotFound(OrchestratorError):
+    """The object-store key does not exist."""
+
+
+class SimulatedCrash(BaseException):
+    """Raised at a crash point named by a ``FaultPlan``.
+
+    A ``BaseException`` so that a handler's ``except Exception`` cannot swallow it: a crash
+    loses the process state, and the queue and store keep only what was written.
+    """
+
+    def __init__(self, point: str, detail: Any = None) -> None:
+        super().__init__(f"simulated crash at {point}")
+        self.point = point
+        self.detail = detail

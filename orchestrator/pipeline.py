@@ -1,0 +1,228 @@
+"""Pipelines and stages: what the user declares. The controller runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from orchestrator.base import Delivery, ObjectStore, QueueSpec
+from orchestrator.codec import Codec
+from orchestrator.envelope import Envelope, derive_id
+from orchestrator.errors import ConfigError
+from orchestrator.status import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from orchestrator.backends import Backend
+    from orchestrator.clock import Clock
+    from orchestrator.controllers.lease import Lease
+
+DEFAULT_RETRY_BASE_S = 1.0
+DEFAULT_RETRY_MAX_S = 300.0
+DEFAULT_BATCH_SIZE = 10
+DEFAULT_WAIT_S = 1.0
+MIN_VISIBILITY_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A message a step emits. ``to`` names a queue, ``topic`` a topic; by default the
+    stage's ``emit_to``/``publish_to``. ``plain=True`` sends the payload itself as the body
+    (with ``job_id`` added), for consumers that read plain JSON (the GAS results message)."""
+
+    payload: dict[str, Any]
+    to: str | None = None
+    topic: str | None = None
+    task: str | None = None
+    plain: bool | None = None
+
+
+@dataclass
+class Result:
+    """What a handler returns: the job's new status (None: unchanged), fields to merge
+    into the job record, and messages to emit (dicts are payloads for the default target)."""
+
+    status: JobStatus | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    emit: Sequence[dict[str, Any] | Emit] = ()
+
+
+Handler = Callable[["Context", Envelope], "Result | None"]
+
+
+@dataclass
+class Context:
+    job: JobRecord
+    stage: Stage
+    envelope: Envelope
+    delivery: Delivery
+    clock: Clock
+    log: FilteringBoundLogger
+    objects: ObjectStore | None
+    lease: Lease
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.receive_count
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease.lost
+
+    def effect_key(self, name: str) -> str:
+        """An idempotency key for an outside effect of this step: the same on every
+        redelivery of this message, different for another message, stage or ``name``."""
+        return derive_id("effect", self.envelope.job_id, self.stage.name, self.envelope.id, name)
+
+
+@dataclass
+class Stage:
+    name: str
+    handler: Handler
+    source: str
+    emit_to: str | None = None
+    publish_to: str | None = None
+    subscribe: tuple[str, ...] = ()
+    raw_subscription: bool = True
+    max_receives: int = 5
+    visibility_timeout: float = 30.0
+    time_limit_s: float | None = None
+    retry_base_s: float = DEFAULT_RETRY_BASE_S
+    retry_max_s: float = DEFAULT_RETRY_MAX_S
+    batch_size: int = DEFAULT_BATCH_SIZE
+    wait_s: float = DEFAULT_WAIT_S
+    dead_letter: str | None = None
+    delay_s: float = 0.0
+    plain_json: bool = False
+    job_id_field: str = "job_id"
+    required_fields: tuple[str, ...] = ()
+    emit_format: Literal["envelope", "plain"] = "envelope"
+    max_body_bytes: int = 256 * 1024
+    accepts_tasks: tuple[str, ...] = ()
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return self.dead_letter or f"{self.source}-dlq"
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(
+            plain_task=self.name if self.plain_json else None,
+            job_id_field=self.job_id_field,
+            required_fields=self.required_fields,
+            max_body_bytes=self.max_body_bytes,
+        )
+
+    def accepts(self, task: str) -> bool:
+        """A task names where a message was addressed: this stage, its queue, a topic it
+        subscribes to, or a task it declares."""
+        return task in {self.name, self.source, *self.subscribe, *self.accepts_tasks}
+
+    def queue_spec(self) -> QueueSpec:
+        return QueueSpec(
+            self.source, visibility_timeout_s=self.visibility_timeout, max_receives=self.max_receives,
+            dead_letter=self.dead_letter_queue, delay_s=self.delay_s,
+        )
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential backoff for retry ``attempt`` (1-based), capped at ``retry_max_s``."""
+        return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, attempt - 1)))
+
+    def problems(self, *, max_visibility_s: float, max_delay_s: float) -> list[str]:
+        """Inconsistent settings, each explained; empty when the stage can start."""
+        out = []
+        if self.max_receives < 1:
+            out.append(f"stage {self.name}: max_receives must be >= 1, got {self.max_receives}")
+        if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT_S:
+            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s is below "
+                       f"{MIN_VISIBILITY_TIMEOUT_S}s; the heartbeat could not keep the lease")
+        if self.visibility_timeout > max_visibility_s:
+            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s exceeds the backend's "
+                       f"maximum lease of {max_visibility_s:.0f}s")
+        if self.time_limit_s is not None and self.time_limit_s > max_visibility_s:
+            out.append(f"stage {self.name}: time_limit_s {self.time_limit_s}s is longer than the heartbeat can "
+                       f"cover (the backend caps a lease at {max_visibility_s:.0f}s from receipt)")
+        if self.retry_max_s > max_delay_s:
+            out.append(f"stage {self.name}: retry_max_s {self.retry_max_s}s exceeds the backend's maximum "
+                       f"delay of {max_delay_s:.0f}s")
+        if self.retry_base_s < 0 or self.retry_base_s > self.retry_max_s:
+            out.append(f"stage {self.name}: retry_base_s must be between 0 and retry_max_s ({self.retry_max_s}s)")
+        if self.delay_s > max_delay_s:
+            out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
+        if not 1 <= self.batch_size <= 10:
+            out.append(f"stage {self.name}: batch_size must be 1..10, got {self.batch_size}")
+        if self.emit_to and self.publish_to:
+            out.append(f"stage {self.name}: set emit_to or publish_to, not both")
+        return out
+
+
+class Pipeline:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stages: dict[str, Stage] = {}
+
+    def stage(
+        self, name: str, *, source: str, emit_to: str | None = None, **options: Any
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of stage ``name``."""
+
+        def register(fn: Handler) -> Handler:
+            self.add_stage(Stage(name=name, handler=fn, source=source, emit_to=emit_to, **options))
+            return fn
+
+        return register
+
+    def add_stage(self, stage: Stage) -> Stage:
+        if stage.name in self.stages:
+            raise ConfigError(f"pipeline {self.name}: stage {stage.name} is defined twice")
+        stage.subscribe = tuple(stage.subscribe)
+        self.stages[stage.name] = stage
+        return stage
+
+    def get(self, name: str) -> Stage:
+        try:
+            return self.stages[name]
+        except KeyError:
+            known = ", ".join(sorted(self.stages)) or "none"
+            raise ConfigError(f"pipeline {self.name} has no stage {name!r} (stages: {known})") from None
+
+    def validate(self, backend: Backend) -> None:
+        """Raise ``ConfigError`` listing every inconsistent setting."""
+        problems: list[str] = []
+        for st in self.stages.values():
+            problems += st.problems(max_visibility_s=backend.transport.max_visibility_s,
+                                    max_delay_s=backend.transport.max_delay_s)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def setup(self, backend: Backend) -> None:
+        """Create every queue, topic and subscription the stages use. Idempotent."""
+        self.validate(backend)
+        for st in self.stages.values():
+            backend.transport.ensure_queue(st.queue_spec())
+            for topic in st.subscribe:
+                backend.topic.ensure_topic(topic)
+                backend.topic.subscribe(topic, st.source, raw=st.raw_subscription)
+            if st.publish_to:
+                backend.topic.ensure_topic(st.publish_to)
+
+    def submit(
+        self,
+        backend: Backend,
+        *,
+        job_id: str,
+        payload: dict[str, Any],
+        queue: str | None = None,
+        topic: str | None = None,
+        user_id: str | None = None,
+        task: str | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Create the job PENDING and enqueue its first message. Idempotent per job id:
+        the first message's id derives from the job id, so a resubmission adds nothing new."""
+        from orchestrator.controllers.submit import submit
+
+        return submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
+                      task=task, fields=fields)

@@ -1,0 +1,65 @@
+"""Status store in the embedded SQLite file: one row per job, the record as JSON.
+
+Load, rule and swap run inside one ``BEGIN IMMEDIATE`` transaction, so the compare-and-swap
+never loses to another process; when the controller wraps commit + emit + ack in the same
+database transaction, this write joins it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.base import StatusStore
+from orchestrator.clock import Clock
+from orchestrator.sqlite_db import SqliteDatabase
+from orchestrator.status import JobRecord, JobStatus
+from orchestrator.stores.cas import CasStatusStore, VersionConflict
+
+
+class SqliteStatusStore(CasStatusStore):
+    def __init__(self, db: SqliteDatabase, *, clock: Clock | None = None) -> None:
+        super().__init__(clock=clock)
+        self.db = db
+
+    def _load(self, job_id: str) -> JobRecord | None:
+        rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
+        return JobRecord.model_validate_json(rows[0][0]) if rows else None
+
+    def _swap(self, record: JobRecord, expected_version: int) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT version FROM jobs WHERE job_id=?", (record.job_id,)).fetchone()
+            if (row[0] if row else 0) != expected_version:
+                raise VersionConflict(record.job_id)
+            c.execute(
+                "INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(job_id) DO UPDATE SET user_id=excluded.user_id, status=excluded.status, "
+                "version=excluded.version, doc=excluded.doc",
+                (record.job_id, record.user_id, record.status.value, record.version, record.created_at,
+                 record.model_dump_json()),
+            )
+
+        self.db.run(tx)
+
+    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord]) -> JobRecord:
+        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate(job_id, rule))
+
+    def create(
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None
+    ) -> tuple[JobRecord, bool]:
+        return self.db.run(lambda c: super(SqliteStatusStore, self).create(job_id, user_id=user_id, fields=fields))
+
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        sql, params = "SELECT doc FROM jobs WHERE 1=1", []
+        if user_id is not None:
+            sql += " AND user_id=?"
+            params.append(user_id)
+        if status is not None:
+            sql += " AND status=?"
+            params.append(status.value)
+        rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
+        return [JobRecord.model_validate_json(r[0]) for r in rows]
+
+
+_: type[StatusStore] = SqliteStatusStore

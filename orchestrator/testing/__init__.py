@@ -1,0 +1,1 @@
+"""Test harness for pipelines: deterministic simulation, fault plans, invariants."""

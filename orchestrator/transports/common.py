@@ -1,0 +1,35 @@
+"""Helpers shared by the embedded transports."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from orchestrator.errors import BodyTooLarge
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_MAX_DELAY_S = 15 * 60.0  # as SQS: DelaySeconds <= 900
+DEFAULT_MAX_VISIBILITY_S = 12 * 3600.0  # as SQS: a lease never exceeds 12 h from receipt
+DEAD_LETTER_REASON = "dead_letter_reason"
+
+
+def sns_wrap(topic: str, body: str, message_id: str) -> str:
+    """The SNS notification document an SQS subscription without raw delivery receives."""
+    return json.dumps(
+        {
+            "Type": "Notification",
+            "MessageId": message_id,
+            "TopicArn": f"arn:orchestrator:topic:{topic}",
+            "Message": body,
+        }
+    )
+
+
+def check_size(body: str, limit: int) -> None:
+    size = len(body.encode())
+    if size > limit:
+        raise BodyTooLarge(size, limit)
+
+
+def new_receipt() -> str:
+    return uuid.uuid4().hex

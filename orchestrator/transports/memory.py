@@ -1,0 +1,225 @@
+"""In-memory transport and topic. Real SQS semantics on a (possibly simulated) clock.
+
+With a ``SimClock`` nothing blocks: ``receive`` returns at once and leases expire when the
+test advances the clock. With the system clock, ``receive`` waits on a condition variable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport
+from orchestrator.clock import Clock, SimClock, SystemClock
+from orchestrator.errors import LeaseLostError
+from orchestrator.transports.common import (
+    DEAD_LETTER_REASON,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_VISIBILITY_S,
+    check_size,
+    new_receipt,
+    sns_wrap,
+)
+
+
+@dataclass
+class _Msg:
+    seq: int
+    message_id: str
+    body: str
+    attributes: dict[str, str]
+    visible_at: float
+    receive_count: int = 0
+    receipt: str | None = None
+    leased: bool = False
+    first_received_at: float = 0.0
+
+
+@dataclass
+class _Queue:
+    spec: QueueSpec
+    messages: dict[int, _Msg] = field(default_factory=dict)
+
+
+class MemoryTransport:
+    max_delay_s = DEFAULT_MAX_DELAY_S
+    max_visibility_s = DEFAULT_MAX_VISIBILITY_S
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self._queues: dict[str, _Queue] = {}
+        self._seq = itertools.count(1)
+        self._cond = threading.Condition()
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:  # like the embedded SQLite backend: sending creates the queue
+            q = self._queues[name] = _Queue(QueueSpec(name))
+        return q
+
+    def ensure_queue(self, spec: QueueSpec) -> None:
+        with self._cond:
+            q = self._queues.get(spec.name)
+            if q is None:
+                self._queues[spec.name] = _Queue(spec)
+            else:
+                q.spec = spec
+            if spec.dead_letter:
+                self._queue(spec.dead_letter)
+
+    def spec(self, queue: str) -> QueueSpec | None:
+        q = self._queues.get(queue)
+        return q.spec if q else None
+
+    def send(self, queue: str, message: Outgoing) -> str:
+        return self.send_batch(queue, [message])[0]
+
+    def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
+        for m in messages:
+            check_size(m.body, self.max_body_bytes)
+        ids = []
+        with self._cond:
+            q = self._queue(queue)
+            now = self.clock.now()
+            for m in messages:
+                mid = m.message_id or new_receipt()
+                ids.append(mid)
+                # A message already waiting under this id is not enqueued twice (re-emit).
+                if m.message_id and any(x.message_id == mid for x in q.messages.values()):
+                    continue
+                seq = next(self._seq)
+                delay = min(m.delay_s or q.spec.delay_s, self.max_delay_s)
+                q.messages[seq] = _Msg(seq, mid, m.body, dict(m.attributes), now + delay)
+            self._cond.notify_all()
+        return ids
+
+    def receive(self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
+        with self._cond:
+            got = self._claim(queue, max_messages, visibility_s)
+            if got or wait_s <= 0 or isinstance(self.clock, SimClock):
+                return got
+            deadline = self.clock.now() + wait_s
+            while not got:
+                left = deadline - self.clock.now()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.05))
+                got = self._claim(queue, max_messages, visibility_s)
+            return got
+
+    def _claim(self, queue: str, max_messages: int, visibility_s: float) -> list[Delivery]:
+        q = self._queue(queue)
+        now = self.clock.now()
+        ready = sorted((m for m in q.messages.values() if m.visible_at <= now), key=lambda m: (m.visible_at, m.seq))
+        out = []
+        for m in ready[:max_messages]:
+            m.receive_count += 1
+            m.receipt = new_receipt()
+            m.leased = True
+            m.visible_at = now + visibility_s
+            if not m.first_received_at:
+                m.first_received_at = now
+            out.append(
+                Delivery(queue=queue, body=m.body, receipt=f"{m.seq}:{m.receipt}", receive_count=m.receive_count,
+                         first_received_at=m.first_received_at, message_id=m.message_id,
+                         attributes=dict(m.attributes))
+            )
+        return out
+
+    def _held(self, delivery: Delivery) -> _Msg | None:
+        seq, _, receipt = delivery.receipt.partition(":")
+        q = self._queues.get(delivery.queue)
+        m = q.messages.get(int(seq)) if q else None
+        return m if m is not None and m.receipt == receipt else None
+
+    def ack(self, delivery: Delivery) -> bool:
+        with self._cond:
+            m = self._held(delivery)
+            if m is None:
+                return False
+            del self._queues[delivery.queue].messages[m.seq]
+            self._cond.notify_all()
+            return True
+
+    def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return [self.ack(d) for d in deliveries]
+
+    def extend(self, delivery: Delivery, seconds: float) -> None:
+        with self._cond:
+            m = self._held(delivery)
+            now = self.clock.now()
+            # A lease that already lapsed is lost even if nobody took the message yet: the
+            # queue may hand it out any moment, so the holder must not rely on it.
+            if m is None or m.visible_at <= now:
+                raise LeaseLostError(f"lease on {delivery.message_id} in {delivery.queue} lost")
+            m.visible_at = now + seconds
+
+    def release(self, delivery: Delivery, delay_s: float) -> bool:
+        with self._cond:
+            m = self._held(delivery)
+            if m is None:
+                return False
+            m.visible_at = self.clock.now() + min(delay_s, self.max_delay_s)
+            m.leased = False
+            m.receipt = None
+            self._cond.notify_all()
+            return True
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        with self._cond:
+            spec = self._queue(delivery.queue).spec
+            dlq = spec.dead_letter or f"{delivery.queue}-dlq"
+            m = self._held(delivery)
+            if m is None:  # stale receipt: someone else holds it, or it was moved already
+                return
+            del self._queues[delivery.queue].messages[m.seq]
+        attrs = dict(delivery.attributes)
+        attrs[DEAD_LETTER_REASON] = reason
+        attrs["source_queue"] = delivery.queue
+        self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs))
+
+    def depth(self, queue: str) -> QueueDepth:
+        with self._cond:
+            now = self.clock.now()
+            msgs = list(self._queue(queue).messages.values())
+        vis = sum(1 for m in msgs if m.visible_at <= now)
+        infl = sum(1 for m in msgs if m.visible_at > now and m.leased)
+        return QueueDepth(visible=vis, in_flight=infl, delayed=len(msgs) - vis - infl)
+
+    def queues(self) -> list[str]:
+        return sorted(self._queues)
+
+    def peek(self, queue: str, limit: int) -> list[Delivery]:
+        with self._cond:
+            msgs = sorted(self._queue(queue).messages.values(), key=lambda m: m.seq)[:limit]
+            return [Delivery(queue=queue, body=m.body, receipt="", receive_count=m.receive_count,
+                             first_received_at=m.first_received_at, message_id=m.message_id,
+                             attributes=dict(m.attributes)) for m in msgs]
+
+
+class MemoryTopic:
+    def __init__(self, transport: MemoryTransport) -> None:
+        self.transport = transport
+        self._subs: dict[str, dict[str, bool]] = {}
+
+    def ensure_topic(self, topic: str) -> None:
+        self._subs.setdefault(topic, {})
+
+    def subscribe(self, topic: str, queue: str, *, raw: bool = True) -> None:
+        self._subs.setdefault(topic, {})[queue] = raw
+
+    def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
+        return sorted(self._subs.get(topic, {}).items())
+
+    def publish(self, topic: str, body: str, *, message_id: str) -> None:
+        for queue, raw in self.subscriptions(topic):
+            payload = body if raw else sns_wrap(topic, body, message_id)
+            self.transport.send(queue, Outgoing(body=payload, message_id=message_id))
+
+
+_t: type[Transport] = MemoryTransport
+_p: type[Topic] = MemoryTopic

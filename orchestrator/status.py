@@ -117,6 +117,12 @@ def apply_begin(
         raise ConflictError(f"step {stage} of job {rec.job_id} is already {step.state}", current=rec)
     if rec.status == JobStatus.FAILED:
         raise ConflictError(f"job {rec.job_id} is FAILED", current=rec)
+    # newer_claim_wins: receive counts only grow, so a holder of an older copy of the same
+    # message (a stalled process waking up) must not take the step from the current holder.
+    if step is not None and step.message_id == message_id and step.attempt > attempt:
+        raise ConflictError(
+            f"step {stage} of job {rec.job_id} is held by attempt {step.attempt}, not {attempt}", current=rec
+        )
     out = rec.model_copy(deep=True)
     # A newer claim replaces an older one: the older holder's lease has lapsed (the queue
     # redelivered the message), so from here on its commit must lose (lease fencing).

@@ -123,7 +123,9 @@ class Controller:
                                    attempt=d.receive_count)
         except ConflictError as exc:
             assert exc.current is not None
-            return self._replay(exc.current, d, env, log) or Outcome.SKIPPED
+            replayed = self._replay(exc.current, d, env, log)
+            # Not finished but not ours either: a newer delivery holds the step.
+            return replayed if replayed is not None else self._discard(log, "a newer delivery holds the step")
         yield from self._crash("after_begin", d, env.job_id, env.id)
 
         if d.receive_count > st.max_receives:

@@ -61,6 +61,12 @@ class Lease:
         except Exception as exc:  # a failed beat is retried at the next one, never fatal
             log.warning("lease extension failed", message_id=self.delivery.message_id, error=str(exc))
 
+    def pause(self, paused: bool = True) -> None:
+        """Simulate a stalled process (GC pause, partition): its heartbeat stops firing.
+        Only meaningful on ``SimClock`` timers."""
+        if self._timer is not None and hasattr(self._timer, "paused"):
+            self._timer.paused = paused
+
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -193,6 +193,12 @@ class MemoryTransport:
     def queues(self) -> list[str]:
         return sorted(self._queues)
 
+    def next_visible_at(self, queue: str) -> float | None:
+        """When the next message of ``queue`` becomes visible (simulation support)."""
+        with self._cond:
+            times = [m.visible_at for m in self._queue(queue).messages.values()]
+        return min(times) if times else None
+
     def peek(self, queue: str, limit: int) -> list[Delivery]:
         with self._cond:
             msgs = sorted(self._queue(queue).messages.values(), key=lambda m: m.seq)[:limit]

@@ -1,0 +1,267 @@
+"""Deterministic simulation of a pipeline on the in-memory backend and a ``SimClock``.
+
+One seeded random source picks, step by step, what happens next: a controller receives, an
+in-flight delivery advances to its next crash point, time passes, or a controller stalls
+(its heartbeat stops, as in a long GC pause). A ``FaultPlan`` crashes deliveries at named
+points. ``check_invariants`` then reports what a correct controller must never do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.backends import Backend, memory_backend
+from orchestrator.base import Delivery
+from orchestrator.clock import SimClock
+from orchestrator.controllers.controller import Controller, Outcome, Steps
+from orchestrator.controllers.faults import FaultPlan
+from orchestrator.controllers.lease import Lease
+from orchestrator.envelope import Envelope
+from orchestrator.errors import MalformedMessage, PermanentError, SimulatedCrash
+from orchestrator.pipeline import Context, Pipeline, Result, Stage
+from orchestrator.status import ALLOWED, JobStatus
+from orchestrator.transports.common import DEAD_LETTER_REASON
+from orchestrator.transports.memory import MemoryTransport
+
+DEFAULT_MAX_STEPS = 200_000
+
+
+class SimulationStuck(AssertionError):
+    """The simulation did not become idle within its step budget."""
+
+
+@dataclass
+class _Flight:
+    controller: Controller
+    delivery: Delivery
+    lease: Lease
+    steps: Steps
+    stalled: bool = False
+
+
+@dataclass
+class Report:
+    lost: list[str] = field(default_factory=list)
+    committed_twice: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+    poison_over_limit: list[str] = field(default_factory=list)
+    outbox_never_emitted: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.committed_twice or self.regressions or self.poison_over_limit
+                    or self.outbox_never_emitted)
+
+    def __str__(self) -> str:
+        parts = [f"{name}: {vals}" for name, vals in dataclasses.asdict(self).items() if vals]
+        return "; ".join(parts) or "all invariants hold"
+
+
+class Simulation:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        seed: int = 0,
+        faults: FaultPlan | None = None,
+        controllers_per_stage: int = 2,
+        stall_probability: float = 0.0,
+        tick_probability: float = 0.05,
+        fail_fast: bool = False,
+        clock: SimClock | None = None,
+    ) -> None:
+        self.random = random.Random(seed)
+        self.clock = clock or SimClock()
+        self.backend: Backend = memory_backend(self.clock)
+        self.faults = faults
+        self.stall_probability = stall_probability
+        self.tick_probability = tick_probability
+        self.fail_fast = fail_fast
+        self.handler_calls: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls
+        self.handler_errors: list[BaseException] = []
+        self.received: set[tuple[str, str]] = set()  # (queue, message id) ever received
+        self.crashes: list[tuple[str, str]] = []
+        self.stalled_jobs: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.submitted: list[str] = []
+        self.pipeline = self._instrument(pipeline)
+        self.pipeline.setup(self.backend)
+        self.controllers = {
+            name: [Controller(self.pipeline, name, self.backend, faults=faults, seed=self.random.random(),
+                              worker_id=f"{name}-{i}") for i in range(controllers_per_stage)]
+            for name in self.pipeline.stages
+        }
+        self.flights: list[_Flight] = []
+
+    @property
+    def transport(self) -> MemoryTransport:
+        assert isinstance(self.backend.transport, MemoryTransport)
+        return self.backend.transport
+
+    def _instrument(self, pipeline: Pipeline) -> Pipeline:
+        """A copy of the pipeline whose handlers count their calls and record errors."""
+        copy = Pipeline(pipeline.name)
+        for st in pipeline.stages.values():
+            copy.add_stage(dataclasses.replace(st, handler=self._wrap(st)))
+        return copy
+
+    def _wrap(self, st: Stage) -> Callable[[Context, Envelope], Result | None]:
+        inner = st.handler
+
+        def handler(ctx: Context, env: Envelope) -> Result | None:
+            self.handler_calls[(env.job_id, st.name)] += 1
+            try:
+                return inner(ctx, env)
+            except PermanentError:
+                raise
+            except Exception as exc:
+                self.handler_errors.append(exc)
+                if self.fail_fast:
+                    raise _Unexpected(exc) from exc
+                raise
+
+        return handler
+
+    # -- driving ----------------------------------------------------------------------------
+    def submit(self, job_id: str, payload: dict[str, Any], *, queue: str | None = None,
+               topic: str | None = None, user_id: str | None = None) -> None:
+        if queue is None and topic is None:
+            queue = next(iter(self.pipeline.stages.values())).source
+        self.pipeline.submit(self.backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)
+        self.submitted.append(job_id)
+
+    def _ready_stages(self) -> list[str]:
+        return [name for name, st in self.pipeline.stages.items() if self.transport.depth(st.source).visible > 0]
+
+    def step(self) -> bool:
+        """Take one random action; False when nothing can happen any more."""
+        r = self.random.random()
+        live = [f for f in self.flights if not f.stalled]
+        if self.flights and r < self.stall_probability:
+            self._stall(self.random.choice(self.flights))
+            return True
+        stalled = [f for f in self.flights if f.stalled]
+        if stalled and r < 0.3:  # a stalled process wakes up, heartbeat and all
+            f = self.random.choice(stalled)
+            f.stalled = False
+            f.lease.pause(False)
+            return True
+        if r < self.tick_probability:
+            self.clock.advance(self.random.uniform(0.1, 5.0))
+            return True
+        ready = self._ready_stages()
+        choices: list[Callable[[], None]] = [lambda f=f: self._advance(f) for f in live]  # type: ignore[misc]
+        choices += [lambda s=s: self._receive(s) for s in ready]  # type: ignore[misc]
+        if choices:
+            self.random.choice(choices)()
+            return True
+        if self.flights:  # only stalled flights: let them resume
+            for f in self.flights:
+                f.stalled = False
+                f.lease.pause(False)
+            return True
+        nxt = [t for st in self.pipeline.stages.values() if (t := self.transport.next_visible_at(st.source)) is not None]
+        if nxt:
+            self.clock.advance(max(0.0, min(nxt) - self.clock.now()) + 0.001)
+            return True
+        return False
+
+    def run_until_idle(self, *, max_steps: int = DEFAULT_MAX_STEPS) -> None:
+        """Run until no message is left to process; re-raise controller bugs (and, with
+        ``fail_fast``, unexpected handler errors)."""
+        for _ in range(max_steps):
+            if not self.step():
+                return
+        raise SimulationStuck(f"not idle after {max_steps} steps; flights={len(self.flights)}")
+
+    def _receive(self, stage: str) -> None:
+        st = self.pipeline.stages[stage]
+        ctrl = self.random.choice(self.controllers[stage])
+        for d in self.transport.receive(st.source, max_messages=self.random.randint(1, 3), wait_s=0,
+                                        visibility_s=st.visibility_timeout):
+            self.received.add((d.queue, d.message_id))
+            lease = ctrl.lease(d)
+            self.flights.append(_Flight(ctrl, d, lease, ctrl.process(d, lease)))
+
+    def _advance(self, f: _Flight) -> None:
+        try:
+            next(f.steps)
+            return
+        except StopIteration as stop:
+            self.outcomes[Outcome(stop.value).value] += 1
+        except SimulatedCrash as crash:
+            self.crashes.append((crash.point, f.controller.stage.name))
+        except _Unexpected as exc:
+            self._land(f)
+            raise exc.error from None
+        self._land(f)
+
+    def _land(self, f: _Flight) -> None:
+        f.lease.stop()
+        self.flights.remove(f)
+
+    def _stall(self, f: _Flight) -> None:
+        """The flight's process freezes past its visibility timeout; its lease lapses."""
+        f.stalled = True
+        f.lease.pause(True)
+        try:
+            job_id = f.controller.stage.codec.decode(f.delivery.body).job_id
+            self.stalled_jobs[job_id] += 1
+        except MalformedMessage:
+            pass
+        self.clock.advance(f.controller.stage.visibility_timeout + 0.5)
+
+    # -- invariants -------------------------------------------------------------------------
+    def check_invariants(self) -> Report:
+        rep = Report()
+        store = self.backend.store
+        for job_id in self.submitted:
+            job = store.get(job_id)
+            if job is None or not job.status.terminal:
+                rep.lost.append(f"{job_id}: {job.status.value if job else 'missing'}")
+                continue
+            for stage, step in job.steps.items():
+                n = job.commits(stage)
+                if n > 1:
+                    rep.committed_twice.append(f"{job_id}/{stage}: {n} commits")
+                if step.state == "committed":
+                    for m in step.outbox:
+                        queues = ([q for q, _ in self.backend.topic.subscriptions(m.target)]
+                                  if m.kind == "topic" else [m.target])
+                        for q in queues:
+                            if (q, m.id) not in self.received and not any(
+                                    x.message_id == m.id for x in self.transport.peek(q, 10_000)):
+                                rep.outbox_never_emitted.append(f"{job_id}/{stage} -> {q}: {m.id}")
+            prev: JobStatus | None = None
+            for h in job.history:
+                if h.to_status is None:
+                    continue
+                if prev is not None and h.to_status != prev and (prev, h.to_status) not in ALLOWED:
+                    rep.regressions.append(f"{job_id}: {prev.value} -> {h.to_status.value}")
+                prev = h.to_status
+            if prev != job.status:
+                rep.regressions.append(f"{job_id}: history ends {prev} but status is {job.status.value}")
+        for (job_id, stage), calls in self.handler_calls.items():
+            limit = self.pipeline.stages[stage].max_receives
+            if calls > limit:
+                rep.poison_over_limit.append(f"{job_id}/{stage}: handler ran {calls} times (max_receives {limit})")
+        return rep
+
+    def dead_letters(self) -> list[tuple[str, str, str]]:
+        """(queue, message id, reason) of every dead-lettered message."""
+        out = []
+        for st in self.pipeline.stages.values():
+            for d in self.transport.peek(st.dead_letter_queue, 100_000):
+                out.append((st.dead_letter_queue, d.message_id, d.attributes.get(DEAD_LETTER_REASON, "")))
+        return out
+
+
+class _Unexpected(BaseException):  # noqa: N818 - must pass the controller's ``except Exception``
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error

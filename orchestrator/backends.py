@@ -6,6 +6,7 @@ in ``PATH.objects/``), ``memory://`` (in-process only). ``aws://`` comes with th
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,9 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, **option
         return memory_backend(clock or (SimClock() if "sim" in parse_qs(parsed.query) else None), **options)
     if parsed.scheme == "aws":
         try:
-            from orchestrator.aws import aws_backend
+            aws = importlib.import_module("orchestrator.aws")
         except ImportError as exc:
             raise ConfigError(f"backend {url!r}: the AWS adapters are not available ({exc})") from exc
-        return aws_backend(url, clock=clock, **options)
+        backend: Backend = aws.aws_backend(url, clock=clock, **options)
+        return backend
     raise ConfigError(f"unreadable backend URL {url!r}: expected sqlite:///PATH, memory:// or aws://?region=...")

@@ -32,7 +32,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1)
     task: str = Field(min_length=1)
     job_id: str = Field(min_length=1)

@@ -11,6 +11,7 @@ the visibility timeout and the step record in the status store says how far we g
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections import defaultdict
@@ -260,11 +261,10 @@ class Controller:
 
         def unit() -> None:
             if job_id and store.get(job_id) is not None:
-                try:
+                # ConflictError: an earlier copy of this message already recorded the rejection
+                with contextlib.suppress(ConflictError):
                     store.fail(job_id, stage=_rejected_step(st.name), message_id=d.message_id, claim=None,
                                reason=reason, dead_letter=True)
-                except ConflictError:
-                    pass  # an earlier copy of this message already recorded the rejection
             self.backend.transport.dead_letter(d, reason)
 
         self.backend.run_atomic(unit)

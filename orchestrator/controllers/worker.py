@@ -66,6 +66,10 @@ class Worker:
             self._threads.append(t)
         log.info("worker started", stage=self.stage.name, worker=self.id, concurrency=self.concurrency)
 
+    def request_stop(self) -> None:
+        """Ask the threads to stop after their current message (safe in a signal handler)."""
+        self._stopping.set()
+
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         self._stopping.set()
         if drain:

@@ -92,7 +92,7 @@ class Simulation:
         self.pipeline = self._instrument(pipeline)
         self.pipeline.setup(self.backend)
         self.controllers = {
-            name: [Controller(self.pipeline, name, self.backend, faults=faults, seed=self.random.random(),
+            name: [Controller(self.pipeline, name, self.backend, faults=faults, seed=self.random.randrange(2**32),
                               worker_id=f"{name}-{i}") for i in range(controllers_per_stage)]
             for name in self.pipeline.stages
         }
@@ -261,7 +261,7 @@ class Simulation:
         return out
 
 
-class _Unexpected(BaseException):  # noqa: N818 - must pass the controller's ``except Exception``
+class _Unexpected(BaseException):  # BaseException: must get past the controller's ``except Exception``
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error

@@ -1,0 +1,218 @@
+"""The ``orchestrator`` command: submit, worker, status, queues, setup.
+
+Errors a user can cause (bad JSON, unknown stage, unreadable backend URL) exit 2 with one
+clear line and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
+from orchestrator.controllers.faults import FaultPlan
+from orchestrator.controllers.worker import Worker
+from orchestrator.errors import OrchestratorError
+from orchestrator.logging import configure_logging
+from orchestrator.pipeline import Pipeline
+from orchestrator.status import JobRecord, JobStatus
+
+
+class UsageError(Exception):
+    """A mistake on the command line: exit 2 with the message."""
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Import ``MODULE:PIPELINE`` (the current directory is searched too)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"expected MODULE:PIPELINE, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    pipeline = getattr(module, attr, None)
+    if not isinstance(pipeline, Pipeline):
+        raise UsageError(f"{spec!r} is not a Pipeline (found {type(pipeline).__name__})")
+    return pipeline
+
+
+def _json_arg(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def job_json(rec: JobRecord) -> dict[str, Any]:
+    doc = rec.model_dump(mode="json", exclude={"version"})
+    return doc
+
+
+def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    payload = _json_arg(args.payload, "--payload")
+    if not args.queue and not args.topic:
+        raise UsageError("submit needs --queue or --topic")
+    pipeline.setup(backend)
+    rec, created = pipeline.submit(backend, job_id=args.job_id, payload=payload, queue=args.queue,
+                                   topic=args.topic, user_id=args.user)
+    print(f"{rec.job_id} {'submitted' if created else 'already submitted'} ({rec.status.value})")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
+    pipeline = load_pipeline(args.pipeline)
+    stage = pipeline.get(args.stage)
+    pipeline.setup(backend)
+    worker = Worker(pipeline, stage, backend, concurrency=args.concurrency, faults=FaultPlan.from_env(),
+                    wait_s=args.wait)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run(until_idle=args.until_idle)
+    print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace, backend: Backend) -> int:
+    load_pipeline(args.pipeline).setup(backend)
+    print(f"set up {backend.url}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
+    store = backend.store
+    if args.job_id:
+        rec = store.get(args.job_id)
+        if rec is None:
+            raise UsageError(f"no job {args.job_id!r}")
+        recs = [rec]
+    else:
+        status = JobStatus(args.status) if args.status else None
+        recs = store.query(user_id=args.user, status=status)
+    if args.json:
+        out: Any = job_json(recs[0]) if args.job_id else [job_json(r) for r in recs]
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{'JOB':<24} {'STATUS':<10} {'USER':<12} STEPS")
+    for r in recs:
+        steps = " ".join(f"{name}={s.state}" for name, s in r.steps.items())
+        print(f"{r.job_id:<24} {r.status.value:<10} {r.user_id or '-':<12} {steps}")
+        if args.job_id:
+            for h in r.history:
+                reason = f" ({h.reason})" if h.reason else ""
+                print(f"  {h.at:.3f} {h.event:<12} {h.stage or '':<10} {h.to_status or ''}{reason}")
+    counts: dict[str, int] = {}
+    for r in recs:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    print("total", len(recs), " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace, backend: Backend) -> int:
+    rows = []
+    for q in backend.transport.queues():
+        d = backend.transport.depth(q)
+        rows.append({"queue": q, "visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed,
+                     "dead_letter": q.endswith("-dlq")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'QUEUE':<32} {'VISIBLE':>8} {'IN_FLIGHT':>10} {'DELAYED':>8}")
+    for r in rows:
+        label = f"{r['queue']} (dead letters)" if r["dead_letter"] else r["queue"]
+        print(f"{label:<32} {r['visible']:>8} {r['in_flight']:>10} {r['delayed']:>8}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator", description="Controller-pattern pipelines on message queues.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def backend_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--log-level", default=os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+        sp.add_argument("--backend", default=os.environ.get("ORCHESTRATOR_BACKEND", DEFAULT_BACKEND),
+                        help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
+
+    s = sub.add_parser("submit", help="create a job PENDING and enqueue its first message (idempotent)")
+    s.add_argument("pipeline", metavar="MODULE:PIPELINE")
+    backend_arg(s)
+    s.add_argument("--queue")
+    s.add_argument("--topic")
+    s.add_argument("--job-id", required=True)
+    s.add_argument("--payload", default="{}")
+    s.add_argument("--user")
+    s.set_defaults(fn=cmd_submit)
+
+    w = sub.add_parser("worker", help="run one stage's controller")
+    w.add_argument("pipeline", metavar="MODULE:PIPELINE")
+    backend_arg(w)
+    w.add_argument("--stage", required=True)
+    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--until-idle", action="store_true", help="exit 0 once the source queue is empty and nothing is in flight")
+    w.add_argument("--wait", type=float, default=None, help="long-poll wait in seconds")
+    w.set_defaults(fn=cmd_worker)
+
+    su = sub.add_parser("setup", help="create every queue, topic and subscription (idempotent)")
+    su.add_argument("pipeline", metavar="MODULE:PIPELINE")
+    backend_arg(su)
+    su.set_defaults(fn=cmd_setup)
+
+    st = sub.add_parser("status", help="show jobs")
+    backend_arg(st)
+    st.add_argument("job_id", nargs="?")
+    st.add_argument("--user")
+    st.add_argument("--status", choices=[s.value for s in JobStatus])
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+
+    qu = sub.add_parser("queues", help="show queue depths (visible, in flight, delayed, dead-lettered)")
+    backend_arg(qu)
+    qu.add_argument("--json", action="store_true")
+    qu.set_defaults(fn=cmd_queues)
+    _extensions(sub, backend_arg)
+    return p
+
+
+def _extensions(sub: Any, backend_arg: Any) -> None:
+    """Commands that live in their own modules (operator toolkit)."""
+    try:
+        ops = importlib.import_module("orchestrator.ops.cli")
+    except ImportError:
+        return
+    ops.register(sub, backend_arg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(level=args.log_level)
+    try:
+        backend = open_backend(args.backend)
+        try:
+            return int(args.fn(args, backend))
+        finally:
+            backend.close()
+    except (UsageError, OrchestratorError) as exc:
+        print(f"orchestrator: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

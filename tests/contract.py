@@ -1,0 +1,280 @@
+"""One contract for every adapter. Backend test modules subclass these classes and supply
+the fixtures ``transport`` / ``topic`` / ``store`` and ``advance_clock(seconds)``.
+
+The classes have no ``test_`` prefix so pytest collects them only through subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from orchestrator.base import Outgoing, QueueSpec, StatusStore, Topic, Transport
+from orchestrator.codec import Codec
+from orchestrator.envelope import Envelope
+from orchestrator.errors import BodyTooLarge, ConflictError, InvalidTransition, LeaseLostError
+from orchestrator.status import JobStatus, OutMessage
+
+Advance = Callable[[float], None]
+VIS = 10.0
+
+
+def qname(prefix: str = "q") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def make_queue(transport: Transport, **kw: object) -> str:
+    name = qname()
+    transport.ensure_queue(QueueSpec(name, visibility_timeout_s=VIS, dead_letter=f"{name}-dlq", **kw))  # type: ignore[arg-type]
+    return name
+
+
+def one(transport: Transport, queue: str, vis: float = VIS):  # type: ignore[no-untyped-def]
+    got = transport.receive(queue, max_messages=1, wait_s=0, visibility_s=vis)
+    assert len(got) == 1, f"expected one message in {queue}, got {len(got)}"
+    return got[0]
+
+
+class TransportContract:
+    def test_a_sent_message_is_received_once_with_its_body(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body='{"a": 1}', message_id="m1"))
+        d = one(transport, q)
+        assert (d.body, d.message_id, d.receive_count) == ('{"a": 1}', "m1", 1)
+        assert transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS) == []
+
+    def test_an_unacked_message_reappears_after_the_visibility_timeout(self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x"))
+        first = one(transport, q, vis=2)
+        advance_clock(3)
+        second = one(transport, q, vis=2)
+        assert second.receive_count == 2
+        assert second.receipt != first.receipt
+
+    def test_ack_deletes_and_a_stale_receipt_deletes_nothing(self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x"))
+        stale = one(transport, q, vis=2)
+        advance_clock(3)
+        fresh = one(transport, q, vis=2)
+        transport.ack(stale)  # the stale holder's delete must not remove the redelivered copy
+        assert transport.depth(q).in_flight == 1
+        assert transport.ack(fresh) is True
+        assert transport.depth(q).total == 0
+        assert transport.ack(fresh) is False  # idempotent
+
+    def test_extend_keeps_the_lease_and_a_lost_lease_refuses_to_extend(self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x"))
+        d = one(transport, q, vis=2)
+        advance_clock(1.5)
+        transport.extend(d, 2)
+        advance_clock(1.5)
+        assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=2) == []
+        advance_clock(1)
+        again = one(transport, q, vis=2)
+        with pytest.raises(LeaseLostError):
+            transport.extend(d, 2)
+        transport.ack(again)
+
+    def test_release_makes_the_message_visible_after_the_delay(self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x"))
+        d = one(transport, q)
+        assert transport.release(d, 0) is True
+        d2 = one(transport, q)
+        transport.release(d2, 2)
+        assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
+        assert transport.depth(q).delayed == 1
+        advance_clock(2.5)
+        assert one(transport, q).receive_count == 3
+
+    def test_a_delayed_send_is_invisible_until_its_delay(self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x", delay_s=2))
+        assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
+        advance_clock(2.5)
+        one(transport, q)
+
+    def test_dead_letter_keeps_the_body_and_the_reason(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="not json", message_id="bad"))
+        d = one(transport, q)
+        transport.dead_letter(d, "malformed message: not JSON")
+        transport.dead_letter(d, "malformed message: not JSON")  # idempotent
+        assert transport.depth(q).total == 0
+        dead = transport.peek(f"{q}-dlq", 10)
+        assert [(x.body, x.attributes["dead_letter_reason"]) for x in dead] == [("not json", "malformed message: not JSON")]
+
+    def test_depth_counts_visible_in_flight_and_delayed(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send_batch(q, [Outgoing(body=str(i)) for i in range(3)])
+        transport.send(q, Outgoing(body="later", delay_s=60))
+        one(transport, q)
+        depth = transport.depth(q)
+        assert (depth.visible, depth.in_flight, depth.delayed) == (2, 1, 1)
+
+    def test_receive_respects_max_messages_and_leases_each_once(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send_batch(q, [Outgoing(body=str(i)) for i in range(7)])
+        a = transport.receive(q, max_messages=5, wait_s=0, visibility_s=VIS)
+        b = transport.receive(q, max_messages=5, wait_s=0, visibility_s=VIS)
+        assert len(a) == 5 and len(b) == 2
+        assert sorted(d.body for d in a + b) == [str(i) for i in range(7)]
+
+    def test_concurrent_receivers_never_share_a_message(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send_batch(q, [Outgoing(body=str(i)) for i in range(40)])
+        got: list[str] = []
+        lock = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                ds = transport.receive(q, max_messages=3, wait_s=0, visibility_s=VIS)
+                if not ds:
+                    return
+                with lock:
+                    got.extend(d.body for d in ds)
+
+        threads = [threading.Thread(target=drain) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got, key=int) == [str(i) for i in range(40)]
+
+    def test_oversize_bodies_are_refused(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        with pytest.raises(BodyTooLarge):
+            transport.send(q, Outgoing(body="x" * (transport.max_body_bytes + 1)))
+
+    def test_ensure_queue_is_idempotent_and_listed(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.ensure_queue(QueueSpec(q, visibility_timeout_s=VIS, dead_letter=f"{q}-dlq"))
+        assert q in transport.queues()
+
+
+class TopicContract:
+    def test_publish_fans_out_to_every_subscription(self, transport: Transport, topic: Topic) -> None:
+        t, a, b = qname("t"), make_queue(transport), make_queue(transport)
+        topic.ensure_topic(t)
+        topic.subscribe(t, a, raw=True)
+        topic.subscribe(t, b, raw=False)
+        topic.subscribe(t, b, raw=False)  # idempotent: still one copy per publish
+        env = Envelope(task="x", job_id="j1", payload={"n": 1})
+        topic.publish(t, env.to_json(), message_id=env.id)
+        raw_copy = one(transport, a)
+        assert raw_copy.body == env.to_json()
+        wrapped = one(transport, b)
+        assert json.loads(wrapped.body)["Type"] == "Notification"
+        assert Codec().decode(wrapped.body) == env  # the codec unwraps what the topic wrapped
+        assert transport.receive(b, max_messages=10, wait_s=0, visibility_s=VIS) == []
+
+    def test_publishing_without_subscribers_is_not_an_error(self, topic: Topic) -> None:
+        t = qname("t")
+        topic.ensure_topic(t)
+        topic.publish(t, "{}", message_id="m")
+
+
+class StatusStoreContract:
+    def test_create_is_idempotent(self, store: StatusStore) -> None:
+        rec, created = store.create("j1", user_id="u1", fields={"n": 1})
+        again, created_again = store.create("j1", user_id="other")
+        assert created and not created_again
+        assert again.user_id == "u1" and again.status == JobStatus.PENDING
+
+    def test_begin_moves_pending_to_running_and_commit_completes(self, store: StatusStore) -> None:
+        store.create("j1")
+        rec = store.begin_step("j1", stage="s", message_id="m", claim="c1", attempt=1)
+        assert rec.status == JobStatus.RUNNING
+        out = OutMessage(kind="queue", target="next", id="m2", body="{}")
+        rec = store.commit_step("j1", stage="s", message_id="m", claim="c1", status=JobStatus.COMPLETED,
+                                fields={"x": 1.5, "nested": {"a": [1, 2]}}, outbox=[out])
+        got = store.get("j1")
+        assert got is not None and got == rec
+        assert got.status == JobStatus.COMPLETED and got.fields == {"x": 1.5, "nested": {"a": [1, 2]}}
+        assert got.steps["s"].state == "committed" and got.steps["s"].outbox == [out]
+        assert [h.to_status for h in got.history] == [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED]
+
+    def test_first_committer_wins(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c1", attempt=1)
+        store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 1}, outbox=[])
+        with pytest.raises(ConflictError) as err:
+            store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 2}, outbox=[])
+        assert err.value.current is not None and err.value.current.fields["v"] == 1
+
+    def test_a_replaced_claim_cannot_commit_or_fail(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="old", attempt=1)
+        store.begin_step("j1", stage="s", message_id="m", claim="new", attempt=2)
+        with pytest.raises(ConflictError):
+            store.commit_step("j1", stage="s", message_id="m", claim="old", status=None, fields={}, outbox=[])
+        with pytest.raises(ConflictError):
+            store.fail("j1", stage="s", message_id="m", claim="old", reason="x", dead_letter=False)
+        with pytest.raises(ConflictError):  # an older copy cannot take the step back either
+            store.begin_step("j1", stage="s", message_id="m", claim="older", attempt=1)
+        store.commit_step("j1", stage="s", message_id="m", claim="new", status=None, fields={}, outbox=[])
+
+    def test_status_never_goes_backwards(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        with pytest.raises(InvalidTransition):
+            store.commit_step("j1", stage="s", message_id="m", claim="c", status=JobStatus.PENDING, fields={}, outbox=[])
+        store.commit_step("j1", stage="s", message_id="m", claim="c", status=JobStatus.COMPLETED, fields={}, outbox=[])
+        # a post-completion stage that fails leaves the job COMPLETED
+        store.begin_step("j1", stage="notify", message_id="n", claim="c2", attempt=1)
+        rec = store.fail("j1", stage="notify", message_id="n", claim="c2", reason="smtp down", dead_letter=True)
+        assert rec.status == JobStatus.COMPLETED
+        assert rec.steps["notify"].state == "failed" and rec.history[-1].event == "step_failed"
+
+    def test_a_failed_job_refuses_new_steps(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        rec = store.fail("j1", stage="s", message_id="m", claim="c", reason="input missing", dead_letter=False)
+        assert rec.status == JobStatus.FAILED and rec.history[-1].reason == "input missing"
+        with pytest.raises(ConflictError):
+            store.begin_step("j1", stage="t", message_id="m2", claim="c", attempt=1)
+
+    def test_reset_and_update_fields(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        store.fail("j1", stage="s", message_id="m", claim="c", reason="boom", dead_letter=True)
+        rec = store.reset("j1", stage="s", reason="redrive")
+        assert rec.status == JobStatus.PENDING and "s" not in rec.steps
+        assert store.update_fields("j1", {"k": "v"}).fields["k"] == "v"
+
+    def test_query_by_user_and_status(self, store: StatusStore) -> None:
+        for i in range(4):
+            store.create(f"j{i}", user_id="alice" if i % 2 == 0 else "bob")
+        store.begin_step("j0", stage="s", message_id="m", claim="c", attempt=1)
+        assert [r.job_id for r in store.query(user_id="alice")] == ["j0", "j2"]
+        assert [r.job_id for r in store.query(status=JobStatus.RUNNING)] == ["j0"]
+        assert [r.job_id for r in store.query(user_id="bob", status=JobStatus.PENDING)] == ["j1", "j3"]
+
+    def test_concurrent_committers_exactly_one_wins(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        wins: list[int] = []
+        losses: list[int] = []
+
+        def commit(i: int) -> None:
+            try:
+                store.commit_step("j1", stage="s", message_id="m", claim="c", status=None, fields={"by": i}, outbox=[])
+                wins.append(i)
+            except ConflictError:
+                losses.append(i)
+
+        threads = [threading.Thread(target=commit, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1 and len(losses) == 5
+        rec = store.get("j1")
+        assert rec is not None and rec.fields["by"] == wins[0] and rec.commits("s") == 1

@@ -1,0 +1,61 @@
+"""The contract suite on the in-memory and SQLite adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from contract import StatusStoreContract, TopicContract, TransportContract
+from orchestrator.base import StatusStore, Topic, Transport
+from orchestrator.clock import SimClock
+from orchestrator.sqlite_db import SqliteDatabase
+from orchestrator.stores.memory import MemoryStatusStore
+from orchestrator.stores.sqlite import SqliteStatusStore
+from orchestrator.transports.memory import MemoryTopic, MemoryTransport
+from orchestrator.transports.sqlite import SqliteTopic, SqliteTransport
+
+
+@pytest.fixture
+def clock() -> SimClock:
+    return SimClock()
+
+
+@pytest.fixture
+def advance_clock(clock: SimClock) -> Callable[[float], None]:
+    return clock.advance
+
+
+class TestMemory(TransportContract, TopicContract, StatusStoreContract):
+    @pytest.fixture
+    def transport(self, clock: SimClock) -> Transport:
+        return MemoryTransport(clock=clock)
+
+    @pytest.fixture
+    def topic(self, transport: MemoryTransport) -> Topic:
+        return MemoryTopic(transport)
+
+    @pytest.fixture
+    def store(self, clock: SimClock) -> StatusStore:
+        return MemoryStatusStore(clock=clock)
+
+
+class TestSqlite(TransportContract, TopicContract, StatusStoreContract):
+    @pytest.fixture
+    def db(self, tmp_path: Path) -> Iterator[SqliteDatabase]:
+        db = SqliteDatabase(tmp_path / "t.db")
+        yield db
+        db.close()
+
+    @pytest.fixture
+    def transport(self, db: SqliteDatabase, clock: SimClock) -> Transport:
+        return SqliteTransport(db, clock=clock)
+
+    @pytest.fixture
+    def topic(self, transport: SqliteTransport) -> Topic:
+        return SqliteTopic(transport)
+
+    @pytest.fixture
+    def store(self, db: SqliteDatabase, clock: SimClock) -> StatusStore:
+        return SqliteStatusStore(db, clock=clock)

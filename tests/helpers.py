@@ -1,0 +1,28 @@
+"""Small drivers shared by the tests."""
+
+from __future__ import annotations
+
+from orchestrator import Controller, Pipeline
+from orchestrator.backends import Backend
+from orchestrator.clock import SimClock
+from orchestrator.controllers.controller import Outcome
+
+
+def drain(backend: Backend, pipeline: Pipeline, stage: str, *, max_rounds: int = 1000) -> list[Outcome]:
+    """Process ``stage``'s queue to empty on a SimClock-driven backend, advancing time over
+    delays and leases; returns the outcomes in order."""
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    st = pipeline.get(stage)
+    ctrl = Controller(pipeline, st, backend, seed=1)
+    outcomes: list[Outcome] = []
+    for _ in range(max_rounds):
+        got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout)
+        if not got:
+            if backend.transport.depth(st.source).total == 0:
+                return outcomes
+            clock.advance(max(st.retry_max_s, st.visibility_timeout) + 1)
+            continue
+        for d in got:
+            outcomes.append(ctrl.handle(d))
+    raise AssertionError(f"{stage} did not drain")

@@ -1,0 +1,15 @@
+"""A no-op two-stage pipeline for the benchmarks."""
+
+from orchestrator import JobStatus, Pipeline, Result
+
+pipeline = Pipeline("noop")
+
+
+@pipeline.stage("one", source="bench_a", emit_to="bench_b", wait_s=0.05)
+def one(ctx, msg):  # type: ignore[no-untyped-def]
+    return Result(status=JobStatus.RUNNING, emit=[{}])
+
+
+@pipeline.stage("two", source="bench_b", wait_s=0.05)
+def two(ctx, msg):  # type: ignore[no-untyped-def]
+    return Result(status=JobStatus.COMPLETED)

@@ -1,0 +1,116 @@
+"""python -m examples.gas setup|submit|upgrade|worker|status|demo"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from examples.gas import app
+from orchestrator.errors import OrchestratorError
+from orchestrator.logging import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m examples.gas", description="Genomics Annotation Service")
+    ap.add_argument("--log-level", default=os.environ.get("GAS_LOG_LEVEL", "info"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def backend(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--backend", default=os.environ.get("GAS_BACKEND", app.DEFAULT_GAS_BACKEND),
+                        help="sqlite:///PATH (default ./gas.db) or aws://?region=R&prefix=P")
+
+    s = sub.add_parser("setup", help="create queues, topics, subscriptions, tables, buckets (idempotent)")
+    backend(s)
+    s = sub.add_parser("submit", help="submit a VCF file for annotation; prints the job id")
+    backend(s)
+    s.add_argument("file", type=Path)
+    s.add_argument("--user", required=True)
+    s.add_argument("--tier", choices=["free", "premium"])
+    s.add_argument("--email")
+    s = sub.add_parser("upgrade", help="make a user premium and restore their archived results")
+    backend(s)
+    s.add_argument("--user", required=True)
+    s = sub.add_parser("worker", help="run stage controllers")
+    backend(s)
+    s.add_argument("--stage", required=True, choices=[*app.STAGES, "all"])
+    s.add_argument("--processes", type=int, default=1)
+    s.add_argument("--concurrency", type=int, default=1)
+    s.add_argument("--until-idle", action="store_true")
+    s = sub.add_parser("status", help="show jobs")
+    backend(s)
+    s.add_argument("job_id", nargs="?")
+    s.add_argument("--user")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("demo", help="run the whole service on the embedded default with a worker killed mid-run")
+    s.add_argument("--dir", type=Path, default=Path("gas-data"))
+    s.add_argument("--retention", type=float, default=3.0, help="free-tier retention in seconds for the demo")
+
+    args = ap.parse_args(argv)
+    configure_logging(level=args.log_level)
+    try:
+        if args.cmd == "demo":
+            from examples.gas.demo import run_demo
+
+            return run_demo(args.dir, retention_s=args.retention)
+        gas = app.open_gas(args.backend)
+        try:
+            return _run(args, gas)
+        finally:
+            gas.close()
+    except OrchestratorError as exc:
+        print(f"gas: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, gas: app.Gas) -> int:
+    if args.cmd == "setup":
+        app.setup(gas)
+        print(f"GAS set up on {gas.backend.url}")
+    elif args.cmd == "submit":
+        app.setup(gas)
+        print(app.submit(gas, args.file, user_id=args.user, tier=args.tier, email=args.email))
+    elif args.cmd == "upgrade":
+        jobs = app.upgrade(gas, args.user)
+        print(f"{args.user} is premium; restoring {len(jobs)} archived result(s)")
+    elif args.cmd == "worker":
+        app.setup(gas)
+        stages = list(app.STAGES) if args.stage == "all" else [args.stage]
+        if len(stages) == 1 and args.processes == 1:
+            stats = app.run_worker(gas, stages[0], until_idle=args.until_idle, concurrency=args.concurrency)
+            print(json.dumps({"stage": stages[0], **stats}), file=sys.stderr)
+            return 0
+        return app.run_processes(args.backend, stages, args.processes, until_idle=args.until_idle)
+    elif args.cmd == "status":
+        if args.job_id:
+            job = gas.backend.store.get(args.job_id)
+            if job is None:
+                raise app.GasError(f"no job {args.job_id}")
+            jobs = [job]
+        else:
+            jobs = gas.backend.store.query(user_id=args.user)
+        if args.json:
+            docs = [j.model_dump(mode="json", exclude={"version"}) for j in jobs]
+            print(json.dumps(docs[0] if args.job_id else docs, indent=2))
+        else:
+            print(format_table([app.job_row(j) for j in jobs]))
+    return 0
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    cols = ["job_id", "user_id", "tier", "file", "status", "variants", "emailed", "archived", "result_key"]
+    head = f"{'JOB':<10} {'USER':<8} {'TIER':<8} {'FILE':<14} {'STATUS':<10} {'VARIANTS':>8} {'EMAIL':>5} {'ARCH':>5}  RESULT KEY"
+    lines = [head]
+    for r in rows:
+        vals = {c: r.get(c) for c in cols}
+        lines.append(
+            f"{str(vals['job_id'])[:8]:<10} {str(vals['user_id']):<8} {str(vals['tier']):<8} {str(vals['file']):<14} "
+            f"{str(vals['status']):<10} {str(vals['variants'] if vals['variants'] is not None else '-'):>8} "
+            f"{'yes' if vals['emailed'] else 'no':>5} {'yes' if vals['archived'] else 'no':>5}  {vals['result_key'] or r.get('reason') or '-'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

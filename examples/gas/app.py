@@ -1,0 +1,163 @@
+"""GAS commands as functions: setup, submit, upgrade, worker, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from examples.gas.config import ROOT, GasConfig, GasResources, local_resources
+from examples.gas.stages import JOB_REQUESTS, JOB_RESTORES, build_pipeline
+from orchestrator import JobRecord, JobStatus, Pipeline, Worker
+from orchestrator.backends import Backend, open_backend
+from orchestrator.base import Outgoing
+from orchestrator.envelope import derive_id
+from orchestrator.errors import ConfigError, ObjectNotFound, OrchestratorError
+
+DEFAULT_GAS_BACKEND = "sqlite:///gas.db"
+STAGES = ("annotate", "notify", "archive", "restore")
+
+
+class GasError(OrchestratorError):
+    """A user mistake (file too large, unknown job): the CLI prints it and exits 2."""
+
+
+@dataclass
+class Gas:
+    backend: Backend
+    resources: GasResources
+    config: GasConfig
+    pipeline: Pipeline
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def open_gas(url: str | None = None, *, config: GasConfig | None = None) -> Gas:
+    url = url or DEFAULT_GAS_BACKEND
+    cfg = config or GasConfig()
+    if url.startswith("aws://"):
+        from examples.gas.aws import aws_gas
+
+        backend, res = aws_gas(url, cfg)
+    else:
+        backend = open_backend(url)
+        root = getattr(backend.objects, "root", None)
+        if root is None:
+            raise ConfigError(f"backend {url} has no local object directory for GAS files")
+        res = local_resources(Path(root))
+    return Gas(backend, res, cfg, build_pipeline(cfg, res))
+
+
+def setup(gas: Gas) -> None:
+    gas.pipeline.setup(gas.backend)
+    gas.backend.topic.ensure_topic(JOB_REQUESTS)
+
+
+def profile(gas: Gas, user_id: str) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(gas.resources.profiles.get(f"{user_id}.json"))
+        return doc
+    except ObjectNotFound:
+        return {"user_id": user_id, "tier": "free"}
+
+
+def save_profile(gas: Gas, doc: dict[str, Any]) -> None:
+    gas.resources.profiles.put(f"{doc['user_id']}.json", json.dumps(doc).encode())
+
+
+def submit(gas: Gas, path: Path, *, user_id: str, tier: str | None = None, email: str | None = None,
+           job_id: str | None = None) -> str:
+    """Store the input, create the job PENDING and publish the request as the GAS web app does."""
+    cfg = gas.config
+    prof = profile(gas, user_id)
+    if tier:
+        prof["tier"] = tier
+    if email:
+        prof["email"] = email
+    save_profile(gas, prof)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GasError(f"cannot read {path}: {exc.strerror}") from exc
+    if prof["tier"] == "free" and len(data) > cfg.free_limit_bytes:
+        raise GasError(f"{path.name} is {len(data):,} bytes; free users may upload up to "
+                       f"{cfg.free_limit_bytes:,} bytes (upgrade to premium for larger files)")
+    job_id = job_id or str(uuid.uuid4())
+    key = f"{cfg.prefix}/{user_id}/{job_id}~{path.name}"
+    gas.resources.inputs.put(key, data)
+    request = {"job_id": job_id, "user_id": user_id, "input_file_name": path.name,
+               "s3_inputs_bucket": cfg.inputs_bucket, "s3_key_input_file": key,
+               "submit_time": int(time.time()), "job_status": JobStatus.PENDING.value}
+    fields = {k: v for k, v in request.items() if k not in ("job_id", "job_status")}
+    fields.update(user_tier=prof["tier"], user_email=prof.get("email") or f"{user_id}@users.example.org")
+
+    def unit() -> None:
+        gas.backend.store.create(job_id, user_id=user_id, fields=fields)
+        gas.backend.topic.publish(JOB_REQUESTS, json.dumps(request), message_id=derive_id("gas-request", job_id))
+
+    gas.backend.run_atomic(unit)
+    return job_id
+
+
+def upgrade(gas: Gas, user_id: str) -> list[str]:
+    """Make a user premium and queue a restore for each of their archived jobs."""
+    prof = profile(gas, user_id)
+    prof["tier"] = "premium"
+    save_profile(gas, prof)
+    restored = []
+    for job in gas.backend.store.query(user_id=user_id):
+        gas.backend.store.update_fields(job.job_id, {"user_tier": "premium"})
+        if job.fields.get("results_file_archive_id"):
+            body = json.dumps({"job_id": job.job_id, "user_id": user_id})
+            gas.backend.transport.send(JOB_RESTORES, Outgoing(body=body, message_id=derive_id("gas-restore", job.job_id)))
+            restored.append(job.job_id)
+    return restored
+
+
+def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: int = 1) -> dict[str, int]:
+    worker = Worker(gas.pipeline, stage, gas.backend, concurrency=concurrency)
+    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
+    worker.run(until_idle=until_idle)
+    return dict(worker.stats)
+
+
+def spawn_worker(url: str, stage: str, *, until_idle: bool = False, env: dict[str, str] | None = None,
+                 log_level: str = "warning") -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "examples.gas", "--log-level", log_level, "worker", "--stage", stage,
+           "--backend", url]
+    if until_idle:
+        cmd.append("--until-idle")
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def run_processes(url: str, stages: list[str], processes: int, *, until_idle: bool) -> int:
+    procs = [spawn_worker(url, s, until_idle=until_idle) for s in stages for _ in range(processes)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return max(codes, default=0)
+
+
+def job_row(job: JobRecord) -> dict[str, Any]:
+    f = job.fields
+    return {"job_id": job.job_id, "user_id": job.user_id, "tier": f.get("user_tier"),
+            "file": f.get("input_file_name"), "status": job.status.value, "variants": f.get("variants"),
+            "result_key": f.get("s3_key_result_file"), "emailed": "notified_time" in f,
+            "archived": bool(f.get("results_file_archive_id")), "restored": "restore_time" in f,
+            "reason": next((h.reason for h in reversed(job.history) if h.reason), None)}

@@ -1,0 +1,78 @@
+"""GAS settings and the outside resources its handlers use (buckets, mailbox)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from orchestrator.base import ObjectStore
+from orchestrator.objects.local import LocalObjectStore
+
+ROOT = Path(__file__).resolve().parents[2]  # the project root, so subprocesses can import examples.gas
+
+FREE_LIMIT_BYTES = 150 * 1024  # GAS's web front end capped free users' uploads at 150 KB
+DEFAULT_RETENTION_S = 300.0  # how long a free user's results stay hot before archiving
+DEFAULT_ANNOTATOR_TIMEOUT_S = 120.0
+REQUEST_KEYS = ("job_id", "user_id", "input_file_name", "s3_inputs_bucket", "s3_key_input_file", "submit_time",
+                "job_status")
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+@dataclass
+class GasConfig:
+    prefix: str = "gas"  # key prefix inside the buckets (the original GAS used the CNetID)
+    inputs_bucket: str = "gas-inputs"
+    results_bucket: str = "gas-results"
+    archive_bucket: str = "gas-archive"
+    retention_s: float = field(default_factory=lambda: _env_float("GAS_RETENTION_S", DEFAULT_RETENTION_S))
+    annotator_timeout_s: float = field(
+        default_factory=lambda: _env_float("GAS_ANNOTATOR_TIMEOUT_S", DEFAULT_ANNOTATOR_TIMEOUT_S))
+    annotator_cmd: list[str] = field(default_factory=lambda: shlex.split(os.environ["GAS_ANNOTATOR_CMD"])
+                                     if os.environ.get("GAS_ANNOTATOR_CMD") else [sys.executable, "-m",
+                                                                                  "examples.gas.annotator"])
+    visibility_timeout: float = field(default_factory=lambda: _env_float("GAS_VISIBILITY_TIMEOUT_S", 60.0))
+    max_receives: int = field(default_factory=lambda: int(_env_float("GAS_MAX_RECEIVES", 3)))
+    retry_base_s: float = field(default_factory=lambda: _env_float("GAS_RETRY_BASE_S", 2.0))
+    free_limit_bytes: int = FREE_LIMIT_BYTES
+    web_url: str = "https://gas.example.org"
+
+
+class Mailer(Protocol):
+    def send(self, key: str, *, to: str, subject: str, body: str) -> bool:
+        """Send once per ``key``: a second call with the same key sends nothing, returns False."""
+        ...
+
+    def sent(self) -> list[str]: ...
+
+
+@dataclass
+class GasResources:
+    inputs: ObjectStore
+    results: ObjectStore
+    archive: ObjectStore
+    profiles: ObjectStore
+    mailer: Mailer
+
+    def bucket(self, name: str, cfg: GasConfig) -> ObjectStore:
+        return {cfg.inputs_bucket: self.inputs, cfg.results_bucket: self.results,
+                cfg.archive_bucket: self.archive}.get(name, self.inputs)
+
+
+def local_resources(root: Path) -> GasResources:
+    from examples.gas.mailer import LocalMailbox
+
+    return GasResources(
+        inputs=LocalObjectStore(root / "inputs"),
+        results=LocalObjectStore(root / "results"),
+        archive=LocalObjectStore(root / "archive"),
+        profiles=LocalObjectStore(root / "profiles"),
+        mailer=LocalMailbox(root / "mailbox"),
+    )

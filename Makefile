@@ -20,7 +20,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.gas demo
+	$(BIN)/python -m examples.gas --log-level warning demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

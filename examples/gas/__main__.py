@@ -106,9 +106,9 @@ def format_table(rows: list[dict[str, object]]) -> str:
     for r in rows:
         vals = {c: r.get(c) for c in cols}
         lines.append(
-            f"{str(vals['job_id'])[:8]:<10} {str(vals['user_id']):<8} {str(vals['tier']):<8} {str(vals['file']):<14} "
-            f"{str(vals['status']):<10} {str(vals['variants'] if vals['variants'] is not None else '-'):>8} "
-            f"{'yes' if vals['emailed'] else 'no':>5} {'yes' if vals['archived'] else 'no':>5}  {vals['result_key'] or r.get('reason') or '-'}")
+            f"{str(vals['job_id'])[:8]:<10} {vals['user_id']!s:<8} {vals['tier']!s:<8} {vals['file']!s:<14} "
+            f"{vals['status']!s:<10} {vals['variants'] if vals['variants'] is not None else '-'!s:>8} "
+            f"{'yes' if vals['emailed'] else 'no':>5} {'yes' if vals['archived'] else ('rest' if r.get('restored') else 'no'):>5}  {vals['result_key'] or r.get('reason') or '-'}")
     return "\n".join(lines)
 
 

@@ -275,11 +275,14 @@ def _chrom_key(ch: str) -> tuple[int, str]:
 
 
 def annotate_file(src: Path, out_dir: Path) -> tuple[Path, Path, Counts]:
-    with src.open(encoding="utf-8", errors="strict") as fh:
-        try:
-            lines, counts = annotate_lines(fh)
-        except UnicodeDecodeError as exc:
-            raise MalformedVCF(0, f"not a text file ({exc.reason})") from exc
+    data = src.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        what = "this is not a VCF file (binary content)" if line_no == 1 else f"not UTF-8 text ({exc.reason})"
+        raise MalformedVCF(line_no, what) from exc
+    lines, counts = annotate_lines(text.splitlines())
     stem = src.name.removesuffix(".vcf")
     annot = out_dir / f"{stem}.annot.vcf"
     log = out_dir / f"{src.name}.count.log"

@@ -40,6 +40,11 @@ def one(transport: Transport, queue: str, vis: float = VIS):  # type: ignore[no-
 
 
 class TransportContract:
+    #: whether a stale receipt handle is refused (SQS "may" still delete; moto always does)
+    fences_stale_receipts = True
+    #: whether concurrent receives never hand out one message twice
+    exclusive_concurrent_receive = True
+
     def test_a_sent_message_is_received_once_with_its_body(self, transport: Transport) -> None:
         q = make_queue(transport)
         transport.send(q, Outgoing(body='{"a": 1}', message_id="m1"))
@@ -62,6 +67,8 @@ class TransportContract:
         stale = one(transport, q, vis=2)
         advance_clock(3)
         fresh = one(transport, q, vis=2)
+        if not self.fences_stale_receipts:
+            pytest.skip("this backend may accept stale receipt handles; the store's claim fences stale holders")
         transport.ack(stale)  # the stale holder's delete must not remove the redelivered copy
         assert transport.depth(q).in_flight == 1
         assert transport.ack(fresh) is True
@@ -78,8 +85,9 @@ class TransportContract:
         assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=2) == []
         advance_clock(1)
         again = one(transport, q, vis=2)
-        with pytest.raises(LeaseLostError):
-            transport.extend(d, 2)
+        if self.fences_stale_receipts:
+            with pytest.raises(LeaseLostError):
+                transport.extend(d, 2)
         transport.ack(again)
 
     def test_release_makes_the_message_visible_after_the_delay(self, transport: Transport, advance_clock: Advance) -> None:
@@ -90,7 +98,8 @@ class TransportContract:
         d2 = one(transport, q)
         transport.release(d2, 2)
         assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
-        assert transport.depth(q).delayed == 1
+        depth = transport.depth(q)  # SQS counts a released message as in flight, not delayed
+        assert depth.visible == 0 and depth.delayed + depth.in_flight == 1
         advance_clock(2.5)
         assert one(transport, q).receive_count == 3
 
@@ -128,6 +137,8 @@ class TransportContract:
         assert sorted(d.body for d in a + b) == [str(i) for i in range(7)]
 
     def test_concurrent_receivers_never_share_a_message(self, transport: Transport) -> None:
+        if not self.exclusive_concurrent_receive:
+            pytest.skip("this backend's emulator may hand one message to two concurrent receivers")
         q = make_queue(transport)
         transport.send_batch(q, [Outgoing(body=str(i)) for i in range(40)])
         got: list[str] = []

@@ -45,6 +45,11 @@ class CasStatusStore(ABC):
         """Write ``record`` (its version already bumped) if the stored version is
         ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``."""
 
+    def _insert(self, record: JobRecord) -> None:
+        """Write a new job; raise ``VersionConflict`` if it exists. Override where 'absent'
+        and 'version 0' differ (adopted tables)."""
+        self._swap(record, 0)
+
     @abstractmethod
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]: ...
 
@@ -62,7 +67,7 @@ class CasStatusStore(ABC):
             rec = new_job(job_id, user_id=user_id, fields=fields or {}, now=self.clock.now())
             rec.version = 1
             try:
-                self._swap(rec, 0)
+                self._insert(rec)
                 return rec, True
             except VersionConflict:
                 continue

@@ -1,0 +1,70 @@
+"""``ObjectStore`` on Amazon S3."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.aws_common import DEFAULT_REGION, client, error_code
+from orchestrator.base import ObjectStore
+from orchestrator.errors import ObjectNotFound
+from orchestrator.objects.keys import validate_key
+
+NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3ObjectStore:
+    def __init__(self, bucket: str, *, prefix: str = "", region: str = DEFAULT_REGION, s3_client: Any = None,
+                 storage_class: str | None = None, create: bool = True) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.region = region
+        self.storage_class = storage_class  # e.g. GLACIER for the archive
+        self.s3 = s3_client or client("s3", region=region)
+        if create:
+            self.ensure_bucket()
+
+    def ensure_bucket(self) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            self.s3.create_bucket(**kwargs)
+        except Exception as exc:
+            if error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def _key(self, key: str) -> str:
+        return self.prefix + validate_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if self.storage_class:
+            kwargs["StorageClass"] = self.storage_class
+        self.s3.put_object(**kwargs)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return bytes(self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+        except Exception as exc:
+            if error_code(exc) in NOT_FOUND:
+                raise ObjectNotFound(key) from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except Exception as exc:
+            if error_code(exc) in NOT_FOUND:
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def url(self, key: str, *, expires_s: int = 3600) -> str:
+        return str(self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
+                                                  ExpiresIn=expires_s))
+
+
+_: type[ObjectStore] = S3ObjectStore

@@ -1,0 +1,172 @@
+"""``StatusStore`` on DynamoDB: one item per job, every write conditional.
+
+The item keeps the job's fields as top-level attributes and its status in a configurable
+attribute, so an existing table (GAS's ``<prefix>annotations``, keyed by ``job_id`` with the
+status in ``job_status``) is adopted as it is. The framework's own bookkeeping lives in extra
+``orc_*`` attributes; items written by other programs without them read as version 0.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from orchestrator.aws_common import DEFAULT_REGION, client, error_code, resource
+from orchestrator.base import StatusStore
+from orchestrator.clock import Clock
+from orchestrator.status import HistoryEntry, JobRecord, JobStatus, StepRecord
+from orchestrator.stores.cas import CasStatusStore, VersionConflict
+
+VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
+USER_INDEX = "user_id_index"
+
+
+def to_dynamo(value: Any) -> Any:
+    """Floats become Decimals (boto3 refuses floats); containers are converted deeply."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: to_dynamo(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [to_dynamo(v) for v in value]
+    return value
+
+
+def from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: from_dynamo(v) for k, v in value.items()}
+    if isinstance(value, (list, set)):
+        return [from_dynamo(v) for v in value]
+    return value
+
+
+class DynamoDBStatusStore(CasStatusStore):
+    def __init__(
+        self,
+        table: str,
+        *,
+        key_attr: str = "job_id",
+        status_attr: str = "job_status",
+        region: str = DEFAULT_REGION,
+        clock: Clock | None = None,
+        dynamodb_resource: Any = None,
+        create: bool = True,
+    ) -> None:
+        super().__init__(clock=clock)
+        self.table_name = table
+        self.key_attr = key_attr
+        self.status_attr = status_attr
+        self.region = region
+        self.ddb = dynamodb_resource or resource("dynamodb", region=region)
+        if create:
+            self.ensure_table()
+        self.table = self.ddb.Table(table)
+
+    def ensure_table(self) -> None:
+        """Create the table (on-demand billing, GSI on user_id) unless it exists. Idempotent."""
+        try:
+            self.ddb.create_table(
+                TableName=self.table_name,
+                KeySchema=[{"AttributeName": self.key_attr, "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": self.key_attr, "AttributeType": "S"},
+                                      {"AttributeName": "user_id", "AttributeType": "S"}],
+                GlobalSecondaryIndexes=[{"IndexName": USER_INDEX,
+                                         "KeySchema": [{"AttributeName": "user_id", "KeyType": "HASH"}],
+                                         "Projection": {"ProjectionType": "ALL"}}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            self.ddb.meta.client.get_waiter("table_exists").wait(TableName=self.table_name)
+        except Exception as exc:
+            if error_code(exc) != "ResourceInUseException":
+                raise
+
+    # -- mapping ----------------------------------------------------------------------------
+    def _record(self, item: dict[str, Any]) -> JobRecord:
+        item = from_dynamo(item)
+        own = {self.key_attr, "user_id", self.status_attr, VERSION, STEPS, HISTORY, CREATED, UPDATED}
+        steps = item.get(STEPS)
+        history = item.get(HISTORY)
+        return JobRecord(
+            job_id=str(item[self.key_attr]),
+            user_id=item.get("user_id"),
+            status=JobStatus(item.get(self.status_attr, JobStatus.PENDING.value)),
+            fields={k: v for k, v in item.items() if k not in own},
+            steps={k: StepRecord.model_validate(v) for k, v in (json.loads(steps) if steps else {}).items()},
+            history=[HistoryEntry.model_validate(h) for h in (json.loads(history) if history else [])],
+            created_at=float(item.get(CREATED, item.get("submit_time", 0)) or 0),
+            updated_at=float(item.get(UPDATED, 0) or 0),
+            version=int(item.get(VERSION, 0)),
+        )
+
+    def _item(self, rec: JobRecord) -> dict[str, Any]:
+        item: dict[str, Any] = {k: v for k, v in rec.fields.items() if v is not None}
+        item.update({
+            self.key_attr: rec.job_id, self.status_attr: rec.status.value, VERSION: rec.version,
+            # Steps and history as JSON strings: one attribute each, no nested-map edge cases.
+            STEPS: json.dumps({k: v.model_dump(mode="json") for k, v in rec.steps.items()}),
+            HISTORY: json.dumps([h.model_dump(mode="json") for h in rec.history]),
+            CREATED: rec.created_at, UPDATED: rec.updated_at,
+        })
+        if rec.user_id is not None:
+            item["user_id"] = rec.user_id
+        return to_dynamo(item)  # type: ignore[no-any-return]
+
+    # -- primitives -------------------------------------------------------------------------
+    def _load(self, job_id: str) -> JobRecord | None:
+        item = self.table.get_item(Key={self.key_attr: job_id}, ConsistentRead=True).get("Item")
+        return self._record(item) if item else None
+
+    def _put(self, record: JobRecord, cond: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {"Item": self._item(record), "ConditionExpression": cond,
+                                  "ExpressionAttributeNames": names}
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        try:
+            self.table.put_item(**kwargs)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                raise VersionConflict(record.job_id) from exc
+            raise
+
+    def _insert(self, record: JobRecord) -> None:
+        # job_absent: never overwrite an item another program created
+        self._put(record, "attribute_not_exists(#k)", {"#k": self.key_attr})
+
+    def _swap(self, record: JobRecord, expected_version: int) -> None:
+        if expected_version == 0:
+            # first framework write to an item another program created (the GAS web app)
+            self._put(record, "attribute_exists(#k) AND attribute_not_exists(#v)", {"#k": self.key_attr, "#v": VERSION})
+        else:
+            # version_unchanged: nobody wrote since we read
+            self._put(record, "#v = :v", {"#v": VERSION}, {":v": expected_version})
+
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        from boto3.dynamodb.conditions import Attr, Key
+
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {}
+        if status is not None:
+            kwargs["FilterExpression"] = Attr(self.status_attr).eq(status.value)
+        if user_id is not None:
+            kwargs.update(IndexName=USER_INDEX, KeyConditionExpression=Key("user_id").eq(user_id))
+            call = self.table.query
+        else:
+            call = self.table.scan
+        while True:
+            resp = call(**kwargs)
+            items += resp.get("Items", [])
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        recs = [self._record(i) for i in items]
+        return sorted(recs, key=lambda r: (r.created_at, r.job_id))
+
+
+def table_client(region: str = DEFAULT_REGION) -> Any:
+    return client("dynamodb", region=region)
+
+
+_: type[StatusStore] = DynamoDBStatusStore

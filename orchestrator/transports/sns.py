@@ -1,0 +1,83 @@
+"""``Topic`` on Amazon SNS fanning out to SQS queues."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from orchestrator.aws_common import DEFAULT_REGION, client
+from orchestrator.base import Topic
+from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport
+
+
+class SnsTopic:
+    def __init__(self, transport: SqsTransport, *, prefix: str = "", region: str = DEFAULT_REGION,
+                 sns_client: Any = None) -> None:
+        self.transport = transport
+        self.prefix = prefix
+        self.sns = sns_client or client("sns", region=region)
+        self._arns: dict[str, str] = {}
+
+    def arn(self, topic: str) -> str:
+        if topic not in self._arns:
+            # create_topic is idempotent and returns the existing topic's ARN
+            self._arns[topic] = self.sns.create_topic(Name=f"{self.prefix}{topic}")["TopicArn"]
+        return self._arns[topic]
+
+    def ensure_topic(self, topic: str) -> None:
+        self.arn(topic)
+
+    def subscribe(self, topic: str, queue: str, *, raw: bool = True, filter_policy: dict[str, Any] | None = None) -> None:
+        topic_arn, queue_arn = self.arn(topic), self.transport.arn(queue)
+        self._allow(queue, queue_arn, topic_arn)
+        existing = [s for s in self._subs(topic_arn) if s["Endpoint"] == queue_arn]
+        sub_arn = existing[0]["SubscriptionArn"] if existing else self.sns.subscribe(
+            TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn, ReturnSubscriptionArn=True)["SubscriptionArn"]
+        self.sns.set_subscription_attributes(SubscriptionArn=sub_arn, AttributeName="RawMessageDelivery",
+                                             AttributeValue="true" if raw else "false")
+        if filter_policy is not None:
+            self.sns.set_subscription_attributes(SubscriptionArn=sub_arn, AttributeName="FilterPolicy",
+                                                 AttributeValue=json.dumps(filter_policy))
+
+    def _allow(self, queue: str, queue_arn: str, topic_arn: str) -> None:
+        """Add the queue-policy statement that lets this topic send to the queue (AWS needs it;
+        moto does not check it)."""
+        url = self.transport.url(queue)
+        attrs = self.transport.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"]).get("Attributes", {})
+        policy = json.loads(attrs.get("Policy") or '{"Version": "2012-10-17", "Statement": []}')
+        sid = f"orchestrator-{topic_arn.rsplit(':', 1)[-1]}"
+        if any(s.get("Sid") == sid for s in policy["Statement"]):
+            return
+        policy["Statement"].append({
+            "Sid": sid, "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
+            "Action": "sqs:SendMessage", "Resource": queue_arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+        })
+        self.transport.sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+
+    def _subs(self, topic_arn: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TopicArn": topic_arn}
+        while True:
+            resp = self.sns.list_subscriptions_by_topic(**kwargs)
+            out += resp.get("Subscriptions", [])
+            if not resp.get("NextToken"):
+                return out
+            kwargs["NextToken"] = resp["NextToken"]
+
+    def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
+        out = []
+        for s in self._subs(self.arn(topic)):
+            if s.get("Protocol") != "sqs":
+                continue
+            attrs = self.sns.get_subscription_attributes(SubscriptionArn=s["SubscriptionArn"])["Attributes"]
+            name = s["Endpoint"].rsplit(":", 1)[-1].removeprefix(self.transport.prefix)
+            out.append((name, attrs.get("RawMessageDelivery") == "true"))
+        return sorted(out)
+
+    def publish(self, topic: str, body: str, *, message_id: str) -> None:
+        self.sns.publish(TopicArn=self.arn(topic), Message=body,
+                         MessageAttributes={MESSAGE_ID_ATTR: {"DataType": "String", "StringValue": message_id}})
+
+
+_: type[Topic] = SnsTopic

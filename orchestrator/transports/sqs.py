@@ -1,0 +1,270 @@
+"""``Transport`` on Amazon SQS through boto3.
+
+Receipt handles change on every receive; ``ApproximateReceiveCount`` is the receive count.
+Batch calls (send, delete) retry the entries that failed and never drop one. SQS may accept a
+stale receipt handle (moto always does), so lease fencing does not rely on the queue: the
+status store's claim is what keeps a stale holder from committing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from orchestrator.aws_common import DEFAULT_REGION, client, error_code
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport
+from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
+from orchestrator.transports.common import DEAD_LETTER_REASON
+
+SQS_MAX_BODY_BYTES = 256 * 1024
+SQS_MAX_BATCH = 10  # SQS's limit for every batch call (moto does not enforce it; we do)
+SQS_MAX_WAIT_S = 20
+SQS_MAX_DELAY_S = 900.0
+SQS_MAX_VISIBILITY_S = 43200.0
+BATCH_RETRIES = 5
+MESSAGE_ID_ATTR = "message_id"
+# SQS moves a message to the DLQ by itself after this many receives beyond the stage's own
+# limit: the controller dead-letters first (and marks the job FAILED); this is the backstop.
+REDRIVE_SLACK = 2
+LEASE_LOST_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
+                    "AWS.SimpleQueueService.MessageNotInflight"}
+
+
+class BatchError(OrchestratorError):
+    """Some entries of a batch call still failed after retries."""
+
+
+def _chunks(items: Sequence[Any], n: int = SQS_MAX_BATCH) -> list[Sequence[Any]]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+class SqsTransport:
+    max_delay_s = SQS_MAX_DELAY_S
+    max_visibility_s = SQS_MAX_VISIBILITY_S
+    max_body_bytes = SQS_MAX_BODY_BYTES
+
+    def __init__(self, *, prefix: str = "", region: str = DEFAULT_REGION, sqs_client: Any = None) -> None:
+        self.prefix = prefix
+        self.sqs = sqs_client or client("sqs", region=region)
+        self._urls: dict[str, str] = {}
+        self._dlq: dict[str, str] = {}
+
+    # -- names ------------------------------------------------------------------------------
+    def _name(self, queue: str) -> str:
+        return f"{self.prefix}{queue}"
+
+    def url(self, queue: str) -> str:
+        url = self._urls.get(queue)
+        if url is None:
+            try:
+                url = self.sqs.get_queue_url(QueueName=self._name(queue))["QueueUrl"]
+            except Exception as exc:
+                if error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                    self.ensure_queue(QueueSpec(queue, dead_letter=f"{queue}-dlq", fifo=queue.endswith(".fifo")))
+                    return self._urls[queue]
+                raise
+            self._urls[queue] = url
+        return url
+
+    def arn(self, queue: str) -> str:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.url(queue), AttributeNames=["QueueArn"])
+        return str(attrs["Attributes"]["QueueArn"])
+
+    # -- queues -----------------------------------------------------------------------------
+    def ensure_queue(self, spec: QueueSpec) -> None:
+        fifo = spec.fifo or spec.name.endswith(".fifo")
+        attrs: dict[str, str] = {"VisibilityTimeout": str(math.ceil(spec.visibility_timeout_s)),
+                                 "DelaySeconds": str(int(spec.delay_s))}
+        if fifo:
+            attrs["FifoQueue"] = "true"
+        if spec.dead_letter:
+            dlq_attrs = {"FifoQueue": "true"} if fifo else {}
+            self._create(spec.dead_letter, dlq_attrs)
+            attrs["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": self.arn(spec.dead_letter),
+                                                 "maxReceiveCount": spec.max_receives + REDRIVE_SLACK})
+            self._dlq[spec.name] = spec.dead_letter
+        self._create(spec.name, attrs)
+
+    def _create(self, queue: str, attrs: dict[str, str]) -> None:
+        name = self._name(queue)
+        try:
+            url = self.sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
+        except Exception as exc:  # exists with other attributes: adopt it and update them
+            if error_code(exc) not in ("QueueAlreadyExists", "QueueNameExists"):
+                raise
+            url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
+            if settable:
+                self.sqs.set_queue_attributes(QueueUrl=url, Attributes=settable)
+        self._urls[queue] = url
+
+    def spec(self, queue: str) -> QueueSpec | None:
+        try:
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.url(queue), AttributeNames=["All"])["Attributes"]
+        except Exception:
+            return None
+        redrive = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
+        dlq = redrive.get("deadLetterTargetArn", "").rsplit(":", 1)[-1].removeprefix(self.prefix) or None
+        return QueueSpec(queue, visibility_timeout_s=float(attrs.get("VisibilityTimeout", 30)),
+                         max_receives=int(redrive.get("maxReceiveCount", REDRIVE_SLACK + 1)) - REDRIVE_SLACK,
+                         dead_letter=dlq, fifo=attrs.get("FifoQueue") == "true",
+                         delay_s=float(attrs.get("DelaySeconds", 0)))
+
+    def queues(self) -> list[str]:
+        urls = self.sqs.list_queues(QueueNamePrefix=self.prefix).get("QueueUrls", []) if self.prefix else \
+            self.sqs.list_queues().get("QueueUrls", [])
+        return sorted(u.rsplit("/", 1)[-1].removeprefix(self.prefix) for u in urls)
+
+    # -- sending ----------------------------------------------------------------------------
+    def _entry(self, queue: str, i: int, m: Outgoing) -> dict[str, Any]:
+        size = len(m.body.encode())
+        if size > self.max_body_bytes:
+            raise BodyTooLarge(size, self.max_body_bytes)
+        mid = m.message_id or uuid.uuid4().hex
+        attrs = {MESSAGE_ID_ATTR: mid, **m.attributes}
+        entry: dict[str, Any] = {
+            "Id": str(i), "MessageBody": m.body,
+            "MessageAttributes": {k: {"DataType": "String", "StringValue": str(v)} for k, v in attrs.items()},
+        }
+        if queue.endswith(".fifo"):
+            # One group per job keeps a job's messages in order; the envelope id dedups re-emits.
+            entry["MessageGroupId"] = m.group_id or mid
+            entry["MessageDeduplicationId"] = mid
+        elif m.delay_s:
+            entry["DelaySeconds"] = int(min(m.delay_s, self.max_delay_s))
+        return entry
+
+    def send(self, queue: str, message: Outgoing) -> str:
+        return self.send_batch(queue, [message])[0]
+
+    def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
+        entries = [self._entry(queue, i, m) for i, m in enumerate(messages)]
+        url = self.url(queue)
+        for chunk in _chunks(entries):
+            self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), list(chunk))
+        return [e["MessageAttributes"][MESSAGE_ID_ATTR]["StringValue"] for e in entries]
+
+    def _batch_call(self, call: Any, entries: list[dict[str, Any]]) -> None:
+        """Run a batch call, retrying only the entries that failed; raise if some never pass."""
+        pending = entries
+        for attempt in range(BATCH_RETRIES):
+            resp = call(pending)
+            failed_ids = {f["Id"] for f in resp.get("Failed", [])}
+            if not failed_ids:
+                return
+            sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
+            if sender_faults and all(f.get("Code") in LEASE_LOST_CODES for f in sender_faults) and \
+                    len(sender_faults) == len(failed_ids):
+                return  # stale receipts: nothing more to delete
+            pending = [e for e in pending if e["Id"] in failed_ids]
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))
+        raise BatchError(f"{len(pending)} batch entries still failing after {BATCH_RETRIES} tries")
+
+    # -- receiving --------------------------------------------------------------------------
+    def receive(self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
+        resp = self.sqs.receive_message(
+            QueueUrl=self.url(queue), MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
+            WaitTimeSeconds=int(max(0, min(SQS_MAX_WAIT_S, wait_s))),
+            VisibilityTimeout=math.ceil(visibility_s),
+            AttributeNames=["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"],
+            MessageAttributeNames=["All"],
+        )
+        return [self._delivery(queue, m) for m in resp.get("Messages", [])]
+
+    @staticmethod
+    def _delivery(queue: str, m: dict[str, Any]) -> Delivery:
+        attrs = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
+        sys_attrs = m.get("Attributes", {})
+        return Delivery(
+            queue=queue, body=m["Body"], receipt=m["ReceiptHandle"],
+            receive_count=int(sys_attrs.get("ApproximateReceiveCount", 1)),
+            first_received_at=int(sys_attrs.get("ApproximateFirstReceiveTimestamp", 0)) / 1000.0,
+            message_id=attrs.get(MESSAGE_ID_ATTR) or m["MessageId"], attributes=attrs,
+        )
+
+    def ack(self, delivery: Delivery) -> bool:
+        try:
+            self.sqs.delete_message(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt)
+            return True
+        except Exception as exc:
+            if error_code(exc) in LEASE_LOST_CODES:
+                return False
+            raise
+
+    def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        by_queue: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            by_queue.setdefault(d.queue, []).append(d)
+        for queue, ds in by_queue.items():
+            url = self.url(queue)
+            for chunk in _chunks(ds):
+                entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(chunk)]
+                self._batch_call(lambda es, url=url: self.sqs.delete_message_batch(QueueUrl=url, Entries=es), entries)
+        return [True] * len(deliveries)
+
+    def extend(self, delivery: Delivery, seconds: float) -> None:
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt,
+                                               VisibilityTimeout=math.ceil(seconds))
+        except Exception as exc:
+            if error_code(exc) in LEASE_LOST_CODES:
+                raise LeaseLostError(f"lease on {delivery.message_id} in {delivery.queue} lost: {exc}") from exc
+            raise
+
+    def release(self, delivery: Delivery, delay_s: float) -> bool:
+        try:
+            self.sqs.change_message_visibility(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt,
+                                               VisibilityTimeout=int(min(delay_s, self.max_visibility_s)))
+            return True
+        except Exception as exc:
+            if error_code(exc) in LEASE_LOST_CODES:
+                return False
+            raise
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        dlq = self._dlq.get(delivery.queue) or (self.spec(delivery.queue) or QueueSpec(delivery.queue)).dead_letter \
+            or f"{delivery.queue}-dlq"
+        attrs = dict(delivery.attributes, **{DEAD_LETTER_REASON: reason[:1000], "source_queue": delivery.queue})
+        attrs.pop(MESSAGE_ID_ATTR, None)
+        try:  # is it still ours? A message already moved (or acked) is not copied again
+            self.extend(delivery, 30)
+        except LeaseLostError:
+            return
+        # Copy first, then delete: a crash in between leaves a duplicate in the DLQ, never a loss.
+        self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs,
+                                group_id=delivery.message_id))
+        self.ack(delivery)
+
+    def depth(self, queue: str) -> QueueDepth:
+        a = self.sqs.get_queue_attributes(
+            QueueUrl=self.url(queue),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                            "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return QueueDepth(visible=int(a.get("ApproximateNumberOfMessages", 0)),
+                          in_flight=int(a.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                          delayed=int(a.get("ApproximateNumberOfMessagesDelayed", 0)))
+
+    def peek(self, queue: str, limit: int) -> list[Delivery]:
+        """Receive with a zero visibility timeout: nothing stays leased, but each peek counts as
+        a receive (SQS has no read-only look)."""
+        out: dict[str, Delivery] = {}
+        for _ in range(max(1, math.ceil(limit / SQS_MAX_BATCH)) + 1):
+            resp = self.sqs.receive_message(QueueUrl=self.url(queue), MaxNumberOfMessages=SQS_MAX_BATCH,
+                                            VisibilityTimeout=0, WaitTimeSeconds=0, MessageAttributeNames=["All"],
+                                            AttributeNames=["ApproximateReceiveCount"])
+            got = resp.get("Messages", [])
+            new = [m for m in got if m["MessageId"] not in out]
+            if not new:
+                break
+            for m in new:
+                out[m["MessageId"]] = self._delivery(queue, m)
+            if len(out) >= limit:
+                break
+        return list(out.values())[:limit]
+
+
+_: type[Transport] = SqsTransport

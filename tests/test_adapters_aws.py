@@ -1,0 +1,211 @@
+"""The contract suite on the AWS adapters (moto), plus SQS/SNS/DynamoDB behaviour of their own."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import moto.core.utils
+import pytest
+from moto import mock_aws
+
+from contract import StatusStoreContract, TopicContract, TransportContract, make_queue, one
+from orchestrator.base import Outgoing, QueueSpec
+from orchestrator.clock import SimClock
+from orchestrator.codec import Codec
+from orchestrator.envelope import Envelope
+from orchestrator.errors import BodyTooLarge, InvalidKey, ObjectNotFound
+from orchestrator.objects.s3 import S3ObjectStore
+from orchestrator.status import JobStatus
+from orchestrator.stores.dynamodb import DynamoDBStatusStore
+from orchestrator.transports.sns import SnsTopic
+from orchestrator.transports.sqs import SqsTransport
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def advance_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Move moto's clock (visibility, delays) forward without sleeping."""
+    offset = [0.0]
+    real = moto.core.utils.utcnow
+    monkeypatch.setattr(moto.core.utils, "utcnow", lambda: real() + datetime.timedelta(seconds=offset[0]))
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance
+
+
+@pytest.fixture
+def transport() -> SqsTransport:
+    return SqsTransport(prefix="t-", region=REGION)
+
+
+@pytest.fixture
+def topic(transport: SqsTransport) -> SnsTopic:
+    return SnsTopic(transport, prefix="t-", region=REGION)
+
+
+class TestSqs(TransportContract):
+    # moto accepts stale receipt handles for delete and visibility changes (real SQS "may"
+    # not delete); fencing of stale holders is done by the store's claim, tested elsewhere.
+    fences_stale_receipts = False
+    # moto's concurrent receives occasionally hand out one message twice.
+    exclusive_concurrent_receive = False
+
+
+class TestSns(TopicContract):
+    pass
+
+
+class TestDynamoDB(StatusStoreContract):
+    @pytest.fixture
+    def store(self) -> DynamoDBStatusStore:
+        return DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())
+
+
+def test_redrive_policy_moves_a_message_to_the_dlq_after_max_receives(transport: SqsTransport,
+                                                                       advance_clock: Callable[[float], None]) -> None:
+    transport.ensure_queue(QueueSpec("rq", visibility_timeout_s=5, max_receives=1, dead_letter="rq-dlq"))
+    transport.send("rq", Outgoing(body="poison"))
+    for _ in range(3):  # max_receives + REDRIVE_SLACK receives, never deleted
+        one(transport, "rq", vis=1)
+        advance_clock(2)
+    assert transport.receive("rq", max_messages=1, wait_s=0, visibility_s=1) == []
+    assert [d.body for d in transport.peek("rq-dlq", 10)] == ["poison"]
+    spec = transport.spec("rq")
+    assert spec is not None and spec.dead_letter == "rq-dlq" and spec.max_receives == 1
+
+
+def test_ensure_queue_is_idempotent_with_changed_settings(transport: SqsTransport) -> None:
+    transport.ensure_queue(QueueSpec("iq", visibility_timeout_s=5, dead_letter="iq-dlq"))
+    transport.ensure_queue(QueueSpec("iq", visibility_timeout_s=9, dead_letter="iq-dlq"))
+    spec = transport.spec("iq")
+    assert spec is not None and spec.visibility_timeout_s == 9
+
+
+def test_fifo_queues_group_by_job_and_dedup_by_envelope_id(transport: SqsTransport) -> None:
+    transport.ensure_queue(QueueSpec("f.fifo", dead_letter="f-dlq.fifo", fifo=True))
+    for body, mid, group in [("a1", "m1", "jobA"), ("a1-again", "m1", "jobA"), ("a2", "m2", "jobA"), ("b1", "m3", "jobB")]:
+        transport.send("f.fifo", Outgoing(body=body, message_id=mid, group_id=group))
+    got = transport.receive("f.fifo", max_messages=10, wait_s=0, visibility_s=30)
+    bodies = [d.body for d in got]
+    assert "a1-again" not in bodies  # deduplicated by the envelope id
+    assert bodies.index("a1") < bodies.index("a2") if "a2" in bodies else True
+
+
+def test_sns_fans_out_wrapped_and_raw_with_a_queue_policy(transport: SqsTransport, topic: SnsTopic) -> None:
+    a, b = make_queue(transport), make_queue(transport)
+    topic.subscribe("results", a, raw=True)
+    topic.subscribe("results", b, raw=False)
+    env = Envelope(task="results", job_id="j", payload={"k": 1})
+    topic.publish("results", env.to_json(), message_id=env.id)
+    assert Codec().decode(one(transport, a).body) == env
+    wrapped = one(transport, b)
+    assert json.loads(wrapped.body)["Type"] == "Notification" and Codec().decode(wrapped.body) == env
+    policy = json.loads(transport.sqs.get_queue_attributes(QueueUrl=transport.url(a), AttributeNames=["Policy"])
+                        ["Attributes"]["Policy"])
+    assert policy["Statement"][0]["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert sorted(topic.subscriptions("results")) == sorted([(a, True), (b, False)])
+
+
+def test_sns_filter_policy_routes_by_attribute(transport: SqsTransport, topic: SnsTopic) -> None:
+    a = make_queue(transport)
+    topic.subscribe("t", a, raw=True, filter_policy={"message_id": ["keep"]})
+    topic.publish("t", "drop-me", message_id="drop")
+    topic.publish("t", "keep-me", message_id="keep")
+    assert [d.body for d in transport.receive(a, max_messages=10, wait_s=0, visibility_s=5)] == ["keep-me"]
+
+
+def test_oversize_sqs_bodies_are_refused_before_sending(transport: SqsTransport) -> None:
+    q = make_queue(transport)
+    with pytest.raises(BodyTooLarge):
+        transport.send_batch(q, [Outgoing(body="x"), Outgoing(body="y" * (256 * 1024 + 1))])
+    assert transport.depth(q).total == 0  # nothing of the batch was sent
+
+
+class FlakyBatches:
+    """Wraps an SQS client so that the first call of each batch kind fails one entry."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _flaky(self, name: str, **kwargs: Any) -> Any:
+        if name in self.failed:
+            return getattr(self.inner, name)(**kwargs)
+        self.failed.add(name)
+        entries = kwargs["Entries"]
+        victim, rest = entries[0], entries[1:]
+        resp = getattr(self.inner, name)(**dict(kwargs, Entries=rest)) if rest else {"Successful": []}
+        resp.setdefault("Failed", []).append({"Id": victim["Id"], "SenderFault": False, "Code": "InternalError",
+                                              "Message": "injected"})
+        return resp
+
+    def send_message_batch(self, **kwargs: Any) -> Any:
+        return self._flaky("send_message_batch", **kwargs)
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        return self._flaky("delete_message_batch", **kwargs)
+
+
+def test_a_partially_failed_batch_retries_the_failed_entries() -> None:
+    t = SqsTransport(prefix="p-", region=REGION, sqs_client=FlakyBatches(boto3.client("sqs", region_name=REGION)))
+    q = make_queue(t)
+    t.send_batch(q, [Outgoing(body=str(i)) for i in range(25)])  # three chunks; one entry fails once
+    got = []
+    while batch := t.receive(q, max_messages=10, wait_s=0, visibility_s=30):
+        got += batch
+    assert sorted(int(d.body) for d in got) == list(range(25))
+    t.ack_batch(got)
+    assert t.depth(q).total == 0
+
+
+def test_dynamodb_adopts_items_written_by_another_program() -> None:
+    store = DynamoDBStatusStore("gas-annotations", region=REGION)
+    boto3.resource("dynamodb", region_name=REGION).Table("gas-annotations").put_item(Item={
+        "job_id": "web-1", "user_id": "u", "job_status": "PENDING", "input_file_name": "a.vcf", "submit_time": 1700000000})
+    rec = store.get("web-1")
+    assert rec is not None and rec.version == 0 and rec.fields["input_file_name"] == "a.vcf"
+    assert store.create("web-1")[1] is False  # never overwrites the web app's item
+    store.begin_step("web-1", stage="annotate", message_id="m", claim="c", attempt=1)
+    store.commit_step("web-1", stage="annotate", message_id="m", claim="c", status=JobStatus.COMPLETED,
+                      fields={"complete_time": 1700000100, "ratio": 0.25, "nested": {"a": [1, 2.5]}}, outbox=[])
+    item = boto3.resource("dynamodb", region_name=REGION).Table("gas-annotations").get_item(Key={"job_id": "web-1"})["Item"]
+    assert item["job_status"] == "COMPLETED" and item["input_file_name"] == "a.vcf" and item["complete_time"] == 1700000100
+    got = store.get("web-1")
+    assert got is not None and got.fields["ratio"] == 0.25 and got.fields["nested"] == {"a": [1, 2.5]}
+    assert [r.job_id for r in store.query(user_id="u")] == ["web-1"]
+
+
+def test_s3_object_store_round_trip_and_key_validation() -> None:
+    s3 = S3ObjectStore("t-objects", region=REGION)
+    s3.put("a/b.txt", b"hello")
+    assert s3.get("a/b.txt") == b"hello" and s3.exists("a/b.txt")
+    assert "t-objects" in s3.url("a/b.txt")
+    s3.delete("a/b.txt")
+    s3.delete("a/b.txt")
+    assert not s3.exists("a/b.txt")
+    with pytest.raises(ObjectNotFound):
+        s3.get("a/b.txt")
+    for bad in ("../x", "/abs", "a/../../b", "nul\x00"):
+        with pytest.raises(InvalidKey):
+            s3.put(bad, b"")

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.envelope import Envelope
-from orchestrator.status import JobRecord, JobStatus, OutMessage
+from orchestrator.errors import StoreError
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
@@ -172,6 +173,21 @@ class StatusStore(Protocol):
 
     def get(self, job_id: str) -> JobRecord | None: ...
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The existing jobs among ``job_ids``, in one round trip where the backend allows."""
+        ...
+
+    def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None
+                    ) -> list[JobRecord | StoreError]:
+        """``begin_step`` for several jobs; each result is the record or the error. ``known``
+        holds records just read: a backend may write against them in one round trip."""
+        ...
+
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
+                     ) -> list[JobRecord | StoreError]:
+        """``commit_step`` for several jobs, each under its own conditions."""
+        ...
+
     def begin_step(
         self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int
     ) -> JobRecord:
@@ -185,7 +201,7 @@ class StatusStore(Protocol):
         *,
         stage: str,
         message_id: str,
-        claim: str,
+        claim: str | None,
         status: JobStatus | None,
         fields: dict[str, Any],
         outbox: list[OutMessage],

@@ -7,6 +7,7 @@ so simulated time passing in a handler extends leases deterministically.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import threading
@@ -31,20 +32,51 @@ class Clock(Protocol):
         ...
 
 
-class _ThreadTimer:
+class _Timer:
     def __init__(self, interval_s: float, fn: Callable[[], None]) -> None:
-        self._stop = threading.Event()
-        self._interval = interval_s
-        self._fn = fn
-        self._thread = threading.Thread(target=self._run, daemon=True, name="heartbeat")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._fn()
+        self.interval_s = interval_s
+        self.fn = fn
+        self.cancelled = False
 
     def cancel(self) -> None:
-        self._stop.set()
+        self.cancelled = True
+
+
+class _Scheduler:
+    """One daemon thread runs every repeating timer of the process (heartbeats), instead of
+    a thread per leased message. A slow callback delays the others, so callbacks must be
+    short (an extend call is)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, interval_s: float, fn: Callable[[], None]) -> _Timer:
+        timer = _Timer(interval_s, fn)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + interval_s, next(self._seq), timer))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-timers")
+                self._thread.start()
+            self._cond.notify()
+        return timer
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                due, _, timer = heapq.heappop(self._heap)
+                if timer.cancelled:
+                    continue
+                heapq.heappush(self._heap, (due + timer.interval_s, next(self._seq), timer))
+            with contextlib.suppress(Exception):  # a failing timer must not stop the others
+                timer.fn()
+
+
+_SCHEDULER = _Scheduler()
 
 
 class SystemClock:
@@ -56,7 +88,7 @@ class SystemClock:
             time.sleep(seconds)
 
     def every(self, interval_s: float, fn: Callable[[], None]) -> Cancel:
-        return _ThreadTimer(interval_s, fn)
+        return _SCHEDULER.add(interval_s, fn)
 
 
 class _SimTimer:

@@ -101,6 +101,11 @@ class Stage:
     emit_format: Literal["envelope", "plain"] = "envelope"
     max_body_bytes: int = 256 * 1024
     accepts_tasks: tuple[str, ...] = ()
+    #: "eager": write a begin (claim + RUNNING) before the handler, so the status shows RUNNING
+    #: while it runs and a stale holder is fenced off by its claim. "lazy": no begin write;
+    #: the commit alone records the step (first committer wins): one store write per message
+    #: instead of two, for fast handlers.
+    claim: Literal["eager", "lazy"] = "eager"
 
     @property
     def dead_letter_queue(self) -> str:
@@ -153,6 +158,8 @@ class Stage:
             out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
         if not 1 <= self.batch_size <= 10:
             out.append(f"stage {self.name}: batch_size must be 1..10, got {self.batch_size}")
+        if self.claim not in ("eager", "lazy"):
+            out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
             out.append(f"stage {self.name}: set emit_to or publish_to, not both")
         return out

@@ -7,6 +7,7 @@ rule, and writes the result back with one conditional write (compare-and-swap on
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -88,6 +89,26 @@ class JobRecord(BaseModel):
         return sum(1 for h in self.history if h.event == "commit" and h.stage == stage)
 
 
+@dataclass(frozen=True)
+class BeginItem:
+    job_id: str
+    stage: str
+    message_id: str
+    claim: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CommitItem:
+    job_id: str
+    stage: str
+    message_id: str
+    claim: str | None
+    status: JobStatus | None
+    fields: dict[str, Any] = field(default_factory=dict)
+    outbox: list[OutMessage] = field(default_factory=list)
+
+
 def new_job(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float) -> JobRecord:
     return JobRecord(
         job_id=job_id,
@@ -156,18 +177,28 @@ def apply_commit(
     *,
     stage: str,
     message_id: str,
-    claim: str,
+    claim: str | None,
     status: JobStatus | None,
     fields: dict[str, Any],
     outbox: list[OutMessage],
     now: float,
 ) -> JobRecord:
-    """Record the step's result, its fields and its outbox; optionally move the status."""
+    """Record the step's result, its fields and its outbox; optionally move the status.
+
+    ``claim=None`` is a lazy claim (a stage with ``claim="lazy"`` writes no begin): the step
+    is created here, a PENDING job passes through RUNNING in the same write, and the only
+    condition is that nobody committed the step first.
+    """
     _own_running_step(rec, stage, claim)
-    if status is not None:
-        check_transition(rec.status, status, rec)
     out = rec.model_copy(deep=True)
-    step = out.steps[stage]
+    if claim is None and out.status == JobStatus.PENDING:
+        out.status = JobStatus.RUNNING
+        out.history.append(HistoryEntry(at=now, event="begin", stage=stage, message_id=message_id,
+                                        from_status=JobStatus.PENDING, to_status=JobStatus.RUNNING))
+    if status is not None:
+        check_transition(out.status, status, rec)
+    step = out.steps.get(stage) or StepRecord(stage=stage, message_id=message_id, started_at=now)
+    out.steps[stage] = step
     step.state = "committed"
     step.finished_at = now
     step.outbox = list(outbox)

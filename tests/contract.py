@@ -289,3 +289,41 @@ class StatusStoreContract:
         assert len(wins) == 1 and len(losses) == 5
         rec = store.get("j1")
         assert rec is not None and rec.fields["by"] == wins[0] and rec.commits("s") == 1
+
+
+class BatchStoreContract:
+    """The batched store operations behave as their one-job counterparts, item by item."""
+
+    def test_get_many_returns_the_existing_jobs(self, store: StatusStore) -> None:
+        for i in range(3):
+            store.create(f"j{i}")
+        got = store.get_many(["j0", "j2", "missing", "j0"])
+        assert sorted(got) == ["j0", "j2"]
+
+    def test_batched_begin_and_commit_judge_each_job_on_its_own(self, store: StatusStore) -> None:
+        from orchestrator.status import BeginItem, CommitItem
+
+        for i in range(4):
+            store.create(f"j{i}")
+        store.begin_step("j3", stage="s", message_id="m", claim="other", attempt=5)  # a newer holder
+        known = store.get_many([f"j{i}" for i in range(4)])
+        begun = store.begin_steps([BeginItem(f"j{i}", "s", "m", f"c{i}", 1) for i in range(4)], known=known)
+        assert [type(r).__name__ for r in begun] == ["JobRecord", "JobRecord", "JobRecord", "ConflictError"]
+        known = store.get_many([f"j{i}" for i in range(3)])
+        store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"by": "single"}, outbox=[])
+        done = store.commit_steps([CommitItem(f"j{i}", "s", "m", f"c{i}", JobStatus.COMPLETED, {"by": "batch"}, [])
+                                   for i in range(3)], known=known)
+        assert [type(r).__name__ for r in done] == ["JobRecord", "ConflictError", "JobRecord"]
+        j1 = store.get("j1")
+        assert j1 is not None and j1.fields["by"] == "single" and j1.commits("s") == 1
+        j2 = store.get("j2")
+        assert j2 is not None and j2.status == JobStatus.COMPLETED and j2.fields["by"] == "batch"
+
+    def test_a_lazy_commit_records_the_step_and_passes_through_running(self, store: StatusStore) -> None:
+        store.create("j")
+        rec = store.commit_step("j", stage="s", message_id="m", claim=None, status=JobStatus.COMPLETED,
+                                fields={}, outbox=[])
+        assert rec.status == JobStatus.COMPLETED and rec.steps["s"].state == "committed"
+        assert [h.to_status for h in rec.history] == [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED]
+        with pytest.raises(ConflictError):
+            store.commit_step("j", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])

@@ -12,7 +12,7 @@ import moto.core.utils
 import pytest
 from moto import mock_aws
 
-from contract import StatusStoreContract, TopicContract, TransportContract, make_queue, one
+from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract, make_queue, one
 from orchestrator.base import Outgoing, QueueSpec
 from orchestrator.clock import SimClock
 from orchestrator.codec import Codec
@@ -73,7 +73,7 @@ class TestSns(TopicContract):
     pass
 
 
-class TestDynamoDB(StatusStoreContract):
+class TestDynamoDB(StatusStoreContract, BatchStoreContract):
     @pytest.fixture
     def store(self) -> DynamoDBStatusStore:
         return DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contract import StatusStoreContract, TopicContract, TransportContract
+from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract
 from orchestrator.base import StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
 from orchestrator.sqlite_db import SqliteDatabase
@@ -27,7 +27,7 @@ def advance_clock(clock: SimClock) -> Callable[[float], None]:
     return clock.advance
 
 
-class TestMemory(TransportContract, TopicContract, StatusStoreContract):
+class TestMemory(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
     @pytest.fixture
     def transport(self, clock: SimClock) -> Transport:
         return MemoryTransport(clock=clock)
@@ -41,7 +41,7 @@ class TestMemory(TransportContract, TopicContract, StatusStoreContract):
         return MemoryStatusStore(clock=clock)
 
 
-class TestSqlite(TransportContract, TopicContract, StatusStoreContract):
+class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
     @pytest.fixture
     def db(self, tmp_path: Path) -> Iterator[SqliteDatabase]:
         db = SqliteDatabase(tmp_path / "t.db")

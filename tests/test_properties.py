@@ -36,6 +36,8 @@ class Scenario:
     seed: int
     stall_probability: float
     via_topic: bool
+    batch_probability: float
+    claim: str
 
 
 @st.composite
@@ -55,7 +57,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         stages=n_stages, jobs=n_jobs, visibility=draw(st.sampled_from([3.0, 10.0, 30.0])),
         max_receives=draw(st.integers(2, 5)), behaviour=behaviour, flaky_failures=draw(st.integers(1, 4)),
         faults=faults, seed=draw(st.integers(0, 2**32)), stall_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
-        via_topic=draw(st.booleans()),
+        via_topic=draw(st.booleans()), batch_probability=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        claim=draw(st.sampled_from(["eager", "lazy"])),
     )
 
 
@@ -93,14 +96,15 @@ def build(sc: Scenario) -> Pipeline:
             opts["subscribe"] = (f"t{i - 1}",)
             opts["raw_subscription"] = i % 2 == 0  # odd stages get SNS-wrapped bodies
         p.stage(f"s{i}", source=f"q{i}", max_receives=sc.max_receives, visibility_timeout=sc.visibility,
-                retry_base_s=0.5, retry_max_s=5.0, **opts)(handler)  # type: ignore[arg-type]
+                retry_base_s=0.5, retry_max_s=5.0, claim=sc.claim, **opts)(handler)  # type: ignore[arg-type]
     return p
 
 
 @given(scenarios())
 def test_invariants_hold_under_random_crashes_and_interleavings(sc: Scenario) -> None:
     # Given
-    sim = Simulation(build(sc), seed=sc.seed, faults=FaultPlan.of(sc.faults), stall_probability=sc.stall_probability)
+    sim = Simulation(build(sc), seed=sc.seed, faults=FaultPlan.of(sc.faults), stall_probability=sc.stall_probability,
+                     batch_probability=sc.batch_probability)
     for j in range(sc.jobs):
         sim.submit(f"job-{j}", {"total": 0}, queue="q0")
     # When
@@ -123,6 +127,9 @@ def test_invariants_hold_under_random_crashes_and_interleavings(sc: Scenario) ->
             # A job fails only for a reason: a failing stage, or attempts used up by crashes,
             # stalls and flaky errors.
             crashes = sum(1 for f in sc.faults if f.job_id in (None, f"job-{j}")) * 2
+            if sc.batch_probability:
+                # a crash drops the whole batch it happened in: batch-mates lose an attempt too
+                crashes = len(sim.crashes)
             flaky = sc.flaky_failures if any(sc.behaviour.get((j, i)) == "flaky" for i in range(sc.stages)) else 0
             assert bad or crashes + flaky + sim.stalled_jobs[f"job-{j}"] >= sc.max_receives, (
                 f"job-{j} FAILED ({reason}) with no cause")

@@ -31,9 +31,11 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
                               "retry_base_s": cfg.retry_base_s, "retry_max_s": max(cfg.retry_base_s, 60.0),
                               "plain_json": True, "wait_s": 0.2}
 
+    # batch_size=1 for annotate: each annotation takes seconds, so a prefetched batch would wait
+    # behind it while other workers idle.
     @p.stage("annotate", source="gas_annotate", subscribe=(JOB_REQUESTS,), raw_subscription=False,
              publish_to=JOB_RESULTS, emit_format="plain", required_fields=REQUEST_KEYS,
-             time_limit_s=cfg.annotator_timeout_s * 2, **common)
+             time_limit_s=cfg.annotator_timeout_s * 2, batch_size=1, **common)
     def annotate(ctx: Context, msg: Envelope) -> Result:
         req = msg.payload
         bucket, key = str(req["s3_inputs_bucket"]), str(req["s3_key_input_file"])

@@ -28,7 +28,7 @@ from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
-from orchestrator.status import JobRecord, OutMessage
+from orchestrator.status import JobRecord, JobStatus, OutMessage
 
 Steps = Generator[str, None, "Outcome"]
 
@@ -41,6 +41,7 @@ class Outcome(StrEnum):
     RETRIED = "retried"  # transient error: message released with backoff
     DEAD_LETTERED = "dead_lettered"  # malformed, unknown, or out of attempts
     DISCARDED = "discarded"  # our lease was lost: result thrown away, message left alone
+    RELEASED = "released"  # never started (the worker is stopping): visible again at once
 
 
 def _rejected_step(stage: str) -> str:
@@ -119,14 +120,15 @@ class Controller:
             return replayed
 
         # 3. begin: claim the step with this delivery's receipt (lease fencing)
-        try:
-            job = store.begin_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
-                                   attempt=d.receive_count)
-        except ConflictError as exc:
-            assert exc.current is not None
-            replayed = self._replay(exc.current, d, env, log)
-            # Not finished but not ours either: a newer delivery holds the step.
-            return replayed if replayed is not None else self._discard(log, "a newer delivery holds the step")
+        if st.claim == "eager":
+            try:
+                job = store.begin_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
+                                       attempt=d.receive_count)
+            except ConflictError as exc:
+                assert exc.current is not None
+                replayed = self._replay(exc.current, d, env, log)
+                # Not finished but not ours either: a newer delivery holds the step.
+                return replayed if replayed is not None else self._discard(log, "a newer delivery holds the step")
         yield from self._crash("after_begin", d, env.job_id, env.id)
 
         if d.receive_count > st.max_receives:
@@ -136,41 +138,17 @@ class Controller:
             return self._fail(d, env, reason, dead_letter=True, log=log)
 
         # 4. handle
-        ctx = Context(job=job, stage=st, envelope=env, delivery=d, clock=self.backend.clock,
-                      log=log, objects=self.backend.objects, lease=lease)
-        try:
-            result = st.handler(ctx, env) or Result()
-            if not isinstance(result, Result):
-                raise PermanentError(f"handler returned {type(result).__name__}, not Result")
-            outbox = self._outbox(env, result)
-        except PermanentError as exc:
-            if lease.lost:
-                return self._discard(log, "permanent error after lease lost")
-            return self._fail(d, env, str(exc) or type(exc).__name__, dead_letter=False, log=log)
-        except Exception as exc:
-            if lease.lost:
-                return self._discard(log, "error after lease lost")
-            reason = f"{type(exc).__name__}: {exc}"
-            if d.receive_count >= st.max_receives:
-                return self._fail(d, env, f"{reason} (attempt {d.receive_count} of {st.max_receives})",
-                                  dead_letter=True, log=log)
-            delay = st.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
-            self.backend.transport.release(d, delay)
-            log.warning("handler failed; retrying", error=reason, retry_in_s=round(delay, 3))
-            return Outcome.RETRIED
+        ran = self._run_handler(d, env, job, lease, log)
+        if isinstance(ran, Outcome):
+            return ran
+        result, outbox, status = ran
         yield from self._crash("after_handle", d, env.job_id, env.id)
         if lease.lost:
             return self._discard(log, "lease lost during handling")
 
         # 5-7. commit, emit, ack
-        status = result.status
-        if status is not None and job.status.terminal and status != job.status:
-            log.info("post-completion stage asked for a status change; keeping", status=job.status.value,
-                     requested=status.value)
-            status = None
-
         def commit() -> JobRecord:
-            return store.commit_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
+            return store.commit_step(env.job_id, stage=st.name, message_id=env.id, claim=self.claim_of(d),
                                      status=status, fields=result.fields, outbox=outbox)
 
         try:
@@ -203,8 +181,50 @@ class Controller:
         return Outcome.COMMITTED
 
     # -- pieces -----------------------------------------------------------------------------
+    def claim_of(self, d: Delivery) -> str | None:
+        """The claim this delivery's writes are conditional on (None for a lazy stage)."""
+        return d.receipt if self.stage.claim == "eager" else None
+
+    def _run_handler(
+        self, d: Delivery, env: Envelope, job: JobRecord, lease: Lease, log: Any
+    ) -> Outcome | tuple[Result, list[OutMessage], JobStatus | None]:
+        """Run the handler; an ``Outcome`` when the delivery is finished here (failed,
+        retried, discarded), else the result, its encoded outbox and the status to write."""
+        st = self.stage
+        ctx = Context(job=job, stage=st, envelope=env, delivery=d, clock=self.backend.clock,
+                      log=log, objects=self.backend.objects, lease=lease)
+        try:
+            result = st.handler(ctx, env) or Result()
+            if not isinstance(result, Result):
+                raise PermanentError(f"handler returned {type(result).__name__}, not Result")
+            outbox = self._outbox(env, result)
+        except PermanentError as exc:
+            if lease.lost:
+                return self._discard(log, "permanent error after lease lost")
+            return self._fail(d, env, str(exc) or type(exc).__name__, dead_letter=False, log=log)
+        except Exception as exc:
+            if lease.lost:
+                return self._discard(log, "error after lease lost")
+            reason = f"{type(exc).__name__}: {exc}"
+            if d.receive_count >= st.max_receives:
+                return self._fail(d, env, f"{reason} (attempt {d.receive_count} of {st.max_receives})",
+                                  dead_letter=True, log=log)
+            delay = st.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
+            self.backend.transport.release(d, delay)
+            log.warning("handler failed; retrying", error=reason, retry_in_s=round(delay, 3))
+            return Outcome.RETRIED
+        status = result.status
+        if status is not None and job.status.terminal and status != job.status:
+            log.info("post-completion stage asked for a status change; keeping", status=job.status.value,
+                     requested=status.value)
+            status = None
+        return result, outbox, status
+
     def _check(self, d: Delivery, point: str, env: Envelope) -> None:
-        for _ in self._crash(point, d, env.job_id, env.id):
+        self._check_point(d, point, env.job_id, env.id)
+
+    def _check_point(self, d: Delivery, point: str, job_id: str | None, message_id: str) -> None:
+        for _ in self._crash(point, d, job_id, message_id):
             pass
 
     def _replay(self, job: JobRecord, d: Delivery, env: Envelope, log: Any) -> Outcome | None:
@@ -239,7 +259,7 @@ class Controller:
         st, transport = self.stage, self.backend.transport
 
         def unit() -> None:
-            self.backend.store.fail(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
+            self.backend.store.fail(env.job_id, stage=st.name, message_id=env.id, claim=self.claim_of(d),
                                     reason=reason, dead_letter=dead_letter)
             self._check(d, "after_commit", env)
             if dead_letter:
@@ -291,12 +311,17 @@ class Controller:
         return out
 
     def _emit(self, outbox: list[OutMessage], job_id: str) -> None:
+        self._emit_many([(outbox, job_id)])
+
+    def _emit_many(self, outboxes: list[tuple[list[OutMessage], str]]) -> None:
+        """Send every outbox message; queue messages go out in one batch per queue."""
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
-        for m in outbox:
-            if m.kind == "topic":
-                self.backend.topic.publish(m.target, m.body, message_id=m.id)
-            else:
-                by_queue[m.target].append(Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+        for outbox, job_id in outboxes:
+            for m in outbox:
+                if m.kind == "topic":
+                    self.backend.topic.publish(m.target, m.body, message_id=m.id)
+                else:
+                    by_queue[m.target].append(Outgoing(body=m.body, message_id=m.id, group_id=job_id))
         for queue, items in by_queue.items():
             self.backend.transport.send_batch(queue, items)
 

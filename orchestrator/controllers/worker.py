@@ -10,6 +10,7 @@ from collections import Counter
 import structlog
 
 from orchestrator.backends import Backend
+from orchestrator.controllers.batch import handle_batch
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.errors import SimulatedCrash
@@ -25,7 +26,8 @@ class Worker:
     """Runs one stage with ``concurrency`` threads.
 
     Each thread receives a batch, keeps every message of the batch alive with a heartbeat,
-    and processes the messages one by one. ``stop(drain=True)`` lets in-flight messages
+    and runs the protocol for the batch (``handle_batch``: handlers one by one, store and
+    queue writes batched). ``stop(drain=True)`` lets in-flight messages
     finish and releases prefetched-but-unstarted ones at once (visibility 0) instead of
     leaving them invisible until their lease lapses.
     """
@@ -117,36 +119,28 @@ class Worker:
             with self._lock:
                 self._busy += len(batch)
             leases = [ctrl.lease(d) for d in batch]  # prefetched messages stay leased too
-            done = 0
             try:
-                for i, (d, lease) in enumerate(zip(batch, leases, strict=True)):
-                    if self._stopping.is_set():
-                        for rest, rest_lease in zip(batch[i:], leases[i:], strict=True):
-                            rest_lease.stop()
-                            transport.release(rest, 0)
-                        break
-                    try:
-                        outcome = ctrl.handle(d, lease)
-                        self.stats[outcome.value] += 1
-                    except SimulatedCrash:
-                        # An in-process "crash": drop the rest of the batch as a dead process
-                        # would, leases and all. The queue redelivers them later.
-                        self.stats["crashed"] += 1
-                        break
-                    except Exception as exc:  # store or queue unavailable: redelivery retries
-                        self.stats["errors"] += 1
-                        self.errors.append(exc)
-                        log.exception("delivery not processed; left for redelivery", stage=st.name)
-                    finally:
-                        lease.stop()
-                        done += 1
-                        with self._lock:
-                            self._busy -= 1
+                if self._stopping.is_set():
+                    for d in batch:  # stopped while receiving: hand them back at once
+                        transport.release(d, 0)
+                    continue
+                outcomes = handle_batch(ctrl, list(zip(batch, leases, strict=True)),
+                                        should_stop=self._stopping.is_set)
+                for outcome in outcomes:
+                    self.stats[outcome.value] += 1
+            except SimulatedCrash:
+                # An in-process "crash": the batch is dropped, leases and all, as a dead
+                # process would drop it. The queue redelivers after the visibility timeout.
+                self.stats["crashed"] += 1
+            except Exception as exc:  # store or queue unavailable: redelivery retries
+                self.stats["errors"] += 1
+                self.errors.append(exc)
+                log.exception("batch not processed; left for redelivery", stage=st.name)
             finally:
                 for lease in leases:
                     lease.stop()
                 with self._lock:
-                    self._busy -= len(batch) - done
+                    self._busy -= len(batch)
 
     def count(self, outcome: Outcome) -> int:
         return self.stats[outcome.value]

@@ -9,12 +9,14 @@ always judged against the latest record.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.errors import ConflictError, JobNotFound
+from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.status import (
+    BeginItem,
+    CommitItem,
     JobRecord,
     JobStatus,
     OutMessage,
@@ -26,6 +28,8 @@ from orchestrator.status import (
 )
 
 MAX_CAS_RETRIES = 50
+
+Rule = Callable[[JobRecord], JobRecord]
 
 
 class VersionConflict(Exception):
@@ -87,6 +91,48 @@ class CasStatusStore(ABC):
                 continue  # someone wrote in between: judge the rule again on the fresh record
         raise ConflictError(f"job {job_id}: write kept racing", current=self._load(job_id))
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """The existing jobs among ``job_ids`` (one round trip where the backend allows)."""
+        out = {}
+        for job_id in dict.fromkeys(job_ids):
+            rec = self._load(job_id)
+            if rec is not None:
+                out[job_id] = rec
+        return out
+
+    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
+        """Apply one rule per job; each result is the written record or the error. Backends
+        override this to write the whole batch in one round trip when nothing conflicts."""
+        out: list[JobRecord | StoreError] = []
+        for job_id, rule in pairs:
+            try:
+                out.append(self._mutate(job_id, rule))
+            except StoreError as exc:
+                out.append(exc)
+        return out
+
+    def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None
+                    ) -> list[JobRecord | StoreError]:
+        """``begin_step`` for several jobs; ``known`` are records just read (a hint)."""
+        now = self.clock.now()
+
+        def rule(i: BeginItem) -> Rule:
+            return lambda r: apply_begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
+                                         attempt=i.attempt, now=now)
+
+        return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
+
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
+                     ) -> list[JobRecord | StoreError]:
+        """``commit_step`` for several jobs, each with its own conditions."""
+        now = self.clock.now()
+
+        def rule(i: CommitItem) -> Rule:
+            return lambda r: apply_commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
+                                          status=i.status, fields=i.fields, outbox=i.outbox, now=now)
+
+        return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
+
     def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int) -> JobRecord:
         now = self.clock.now()
         return self._mutate(
@@ -100,7 +146,7 @@ class CasStatusStore(ABC):
         *,
         stage: str,
         message_id: str,
-        claim: str,
+        claim: str | None,
         status: JobStatus | None,
         fields: dict[str, Any],
         outbox: list[OutMessage],

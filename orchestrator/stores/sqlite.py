@@ -8,14 +8,15 @@ database transaction, this write joins it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
+from orchestrator.errors import StoreError
 from orchestrator.sqlite_db import SqliteDatabase
 from orchestrator.status import JobRecord, JobStatus
-from orchestrator.stores.cas import CasStatusStore, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 
 class SqliteStatusStore(CasStatusStore):
@@ -44,6 +45,21 @@ class SqliteStatusStore(CasStatusStore):
 
     def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord]) -> JobRecord:
         return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate(job_id, rule))
+
+    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
+        # One write transaction for the whole batch instead of one per job.
+        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate_many(pairs, known))
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        ids = list(dict.fromkeys(job_ids))
+        out: dict[str, JobRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self.db.read(f"SELECT doc FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            for (doc,) in rows:
+                rec = JobRecord.model_validate_json(doc)
+                out[rec.job_id] = rec
+        return out
 
     def create(
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None

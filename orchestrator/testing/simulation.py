@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.backends import Backend, memory_backend
 from orchestrator.base import Delivery
 from orchestrator.clock import SimClock
+from orchestrator.controllers.batch import handle_batch
 from orchestrator.controllers.controller import Controller, Outcome, Steps
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
@@ -72,6 +73,7 @@ class Simulation:
         controllers_per_stage: int = 2,
         stall_probability: float = 0.0,
         tick_probability: float = 0.05,
+        batch_probability: float = 0.0,
         fail_fast: bool = False,
         clock: SimClock | None = None,
     ) -> None:
@@ -81,6 +83,7 @@ class Simulation:
         self.faults = faults
         self.stall_probability = stall_probability
         self.tick_probability = tick_probability
+        self.batch_probability = batch_probability  # share of receives run by the batch path
         self.fail_fast = fail_fast
         self.handler_calls: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls
         self.handler_errors: list[BaseException] = []
@@ -182,11 +185,30 @@ class Simulation:
     def _receive(self, stage: str) -> None:
         st = self.pipeline.stages[stage]
         ctrl = self.random.choice(self.controllers[stage])
-        for d in self.transport.receive(st.source, max_messages=self.random.randint(1, 3), wait_s=0,
-                                        visibility_s=st.visibility_timeout):
+        got = self.transport.receive(st.source, max_messages=self.random.randint(1, 4), wait_s=0,
+                                     visibility_s=st.visibility_timeout)
+        for d in got:
             self.received.add((d.queue, d.message_id))
+        if got and self.random.random() < self.batch_probability:
+            self._run_batch(ctrl, got)
+            return
+        for d in got:
             lease = ctrl.lease(d)
             self.flights.append(_Flight(ctrl, d, lease, ctrl.process(d, lease)))
+
+    def _run_batch(self, ctrl: Controller, got: list[Delivery]) -> None:
+        """The worker's batch path, run to its end in one step (a crash drops the batch)."""
+        leases = [ctrl.lease(d) for d in got]
+        try:
+            for outcome in handle_batch(ctrl, list(zip(got, leases, strict=True))):
+                self.outcomes[outcome.value] += 1
+        except SimulatedCrash as crash:
+            self.crashes.append((crash.point, ctrl.stage.name))
+        except _Unexpected as exc:
+            raise exc.error from None
+        finally:
+            for lease in leases:
+                lease.stop()
 
     def _advance(self, f: _Flight) -> None:
         try:

@@ -79,6 +79,10 @@ class ObjectNotFound(OrchestratorError):
     """The object-store key does not exist."""
 
 
+class ObjectArchived(OrchestratorError):
+    """The object is in archive storage (Glacier); a restore was requested. Retry later."""
+
+
 class SimulatedCrash(BaseException):
     """Raised at a crash point named by a ``FaultPlan``.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -60,10 +61,16 @@ class GasResources:
     archive: ObjectStore
     profiles: ObjectStore
     mailer: Mailer
+    #: opens a bucket the request names that is none of ours (on AWS: any S3 bucket)
+    other_bucket: Callable[[str], ObjectStore] | None = None
 
     def bucket(self, name: str, cfg: GasConfig) -> ObjectStore:
-        return {cfg.inputs_bucket: self.inputs, cfg.results_bucket: self.results,
-                cfg.archive_bucket: self.archive}.get(name, self.inputs)
+        known = {cfg.inputs_bucket: self.inputs, cfg.results_bucket: self.results, cfg.archive_bucket: self.archive}
+        if name in known:
+            return known[name]
+        if self.other_bucket is not None:
+            return self.other_bucket(name)
+        return self.inputs
 
 
 def local_resources(root: Path) -> GasResources:

@@ -6,7 +6,7 @@ from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import ObjectStore
-from orchestrator.errors import ObjectNotFound
+from orchestrator.errors import ObjectArchived, ObjectNotFound
 from orchestrator.objects.keys import validate_key
 
 NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -43,12 +43,25 @@ class S3ObjectStore:
         self.s3.put_object(**kwargs)
 
     def get(self, key: str) -> bytes:
+        """Raises ``ObjectNotFound``, or ``ObjectArchived`` for an object in Glacier (after
+        asking S3 to restore it: a retry later finds it readable)."""
         try:
             return bytes(self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
         except Exception as exc:
             if error_code(exc) in NOT_FOUND:
                 raise ObjectNotFound(key) from exc
+            if error_code(exc) == "InvalidObjectState":
+                self._restore(key)
+                raise ObjectArchived(f"{self.bucket}/{key} is archived; restore requested") from exc
             raise
+
+    def _restore(self, key: str) -> None:
+        try:
+            self.s3.restore_object(Bucket=self.bucket, Key=self._key(key),
+                                   RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Expedited"}})
+        except Exception as exc:
+            if error_code(exc) != "RestoreAlreadyInProgress":
+                raise
 
     def exists(self, key: str) -> bool:
         try:

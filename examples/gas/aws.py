@@ -1,0 +1,98 @@
+"""GAS on AWS: the existing deployment's table, topics and buckets, SES for email.
+
+The status store adopts ``<prefix>annotations`` as the web app created it: partition key
+``job_id``, GSI ``user_id_index``, status in ``job_status``. Buckets: ``<prefix>gas-inputs``,
+``<prefix>gas-results``, ``<prefix>gas-archive`` (objects written with the GLACIER storage
+class) and ``<prefix>gas-state`` (user profiles, email markers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from examples.gas.config import GasConfig, GasResources
+from examples.gas.mailer import SENDER
+from orchestrator.aws import parse_aws_url
+from orchestrator.aws_common import client
+from orchestrator.backends import Backend
+from orchestrator.clock import SystemClock
+from orchestrator.objects.s3 import S3ObjectStore
+from orchestrator.stores.dynamodb import DynamoDBStatusStore
+from orchestrator.transports.sns import SnsTopic
+from orchestrator.transports.sqs import SqsTransport
+
+
+class SesMailer:
+    """Email through SES, once per key: a marker object records each sent key.
+
+    The marker is written after SES accepted the email, so a crash between the two sends the
+    email again on redelivery (at least once); the step record makes that window the only one.
+    """
+
+    def __init__(self, state: S3ObjectStore, *, region: str, ses_client: Any = None) -> None:
+        self.state = state
+        self.ses = ses_client or client("ses", region=region)
+
+    def ensure_sender(self) -> None:
+        self.ses.verify_email_identity(EmailAddress=SENDER)
+
+    def send(self, key: str, *, to: str, subject: str, body: str) -> bool:
+        marker = f"sent-mail/{key}"
+        if self.state.exists(marker):
+            return False
+        self.ses.send_email(Source=SENDER, Destination={"ToAddresses": [to]},
+                            Message={"Subject": {"Data": subject}, "Body": {"Text": {"Data": body}}})
+        self.state.put(marker, to.encode())
+        return True
+
+    def sent(self) -> list[str]:
+        keys = self.state.s3.list_objects_v2(Bucket=self.state.bucket, Prefix="sent-mail/").get("Contents", [])
+        return sorted(k["Key"].removeprefix("sent-mail/") for k in keys)
+
+
+def aws_gas(url: str, cfg: GasConfig) -> tuple[Backend, GasResources]:
+    q = parse_aws_url(url)
+    region, prefix = q["region"], q["prefix"]
+    cfg.inputs_bucket = f"{prefix}gas-inputs".lower()
+    cfg.results_bucket = f"{prefix}gas-results".lower()
+    cfg.archive_bucket = f"{prefix}gas-archive".lower()
+    transport = SqsTransport(prefix=prefix, region=region)
+    store = DynamoDBStatusStore(q.get("table", f"{prefix}annotations"), key_attr="job_id", status_attr="job_status",
+                                region=region)
+    backend = Backend(transport=transport, topic=SnsTopic(transport, prefix=prefix, region=region), store=store,
+                      clock=SystemClock(), url=url)
+    state = S3ObjectStore(f"{prefix}gas-state".lower(), region=region)
+    mailer = SesMailer(state, region=region)
+    mailer.ensure_sender()
+    res = GasResources(
+        inputs=S3ObjectStore(cfg.inputs_bucket, region=region),
+        results=S3ObjectStore(cfg.results_bucket, region=region),
+        archive=S3ObjectStore(cfg.archive_bucket, region=region, storage_class="GLACIER"),
+        profiles=ProfilesStore(state),
+        mailer=mailer,
+        other_bucket=lambda name: S3ObjectStore(name, region=region, create=False),
+    )
+    return backend, res
+
+
+class ProfilesStore:
+    """User profiles under ``profiles/`` in the state bucket."""
+
+    def __init__(self, state: S3ObjectStore) -> None:
+        self.state = state
+
+    def put(self, key: str, data: bytes) -> None:
+        self.state.put(f"profiles/{key}", data)
+
+    def get(self, key: str) -> bytes:
+        return self.state.get(f"profiles/{key}")
+
+    def exists(self, key: str) -> bool:
+        return self.state.exists(f"profiles/{key}")
+
+    def delete(self, key: str) -> None:
+        self.state.delete(f"profiles/{key}")
+
+    def url(self, key: str, *, expires_s: int = 3600) -> str:
+        return self.state.url(f"profiles/{key}", expires_s=expires_s)
+

@@ -1,0 +1,110 @@
+"""GAS on moto: an existing web app's raw requests and table items, served by our annotator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from examples.gas import app
+from examples.gas.config import GasConfig
+from orchestrator import JobStatus, Worker
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "gas-samples"
+URL = "aws://?region=us-east-1&prefix=gas-"
+
+
+@pytest.fixture
+def gas(monkeypatch: pytest.MonkeyPatch) -> Iterator[app.Gas]:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        g = app.open_gas(URL, config=GasConfig(retention_s=1.0, visibility_timeout=10.0, retry_base_s=0.1))
+        app.setup(g)
+        yield g
+
+
+def run(gas: app.Gas, *stages: str) -> None:
+    for stage in stages:
+        Worker(gas.pipeline, stage, gas.backend, wait_s=0).run(until_idle=True)
+
+
+def web_app_submit(job_id: str, sample: str, *, json_structure: bool = False, extra: dict[str, object] | None = None,
+                   drop: str | None = None) -> dict[str, object]:
+    """What the existing GAS web app does, with plain boto3: upload, write the item, publish."""
+    s3, ddb, sns = boto3.client("s3"), boto3.resource("dynamodb"), boto3.client("sns")
+    key = f"gas/u1/{job_id}~{sample}"
+    s3.put_object(Bucket="gas-gas-inputs", Key=key, Body=(SAMPLES / sample).read_bytes())
+    request: dict[str, object] = {"job_id": job_id, "user_id": "u1", "input_file_name": sample,
+                                  "s3_inputs_bucket": "gas-gas-inputs", "s3_key_input_file": key,
+                                  "submit_time": 1700000000, "job_status": "PENDING", **(extra or {})}
+    if drop:
+        request.pop(drop)
+    ddb.Table("gas-annotations").put_item(Item=request)
+    topic_arn = sns.create_topic(Name="gas-job_requests")["TopicArn"]
+    if json_structure:
+        sns.publish(TopicArn=topic_arn, Message=json.dumps({"default": json.dumps(request)}), MessageStructure="json")
+    else:
+        sns.publish(TopicArn=topic_arn, Message=json.dumps(request))
+    return request
+
+
+def test_raw_web_app_requests_are_annotated_into_the_existing_table(gas: app.Gas) -> None:
+    # Given two requests published by the existing web app, one with MessageStructure=json
+    web_app_submit("web-1", "test.vcf", extra={"client_tag": "kept"})
+    web_app_submit("web-2", "free_1.vcf", json_structure=True)
+    # When the annotate and notify stages run
+    run(gas, "annotate", "notify")
+    # Then the table items carry the GAS attributes, and the web app's own attributes survive
+    table = boto3.resource("dynamodb").Table("gas-annotations")
+    for job_id, sample, variants in (("web-1", "test.vcf", 350), ("web-2", "free_1.vcf", 1141)):
+        item = table.get_item(Key={"job_id": job_id})["Item"]
+        assert item["job_status"] == "COMPLETED"
+        assert item["s3_results_bucket"] == "gas-gas-results"
+        assert item["s3_key_result_file"] == f"gas/u1/{job_id}~{sample.removesuffix('.vcf')}.annot.vcf"
+        assert item["s3_key_log_file"] == f"gas/u1/{job_id}~{sample}.count.log"
+        assert int(item["complete_time"]) > 0 and item["input_file_name"] == sample
+        assert int(item["variants"]) == variants
+        body = boto3.client("s3").get_object(Bucket="gas-gas-results", Key=item["s3_key_result_file"])["Body"].read()
+        assert b"VT=" in body
+    assert table.get_item(Key={"job_id": "web-1"})["Item"]["client_tag"] == "kept"
+    assert len(gas.resources.mailer.sent()) == 2
+    # the results message on job_results has the GAS keys
+    import time
+
+    time.sleep(1.1)  # the archive queue delays messages by the (shortened) retention
+    notes = gas.backend.transport.peek("gas_archive", 10)
+    assert len(notes) == 2
+    results = json.loads(json.loads(notes[0].body)["Message"])
+    assert {"job_id", "user_id", "s3_results_bucket", "s3_key_result_file", "s3_key_log_file",
+            "complete_time"} <= set(results)
+
+
+def test_a_request_missing_required_keys_is_malformed(gas: app.Gas) -> None:
+    web_app_submit("web-3", "test.vcf", drop="s3_key_input_file")
+    run(gas, "annotate")
+    item = boto3.resource("dynamodb").Table("gas-annotations").get_item(Key={"job_id": "web-3"})["Item"]
+    assert item["job_status"] == "FAILED"
+    [dead] = gas.backend.transport.peek("gas_annotate-dlq", 10)
+    assert "lacks required keys: s3_key_input_file" in dead.attributes["dead_letter_reason"]
+
+
+def test_free_results_go_to_glacier_and_come_back_on_upgrade(gas: app.Gas) -> None:
+    job = app.submit(gas, SAMPLES / "test.vcf", user_id="fay", tier="free")
+    run(gas, "annotate", "notify", "archive")
+    rec = gas.backend.store.get(job)
+    assert rec is not None and rec.status == JobStatus.COMPLETED and rec.fields["results_file_archive_id"]
+    s3 = boto3.client("s3")
+    head = s3.head_object(Bucket="gas-gas-archive", Key=rec.fields["results_file_archive_id"])
+    assert head.get("StorageClass") == "GLACIER"
+    assert app.upgrade(gas, "fay") == [job]
+    run(gas, "restore")
+    rec = gas.backend.store.get(job)
+    assert rec is not None and "results_file_archive_id" not in rec.fields
+    assert s3.head_object(Bucket="gas-gas-results", Key=rec.fields["s3_key_result_file"])

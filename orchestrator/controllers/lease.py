@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from orchestrator.errors import LeaseLostError
+from orchestrator.errors import LeaseLostError, SimulatedCrash
 
 if TYPE_CHECKING:
     from orchestrator.base import Delivery, Transport
@@ -58,7 +58,7 @@ class Lease:
             self.lost = True
             self.stop()
             log.warning("lease lost", message_id=self.delivery.message_id, queue=self.delivery.queue)
-        except Exception as exc:  # a failed beat is retried at the next one, never fatal
+        except (Exception, SimulatedCrash) as exc:  # a failed beat is retried at the next one, never fatal
             log.warning("lease extension failed", message_id=self.delivery.message_id, error=str(exc))
 
     def pause(self, paused: bool = True) -> None:

@@ -26,6 +26,7 @@ from orchestrator.envelope import Envelope
 from orchestrator.errors import MalformedMessage, PermanentError, SimulatedCrash
 from orchestrator.pipeline import Context, Pipeline, Result, Stage
 from orchestrator.status import ALLOWED, JobStatus
+from orchestrator.testing.chaos import ChaosOdds, chaos_backend
 from orchestrator.transports.common import DEAD_LETTER_REASON
 from orchestrator.transports.memory import MemoryTransport
 
@@ -76,10 +77,14 @@ class Simulation:
         batch_probability: float = 0.0,
         fail_fast: bool = False,
         clock: SimClock | None = None,
+        chaos: ChaosOdds | None = None,
     ) -> None:
         self.random = random.Random(seed)
         self.clock = clock or SimClock()
-        self.backend: Backend = memory_backend(self.clock)
+        self.memory: Backend = memory_backend(self.clock)
+        # With chaos, controllers see a misbehaving transport and store; the checks read the
+        # real ones underneath.
+        self.backend: Backend = chaos_backend(self.memory, seed=seed, odds=chaos) if chaos else self.memory
         self.faults = faults
         self.stall_probability = stall_probability
         self.tick_probability = tick_probability
@@ -93,7 +98,7 @@ class Simulation:
         self.outcomes: Counter[str] = Counter()
         self.submitted: list[str] = []
         self.pipeline = self._instrument(pipeline)
-        self.pipeline.setup(self.backend)
+        self.pipeline.setup(self.memory)
         self.controllers = {
             name: [Controller(self.pipeline, name, self.backend, faults=faults, seed=self.random.randrange(2**32),
                               worker_id=f"{name}-{i}") for i in range(controllers_per_stage)]
@@ -103,8 +108,8 @@ class Simulation:
 
     @property
     def transport(self) -> MemoryTransport:
-        assert isinstance(self.backend.transport, MemoryTransport)
-        return self.backend.transport
+        assert isinstance(self.memory.transport, MemoryTransport)
+        return self.memory.transport
 
     def _instrument(self, pipeline: Pipeline) -> Pipeline:
         """A copy of the pipeline whose handlers count their calls and record errors."""
@@ -135,7 +140,7 @@ class Simulation:
                topic: str | None = None, user_id: str | None = None) -> None:
         if queue is None and topic is None:
             queue = next(iter(self.pipeline.stages.values())).source
-        self.pipeline.submit(self.backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)
+        self.pipeline.submit(self.memory, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)
         self.submitted.append(job_id)
 
     def _ready_stages(self) -> list[str]:
@@ -241,7 +246,7 @@ class Simulation:
     # -- invariants -------------------------------------------------------------------------
     def check_invariants(self) -> Report:
         rep = Report()
-        store = self.backend.store
+        store = self.memory.store
         for job_id in self.submitted:
             job = store.get(job_id)
             if job is None or not job.status.terminal:
@@ -253,7 +258,7 @@ class Simulation:
                     rep.committed_twice.append(f"{job_id}/{stage}: {n} commits")
                 if step.state == "committed":
                     for m in step.outbox:
-                        queues = ([q for q, _ in self.backend.topic.subscriptions(m.target)]
+                        queues = ([q for q, _ in self.memory.topic.subscriptions(m.target)]
                                   if m.kind == "topic" else [m.target])
                         for q in queues:
                             if (q, m.id) not in self.received and not any(

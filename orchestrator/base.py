@@ -133,6 +133,10 @@ class Transport(Protocol):
         """Read up to ``limit`` messages without leasing them (operators, DLQ listing)."""
         ...
 
+    def purge(self, queue: str) -> None:
+        """Delete every message of ``queue`` (operators and tests)."""
+        ...
+
     def spec(self, queue: str) -> QueueSpec | None: ...
 
 
@@ -156,6 +160,10 @@ class Topic(Protocol):
         """(queue, raw) pairs of ``topic``."""
         ...
 
+    def topics(self) -> list[str]:
+        """Names of every topic (read-only: creates nothing)."""
+        ...
+
 
 class StatusStore(Protocol):
     """Jobs and their step records. Every write is conditional (first committer wins).
@@ -165,7 +173,8 @@ class StatusStore(Protocol):
     """
 
     def create(
-        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
+        origin: OutMessage | None = None,
     ) -> tuple[JobRecord, bool]:
         """Create a PENDING job. Idempotent: an existing job is returned unchanged with
         ``False``."""
@@ -189,7 +198,8 @@ class StatusStore(Protocol):
         ...
 
     def begin_step(
-        self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int
+        self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
+        input_body: str | None = None, source: str | None = None,
     ) -> JobRecord:
         """Claim ``stage`` for the delivery holding ``claim``; PENDING -> RUNNING.
         Raises ``ConflictError`` if the step is finished or the job FAILED."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from orchestrator.backends import Backend
     from orchestrator.clock import Clock
     from orchestrator.controllers.lease import Lease
+    from orchestrator.middleware import Middleware
 
 DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -166,9 +167,10 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, middleware: list[Middleware] | None = None) -> None:
         self.name = name
         self.stages: dict[str, Stage] = {}
+        self.middleware: list[Middleware] = list(middleware or [])
 
     def stage(
         self, name: str, *, source: str, emit_to: str | None = None, **options: Any

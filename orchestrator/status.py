@@ -60,6 +60,10 @@ class StepRecord(BaseModel):
     # After a failure: whether the message belongs in the dead-letter queue (poison) or is
     # simply removed (PermanentError). A redelivery replays this decision.
     dead_letter: bool = False
+    # The input message as received, kept so the sweeper can re-drive a step whose message
+    # was lost (queue purged, retention expired).
+    input: str | None = None
+    source: str | None = None
 
 
 class HistoryEntry(BaseModel):
@@ -81,6 +85,8 @@ class JobRecord(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
     created_at: float = 0.0
     updated_at: float = 0.0
+    # The job's first message (as submitted), for the sweeper to re-drive.
+    origin: OutMessage | None = None
     # Compare-and-swap counter; 0 means "never written by the framework".
     version: int = 0
 
@@ -96,6 +102,8 @@ class BeginItem:
     message_id: str
     claim: str
     attempt: int
+    input_body: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +117,12 @@ class CommitItem:
     outbox: list[OutMessage] = field(default_factory=list)
 
 
-def new_job(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float) -> JobRecord:
+def new_job(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float,
+            origin: OutMessage | None = None) -> JobRecord:
     return JobRecord(
         job_id=job_id,
         user_id=user_id,
+        origin=origin,
         fields=dict(fields),
         created_at=now,
         updated_at=now,
@@ -126,7 +136,8 @@ def check_transition(current: JobStatus, requested: JobStatus, rec: JobRecord) -
 
 
 def apply_begin(
-    rec: JobRecord, *, stage: str, message_id: str, claim: str, attempt: int, now: float
+    rec: JobRecord, *, stage: str, message_id: str, claim: str, attempt: int, now: float,
+    input_body: str | None = None, source: str | None = None,
 ) -> JobRecord:
     """Claim ``stage`` for this delivery; PENDING becomes RUNNING.
 
@@ -148,7 +159,8 @@ def apply_begin(
     # A newer claim replaces an older one: the older holder's lease has lapsed (the queue
     # redelivered the message), so from here on its commit must lose (lease fencing).
     out.steps[stage] = StepRecord(
-        stage=stage, message_id=message_id, claim=claim, attempt=attempt, started_at=now
+        stage=stage, message_id=message_id, claim=claim, attempt=attempt, started_at=now,
+        input=input_body, source=source,
     )
     if out.status == JobStatus.PENDING:
         out.status = JobStatus.RUNNING

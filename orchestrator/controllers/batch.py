@@ -91,8 +91,8 @@ def handle_batch(
         begun: list[JobRecord | StoreError] = []
     else:
         begun = store.begin_steps(
-            [BeginItem(it.env.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count)
-             for it in live], known=jobs)
+            [BeginItem(it.env.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count,
+                       it.delivery.body, st.source) for it in live], known=jobs)
     for it, res in zip(live if begun else [], begun, strict=True):
         if isinstance(res, StoreError):
             current = res.current if isinstance(res, ConflictError) else None
@@ -158,6 +158,7 @@ def handle_batch(
             outcomes[it.index] = Outcome.DISCARDED
         else:
             ctrl._check_point(it.delivery, "after_ack", it.env.job_id, it.env.id)
+            ctrl.hook("on_commit", st, it.delivery)
             it.log.info("step committed", emitted=len(it.outbox or []), status=res.status.value)
             outcomes[it.index] = Outcome.COMMITTED
     return [outcomes[n] for n in range(len(batch))]

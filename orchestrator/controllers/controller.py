@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Generator, Iterator
@@ -27,6 +28,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError
+from orchestrator.middleware import Middleware, call_hooks
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
 from orchestrator.status import JobRecord, JobStatus, OutMessage
 
@@ -60,8 +62,10 @@ class Controller:
         faults: FaultPlan | None = None,
         seed: int | None = None,
         worker_id: str | None = None,
+        middleware: list[Middleware] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.middleware = [*pipeline.middleware, *(middleware or [])]
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self.backend = backend
         self.faults = faults
@@ -73,7 +77,13 @@ class Controller:
     def lease(self, delivery: Delivery) -> Lease:
         st = self.stage
         return Lease(self.backend.transport, delivery, self.backend.clock,
-                     visibility_s=st.visibility_timeout, time_limit_s=st.time_limit_s)
+                     visibility_s=st.visibility_timeout, time_limit_s=st.time_limit_s,
+                     on_extend=lambda d: self.hook("on_lease_extended", st, d),
+                     on_lost=lambda d: self.hook("on_lease_lost", st, d))
+
+    def hook(self, name: str, *args: object) -> None:
+        if self.middleware:
+            call_hooks(self.middleware, name, *args)
 
     def handle(self, delivery: Delivery, lease: Lease | None = None) -> Outcome:
         """Run the whole protocol for one delivery (the worker's path)."""
@@ -123,7 +133,7 @@ class Controller:
         if st.claim == "eager":
             try:
                 job = store.begin_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
-                                       attempt=d.receive_count)
+                                       attempt=d.receive_count, input_body=d.body, source=st.source)
             except ConflictError as exc:
                 assert exc.current is not None
                 replayed = self._replay(exc.current, d, env, log)
@@ -177,6 +187,7 @@ class Controller:
         except InvalidTransition as exc:
             return self._fail(d, env, f"handler asked for an invalid status change: {exc}", dead_letter=True, log=log)
         yield from self._crash("after_ack", d, env.job_id, env.id)
+        self.hook("on_commit", st, d)
         log.info("step committed", emitted=len(outbox), status=(status or job.status).value)
         return Outcome.COMMITTED
 
@@ -193,6 +204,17 @@ class Controller:
         st = self.stage
         ctx = Context(job=job, stage=st, envelope=env, delivery=d, clock=self.backend.clock,
                       log=log, objects=self.backend.objects, lease=lease)
+        self.hook("before_handle", ctx)
+        started = time.monotonic()
+        outcome = self._call_handler(ctx, d, env, lease, log)
+        label = outcome.value if isinstance(outcome, Outcome) else "handled"
+        self.hook("after_handle", ctx, label, time.monotonic() - started)
+        return outcome
+
+    def _call_handler(
+        self, ctx: Context, d: Delivery, env: Envelope, lease: Lease, log: Any
+    ) -> Outcome | tuple[Result, list[OutMessage], JobStatus | None]:
+        st, job = self.stage, ctx.job
         try:
             result = st.handler(ctx, env) or Result()
             if not isinstance(result, Result):
@@ -212,6 +234,7 @@ class Controller:
             delay = st.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
             self.backend.transport.release(d, delay)
             log.warning("handler failed; retrying", error=reason, retry_in_s=round(delay, 3))
+            self.hook("on_retry", st, d, exc, delay)
             return Outcome.RETRIED
         status = result.status
         if status is not None and job.status.terminal and status != job.status:
@@ -273,6 +296,8 @@ class Controller:
             log.warning("failure not recorded: step no longer ours", reason=str(exc))
             return Outcome.DISCARDED
         log.error("job step failed", reason=reason, dead_lettered=dead_letter)
+        if dead_letter:
+            self.hook("on_dead_letter", st, d, reason)
         return Outcome.DEAD_LETTERED if dead_letter else Outcome.FAILED
 
     def _reject(self, d: Delivery, reason: str, job_id: str | None, log: Any) -> Outcome:
@@ -289,6 +314,7 @@ class Controller:
 
         self.backend.run_atomic(unit)
         log.error("message rejected", reason=reason, job_id=job_id)
+        self.hook("on_dead_letter", st, d, reason)
         return Outcome.DEAD_LETTERED
 
     def _discard(self, log: Any, why: str) -> Outcome:
@@ -318,6 +344,7 @@ class Controller:
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
         for outbox, job_id in outboxes:
             for m in outbox:
+                self.hook("on_emit", self.stage, m)
                 if m.kind == "topic":
                     self.backend.topic.publish(m.target, m.body, message_id=m.id)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -32,7 +33,11 @@ class Lease:
         *,
         visibility_s: float,
         time_limit_s: float | None = None,
+        on_extend: Callable[[Delivery], None] | None = None,
+        on_lost: Callable[[Delivery], None] | None = None,
     ) -> None:
+        self.on_extend = on_extend
+        self.on_lost = on_lost
         self.transport = transport
         self.delivery = delivery
         self.clock = clock
@@ -54,10 +59,14 @@ class Lease:
         try:
             self.transport.extend(self.delivery, self.visibility_s)
             self.extensions += 1
+            if self.on_extend is not None:
+                self.on_extend(self.delivery)
         except LeaseLostError:
             self.lost = True
             self.stop()
             log.warning("lease lost", message_id=self.delivery.message_id, queue=self.delivery.queue)
+            if self.on_lost is not None:
+                self.on_lost(self.delivery)
         except (Exception, SimulatedCrash) as exc:  # a failed beat is retried at the next one, never fatal
             log.warning("lease extension failed", message_id=self.delivery.message_id, error=str(exc))
 

@@ -8,7 +8,7 @@ from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
 from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError
-from orchestrator.status import JobRecord
+from orchestrator.status import JobRecord, OutMessage
 
 
 def submit(
@@ -37,8 +37,10 @@ def submit(
                    payload=payload, created_at=backend.clock.now())
     env = env.model_copy(update={"trace_id": env.id})
 
+    origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=env.to_json())
+
     def unit() -> tuple[JobRecord, bool]:
-        rec, created = backend.store.create(job_id, user_id=user_id, fields=fields)
+        rec, created = backend.store.create(job_id, user_id=user_id, fields=fields, origin=origin)
         if queue is not None:
             backend.transport.send(queue, Outgoing(body=env.to_json(), message_id=env.id, group_id=job_id))
         else:

@@ -14,6 +14,7 @@ from orchestrator.controllers.batch import handle_batch
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.errors import SimulatedCrash
+from orchestrator.middleware import Middleware
 from orchestrator.pipeline import Pipeline, Stage
 
 IDLE_CHECK_INTERVAL_S = 0.1
@@ -42,8 +43,12 @@ class Worker:
         faults: FaultPlan | None = None,
         batch_size: int | None = None,
         wait_s: float | None = None,
+        middleware: list[Middleware] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.middleware = list(middleware or [])
+        self.last_loop_at = time.monotonic()  # liveness: the loop went round recently
+        self.ready = False  # readiness: a receive has succeeded
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self.backend = backend
         self.concurrency = max(1, concurrency)
@@ -104,7 +109,8 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
-        ctrl = Controller(self.pipeline, self.stage, self.backend, faults=self.faults, worker_id=self.id)
+        ctrl = Controller(self.pipeline, self.stage, self.backend, faults=self.faults, worker_id=self.id,
+                          middleware=self.middleware)
         transport, st = self.backend.transport, self.stage
         while not self._stopping.is_set():
             try:
@@ -114,6 +120,10 @@ class Worker:
                 log.warning("receive failed; backing off", error=str(exc), stage=st.name)
                 time.sleep(RECEIVE_ERROR_BACKOFF_S)
                 continue
+            finally:
+                self.last_loop_at = time.monotonic()
+            self.ready = True
+            ctrl.hook("on_receive", st, len(batch))
             if not batch:
                 continue
             with self._lock:

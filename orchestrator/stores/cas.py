@@ -62,13 +62,14 @@ class CasStatusStore(ABC):
         return self._load(job_id)
 
     def create(
-        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
+        origin: OutMessage | None = None,
     ) -> tuple[JobRecord, bool]:
         for _ in range(MAX_CAS_RETRIES):
             current = self._load(job_id)
             if current is not None:
                 return current, False
-            rec = new_job(job_id, user_id=user_id, fields=fields or {}, now=self.clock.now())
+            rec = new_job(job_id, user_id=user_id, fields=fields or {}, now=self.clock.now(), origin=origin)
             rec.version = 1
             try:
                 self._insert(rec)
@@ -118,7 +119,7 @@ class CasStatusStore(ABC):
 
         def rule(i: BeginItem) -> Rule:
             return lambda r: apply_begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
-                                         attempt=i.attempt, now=now)
+                                         attempt=i.attempt, now=now, input_body=i.input_body, source=i.source)
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
@@ -133,11 +134,13 @@ class CasStatusStore(ABC):
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
-    def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int) -> JobRecord:
+    def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
+                   input_body: str | None = None, source: str | None = None) -> JobRecord:
         now = self.clock.now()
         return self._mutate(
             job_id,
-            lambda r: apply_begin(r, stage=stage, message_id=message_id, claim=claim, attempt=attempt, now=now),
+            lambda r: apply_begin(r, stage=stage, message_id=message_id, claim=claim, attempt=attempt, now=now,
+                                  input_body=input_body, source=source),
         )
 
     def commit_step(

@@ -18,12 +18,13 @@ from orchestrator.aws_common import DEFAULT_REGION, client, error_code, resource
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
-from orchestrator.status import HistoryEntry, JobRecord, JobStatus, StepRecord
+from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 BATCH_GET_MAX = 100
 PARALLEL_WRITES = 10  # one receive batch at most
 VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
+ORIGIN = "orc_origin"
 USER_INDEX = "user_id_index"
 
 
@@ -93,7 +94,7 @@ class DynamoDBStatusStore(CasStatusStore):
     # -- mapping ----------------------------------------------------------------------------
     def _record(self, item: dict[str, Any]) -> JobRecord:
         item = from_dynamo(item)
-        own = {self.key_attr, "user_id", self.status_attr, VERSION, STEPS, HISTORY, CREATED, UPDATED}
+        own = {self.key_attr, "user_id", self.status_attr, VERSION, STEPS, HISTORY, CREATED, UPDATED, ORIGIN}
         steps = item.get(STEPS)
         history = item.get(HISTORY)
         return JobRecord(
@@ -106,6 +107,7 @@ class DynamoDBStatusStore(CasStatusStore):
             created_at=float(item.get(CREATED, item.get("submit_time", 0)) or 0),
             updated_at=float(item.get(UPDATED, 0) or 0),
             version=int(item.get(VERSION, 0)),
+            origin=OutMessage.model_validate_json(item[ORIGIN]) if item.get(ORIGIN) else None,
         )
 
     def _item(self, rec: JobRecord) -> dict[str, Any]:
@@ -119,6 +121,8 @@ class DynamoDBStatusStore(CasStatusStore):
         })
         if rec.user_id is not None:
             item["user_id"] = rec.user_id
+        if rec.origin is not None:
+            item[ORIGIN] = rec.origin.model_dump_json()
         return to_dynamo(item)  # type: ignore[no-any-return]
 
     # -- primitives -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
 from orchestrator.sqlite_db import SqliteDatabase
-from orchestrator.status import JobRecord, JobStatus
+from orchestrator.status import JobRecord, JobStatus, OutMessage
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 
@@ -62,9 +62,11 @@ class SqliteStatusStore(CasStatusStore):
         return out
 
     def create(
-        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
+        origin: OutMessage | None = None,
     ) -> tuple[JobRecord, bool]:
-        return self.db.run(lambda c: super(SqliteStatusStore, self).create(job_id, user_id=user_id, fields=fields))
+        return self.db.run(
+            lambda c: super(SqliteStatusStore, self).create(job_id, user_id=user_id, fields=fields, origin=origin))
 
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         sql, params = "SELECT doc FROM jobs WHERE 1=1", []

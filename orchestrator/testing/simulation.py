@@ -113,7 +113,7 @@ class Simulation:
 
     def _instrument(self, pipeline: Pipeline) -> Pipeline:
         """A copy of the pipeline whose handlers count their calls and record errors."""
-        copy = Pipeline(pipeline.name)
+        copy = Pipeline(pipeline.name, middleware=pipeline.middleware)
         for st in pipeline.stages.values():
             copy.add_stage(dataclasses.replace(st, handler=self._wrap(st)))
         return copy

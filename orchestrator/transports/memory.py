@@ -193,6 +193,10 @@ class MemoryTransport:
     def queues(self) -> list[str]:
         return sorted(self._queues)
 
+    def purge(self, queue: str) -> None:
+        with self._cond:
+            self._queue(queue).messages.clear()
+
     def next_visible_at(self, queue: str) -> float | None:
         """When the next message of ``queue`` becomes visible (simulation support)."""
         with self._cond:
@@ -220,6 +224,9 @@ class MemoryTopic:
 
     def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
         return sorted(self._subs.get(topic, {}).items())
+
+    def topics(self) -> list[str]:
+        return sorted(self._subs)
 
     def publish(self, topic: str, body: str, *, message_id: str) -> None:
         for queue, raw in self.subscriptions(topic):

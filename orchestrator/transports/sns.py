@@ -65,6 +65,17 @@ class SnsTopic:
                 return out
             kwargs["NextToken"] = resp["NextToken"]
 
+    def topics(self) -> list[str]:
+        names: list[str] = []
+        kwargs: dict[str, Any] = {}
+        while True:
+            resp = self.sns.list_topics(**kwargs)
+            names += [t["TopicArn"].rsplit(":", 1)[-1] for t in resp.get("Topics", [])]
+            if not resp.get("NextToken"):
+                break
+            kwargs["NextToken"] = resp["NextToken"]
+        return sorted(n.removeprefix(self.prefix) for n in names if n.startswith(self.prefix))
+
     def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
         out = []
         for s in self._subs(self.arn(topic)):

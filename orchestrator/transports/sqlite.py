@@ -185,6 +185,9 @@ class SqliteTransport:
         rows = self.db.read("SELECT name FROM queues UNION SELECT DISTINCT queue FROM messages ORDER BY 1")
         return [r[0] for r in rows]
 
+    def purge(self, queue: str) -> None:
+        self.db.run(lambda c: c.execute("DELETE FROM messages WHERE queue=?", (queue,)) and None)
+
     def peek(self, queue: str, limit: int) -> list[Delivery]:
         rows = self.db.read(
             "SELECT message_id, body, attrs, receive_count, first_received_at FROM messages WHERE queue=? ORDER BY seq LIMIT ?",
@@ -209,6 +212,9 @@ class SqliteTopic:
                       "ON CONFLICT(topic, queue) DO UPDATE SET raw=excluded.raw", (topic, queue, int(raw)))
 
         self.db.run(tx)
+
+    def topics(self) -> list[str]:
+        return [r[0] for r in self.db.read("SELECT name FROM topics ORDER BY name")]
 
     def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
         rows = self.db.read("SELECT queue, raw FROM subscriptions WHERE topic=? ORDER BY queue", (topic,))

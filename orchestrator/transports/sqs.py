@@ -103,6 +103,8 @@ class SqsTransport:
         self._urls[queue] = url
 
     def spec(self, queue: str) -> QueueSpec | None:
+        if not self.exists(queue):
+            return None
         try:
             attrs = self.sqs.get_queue_attributes(QueueUrl=self.url(queue), AttributeNames=["All"])["Attributes"]
         except Exception:
@@ -247,6 +249,19 @@ class SqsTransport:
         return QueueDepth(visible=int(a.get("ApproximateNumberOfMessages", 0)),
                           in_flight=int(a.get("ApproximateNumberOfMessagesNotVisible", 0)),
                           delayed=int(a.get("ApproximateNumberOfMessagesDelayed", 0)))
+
+    def purge(self, queue: str) -> None:
+        self.sqs.purge_queue(QueueUrl=self.url(queue))
+
+    def exists(self, queue: str) -> bool:
+        """Whether the queue exists (creates nothing, unlike ``url``)."""
+        try:
+            self._urls[queue] = self.sqs.get_queue_url(QueueName=self._name(queue))["QueueUrl"]
+            return True
+        except Exception as exc:
+            if error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+                return False
+            raise
 
     def peek(self, queue: str, limit: int) -> list[Delivery]:
         """Receive with a zero visibility timeout: nothing stays leased, but each peek counts as

@@ -1,0 +1,57 @@
+"""Middleware: hooks around the controller's steps, with no-op defaults.
+
+Subclass ``Middleware`` and override what you need; pass instances to ``Pipeline(...,
+middleware=[...])`` or ``Worker(..., middleware=[...])``. A hook that raises is logged and
+ignored: observability must never change what the controller does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from orchestrator.base import Delivery
+    from orchestrator.pipeline import Context, Stage
+    from orchestrator.status import OutMessage
+
+log = structlog.get_logger("orchestrator.middleware")
+
+
+class Middleware:
+    def on_receive(self, stage: Stage, count: int) -> None:
+        """A receive returned ``count`` messages (0 for an empty poll)."""
+
+    def before_handle(self, ctx: Context) -> None:
+        """The handler is about to run."""
+
+    def after_handle(self, ctx: Context, outcome: str, seconds: float) -> None:
+        """The handler returned or raised; ``outcome`` is what the controller decided
+        (``handled``, ``retried``, ``failed``, ``dead_lettered``, ``discarded``)."""
+
+    def on_retry(self, stage: Stage, delivery: Delivery, error: BaseException, delay_s: float) -> None:
+        """A transient error: the message comes back after ``delay_s`` seconds."""
+
+    def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
+        """The message went to the dead-letter queue."""
+
+    def on_emit(self, stage: Stage, message: OutMessage) -> None:
+        """A message of a committed outbox was sent."""
+
+    def on_commit(self, stage: Stage, delivery: Delivery) -> None:
+        """A step was committed (and its message acked)."""
+
+    def on_lease_extended(self, stage: Stage, delivery: Delivery) -> None:
+        """The heartbeat extended a lease."""
+
+    def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
+        """A lease was lost: the result of this delivery will be discarded."""
+
+
+def call_hooks(middleware: list[Middleware], name: str, *args: object) -> None:
+    for m in middleware:
+        try:
+            getattr(m, name)(*args)
+        except Exception as exc:
+            log.warning("middleware hook failed", hook=name, middleware=type(m).__name__, error=str(exc))

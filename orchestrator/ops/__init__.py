@@ -1,0 +1,1 @@
+"""The operator's toolkit: dead letters, sweeper, doctor, chaos runs, metrics, config."""

@@ -1,0 +1,93 @@
+"""Stage settings from a TOML file and environment variables (pydantic-settings).
+
+    # orchestrator.toml
+    backend = "sqlite:///orchestrator.db"
+    [stages.double]
+    visibility_timeout = 60
+    max_receives = 8
+
+``ORCHESTRATOR_STAGES__DOUBLE__MAX_RECEIVES=9`` overrides the file; the file overrides the
+values in code. Every setting, its unit and its default is below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from orchestrator.errors import ConfigError
+from orchestrator.pipeline import Pipeline
+
+
+class StageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    visibility_timeout: float | None = Field(None, description="lease taken on each receive, seconds (default 30)")
+    max_receives: int | None = Field(None, description="handler attempts before FAILED + dead letter (default 5)")
+    time_limit_s: float | None = Field(None, description="heartbeat stops extending after this, seconds (default none)")
+    retry_base_s: float | None = Field(None, description="first retry delay, doubled each attempt, seconds (default 1)")
+    retry_max_s: float | None = Field(None, description="longest retry delay, seconds (default 300)")
+    batch_size: int | None = Field(None, description="messages per receive, 1-10 (default 10)")
+    wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1)")
+    delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
+    max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")
+    claim: Literal["eager", "lazy"] | None = Field(None, description="begin write before the handler or not (default eager)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", env_nested_delimiter="__", extra="ignore")
+    toml_path: ClassVar[Path | None] = None
+
+    backend: str | None = Field(None, description="backend URL (default sqlite:///orchestrator.db)")
+    log_level: str | None = Field(None, description="debug, info, warning or error (default info)")
+    stages: dict[str, StageSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
+        return tuple(sources)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Settings from ``path`` (TOML) and the environment; ``ConfigError`` when invalid."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    Settings.toml_path = Path(path) if path is not None else None
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise ConfigError(f"invalid settings: {problems}") from exc
+    except ValueError as exc:  # TOML syntax errors
+        raise ConfigError(f"invalid config file {path}: {exc}") from exc
+    finally:
+        Settings.toml_path = None
+
+
+def apply_settings(pipeline: Pipeline, settings: Settings) -> None:
+    """Override the stages' settings in place; unknown stage names are an error."""
+    for name, stage_settings in settings.stages.items():
+        stage = pipeline.get(name)
+        values: dict[str, Any] = stage_settings.model_dump(exclude_none=True)
+        for key, value in values.items():
+            setattr(stage, key, value)
+
+
+def settings_table() -> str:
+    """Markdown table of every stage setting with its unit and default (for the README)."""
+    rows = ["| setting | meaning |", "|---|---|"]
+    for name, f in StageSettings.model_fields.items():
+        rows.append(f"| `{name}` | {f.description} |")
+    return "\n".join(rows)

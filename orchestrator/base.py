@@ -27,6 +27,9 @@ class QueueSpec:
     dead_letter: str | None = None
     fifo: bool = False
     delay_s: float = 0.0
+    #: receives after which the queue itself moves a message to its dead-letter queue (SQS
+    #: RedrivePolicy); None when only the controller dead-letters
+    redrive_after: int | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from orchestrator.controllers.worker import Worker
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 from orchestrator.pipeline import Pipeline
+from orchestrator.settings import apply_settings, load_settings
 from orchestrator.status import JobRecord, JobStatus
 
 
@@ -45,6 +46,14 @@ def load_pipeline(spec: str) -> Pipeline:
     return pipeline
 
 
+def pipeline_from(args: argparse.Namespace) -> Pipeline:
+    """The pipeline named on the command line, with settings from --config and the
+    environment applied."""
+    pipeline = load_pipeline(args.pipeline)
+    apply_settings(pipeline, args.settings)
+    return pipeline
+
+
 def _json_arg(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -61,7 +70,7 @@ def job_json(rec: JobRecord) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = pipeline_from(args)
     payload = _json_arg(args.payload, "--payload")
     if not args.queue and not args.topic:
         raise UsageError("submit needs --queue or --topic")
@@ -73,11 +82,25 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = pipeline_from(args)
     stage = pipeline.get(args.stage)
     pipeline.setup(backend)
+    middleware: list[Any] = []
+    if args.metrics_port is not None:
+        from orchestrator.ops.metrics import PrometheusMiddleware
+
+        metrics = PrometheusMiddleware()
+        middleware.append(metrics)
     worker = Worker(pipeline, stage, backend, concurrency=args.concurrency, faults=FaultPlan.from_env(),
-                    wait_s=args.wait)
+                    wait_s=args.wait, middleware=middleware)
+    if args.metrics_port is not None:
+        from orchestrator.ops.metrics import HealthServer, QueueDepthCollector, loop_alive
+
+        metrics.registry.register(QueueDepthCollector(backend.transport, [stage.source, stage.dead_letter_queue]))
+        server = HealthServer(args.metrics_port, metrics.registry, host=args.metrics_host,
+                              alive=loop_alive(lambda: worker.last_loop_at, 30 + 2 * worker.wait_s),
+                              ready=lambda: worker.ready and not worker.stopping)
+        print(json.dumps({"metrics": f"http://{args.metrics_host}:{server.port}/metrics"}), file=sys.stderr)
 
     def on_signal(signum: int, _frame: object) -> None:
         worker.request_stop()
@@ -90,7 +113,7 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_setup(args: argparse.Namespace, backend: Backend) -> int:
-    load_pipeline(args.pipeline).setup(backend)
+    pipeline_from(args).setup(backend)
     print(f"set up {backend.url}")
     return 0
 
@@ -145,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def backend_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--log-level", default=os.environ.get("ORCHESTRATOR_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
-        sp.add_argument("--backend", default=os.environ.get("ORCHESTRATOR_BACKEND", DEFAULT_BACKEND),
+        sp.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+        sp.add_argument("--backend", default=None,
                         help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
+        sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"),
+                        help="TOML file of settings (see the README); ORCHESTRATOR_* variables override it")
 
     s = sub.add_parser("submit", help="create a job PENDING and enqueue its first message (idempotent)")
     s.add_argument("pipeline", metavar="MODULE:PIPELINE")
@@ -167,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1)
     w.add_argument("--until-idle", action="store_true", help="exit 0 once the source queue is empty and nothing is in flight")
     w.add_argument("--wait", type=float, default=None, help="long-poll wait in seconds")
+    w.add_argument("--metrics-port", type=int, default=None,
+                   help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port)")
+    w.add_argument("--metrics-host", default="127.0.0.1")
     w.set_defaults(fn=cmd_worker)
 
     su = sub.add_parser("setup", help="create every queue, topic and subscription (idempotent)")
@@ -202,9 +229,10 @@ def _extensions(sub: Any, backend_arg: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(level=args.log_level)
     try:
-        backend = open_backend(args.backend)
+        args.settings = load_settings(args.config)
+        configure_logging(level=args.log_level or args.settings.log_level or "info")
+        backend = open_backend(args.backend or args.settings.backend or DEFAULT_BACKEND)
         try:
             return int(args.fn(args, backend))
         finally:

@@ -216,6 +216,10 @@ class Pipeline:
                 backend.topic.subscribe(topic, st.source, raw=st.raw_subscription)
             if st.publish_to:
                 backend.topic.ensure_topic(st.publish_to)
+        sources = {st.source for st in self.stages.values()}
+        for st in self.stages.values():
+            if st.emit_to and st.emit_to not in sources:  # a queue consumed outside this pipeline
+                backend.transport.ensure_queue(QueueSpec(st.emit_to))
 
     def submit(
         self,

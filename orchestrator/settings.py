@@ -12,11 +12,12 @@ values in code. Every setting, its unit and its default is below.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.pipeline import Pipeline
@@ -39,7 +40,7 @@ class StageSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", env_nested_delimiter="__", extra="ignore")
-    toml_path: ClassVar[Path | None] = None
+    file_values: ClassVar[dict[str, Any]] = {}
 
     backend: str | None = Field(None, description="backend URL (default sqlite:///orchestrator.db)")
     log_level: str | None = Field(None, description="debug, info, warning or error (default info)")
@@ -54,26 +55,28 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.toml_path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
-        return tuple(sources)
+        # lowest priority last: the file, under the environment, under explicit values
+        return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=dict(cls.file_values))
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
     """Settings from ``path`` (TOML) and the environment; ``ConfigError`` when invalid."""
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    Settings.toml_path = Path(path) if path is not None else None
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"invalid config file {path}: {exc}") from exc
+    Settings.file_values = values
     try:
         return Settings()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise ConfigError(f"invalid settings: {problems}") from exc
-    except ValueError as exc:  # TOML syntax errors
-        raise ConfigError(f"invalid config file {path}: {exc}") from exc
     finally:
-        Settings.toml_path = None
+        Settings.file_values = {}
 
 
 def apply_settings(pipeline: Pipeline, settings: Settings) -> None:

@@ -111,10 +111,11 @@ class SqsTransport:
             return None
         redrive = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
         dlq = redrive.get("deadLetterTargetArn", "").rsplit(":", 1)[-1].removeprefix(self.prefix) or None
+        redrive_after = int(redrive["maxReceiveCount"]) if "maxReceiveCount" in redrive else None
         return QueueSpec(queue, visibility_timeout_s=float(attrs.get("VisibilityTimeout", 30)),
-                         max_receives=int(redrive.get("maxReceiveCount", REDRIVE_SLACK + 1)) - REDRIVE_SLACK,
+                         max_receives=(redrive_after or REDRIVE_SLACK + 1) - REDRIVE_SLACK,
                          dead_letter=dlq, fifo=attrs.get("FifoQueue") == "true",
-                         delay_s=float(attrs.get("DelaySeconds", 0)))
+                         delay_s=float(attrs.get("DelaySeconds", 0)), redrive_after=redrive_after)
 
     def queues(self) -> list[str]:
         urls = self.sqs.list_queues(QueueNamePrefix=self.prefix).get("QueueUrls", []) if self.prefix else \

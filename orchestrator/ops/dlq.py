@@ -1,0 +1,89 @@
+"""Dead-letter queues: list, show, redrive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.backends import Backend
+from orchestrator.base import Outgoing
+from orchestrator.errors import MalformedMessage
+from orchestrator.pipeline import Pipeline, Stage
+from orchestrator.status import JobStatus
+from orchestrator.transports.common import DEAD_LETTER_REASON
+
+REDRIVE_VISIBILITY_S = 60.0
+
+
+def dead_letter_queues(backend: Backend, pipeline: Pipeline | None = None) -> list[str]:
+    names = {q for q in backend.transport.queues() if q.endswith("-dlq") or q.endswith("-dlq.fifo")}
+    if pipeline is not None:
+        names |= {st.dead_letter_queue for st in pipeline.stages.values()}
+    return sorted(names)
+
+
+def summary(backend: Backend, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for q in dead_letter_queues(backend, pipeline):
+        depth = backend.transport.depth(q)
+        rows.append({"queue": q, "messages": depth.total})
+    return rows
+
+
+def show(backend: Backend, queue: str, *, limit: int = 20) -> list[dict[str, Any]]:
+    return [
+        {"message_id": d.message_id, "reason": d.attributes.get(DEAD_LETTER_REASON, ""),
+         "source_queue": d.attributes.get("source_queue", queue.removesuffix("-dlq")), "body": d.body}
+        for d in backend.transport.peek(queue, limit)
+    ]
+
+
+@dataclass
+class RedriveResult:
+    redriven: list[str]
+    refused: list[str]  # (message id: why)
+
+
+def _stage_for(pipeline: Pipeline, source: str) -> Stage | None:
+    return next((st for st in pipeline.stages.values() if st.source == source), None)
+
+
+def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 100) -> RedriveResult:
+    """Send dead letters back to their source queue, resetting their jobs to PENDING with a
+    history entry. Jobs that are COMPLETED are refused (their message stays dead-lettered)."""
+    store, transport = backend.store, backend.transport
+    done = RedriveResult([], [])
+    seen: set[str] = set()
+    while len(done.redriven) + len(done.refused) < limit:
+        batch = transport.receive(queue, max_messages=min(10, limit), wait_s=0, visibility_s=REDRIVE_VISIBILITY_S)
+        fresh = [d for d in batch if d.message_id not in seen]
+        if not fresh:
+            for d in batch:
+                transport.release(d, 0)
+            break
+        for d in fresh:
+            seen.add(d.message_id)
+            source = d.attributes.get("source_queue") or queue.removesuffix("-dlq")
+            stage = _stage_for(pipeline, source)
+            job_id = None
+            if stage is not None:
+                try:
+                    job_id = stage.codec.decode(d.body).job_id
+                except MalformedMessage as exc:
+                    job_id = exc.job_id
+            job = store.get(job_id) if job_id else None
+            if job is not None and job.status == JobStatus.COMPLETED:
+                transport.release(d, 0)
+                done.refused.append(f"{d.message_id}: job {job_id} is COMPLETED")
+                continue
+            if job is not None and stage is not None:
+                # FAILED -> PENDING with a history entry; a misrouted or malformed copy was
+                # recorded under its own step key, forgotten too
+                store.reset(job.job_id, stage=stage.name, reason=f"redriven from {queue}")
+                if f"{stage.name}!rejected" in job.steps:
+                    store.reset(job.job_id, stage=f"{stage.name}!rejected", reason=f"redriven from {queue}")
+            attrs = {k: v for k, v in d.attributes.items() if k not in (DEAD_LETTER_REASON, "source_queue", "message_id")}
+            transport.send(source, Outgoing(body=d.body, message_id=d.message_id, attributes=attrs, group_id=job_id))
+            transport.ack(d)
+            done.redriven.append(d.message_id)
+    return done

@@ -1,0 +1,71 @@
+"""``orchestrator doctor``: check every stage's settings against the live backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.backends import Backend
+from orchestrator.pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class Finding:
+    stage: str
+    severity: str  # "error" (will misbehave) or "warning" (works, but look)
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.stage}: {self.message}"
+
+
+def diagnose(pipeline: Pipeline, backend: Backend) -> list[Finding]:
+    t, out = backend.transport, []
+    topics = set(backend.topic.topics())
+    for st in pipeline.stages.values():
+        def add(severity: str, message: str, st_name: str = st.name) -> None:
+            out.append(Finding(st_name, severity, message))
+
+        for problem in st.problems(max_visibility_s=t.max_visibility_s, max_delay_s=t.max_delay_s):
+            add("error", problem.split(": ", 1)[-1])
+        beat = st.visibility_timeout / 3
+        if st.time_limit_s is not None and st.time_limit_s < st.visibility_timeout:
+            add("warning", f"time_limit_s {st.time_limit_s:g}s is shorter than the visibility timeout "
+                           f"{st.visibility_timeout:g}s: a runaway handler is only redelivered when its lease lapses")
+        spec = t.spec(st.source)
+        if spec is None:
+            add("error", f"source queue {st.source} does not exist (run setup)")
+        else:
+            if spec.dead_letter is None:
+                add("warning", f"queue {st.source} has no dead-letter queue: a message that kills every worker "
+                               "is retried until the queue's retention drops it")
+            elif spec.redrive_after is not None and spec.redrive_after <= st.max_receives:
+                add("error", f"queue {st.source} dead-letters after {spec.redrive_after} receives but the controller "
+                             f"needs {st.max_receives + 1} (max_receives {st.max_receives}, plus one to mark the job "
+                             "FAILED): poison would leave the queue while its job stays RUNNING")
+            if abs(spec.visibility_timeout_s - st.visibility_timeout) > 0.5:
+                add("warning", f"queue {st.source} default visibility is {spec.visibility_timeout_s:g}s, the stage "
+                               f"leases for {st.visibility_timeout:g}s on every receive (heartbeat every {beat:g}s); "
+                               "other consumers of the queue get the default")
+            if spec.delay_s != st.delay_s:
+                add("warning", f"queue {st.source} delays messages by {spec.delay_s:g}s, the stage expects "
+                               f"{st.delay_s:g}s")
+        for topic in st.subscribe:
+            if topic not in topics:
+                add("error", f"topic {topic} does not exist (run setup)")
+                continue
+            subs = dict(backend.topic.subscriptions(topic))
+            if st.source not in subs:
+                add("error", f"queue {st.source} is not subscribed to topic {topic}: the stage gets nothing from it")
+            elif subs[st.source] != st.raw_subscription:
+                actual = "raw" if subs[st.source] else "SNS-wrapped"
+                expected = "raw" if st.raw_subscription else "SNS-wrapped"
+                add("warning", f"subscription {topic} -> {st.source} delivers {actual} bodies, the stage expects "
+                               f"{expected} (the codec accepts both; plain-JSON ids then derive from the body)")
+        if st.publish_to:
+            if st.publish_to not in topics:
+                add("error", f"topic {st.publish_to} does not exist (run setup)")
+            elif not backend.topic.subscriptions(st.publish_to):
+                add("warning", f"topic {st.publish_to} has no subscriptions: what the stage publishes goes nowhere")
+        if st.emit_to and t.spec(st.emit_to) is None:
+            add("error", f"emit_to queue {st.emit_to} does not exist (run setup)")
+    return out

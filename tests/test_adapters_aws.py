@@ -10,9 +10,9 @@ from typing import Any
 import boto3
 import moto.core.utils
 import pytest
+from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract, make_queue, one
 from moto import mock_aws
 
-from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract, make_queue, one
 from orchestrator.base import Outgoing, QueueSpec
 from orchestrator.clock import SimClock
 from orchestrator.codec import Codec

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract
+
 from orchestrator.base import StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
 from orchestrator.sqlite_db import SqliteDatabase

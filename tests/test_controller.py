@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import drain
+
 from orchestrator import (
     ConfigError,
     Controller,

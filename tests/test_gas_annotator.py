@@ -17,8 +17,9 @@ from examples.gas.annotator import (
     ts_or_tv,
 )
 from examples.gas.mito import mt_genes
+from examples.gas.samples import samples_dir
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "gas-samples"
+SAMPLES = samples_dir()
 EXPECTED = {"test.vcf": 350, "free_1.vcf": 1141, "free_2.vcf": 2788, "premium_1.vcf": 3000, "premium_3.vcf": 3431}
 
 

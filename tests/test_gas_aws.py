@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import pytest
@@ -12,9 +11,10 @@ from moto import mock_aws
 
 from examples.gas import app
 from examples.gas.config import GasConfig
+from examples.gas.samples import samples_dir
 from orchestrator import JobStatus, Worker
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "gas-samples"
+SAMPLES = samples_dir()
 URL = "aws://?region=us-east-1&prefix=gas-"
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from examples.gas import app
 from examples.gas.config import GasConfig
+from examples.gas.samples import samples_dir
 from orchestrator import JobStatus, Worker
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "gas-samples"
+SAMPLES = samples_dir()
 EXPECTED = {"test.vcf": 350, "free_1.vcf": 1141, "free_2.vcf": 2788, "premium_1.vcf": 3000, "premium_3.vcf": 3431}
 SLOW_ANNOTATOR = (f"{sys.executable} -c \"import runpy, sys, time; time.sleep(0.4); sys.argv = ['annotator'] + "
                   "sys.argv[1:]; runpy.run_module('examples.gas.annotator', run_name='__main__')\"")

@@ -72,7 +72,6 @@ def test_chaos_on_sqlite_with_2000_jobs_loses_nothing(project: Path) -> None:
 @pytest.mark.slow
 def test_chaos_on_aws_against_a_moto_server(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.server import ThreadedMotoServer
-
     from test_aws_pipeline import free_port
 
     port = free_port()
@@ -134,7 +133,6 @@ def test_the_sweeper_finishes_jobs_after_their_queues_were_purged(project: Path)
         main(["submit", "opspipe:pipeline", "--backend", "sqlite:///sw.db", "--queue", "in", "--job-id", f"j{i}",
               "--payload", json.dumps({"n": i})])
     import opspipe  # type: ignore[import-not-found]
-
     from helpers import drain  # noqa: F401  (same drivers the other tests use)
 
     first = Worker(opspipe.pipeline, "first", backend, batch_size=3, wait_s=0)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.quickstart import pipeline as quickstart
-from orchestrator import Fault, FaultPlan, JobStatus, Pipeline, Result
+from orchestrator import FaultPlan, JobStatus, Pipeline, Result
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.testing import Simulation, crash_plans, envelopes, pipeline_property

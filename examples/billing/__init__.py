@@ -19,6 +19,10 @@ class Ledger:
         self.invoices: list[tuple[str, int]] = []
         self._keys: set[str] = set()
 
+    def clear(self) -> None:
+        self.invoices.clear()
+        self._keys.clear()
+
     def invoice(self, job_id: str, amount: int, *, idempotency_key: str | None = None) -> None:
         if idempotency_key is not None:
             if idempotency_key in self._keys:

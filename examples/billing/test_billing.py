@@ -33,8 +33,7 @@ def property_for(idempotent: bool, failing_plans: list[FaultPlan]):  # type: ign
     pipeline = billing_pipeline(ledger, idempotent=idempotent)
 
     def submit_fresh(sim: Simulation) -> None:
-        ledger.invoices.clear()
-        ledger._keys.clear()
+        ledger.clear()
         submit(sim)
 
     def check(sim: Simulation) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from examples.gas import app
 from examples.gas.config import GasConfig
+from examples.gas.samples import samples_dir
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "gas-samples"
 USERS = {  # user -> (tier, files)
     "alice": ("free", ["test.vcf", "free_1.vcf", "free_2.vcf"]),
     "bob": ("premium", ["test.vcf", "free_1.vcf", "free_2.vcf", "premium_1.vcf", "premium_3.vcf"]),
@@ -28,9 +28,11 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path = SAMPLES) -> int:
-    if not samples.is_dir():
-        print(f"sample files not found in {samples}", file=sys.stderr)
+def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = None) -> int:
+    try:
+        samples = samples or samples_dir()
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.base import Delivery
-from orchestrator.controllers.controller import Controller, Outcome
+from orchestrator.controllers.controller import Controller, Outcome, _user_of
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, StoreError
@@ -163,7 +163,3 @@ def handle_batch(
             outcomes[it.index] = Outcome.COMMITTED
     return [outcomes[n] for n in range(len(batch))]
 
-
-def _user_of(env: Envelope) -> str | None:
-    user = env.payload.get("user_id")
-    return str(user) if user is not None else None

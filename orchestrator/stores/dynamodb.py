@@ -115,8 +115,10 @@ class DynamoDBStatusStore(CasStatusStore):
         item.update({
             self.key_attr: rec.job_id, self.status_attr: rec.status.value, VERSION: rec.version,
             # Steps and history as JSON strings: one attribute each, no nested-map edge cases.
-            STEPS: json.dumps({k: v.model_dump(mode="json") for k, v in rec.steps.items()}),
-            HISTORY: json.dumps([h.model_dump(mode="json") for h in rec.history]),
+            STEPS: json.dumps({k: v.model_dump(mode="json", exclude_defaults=True) for k, v in rec.steps.items()},
+                              separators=(",", ":")),
+            HISTORY: json.dumps([h.model_dump(mode="json", exclude_defaults=True) for h in rec.history],
+                                separators=(",", ":")),
             CREATED: rec.created_at, UPDATED: rec.updated_at,
         })
         if rec.user_id is not None:

@@ -173,8 +173,9 @@ class SqsTransport:
             QueueUrl=self.url(queue), MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
             WaitTimeSeconds=int(max(0, min(SQS_MAX_WAIT_S, wait_s))),
             VisibilityTimeout=math.ceil(visibility_s),
-            AttributeNames=["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"],
-            MessageAttributeNames=["All"],
+            # Only the receive count: message attributes cost every receive (moto deep-copies
+            # each message to filter them) and the envelope in the body carries the ids.
+            AttributeNames=["ApproximateReceiveCount"],
         )
         return [self._delivery(queue, m) for m in resp.get("Messages", [])]
 

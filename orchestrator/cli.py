@@ -12,8 +12,11 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
+
+import structlog
 
 from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
 from orchestrator.controllers.faults import FaultPlan
@@ -107,9 +110,31 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.sweep_every:
+        _start_sweeper(pipeline, backend, every_s=args.sweep_every, older_than_s=args.sweep_older_than,
+                       stop=worker.stopping_event)
     worker.run(until_idle=args.until_idle)
     print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
     return 0
+
+
+def _start_sweeper(pipeline: Pipeline, backend: Backend, *, every_s: float, older_than_s: float,
+                   stop: threading.Event) -> None:
+    """Run the sweeper inside this worker every ``every_s`` seconds (level-triggered repair)."""
+    from orchestrator.ops.sweep import sweep
+
+    log = structlog.get_logger("orchestrator.sweeper")
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                report = sweep(pipeline, backend, older_than_s=older_than_s)
+                if report.actions:
+                    log.warning("sweeper re-drove jobs", actions=report.actions[:20], count=len(report.actions))
+            except Exception as exc:  # a failed sweep is retried at the next interval
+                log.warning("sweep failed", error=str(exc))
+
+    threading.Thread(target=loop, daemon=True, name="orchestrator-sweeper").start()
 
 
 def cmd_setup(args: argparse.Namespace, backend: Backend) -> int:
@@ -194,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=None,
                    help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port)")
     w.add_argument("--metrics-host", default="127.0.0.1")
+    w.add_argument("--sweep-every", type=float, default=None,
+                   help="also run the sweeper every this many seconds (see `orchestrator sweep`)")
+    w.add_argument("--sweep-older-than", type=float, default=300.0,
+                   help="the sweeper's --older-than, seconds (default %(default)s)")
     w.set_defaults(fn=cmd_worker)
 
     su = sub.add_parser("setup", help="create every queue, topic and subscription (idempotent)")

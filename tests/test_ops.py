@@ -257,3 +257,38 @@ def test_settings_come_from_toml_and_environment(tmp_path: Path, monkeypatch: py
     cfg.write_text("[stages.square]\nmax_receives = 'many'\n")
     assert main(["setup", "examples.quickstart:pipeline", "--config", str(cfg), "--backend", "memory://"]) == 2
     assert "invalid settings: stages.square.max_receives" in capsys.readouterr().err
+
+
+def test_worker_serves_metrics_and_sweeps_when_asked(project: Path) -> None:
+    # Given a worker process started with --metrics-port 0 and --sweep-every
+    main(["submit", "opspipe:pipeline", "--backend", "sqlite:///w.db", "--queue", "in", "--job-id", "j",
+          "--payload", '{"n": 1}'])
+    backend = sqlite_backend(project / "w.db")
+    backend.transport.purge("in")  # the first message is lost: only the sweeper can finish this job
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(project), *sys.path]))
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "opspipe:pipeline", "--backend",
+                             "sqlite:///w.db", "--stage", "first", "--metrics-port", "0", "--sweep-every", "0.3",
+                             "--sweep-older-than", "0", "--log-level", "error"], cwd=project, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = json.loads(proc.stderr.readline())["metrics"]
+        base = url.removesuffix("/metrics")
+        import time
+
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            job = backend.store.get("j")
+            if job is not None and job.steps.get("first") and job.steps["first"].state == "committed":
+                break
+            time.sleep(0.1)
+        # Then the sweeper re-sent the lost message, the worker committed it, and the endpoints answer
+        assert job is not None and job.steps["first"].state == "committed"
+        assert urllib.request.urlopen(f"{base}/healthz").status == 200
+        assert urllib.request.urlopen(f"{base}/readyz").status == 200
+        text = urllib.request.urlopen(url).read().decode()
+        assert 'orchestrator_succeeded_total{stage="first"} 1.0' in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0

@@ -84,6 +84,10 @@ class Worker:
                 t.join(timeout)
 
     @property
+    def stopping_event(self) -> threading.Event:
+        return self._stopping
+
+    @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 

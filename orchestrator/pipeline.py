@@ -107,6 +107,10 @@ class Stage:
     #: the commit alone records the step (first committer wins): one store write per message
     #: instead of two, for fast handlers.
     claim: Literal["eager", "lazy"] = "eager"
+    #: emitted bodies over 64 KiB go to the object store (claim check) and the queue and the
+    #: outbox carry a pointer; without it a body over the queue's limit fails the step.
+    #: Consumers of such bodies need a large enough ``max_body_bytes``.
+    offload_large_bodies: bool = False
 
     @property
     def dead_letter_queue(self) -> str:

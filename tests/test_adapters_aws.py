@@ -209,3 +209,33 @@ def test_s3_object_store_round_trip_and_key_validation() -> None:
     for bad in ("../x", "/abs", "a/../../b", "nul\x00"):
         with pytest.raises(InvalidKey):
             s3.put(bad, b"")
+
+
+def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
+    from orchestrator import JobStatus, Pipeline, Result, Worker
+    from orchestrator.aws import aws_backend
+    from orchestrator.controllers.controller import Outcome
+
+    backend = aws_backend("aws://?region=us-east-1&prefix=cc-")
+    big = "ACGT" * 100_000  # 400 KB: over SQS's 256 KiB
+    p = Pipeline("cc")
+    p.stage("make", source="in", emit_to="out", offload_large_bodies=True, wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{"seq": big}]))
+    p.stage("refuse", source="in2", emit_to="out2", wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{"seq": big}]))
+    p.stage("use", source="out", max_body_bytes=1_000_000, wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.COMPLETED, fields={"length": len(msg.payload["seq"])}))
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    p.submit(backend, job_id="k", payload={}, queue="in2")
+    for stage in ("make", "use"):
+        Worker(p, stage, backend, wait_s=0).run(until_idle=True)
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.fields["length"] == len(big)
+    assert backend.objects is not None and backend.objects.exists(f"claim-check/{job.steps['make'].outbox[0].id}")
+    # without the stage's consent an oversize emit fails the step before anything is committed
+    w = Worker(p, "refuse", backend, wait_s=0)
+    w.run(until_idle=True)
+    k = backend.store.get("k")
+    assert k is not None and k.status == JobStatus.FAILED and w.count(Outcome.FAILED) == 1
+    assert "over the queue's 262144-byte limit (enable offload_large_bodies" in (k.history[-1].reason or "")

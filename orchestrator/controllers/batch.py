@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.base import Delivery
-from orchestrator.controllers.controller import Controller, Outcome, _user_of
+from orchestrator.controllers.controller import Controller, Outcome, _user_of, kept_input
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, StoreError
@@ -55,7 +55,7 @@ def handle_batch(
     for n, (d, lease) in enumerate(batch):
         log = ctrl.log.bind(message_id=d.message_id, attempt=d.receive_count)
         try:
-            env = st.codec.decode(d.body)
+            env = ctrl.decode(d)
         except MalformedMessage as exc:
             outcomes[n] = ctrl._reject(d, f"malformed message: {exc.reason}", exc.job_id, log)
             continue
@@ -92,7 +92,7 @@ def handle_batch(
     else:
         begun = store.begin_steps(
             [BeginItem(it.env.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count,
-                       it.delivery.body, st.source) for it in live], known=jobs)
+                       kept_input(it.delivery.body), st.source) for it in live], known=jobs)
     for it, res in zip(live if begun else [], begun, strict=True):
         if isinstance(res, StoreError):
             current = res.current if isinstance(res, ConflictError) else None

@@ -29,10 +29,16 @@ from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError
 from orchestrator.middleware import Middleware, call_hooks
+from orchestrator.objects.claim_check import offload_body, resolve_body
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
 from orchestrator.status import JobRecord, JobStatus, OutMessage
 
 Steps = Generator[str, None, "Outcome"]
+
+# Outbox bodies above this go by claim check when the stage allows it, keeping job records
+# small; step records keep their input for the sweeper only up to MAX_KEPT_INPUT_BYTES.
+INLINE_OUTBOX_BYTES = 64 * 1024
+MAX_KEPT_INPUT_BYTES = 16 * 1024
 
 
 class Outcome(StrEnum):
@@ -113,7 +119,7 @@ class Controller:
 
         # 1. decode
         try:
-            env = st.codec.decode(d.body)
+            env = self.decode(d)
         except MalformedMessage as exc:
             return self._reject(d, f"malformed message: {exc.reason}", exc.job_id, log)
         d.envelope = env
@@ -133,7 +139,7 @@ class Controller:
         if st.claim == "eager":
             try:
                 job = store.begin_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
-                                       attempt=d.receive_count, input_body=d.body, source=st.source)
+                                       attempt=d.receive_count, input_body=kept_input(d.body), source=st.source)
             except ConflictError as exc:
                 assert exc.current is not None
                 replayed = self._replay(exc.current, d, env, log)
@@ -332,9 +338,28 @@ class Controller:
                 raise PermanentError(f"stage {st.name} emitted a message but has no emit_to/publish_to")
             child = env.child(stage=st.name, index=i, task=em.task or target, payload=em.payload, now=now)
             plain = em.plain if em.plain is not None else st.emit_format == "plain"
-            body = _plain_body(child) if plain else child.to_json()
+            body = self._fit(_plain_body(child) if plain else child.to_json(), child.id)
             out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body))
         return out
+
+    def _fit(self, body: str, message_id: str) -> str:
+        """Check an emitted body's size before it is committed (after the commit it could
+        only fail forever). With ``offload_large_bodies`` a large body goes to the object
+        store and the outbox keeps a claim-check pointer: small on the queue and in the job
+        record (DynamoDB items stop at 400 KB)."""
+        st, objects = self.stage, self.backend.objects
+        size = len(body.encode())
+        limit = self.backend.transport.max_body_bytes
+        if st.offload_large_bodies and objects is not None and size > INLINE_OUTBOX_BYTES:
+            return offload_body(objects, message_id, body)
+        if size > limit:
+            raise PermanentError(f"stage {st.name} emitted a {size}-byte message, over the queue's {limit}-byte "
+                                 "limit (enable offload_large_bodies to send it by claim check)")
+        return body
+
+    def decode(self, d: Delivery) -> Envelope:
+        """The delivery's envelope, fetching a claim-checked body from the object store."""
+        return self.stage.codec.decode(resolve_body(self.backend.objects, d.body))
 
     def _emit(self, outbox: list[OutMessage], job_id: str) -> None:
         self._emit_many([(outbox, job_id)])
@@ -351,6 +376,11 @@ class Controller:
                     by_queue[m.target].append(Outgoing(body=m.body, message_id=m.id, group_id=job_id))
         for queue, items in by_queue.items():
             self.backend.transport.send_batch(queue, items)
+
+
+def kept_input(body: str) -> str | None:
+    """The input body a step record keeps for the sweeper, if it is small enough."""
+    return body if len(body) <= MAX_KEPT_INPUT_BYTES else None
 
 
 def _plain_body(env: Envelope) -> str:

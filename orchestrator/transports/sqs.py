@@ -173,9 +173,8 @@ class SqsTransport:
             QueueUrl=self.url(queue), MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
             WaitTimeSeconds=int(max(0, min(SQS_MAX_WAIT_S, wait_s))),
             VisibilityTimeout=math.ceil(visibility_s),
-            # Only the receive count: message attributes cost every receive (moto deep-copies
-            # each message to filter them) and the envelope in the body carries the ids.
             AttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],  # our message id and, in a DLQ, the reason
         )
         return [self._delivery(queue, m) for m in resp.get("Messages", [])]
 

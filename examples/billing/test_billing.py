@@ -28,7 +28,7 @@ def one_invoice_per_job(ledger: Ledger, sim: Simulation) -> None:
         assert counts[j] in expected, f"invoices per job: {dict(counts)}"
 
 
-def property_for(idempotent: bool, failing_plans: list[FaultPlan], *, stalls: bool = True):  # type: ignore[no-untyped-def]
+def property_for(idempotent: bool, failing: list[tuple[FaultPlan, Schedule]], *, stalls: bool = True):  # type: ignore[no-untyped-def]
     ledger = Ledger()
     pipeline = billing_pipeline(ledger, idempotent=idempotent)
 
@@ -40,7 +40,7 @@ def property_for(idempotent: bool, failing_plans: list[FaultPlan], *, stalls: bo
         try:
             one_invoice_per_job(ledger, sim)
         except AssertionError:
-            failing_plans.append(sim.faults)  # type: ignore[arg-type]
+            failing.append((sim.faults, sim.schedule))  # type: ignore[arg-type]
             raise
 
     # no "explain" phase: it varies the minimal example after shrinking, and the last failing
@@ -50,20 +50,20 @@ def property_for(idempotent: bool, failing_plans: list[FaultPlan], *, stalls: bo
 
 
 def test_the_harness_finds_the_double_invoice_and_shrinks_the_crash_plan() -> None:
-    plans: list[FaultPlan] = []
+    failing: list[tuple[FaultPlan, Schedule]] = []
     # Stalls alone (a paused worker whose lease lapses) also re-run the handler; without them
     # the only way to a second invoice is a crash after the handler.
     with pytest.raises(AssertionError, match="invoices per job"):
-        property_for(idempotent=False, failing_plans=plans, stalls=False)()
-    shrunk = plans[-1]  # hypothesis replays the minimal failing example last
+        property_for(idempotent=False, failing=failing, stalls=False)()
+    shrunk, schedule = failing[-1]  # hypothesis replays the minimal failing example last
     assert len(shrunk.faults) <= 4, shrunk.faults  # crash_plans draws at most 4; shrinking keeps it small
     culprits = [f for f in shrunk.faults if f.point == "after_handle" and f.stage in ("charge", None)]
     assert culprits, f"the shrunk plan should crash the charge stage after its handler: {shrunk.faults}"
-    # that one fault alone reproduces the double invoice: the handler ran, its result was lost
+    # the reported plan and schedule replay the double invoice deterministically
     ledger = Ledger()
-    simulate(billing_pipeline(ledger, idempotent=False), submit, FaultPlan.of(culprits[:1]), Schedule(seed=0))
+    simulate(billing_pipeline(ledger, idempotent=False), submit, FaultPlan.of(shrunk.faults), schedule)
     assert max(Counter(job for job, _ in ledger.invoices).values()) == 2
 
 
 def test_the_idempotent_handler_survives_every_crash_plan() -> None:
-    property_for(idempotent=True, failing_plans=[])()
+    property_for(idempotent=True, failing=[])()

@@ -105,6 +105,7 @@ class Simulation:
             for name in self.pipeline.stages
         }
         self.flights: list[_Flight] = []
+        self.schedule: Any = None  # the strategies' Schedule this run was made with, if any
 
     @property
     def transport(self) -> MemoryTransport:

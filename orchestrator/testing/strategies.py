@@ -85,6 +85,7 @@ def simulate(pipeline: Pipeline, submit: Callable[[Simulation], Any], plan: Faul
     sim = Simulation(pipeline, seed=schedule.seed, faults=plan, stall_probability=schedule.stall_probability,
                      tick_probability=schedule.tick_probability, batch_probability=schedule.batch_probability,
                      controllers_per_stage=schedule.controllers_per_stage)
+    sim.schedule = schedule
     submit(sim)
     sim.run_until_idle()
     return sim

@@ -7,7 +7,7 @@ ignored: observability must never change what the controller does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,6 +47,29 @@ class Middleware:
 
     def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
         """A lease was lost: the result of this delivery will be discarded."""
+
+
+class LoggingMiddleware(Middleware):
+    """The controller's outcome log lines (installed first on every controller)."""
+
+    @staticmethod
+    def _log(stage: Stage, delivery: Delivery) -> Any:
+        env = delivery.envelope
+        return log.bind(stage=stage.name, message_id=env.id if env else delivery.message_id,
+                        job_id=env.job_id if env else None, attempt=delivery.receive_count)
+
+    def on_retry(self, stage: Stage, delivery: Delivery, error: BaseException, delay_s: float) -> None:
+        self._log(stage, delivery).warning("handler failed; retrying", error=f"{type(error).__name__}: {error}",
+                                           retry_in_s=round(delay_s, 3))
+
+    def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
+        self._log(stage, delivery).error("message dead-lettered", reason=reason, queue=delivery.queue)
+
+    def on_commit(self, stage: Stage, delivery: Delivery) -> None:
+        self._log(stage, delivery).info("step committed")
+
+    def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
+        self._log(stage, delivery).warning("lease lost; the result will be discarded")
 
 
 def call_hooks(middleware: list[Middleware], name: str, *args: object) -> None:

@@ -159,7 +159,6 @@ def handle_batch(
         else:
             ctrl._check_point(it.delivery, "after_ack", it.env.job_id, it.env.id)
             ctrl.hook("on_commit", st, it.delivery)
-            it.log.info("step committed", emitted=len(it.outbox or []), status=res.status.value)
             outcomes[it.index] = Outcome.COMMITTED
     return [outcomes[n] for n in range(len(batch))]
 

@@ -28,7 +28,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError
-from orchestrator.middleware import Middleware, call_hooks
+from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks
 from orchestrator.objects.claim_check import offload_body, resolve_body
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
 from orchestrator.status import JobRecord, JobStatus, OutMessage
@@ -71,7 +71,7 @@ class Controller:
         middleware: list[Middleware] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.middleware = [*pipeline.middleware, *(middleware or [])]
+        self.middleware = [LoggingMiddleware(), *pipeline.middleware, *(middleware or [])]
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self.backend = backend
         self.faults = faults
@@ -194,7 +194,6 @@ class Controller:
             return self._fail(d, env, f"handler asked for an invalid status change: {exc}", dead_letter=True, log=log)
         yield from self._crash("after_ack", d, env.job_id, env.id)
         self.hook("on_commit", st, d)
-        log.info("step committed", emitted=len(outbox), status=(status or job.status).value)
         return Outcome.COMMITTED
 
     # -- pieces -----------------------------------------------------------------------------
@@ -239,7 +238,6 @@ class Controller:
                                   dead_letter=True, log=log)
             delay = st.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
             self.backend.transport.release(d, delay)
-            log.warning("handler failed; retrying", error=reason, retry_in_s=round(delay, 3))
             self.hook("on_retry", st, d, exc, delay)
             return Outcome.RETRIED
         status = result.status
@@ -301,9 +299,10 @@ class Controller:
         except ConflictError as exc:
             log.warning("failure not recorded: step no longer ours", reason=str(exc))
             return Outcome.DISCARDED
-        log.error("job step failed", reason=reason, dead_lettered=dead_letter)
         if dead_letter:
             self.hook("on_dead_letter", st, d, reason)
+        else:
+            log.error("job step failed", reason=reason)
         return Outcome.DEAD_LETTERED if dead_letter else Outcome.FAILED
 
     def _reject(self, d: Delivery, reason: str, job_id: str | None, log: Any) -> Outcome:
@@ -319,7 +318,6 @@ class Controller:
             self.backend.transport.dead_letter(d, reason)
 
         self.backend.run_atomic(unit)
-        log.error("message rejected", reason=reason, job_id=job_id)
         self.hook("on_dead_letter", st, d, reason)
         return Outcome.DEAD_LETTERED
 

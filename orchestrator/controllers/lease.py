@@ -64,7 +64,6 @@ class Lease:
         except LeaseLostError:
             self.lost = True
             self.stop()
-            log.warning("lease lost", message_id=self.delivery.message_id, queue=self.delivery.queue)
             if self.on_lost is not None:
                 self.on_lost(self.delivery)
         except (Exception, SimulatedCrash) as exc:  # a failed beat is retried at the next one, never fatal

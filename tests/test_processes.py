@@ -98,3 +98,34 @@ def test_sigkilled_workers_lose_nothing_and_commit_nothing_twice(tmp_path: Path)
     assert kills >= 8
     print("completed jobs at each kill:", progress)
     assert progress[0] < n_jobs, "the first kill came after the work was done"
+
+
+@pytest.mark.parametrize("point", ["after_begin", "after_handle", "after_commit", "after_ack"])
+def test_a_worker_process_killed_at_a_named_crash_point_is_finished_by_the_next(tmp_path: Path, point: str) -> None:
+    # Given a worker process told (ORCHESTRATOR_FAULTS) to die at a crash point on its first attempt
+    (tmp_path / "chaospipe.py").write_text(PIPELINE)
+    db = tmp_path / "crash.db"
+    backend = sqlite_backend(db)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import chaospipe  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    chaospipe.pipeline.setup(backend)
+    chaospipe.pipeline.submit(backend, job_id="j", payload={"n": 1}, queue="a")
+    faults = f'[{{"point": "{point}", "stage": "first", "attempt": 1}}]'
+
+    def cmd(stage: str) -> list[str]:
+        return [sys.executable, "-m", "orchestrator", "worker", "chaospipe:pipeline", "--backend", f"sqlite:///{db}",
+                "--stage", stage, "--log-level", "error", "--wait", "0.05", "--until-idle"]
+
+    dying = subprocess.run(cmd("first"), cwd=tmp_path, env=dict(os.environ, ORCHESTRATOR_FAULTS=faults), timeout=60)
+    # When it dies (as SIGKILL would) and a healthy worker runs after the lease lapses
+    assert dying.returncode == 137
+    for stage in ("first", "second"):
+        assert subprocess.run(cmd(stage), cwd=tmp_path, timeout=60).returncode == 0
+    # Then the job is completed with each step committed exactly once
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.fields["m"] == 20
+    assert job.commits("first") == 1 and job.commits("second") == 1
+    assert job.steps["first"].attempt == (1 if point == "after_ack" else 2)

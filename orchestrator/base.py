@@ -265,6 +265,3 @@ class ObjectStore(Protocol):
 
     def url(self, key: str, *, expires_s: int = 3600) -> str: ...
 
-
-def outmessage(kind: str, target: str, envelope_id: str, body: str) -> OutMessage:
-    return OutMessage(kind="topic" if kind == "topic" else "queue", target=target, id=envelope_id, body=body)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.aws_common import DEFAULT_REGION, client, error_code, resource
+from orchestrator.aws_common import DEFAULT_REGION, error_code, resource
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
@@ -232,10 +232,6 @@ class DynamoDBStatusStore(CasStatusStore):
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
         recs = [self._record(i) for i in items]
         return sorted(recs, key=lambda r: (r.created_at, r.job_id))
-
-
-def table_client(region: str = DEFAULT_REGION) -> Any:
-    return client("dynamodb", region=region)
 
 
 _: type[StatusStore] = DynamoDBStatusStore

@@ -8,7 +8,14 @@ Runs, against one moto server on 127.0.0.1 and at equal queue depth:
      delete), as a typical hand-rolled annotator does;
   3. a hand-written batched loop per stage (receive 10 -> update items -> send batch ->
      delete batch).
-Prints msgs/s for each (two messages per job) and the ratios.
+Prints msgs/s for each (two messages per job) and the ratios, as the median of --repeat
+interleaved rounds, each run on a fresh moto server so that every run starts from the same state.
+Also printed per run: API requests per message and the server's CPU per message (read from
+/proc when the server is its own process), which show where the time goes.
+
+--rtt-ms adds a modelled network round trip to every request (a sleep before sending, which
+releases the GIL as a socket wait does). 0, the default, is the raw moto server, where the
+server's CPU is the bottleneck; a few ms is closer to real SQS and DynamoDB in-region.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -54,12 +63,14 @@ def orchestrator_run(n: int, claim: str = "eager") -> float:
     for i in range(n):
         p.submit(backend, job_id=f"j{i}", payload={}, queue="a")
     workers = [Worker(p, s, backend) for s in ("one", "two")]
+    METER.start()
     start = time.perf_counter()
     for w in workers:
         w.start()
     while sum(w.stats["committed"] for w in workers) < 2 * n:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
+    METER.stop()
     for w in workers:
         w.stop()
     return 2 * n / elapsed
@@ -86,19 +97,21 @@ def timed(n: int, loops: list[Callable[[threading.Event, list[int]], None]]) -> 
     stop = threading.Event()
     counts = [0] * len(loops)
     threads = [threading.Thread(target=lambda f=f, i=i: f(stop, counts_ref(counts, i))) for i, f in enumerate(loops)]
+    METER.start()
     start = time.perf_counter()
     for t in threads:
         t.start()
     while sum(counts) < 2 * n:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
+    METER.stop()
     stop.set()
     for t in threads:
         t.join()
     return 2 * n / elapsed
 
 
-class counts_ref(list[int]):  # noqa: N801 - a tiny mutable view: counts[i] += k
+class counts_ref(list[int]):
     def __init__(self, counts: list[int], i: int) -> None:
         super().__init__()
         self.counts, self.i = counts, i
@@ -149,31 +162,130 @@ def batched(n: int) -> float:
     return timed(n, [stage(qa, qb, "RUNNING"), stage(qb, None, "COMPLETED")])
 
 
+class Meter:
+    """API requests made by this process, and the server process's CPU, over a timed window."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.server_pid: int | None = None
+        self._lock = threading.Lock()
+        self._counting = False
+        self._cpu0 = 0.0
+        self.window_requests = 0
+        self.window_cpu_s = 0.0
+
+    def install(self, rtt_s: float) -> None:
+        import botocore.httpsession
+
+        send = botocore.httpsession.URLLib3Session.send
+
+        def counted_send(session: Any, request: Any) -> Any:
+            if self._counting:
+                with self._lock:
+                    self.requests += 1
+            if rtt_s:
+                time.sleep(rtt_s)
+            return send(session, request)
+
+        botocore.httpsession.URLLib3Session.send = counted_send  # type: ignore[method-assign]
+
+    def _server_cpu(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def start(self) -> None:
+        self.requests, self._counting, self._cpu0 = 0, True, self._server_cpu()
+
+    def stop(self) -> None:
+        self._counting = False
+        self.window_requests, self.window_cpu_s = self.requests, self._server_cpu() - self._cpu0
+
+
+METER = Meter()
+
+
+def run_on_fresh_server(kind: str, run: Callable[[], float]) -> tuple[float, int, float]:
+    port = free_port()
+    server = start_server(kind, port)
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    METER.server_pid = server.proc.pid if isinstance(server, _ProcessServer) else None
+    try:
+        rate = run()
+    finally:
+        server.stop()
+    return rate, METER.window_requests, METER.window_cpu_s
+
+
 def main() -> None:
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the moto server logs every request
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=150)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the median is reported")
+    ap.add_argument("--rtt-ms", type=float, default=0.0, help="modelled network round trip per request")
+    ap.add_argument("--server", choices=("process", "thread"), default="process",
+                    help="moto server in its own process (like a remote AWS) or a thread of this one")
     args = ap.parse_args()
     configure_logging(level="error")
-    port = free_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION=REGION)
+    METER.install(args.rtt_ms / 1000)
+    n = args.jobs
+    runs: dict[str, Callable[[], float]] = {
+        "hand-written, one message at a time": lambda: one_at_a_time(n),
+        "hand-written, batched": lambda: batched(n),
+        "orchestrator (aws://, claim=eager)": lambda: orchestrator_run(n, "eager"),
+        "orchestrator (aws://, claim=lazy)": lambda: orchestrator_run(n, "lazy"),
+    }
+    results: dict[str, list[tuple[float, int, float]]] = {name: [] for name in runs}
+    print(f"moto server ({args.server}), {n} jobs x 2 stages = {2 * n} messages per run, "
+          f"rtt {args.rtt_ms:g} ms, median of {args.repeat}")
+    for _ in range(args.repeat):
+        for name, run in runs.items():
+            results[name].append(run_on_fresh_server(args.server, run))
+    med = {name: statistics.median(r[0] for r in rs) for name, rs in results.items()}
+    single, batch = med["hand-written, one message at a time"], med["hand-written, batched"]
+    for name, rs in results.items():
+        rates = sorted(r[0] for r in rs)
+        reqs = statistics.median(r[1] for r in rs) / (2 * n)
+        cpu = statistics.median(r[2] for r in rs) * 1000 / (2 * n)
+        line = (f"{name:<36}: {med[name]:7.1f} msgs/s (runs {rates[0]:.1f}-{rates[-1]:.1f})  "
+                f"{reqs:4.2f} req/msg")
+        if args.server == "process":
+            line += f"  server {cpu:5.1f} ms CPU/msg"
+        if name.startswith("orchestrator"):
+            line += f"  {med[name] / single:5.2f}x one-at-a-time, {med[name] / batch:5.2f}x batched"
+        print(line)
+
+
+class _ProcessServer:
+    def __init__(self, port: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start_server(kind: str, port: int) -> Any:
+    """In its own process the server's CPU does not share this process's GIL, as with real AWS."""
+    if kind == "process":
+        return _ProcessServer(port)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION=REGION)
-    try:
-        print(f"moto server, {args.jobs} jobs x 2 stages = {2 * args.jobs} messages each run")
-        single = one_at_a_time(args.jobs)
-        print(f"hand-written, one message at a time  : {single:7.1f} msgs/s")
-        batch = batched(args.jobs)
-        print(f"hand-written, batched                : {batch:7.1f} msgs/s")
-        for claim in ("eager", "lazy"):
-            ours = orchestrator_run(args.jobs, claim)
-            print(f"orchestrator (aws://, claim={claim:<5}) : {ours:7.1f} msgs/s   "
-                  f"{ours / single:5.2f}x one-at-a-time, {ours / batch:5.2f}x batched")
-    finally:
-        server.stop()
+    return server
 
 
 if __name__ == "__main__":

@@ -93,15 +93,25 @@ def handwritten_setup(n: int) -> tuple[Any, Any, str, str, Any]:
     return sqs, table, qa, qb, ddb
 
 
-def timed(n: int, loops: list[Callable[[threading.Event, list[int]], None]]) -> float:
+class Count:
+    """Messages one loop has finished; each loop has its own, so no lock is needed."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> None:
+        self.n += k
+
+
+def timed(n: int, loops: list[Callable[[threading.Event, Count], None]]) -> float:
     stop = threading.Event()
-    counts = [0] * len(loops)
-    threads = [threading.Thread(target=lambda f=f, i=i: f(stop, counts_ref(counts, i))) for i, f in enumerate(loops)]
+    counts = [Count() for _ in loops]
+    threads = [threading.Thread(target=f, args=(stop, c)) for f, c in zip(loops, counts, strict=True)]
     METER.start()
     start = time.perf_counter()
     for t in threads:
         t.start()
-    while sum(counts) < 2 * n:
+    while sum(c.n for c in counts) < 2 * n:
         time.sleep(0.01)
     elapsed = time.perf_counter() - start
     METER.stop()
@@ -111,20 +121,11 @@ def timed(n: int, loops: list[Callable[[threading.Event, list[int]], None]]) -> 
     return 2 * n / elapsed
 
 
-class counts_ref(list[int]):
-    def __init__(self, counts: list[int], i: int) -> None:
-        super().__init__()
-        self.counts, self.i = counts, i
-
-    def add(self, k: int) -> None:
-        self.counts[self.i] += k
-
-
 def one_at_a_time(n: int) -> float:
     sqs, table, qa, qb, _ = handwritten_setup(n)
 
-    def stage(src: str, dst: str | None, status: str) -> Callable[[threading.Event, Any], None]:
-        def loop(stop: threading.Event, count: Any) -> None:
+    def stage(src: str, dst: str | None, status: str) -> Callable[[threading.Event, Count], None]:
+        def loop(stop: threading.Event, count: Count) -> None:
             while not stop.is_set():
                 msgs = sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=1, WaitTimeSeconds=1).get("Messages", [])
                 for m in msgs:
@@ -142,8 +143,8 @@ def one_at_a_time(n: int) -> float:
 def batched(n: int) -> float:
     sqs, table, qa, qb, _ = handwritten_setup(n)
 
-    def stage(src: str, dst: str | None, status: str) -> Callable[[threading.Event, Any], None]:
-        def loop(stop: threading.Event, count: Any) -> None:
+    def stage(src: str, dst: str | None, status: str) -> Callable[[threading.Event, Count], None]:
+        def loop(stop: threading.Event, count: Count) -> None:
             while not stop.is_set():
                 msgs = sqs.receive_message(QueueUrl=src, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
                 if not msgs:
@@ -187,7 +188,7 @@ class Meter:
                 time.sleep(rtt_s)
             return send(session, request)
 
-        botocore.httpsession.URLLib3Session.send = counted_send  # type: ignore[method-assign]
+        botocore.httpsession.URLLib3Session.send = counted_send  # type: ignore[method-assign,assignment]
 
     def _server_cpu(self) -> float:
         if self.server_pid is None:

@@ -371,3 +371,25 @@ def test_stop_releases_prefetched_messages_at_once(tmp_path: Path) -> None:
     depth = b.transport.depth("in")
     assert (depth.visible, depth.in_flight) == (4, 0)
     assert len(b.store.query(status=JobStatus.COMPLETED)) == 1
+
+
+def test_a_body_that_only_outgrows_the_limit_once_sns_wrapped_fails_before_the_commit(backend: Backend) -> None:
+    # Given a stage publishing to a topic with a wrapped (non-raw) subscriber, and a payload whose
+    # envelope fits a queue but whose SNS notification (quotes escaped, metadata added) does not
+    p = Pipeline("t")
+    limit = backend.transport.max_body_bytes
+    p.stage("make", source="in", publish_to="news")(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{"q": '"' * ((limit - 400) // 2)}]))
+    p.stage("read", source="inbox", subscribe=("news",), raw_subscription=False)(
+        lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    # When the stage runs
+    outcomes = drain(backend, p, "make")
+    # Then the step fails once, with the reason, before anything is committed or published
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.FAILED, outcomes
+    assert outcomes == [Outcome.FAILED]
+    assert "as an SNS notification), over the queue's" in (job.history[-1].reason or "")
+    assert job.steps["make"].state == "failed" and not job.steps["make"].outbox
+    assert backend.transport.depth("inbox").total == 0 and backend.transport.depth("in").total == 0

@@ -32,6 +32,7 @@ from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks
 from orchestrator.objects.claim_check import offload_body, resolve_body
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
 from orchestrator.status import JobRecord, JobStatus, OutMessage
+from orchestrator.transports.common import sns_wrapped_bytes
 
 Steps = Generator[str, None, "Outcome"]
 
@@ -336,23 +337,27 @@ class Controller:
                 raise PermanentError(f"stage {st.name} emitted a message but has no emit_to/publish_to")
             child = env.child(stage=st.name, index=i, task=em.task or target, payload=em.payload, now=now)
             plain = em.plain if em.plain is not None else st.emit_format == "plain"
-            body = self._fit(_plain_body(child) if plain else child.to_json(), child.id)
+            body = self._fit(_plain_body(child) if plain else child.to_json(), child.id, via_topic=topic is not None)
             out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body))
         return out
 
-    def _fit(self, body: str, message_id: str) -> str:
+    def _fit(self, body: str, message_id: str, *, via_topic: bool = False) -> str:
         """Check an emitted body's size before it is committed (after the commit it could
-        only fail forever). With ``offload_large_bodies`` a large body goes to the object
+        only fail forever). A topic's wrapped subscribers receive the body escaped inside an
+        SNS notification, so a published body is measured as that (subscriptions may change
+        after the commit). With ``offload_large_bodies`` a large body goes to the object
         store and the outbox keeps a claim-check pointer: small on the queue and in the job
         record (DynamoDB items stop at 400 KB)."""
         st, objects = self.stage, self.backend.objects
         size = len(body.encode())
+        wire = sns_wrapped_bytes(body) if via_topic else size
         limit = self.backend.transport.max_body_bytes
-        if st.offload_large_bodies and objects is not None and size > INLINE_OUTBOX_BYTES:
+        if st.offload_large_bodies and objects is not None and (size > INLINE_OUTBOX_BYTES or wire > limit):
             return offload_body(objects, message_id, body)
-        if size > limit:
-            raise PermanentError(f"stage {st.name} emitted a {size}-byte message, over the queue's {limit}-byte "
-                                 "limit (enable offload_large_bodies to send it by claim check)")
+        if wire > limit:
+            as_sent = f" ({wire} bytes as an SNS notification)" if via_topic else ""
+            raise PermanentError(f"stage {st.name} emitted a {size}-byte message{as_sent}, over the queue's "
+                                 f"{limit}-byte limit (enable offload_large_bodies to send it by claim check)")
         return body
 
     def decode(self, d: Delivery) -> Envelope:

@@ -25,6 +25,16 @@ def sns_wrap(topic: str, body: str, message_id: str) -> str:
     )
 
 
+# What SNS adds around a wrapped body besides escaping it: type, ids, topic ARN, timestamp,
+# signature and certificate URLs, message attributes (about 1.2 KB on AWS).
+SNS_WRAP_RESERVE = 2048
+
+
+def sns_wrapped_bytes(body: str) -> int:
+    """An upper bound on the size of ``body`` delivered inside an SNS notification."""
+    return len(json.dumps(body).encode()) + SNS_WRAP_RESERVE
+
+
 def check_size(body: str, limit: int) -> None:
     size = len(body.encode())
     if size > limit:

@@ -10,6 +10,7 @@ from typing import Any
 import boto3
 import moto.core.utils
 import pytest
+from botocore.exceptions import ClientError
 from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract, make_queue, one
 from moto import mock_aws
 
@@ -51,9 +52,54 @@ def advance_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
     return advance
 
 
+SQS_LIMIT = 256 * 1024  # per message (body + attributes) and per batch request
+
+
+def _aws_error(code: str, message: str, op: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, op)
+
+
+def message_size(body: str, attributes: dict[str, Any] | None) -> int:
+    """SQS's measure: the body plus each attribute's name, data type and value."""
+    return len(body.encode()) + sum(len(k.encode()) + len(v["DataType"].encode()) + len(v["StringValue"].encode())
+                                    for k, v in (attributes or {}).items())
+
+
+class StrictSqs:
+    """An SQS client that enforces the limits AWS enforces and moto does not: ten entries
+    per batch call, 256 KiB per message counting its attributes, 256 KiB per batch request."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def send_message(self, **kw: Any) -> Any:
+        if message_size(kw["MessageBody"], kw.get("MessageAttributes")) > SQS_LIMIT:
+            raise _aws_error("InvalidParameterValue", "message too long", "SendMessage")
+        return self.inner.send_message(**kw)
+
+    def send_message_batch(self, **kw: Any) -> Any:
+        entries = kw["Entries"]
+        if len(entries) > 10:
+            raise _aws_error("AWS.SimpleQueueService.TooManyEntriesInBatchRequest", "too many", "SendMessageBatch")
+        sizes = [message_size(e["MessageBody"], e.get("MessageAttributes")) for e in entries]
+        if any(size > SQS_LIMIT for size in sizes):
+            raise _aws_error("InvalidParameterValue", "message too long", "SendMessageBatch")
+        if sum(sizes) > SQS_LIMIT:
+            raise _aws_error("AWS.SimpleQueueService.BatchRequestTooLong", "batch too long", "SendMessageBatch")
+        return self.inner.send_message_batch(**kw)
+
+    def delete_message_batch(self, **kw: Any) -> Any:
+        if len(kw["Entries"]) > 10:
+            raise _aws_error("AWS.SimpleQueueService.TooManyEntriesInBatchRequest", "too many", "DeleteMessageBatch")
+        return self.inner.delete_message_batch(**kw)
+
+
 @pytest.fixture
 def transport() -> SqsTransport:
-    return SqsTransport(prefix="t-", region=REGION)
+    return SqsTransport(prefix="t-", region=REGION, sqs_client=StrictSqs(boto3.client("sqs", region_name=REGION)))
 
 
 @pytest.fixture
@@ -137,6 +183,24 @@ def test_oversize_sqs_bodies_are_refused_before_sending(transport: SqsTransport)
     with pytest.raises(BodyTooLarge):
         transport.send_batch(q, [Outgoing(body="x"), Outgoing(body="y" * (256 * 1024 + 1))])
     assert transport.depth(q).total == 0  # nothing of the batch was sent
+
+
+def test_batches_are_split_by_total_size_and_attributes_count_toward_the_limit(transport: SqsTransport) -> None:
+    q = make_queue(transport)
+    # ten 60 KB messages: ten entries fit one call, 600 KB does not
+    bodies = [str(i) * 60_000 for i in range(10)]
+    # and a body as large as the transport accepts still fits with our message-id attribute
+    bodies.append("z" * transport.max_body_bytes)
+    transport.send_batch(q, [Outgoing(body=b) for b in bodies])
+    got = []
+    while batch := transport.receive(q, max_messages=10, wait_s=0, visibility_s=30):
+        got += batch
+    assert sorted(d.body for d in got) == sorted(bodies)
+    # dead-lettering adds a reason attribute: the largest message still moves to the DLQ
+    [big] = [d for d in got if d.body.startswith("z")]
+    transport.dead_letter(big, "r" * 5000)
+    [moved] = transport.peek(f"{q}-dlq", 10)
+    assert moved.body == big.body and moved.attributes["dead_letter_reason"].startswith("r")
 
 
 class FlakyBatches:
@@ -238,4 +302,5 @@ def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
     w.run(until_idle=True)
     k = backend.store.get("k")
     assert k is not None and k.status == JobStatus.FAILED and w.count(Outcome.FAILED) == 1
-    assert "over the queue's 262144-byte limit (enable offload_large_bodies" in (k.history[-1].reason or "")
+    limit = backend.transport.max_body_bytes
+    assert f"over the queue's {limit}-byte limit (enable offload_large_bodies" in (k.history[-1].reason or "")

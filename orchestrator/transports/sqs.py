@@ -20,7 +20,12 @@ from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transpo
 from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
-SQS_MAX_BODY_BYTES = 256 * 1024
+# SQS measures a message as its body plus each attribute's name, type and value, and a batch
+# request as the sum of its messages. AWS raised both limits to 1 MiB in 2025; 256 KiB is what
+# every SQS endpoint (and SNS, which feeds it) accepts, so that is the limit we keep.
+SQS_MAX_MESSAGE_BYTES = 256 * 1024
+ATTRIBUTES_RESERVE = 2048  # room left for our attributes (message id; in a DLQ, the reason)
+SQS_MAX_BODY_BYTES = SQS_MAX_MESSAGE_BYTES - ATTRIBUTES_RESERVE
 SQS_MAX_BATCH = 10  # SQS's limit for every batch call (moto does not enforce it; we do)
 SQS_MAX_WAIT_S = 20
 SQS_MAX_DELAY_S = 900.0
@@ -40,6 +45,30 @@ class BatchError(OrchestratorError):
 
 def _chunks(items: Sequence[Any], n: int = SQS_MAX_BATCH) -> list[Sequence[Any]]:
     return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+def attribute_bytes(name: str, value: str) -> int:
+    return len(name.encode()) + len(b"String") + len(value.encode())
+
+
+def message_bytes(entry: dict[str, Any]) -> int:
+    """A send entry's size as SQS counts it."""
+    return len(entry["MessageBody"].encode()) + sum(
+        attribute_bytes(k, v["StringValue"]) for k, v in entry.get("MessageAttributes", {}).items())
+
+
+def _send_chunks(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive groups of at most ten entries and at most one message's size in total."""
+    chunks: list[list[dict[str, Any]]] = []
+    size = 0
+    for e in entries:
+        n = message_bytes(e)
+        if not chunks or len(chunks[-1]) == SQS_MAX_BATCH or size + n > SQS_MAX_MESSAGE_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(e)
+        size += n
+    return chunks
 
 
 class SqsTransport:
@@ -123,9 +152,11 @@ class SqsTransport:
         return sorted(u.rsplit("/", 1)[-1].removeprefix(self.prefix) for u in urls)
 
     # -- sending ----------------------------------------------------------------------------
-    def _entry(self, queue: str, i: int, m: Outgoing) -> dict[str, Any]:
+    def _entry(self, queue: str, i: int, m: Outgoing, *, verbatim: bool = False) -> dict[str, Any]:
+        """One send entry. ``verbatim``: a body that already travelled through SQS (a dead
+        letter) is only held to SQS's own limit, not to the room we keep for attributes."""
         size = len(m.body.encode())
-        if size > self.max_body_bytes:
+        if size > self.max_body_bytes and not verbatim:
             raise BodyTooLarge(size, self.max_body_bytes)
         mid = m.message_id or uuid.uuid4().hex
         attrs = {MESSAGE_ID_ATTR: mid, **m.attributes}
@@ -139,16 +170,20 @@ class SqsTransport:
             entry["MessageDeduplicationId"] = mid
         elif m.delay_s:
             entry["DelaySeconds"] = int(min(m.delay_s, self.max_delay_s))
+        if (wire := message_bytes(entry)) > SQS_MAX_MESSAGE_BYTES:
+            raise BodyTooLarge(wire, SQS_MAX_MESSAGE_BYTES)
         return entry
 
     def send(self, queue: str, message: Outgoing) -> str:
         return self.send_batch(queue, [message])[0]
 
     def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
-        entries = [self._entry(queue, i, m) for i, m in enumerate(messages)]
+        return self._send_entries(queue, [self._entry(queue, i, m) for i, m in enumerate(messages)])
+
+    def _send_entries(self, queue: str, entries: list[dict[str, Any]]) -> list[str]:
         url = self.url(queue)
-        for chunk in _chunks(entries):
-            self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), list(chunk))
+        for chunk in _send_chunks(entries):
+            self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), chunk)
         return [e["MessageAttributes"][MESSAGE_ID_ATTR]["StringValue"] for e in entries]
 
     def _batch_call(self, call: Any, entries: list[dict[str, Any]]) -> None:
@@ -231,15 +266,24 @@ class SqsTransport:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         dlq = self._dlq.get(delivery.queue) or (self.spec(delivery.queue) or QueueSpec(delivery.queue)).dead_letter \
             or f"{delivery.queue}-dlq"
-        attrs = dict(delivery.attributes, **{DEAD_LETTER_REASON: reason[:1000], "source_queue": delivery.queue})
-        attrs.pop(MESSAGE_ID_ATTR, None)
         try:  # is it still ours? A message already moved (or acked) is not copied again
             self.extend(delivery, 30)
         except LeaseLostError:
             return
         # Copy first, then delete: a crash in between leaves a duplicate in the DLQ, never a loss.
-        self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs,
-                                group_id=delivery.message_id))
+        # The body goes verbatim; the attributes get what room is left (the reason is also in the
+        # job's history), so even a message that filled SQS's limit can be dead-lettered.
+        out = Outgoing(body=delivery.body, message_id=delivery.message_id, group_id=delivery.message_id)
+        room = SQS_MAX_MESSAGE_BYTES - message_bytes(self._entry(dlq, 0, out, verbatim=True))
+        wanted = {DEAD_LETTER_REASON: reason[:1000], "source_queue": delivery.queue,
+                  **{k: v for k, v in delivery.attributes.items() if k != MESSAGE_ID_ATTR}}
+        for name, value in wanted.items():
+            if name == DEAD_LETTER_REASON:
+                value = value.encode()[:max(0, room - attribute_bytes(name, ""))].decode(errors="ignore")
+            if (n := attribute_bytes(name, value)) <= room and value:
+                out.attributes[name] = value
+                room -= n
+        self._send_entries(dlq, [self._entry(dlq, 0, out, verbatim=True)])
         self.ack(delivery)
 
     def depth(self, queue: str) -> QueueDepth:

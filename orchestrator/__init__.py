@@ -14,6 +14,7 @@ from orchestrator.errors import (
     MalformedMessage,
     OrchestratorError,
     PermanentError,
+    RecordTooLarge,
     SimulatedCrash,
 )
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
@@ -37,6 +38,7 @@ __all__ = [
     "OrchestratorError",
     "Outcome",
     "PermanentError",
+    "RecordTooLarge",
     "Pipeline",
     "QueueSpec",
     "Result",

@@ -58,6 +58,18 @@ class InvalidTransition(StoreError):
     """The requested status change would move the job backwards or skip RUNNING."""
 
 
+class RecordTooLarge(StoreError):
+    """The job's record would exceed the store's item size limit (DynamoDB: 400 KB). Retrying
+    cannot help: the step fails with this reason."""
+
+    def __init__(self, job_id: str, size: int, limit: int) -> None:
+        super().__init__(f"job {job_id}: the record would be {size} bytes, over the store's {limit}-byte item limit "
+                         "(emitted bodies are kept in the step's outbox: enable offload_large_bodies to keep large "
+                         "ones in the object store)")
+        self.size = size
+        self.limit = limit
+
+
 class LeaseLostError(OrchestratorError):
     """The message's lease is no longer ours (receipt stale, or the message is gone)."""
 

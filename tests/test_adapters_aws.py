@@ -304,3 +304,56 @@ def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
     assert k is not None and k.status == JobStatus.FAILED and w.count(Outcome.FAILED) == 1
     limit = backend.transport.max_body_bytes
     assert f"over the queue's {limit}-byte limit (enable offload_large_bodies" in (k.history[-1].reason or "")
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_a_record_that_would_outgrow_the_item_limit_fails_its_step_and_spares_its_batch(offload: bool) -> None:
+    from orchestrator import JobStatus, Pipeline, Result, Worker
+    from orchestrator.aws import aws_backend
+
+    # Given a stage whose handler emits two 220 KB bodies for one job: each fits SQS, but
+    # together in the step's outbox they outgrow DynamoDB's 400 KB item
+    backend = aws_backend(f"aws://?region=us-east-1&prefix=big{int(offload)}-")
+    p = Pipeline("big")
+    p.stage("make", source="in", emit_to="out", wait_s=0, offload_large_bodies=offload)(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING,
+                                emit=[{"seq": c * (220_000 if msg.job_id == "big" else 10)} for c in "AC"]))
+    p.setup(backend)
+    for job in ("small-1", "big", "small-2"):
+        p.submit(backend, job_id=job, payload={}, queue="in")
+    # When one worker takes them in one batch
+    w = Worker(p, "make", backend, wait_s=0)
+    w.run(until_idle=True)
+    # Then the big job's step fails at once with the reason (or, offloaded, commits), and its
+    # batch-mates commit: nothing waits for a redelivery
+    big = backend.store.get("big")
+    assert big is not None
+    if offload:
+        assert big.status == JobStatus.RUNNING and big.steps["make"].state == "committed"
+    else:
+        assert big.status == JobStatus.FAILED and w.stats["failed"] == 1
+        reason = big.history[-1].reason or ""
+        assert "over the store's 409600-byte item limit" in reason and "offload_large_bodies" in reason
+    for job in ("small-1", "small-2"):
+        rec = backend.store.get(job)
+        assert rec is not None and rec.status == JobStatus.RUNNING
+    assert backend.transport.depth("in").total == 0
+    assert backend.transport.depth("out").total == (6 if offload else 4)
+
+
+def test_the_per_message_path_fails_an_outgrown_record_too() -> None:
+    from orchestrator import Controller, JobStatus, Pipeline, Result
+    from orchestrator.aws import aws_backend
+    from orchestrator.controllers.controller import Outcome
+
+    backend = aws_backend("aws://?region=us-east-1&prefix=big-one-")
+    p = Pipeline("big")
+    p.stage("make", source="in", emit_to="out", wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{"seq": c * 220_000} for c in "AC"]))
+    p.setup(backend)
+    p.submit(backend, job_id="big", payload={}, queue="in")
+    [d] = backend.transport.receive("in", max_messages=1, wait_s=0, visibility_s=30)
+    assert Controller(p, p.get("make"), backend).handle(d) == Outcome.FAILED
+    big = backend.store.get("big")
+    assert big is not None and big.status == JobStatus.FAILED and "item limit" in (big.history[-1].reason or "")
+    assert backend.transport.depth("in").total == 0 and backend.transport.depth("out").total == 0

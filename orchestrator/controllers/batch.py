@@ -19,7 +19,7 @@ from orchestrator.base import Delivery
 from orchestrator.controllers.controller import Controller, Outcome, _user_of, kept_input
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
-from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, StoreError
+from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, RecordTooLarge, StoreError
 from orchestrator.pipeline import Result
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
 
@@ -153,6 +153,8 @@ def handle_batch(
         if isinstance(res, InvalidTransition):
             outcomes[it.index] = ctrl._fail(it.delivery, it.env, f"handler asked for an invalid status change: {res}",
                                             dead_letter=True, log=it.log)
+        elif isinstance(res, RecordTooLarge):
+            outcomes[it.index] = ctrl._fail(it.delivery, it.env, str(res), dead_letter=False, log=it.log)
         elif isinstance(res, StoreError):
             it.log.warning("commit lost; result discarded", reason=str(res))
             outcomes[it.index] = Outcome.DISCARDED

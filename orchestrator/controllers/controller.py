@@ -27,7 +27,7 @@ from orchestrator.base import Delivery, Outgoing
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
-from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError
+from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError, RecordTooLarge
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks
 from orchestrator.objects.claim_check import offload_body, resolve_body
 from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
@@ -193,6 +193,8 @@ class Controller:
             return Outcome.DISCARDED
         except InvalidTransition as exc:
             return self._fail(d, env, f"handler asked for an invalid status change: {exc}", dead_letter=True, log=log)
+        except RecordTooLarge as exc:
+            return self._fail(d, env, str(exc), dead_letter=False, log=log)
         yield from self._crash("after_ack", d, env.job_id, env.id)
         self.hook("on_commit", st, d)
         return Outcome.COMMITTED

@@ -17,11 +17,12 @@ from typing import Any
 from orchestrator.aws_common import DEFAULT_REGION, error_code, resource
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
-from orchestrator.errors import StoreError
+from orchestrator.errors import RecordTooLarge, StoreError
 from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 BATCH_GET_MAX = 100
+MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 PARALLEL_WRITES = 10  # one receive batch at most
 VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
 ORIGIN = "orc_origin"
@@ -37,6 +38,24 @@ def to_dynamo(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_dynamo(v) for v in value]
     return value
+
+
+def item_bytes(value: Any) -> int:
+    """An upper bound on DynamoDB's size of a (to_dynamo-converted) value: strings and binary by
+    their bytes, numbers by their digits, containers with their names and a few bytes each."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, (int, Decimal)):
+        return len(str(value)) + 1
+    if isinstance(value, dict):
+        return 3 + sum(len(str(k).encode()) + 1 + item_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return 3 + sum(1 + item_bytes(v) for v in value)
+    return len(str(value).encode())
 
 
 def from_dynamo(value: Any) -> Any:
@@ -140,16 +159,24 @@ class DynamoDBStatusStore(CasStatusStore):
         return "#v = :v", {"#v": VERSION}, {":v": expected_version}
 
     def _put(self, record: JobRecord, cond: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
-        kwargs: dict[str, Any] = {"Item": self._item(record), "ConditionExpression": cond,
-                                  "ExpressionAttributeNames": names}
+        item = self._item(record)
+        # Refused here, not by DynamoDB, so the step fails with the reason instead of every
+        # redelivery repeating a write that cannot succeed.
+        size = sum(len(k.encode()) + item_bytes(v) for k, v in item.items())
+        if size > MAX_ITEM_BYTES:
+            raise RecordTooLarge(record.job_id, size, MAX_ITEM_BYTES)
+        kwargs: dict[str, Any] = {"Item": item, "ConditionExpression": cond, "ExpressionAttributeNames": names}
         if values:
             kwargs["ExpressionAttributeValues"] = values
         try:
             # the resource's low-level client: thread-safe (Table objects are not)
             self.client.put_item(TableName=self.table_name, **kwargs)
         except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
+            code = error_code(exc)
+            if code == "ConditionalCheckFailedException":
                 raise VersionConflict(record.job_id) from exc
+            if code == "ValidationException" and "size" in str(exc).lower():
+                raise RecordTooLarge(record.job_id, max(size, MAX_ITEM_BYTES + 1), MAX_ITEM_BYTES) from exc
             raise
 
     def _insert(self, record: JobRecord) -> None:
@@ -192,13 +219,15 @@ class DynamoDBStatusStore(CasStatusStore):
             new.version = current.version + 1
             writes.append((n, new, current.version))
 
-        def put(write: tuple[int, JobRecord, int]) -> tuple[int, JobRecord | None]:
+        def put(write: tuple[int, JobRecord, int]) -> tuple[int, JobRecord | StoreError | None]:
             n, rec, expected = write
             try:
                 self._swap(rec, expected)
                 return n, rec
             except VersionConflict:
                 return n, None
+            except StoreError as exc:  # this job's own failure, not its batch-mates'
+                return n, exc
 
         for n, rec in self._pool().map(put, writes):
             results[n] = rec

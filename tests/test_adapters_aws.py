@@ -357,3 +357,53 @@ def test_the_per_message_path_fails_an_outgrown_record_too() -> None:
     big = backend.store.get("big")
     assert big is not None and big.status == JobStatus.FAILED and "item limit" in (big.history[-1].reason or "")
     assert backend.transport.depth("in").total == 0 and backend.transport.depth("out").total == 0
+
+
+class PartialBatchGets:
+    """A DynamoDB resource whose first BatchGetItem answers for only half of the keys, as a
+    throttled or 16 MB-capped call does; everything else passes through."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:  # noqa: N803 - boto3's name
+        self.calls += 1
+        if self.calls > 1:
+            return self.inner.batch_get_item(RequestItems=RequestItems)
+        [(table, req)] = RequestItems.items()
+        half = len(req["Keys"]) // 2
+        resp = self.inner.batch_get_item(RequestItems={table: dict(req, Keys=req["Keys"][:half])})
+        resp["UnprocessedKeys"] = {table: dict(req, Keys=req["Keys"][half:])}
+        return resp
+
+
+def test_unprocessed_keys_of_a_batch_get_are_asked_for_again() -> None:
+    ddb = PartialBatchGets(boto3.resource("dynamodb", region_name=REGION))
+    store = DynamoDBStatusStore("partial-jobs", region=REGION, dynamodb_resource=ddb)
+    for i in range(7):
+        store.create(f"j{i}")
+    got = store.get_many([f"j{i}" for i in range(7)] + ["missing"])
+    assert sorted(got) == [f"j{i}" for i in range(7)] and ddb.calls == 2
+
+
+def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.stores.dynamodb as dynamodb_module
+    from orchestrator.errors import StoreError
+
+    class NeverAnswers(PartialBatchGets):
+        def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:  # noqa: N803
+            self.calls += 1
+            return {"Responses": {}, "UnprocessedKeys": RequestItems}
+
+    delays: list[float] = []
+    monkeypatch.setattr(dynamodb_module.time, "sleep", delays.append)
+    store = DynamoDBStatusStore("stuck-jobs", region=REGION,
+                                dynamodb_resource=NeverAnswers(boto3.resource("dynamodb", region_name=REGION)))
+    with pytest.raises(StoreError, match="unprocessed"):
+        store.get_many(["a", "b"])
+    assert len(delays) == dynamodb_module.UNPROCESSED_RETRIES
+    assert delays == sorted(delays) and delays[0] < delays[-1] <= 2.0

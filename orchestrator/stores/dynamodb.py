@@ -9,6 +9,7 @@ status in ``job_status``) is adopted as it is. The framework's own bookkeeping l
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -22,7 +23,8 @@ from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, 
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 BATCH_GET_MAX = 100
-MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
+MAX_ITEM_BYTES = 400 * 1024
+UNPROCESSED_RETRIES = 8  # DynamoDB's item limit, attribute names included
 PARALLEL_WRITES = 10  # one receive batch at most
 VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
 ORIGIN = "orc_origin"
@@ -192,12 +194,18 @@ class DynamoDBStatusStore(CasStatusStore):
         for start in range(0, len(ids), BATCH_GET_MAX):
             request: dict[str, Any] | None = {self.table_name: {
                 "Keys": [{self.key_attr: i} for i in ids[start:start + BATCH_GET_MAX]], "ConsistentRead": True}}
-            while request:
+            for attempt in range(UNPROCESSED_RETRIES):
                 resp = self.ddb.batch_get_item(RequestItems=request)
                 for item in resp.get("Responses", {}).get(self.table_name, []):
                     rec = self._record(item)
                     out[rec.job_id] = rec
                 request = resp.get("UnprocessedKeys") or None
+                if not request:
+                    break
+                # a partial answer (throttling, 16 MB): ask again for the rest, backing off as AWS advises
+                time.sleep(min(2.0, 0.05 * 2 ** attempt))
+            else:
+                raise StoreError(f"BatchGetItem still left keys unprocessed after {UNPROCESSED_RETRIES} tries")
         return out
 
     def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:

@@ -19,6 +19,14 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
 
 
+def default_dead_letter(queue: str) -> str:
+    """The dead-letter queue a queue gets unless one is named: ``<queue>-dlq``, or for a FIFO
+    queue ``<name>-dlq.fifo`` (SQS wants the suffix last, and a FIFO queue's DLQ FIFO too)."""
+    if queue.endswith(".fifo"):
+        return f"{queue.removesuffix('.fifo')}-dlq.fifo"
+    return f"{queue}-dlq"
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     name: str

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from orchestrator.base import Delivery, ObjectStore, QueueSpec
+from orchestrator.base import Delivery, ObjectStore, QueueSpec, default_dead_letter
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import ConfigError
@@ -114,7 +114,7 @@ class Stage:
 
     @property
     def dead_letter_queue(self) -> str:
-        return self.dead_letter or f"{self.source}-dlq"
+        return self.dead_letter or default_dead_letter(self.source)
 
     @property
     def codec(self) -> Codec:
@@ -167,6 +167,9 @@ class Stage:
             out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
             out.append(f"stage {self.name}: set emit_to or publish_to, not both")
+        if self.source.endswith(".fifo") != self.dead_letter_queue.endswith(".fifo"):
+            out.append(f"stage {self.name}: dead_letter {self.dead_letter_queue!r} must be a FIFO queue exactly when "
+                       f"the source {self.source!r} is (SQS requires the same type; a FIFO name ends in .fifo)")
         return out
 
 

@@ -407,3 +407,32 @@ def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pyt
         store.get_many(["a", "b"])
     assert len(delays) == dynamodb_module.UNPROCESSED_RETRIES
     assert delays == sorted(delays) and delays[0] < delays[-1] <= 2.0
+
+
+def test_a_fifo_source_gets_a_fifo_dead_letter_queue_and_dead_letters_into_it() -> None:
+    from orchestrator import JobStatus, Pipeline, Result, Worker
+    from orchestrator.aws import aws_backend
+    from orchestrator.base import Outgoing as Out
+
+    # Given a stage reading a FIFO queue (AWS refuses "in.fifo-dlq": the suffix must come last)
+    backend = aws_backend("aws://?region=us-east-1&prefix=ff-")
+    p = Pipeline("ff")
+    p.stage("make", source="in.fifo", wait_s=0)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.setup(backend)
+    assert p.get("make").dead_letter_queue == "in-dlq.fifo"
+    # When a good job and an unreadable message arrive
+    p.submit(backend, job_id="j", payload={}, queue="in.fifo")
+    backend.transport.send("in.fifo", Out(body="not json", group_id="g"))
+    Worker(p, "make", backend, wait_s=0).run(until_idle=True)
+    # Then the job completes and the bad message sits in the FIFO dead-letter queue
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    assert [d.body for d in backend.transport.peek("in-dlq.fifo", 10)] == ["not json"]
+
+
+def test_a_dead_letter_queue_of_the_wrong_type_is_refused_at_start() -> None:
+    from orchestrator import Pipeline, Result
+
+    p = Pipeline("ff")
+    p.stage("make", source="in.fifo", dead_letter="in-dlq", wait_s=0)(lambda ctx, msg: Result())
+    assert any("must be a FIFO queue exactly when" in problem for problem in p.get("make").problems(max_visibility_s=43200, max_delay_s=900))

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
 from orchestrator.clock import Clock, SimClock, SystemClock
 from orchestrator.errors import LeaseLostError
 from orchestrator.transports.common import (
@@ -172,7 +172,7 @@ class MemoryTransport:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self._cond:
             spec = self._queue(delivery.queue).spec
-            dlq = spec.dead_letter or f"{delivery.queue}-dlq"
+            dlq = spec.dead_letter or default_dead_letter(delivery.queue)
             m = self._held(delivery)
             if m is None:  # stale receipt: someone else holds it, or it was moved already
                 return

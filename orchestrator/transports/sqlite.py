@@ -11,7 +11,7 @@ import sqlite3
 import uuid
 from collections.abc import Sequence
 
-from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import LeaseLostError
 from orchestrator.sqlite_db import SqliteDatabase
@@ -165,7 +165,7 @@ class SqliteTransport:
             if not gone:  # stale receipt: someone else holds it, or it was moved already
                 return
             row = c.execute("SELECT dead_letter FROM queues WHERE name=?", (delivery.queue,)).fetchone()
-            dlq = (row[0] if row else None) or f"{delivery.queue}-dlq"
+            dlq = (row[0] if row else None) or default_dead_letter(delivery.queue)
             attrs = dict(delivery.attributes, **{DEAD_LETTER_REASON: reason, "source_queue": delivery.queue})
             self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs))
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
-from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport, default_dead_letter
 from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
@@ -93,7 +93,7 @@ class SqsTransport:
                 url = self.sqs.get_queue_url(QueueName=self._name(queue))["QueueUrl"]
             except Exception as exc:
                 if error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
-                    self.ensure_queue(QueueSpec(queue, dead_letter=f"{queue}-dlq", fifo=queue.endswith(".fifo")))
+                    self.ensure_queue(QueueSpec(queue, dead_letter=default_dead_letter(queue), fifo=queue.endswith(".fifo")))
                     return self._urls[queue]
                 raise
             self._urls[queue] = url
@@ -265,7 +265,7 @@ class SqsTransport:
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         dlq = self._dlq.get(delivery.queue) or (self.spec(delivery.queue) or QueueSpec(delivery.queue)).dead_letter \
-            or f"{delivery.queue}-dlq"
+            or default_dead_letter(delivery.queue)
         try:  # is it still ours? A message already moved (or acked) is not copied again
             self.extend(delivery, 30)
         except LeaseLostError:

@@ -163,8 +163,9 @@ class Topic(Protocol):
         SNS-style notification (``{"Type": "Notification", "Message": body, ...}``)."""
         ...
 
-    def publish(self, topic: str, body: str, *, message_id: str) -> None:
-        """Deliver ``body`` to every subscription of ``topic``."""
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
+        """Deliver ``body`` to every subscription of ``topic``. ``group_id`` (the job id) orders
+        a FIFO topic's messages, as it does a FIFO queue's."""
         ...
 
     def subscriptions(self, topic: str) -> list[tuple[str, bool]]:

@@ -167,6 +167,10 @@ class Stage:
             out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
             out.append(f"stage {self.name}: set emit_to or publish_to, not both")
+        for topic in self.subscribe:
+            if topic.endswith(".fifo") and not self.source.endswith(".fifo"):
+                out.append(f"stage {self.name}: FIFO topic {topic!r} delivers only to FIFO queues, and the source "
+                           f"{self.source!r} is not one")
         if self.source.endswith(".fifo") != self.dead_letter_queue.endswith(".fifo"):
             out.append(f"stage {self.name}: dead_letter {self.dead_letter_queue!r} must be a FIFO queue exactly when "
                        f"the source {self.source!r} is (SQS requires the same type; a FIFO name ends in .fifo)")

@@ -436,3 +436,34 @@ def test_a_dead_letter_queue_of_the_wrong_type_is_refused_at_start() -> None:
     p = Pipeline("ff")
     p.stage("make", source="in.fifo", dead_letter="in-dlq", wait_s=0)(lambda ctx, msg: Result())
     assert any("must be a FIFO queue exactly when" in problem for problem in p.get("make").problems(max_visibility_s=43200, max_delay_s=900))
+
+
+def test_a_fifo_topic_fans_out_to_fifo_queues() -> None:
+    from orchestrator import JobStatus, Pipeline, Result, Worker
+    from orchestrator.aws import aws_backend
+
+    # Given requests published to a FIFO topic (SNS needs FifoTopic and a MessageGroupId)
+    backend = aws_backend("aws://?region=us-east-1&prefix=ft-")
+    p = Pipeline("ft")
+    p.stage("first", source="in.fifo", subscribe=("requests.fifo",), publish_to="events.fifo", wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{"n": msg.payload["n"]}]))
+    p.stage("second", source="b.fifo", subscribe=("events.fifo",), wait_s=0)(
+        lambda ctx, msg: Result(status=JobStatus.COMPLETED, fields={"n": msg.payload["n"]}))
+    p.setup(backend)
+    for i in range(3):
+        p.submit(backend, job_id=f"j{i}", payload={"n": i}, topic="requests.fifo")
+    # When both stages run
+    for stage in ("first", "second"):
+        Worker(p, stage, backend, wait_s=0).run(until_idle=True)
+    # Then every job went through both FIFO hops
+    for i in range(3):
+        job = backend.store.get(f"j{i}")
+        assert job is not None and job.status == JobStatus.COMPLETED and job.fields["n"] == i
+
+
+def test_a_fifo_topic_subscription_needs_a_fifo_source() -> None:
+    from orchestrator import Pipeline, Result
+
+    p = Pipeline("ft")
+    p.stage("s", source="plain", subscribe=("events.fifo",), wait_s=0)(lambda ctx, msg: Result())
+    assert any("delivers only to FIFO queues" in x for x in p.get("s").problems(max_visibility_s=43200, max_delay_s=900))

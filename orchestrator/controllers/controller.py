@@ -376,7 +376,7 @@ class Controller:
             for m in outbox:
                 self.hook("on_emit", self.stage, m)
                 if m.kind == "topic":
-                    self.backend.topic.publish(m.target, m.body, message_id=m.id)
+                    self.backend.topic.publish(m.target, m.body, message_id=m.id, group_id=job_id)
                 else:
                     by_queue[m.target].append(Outgoing(body=m.body, message_id=m.id, group_id=job_id))
         for queue, items in by_queue.items():

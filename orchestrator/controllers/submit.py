@@ -45,7 +45,7 @@ def submit(
             backend.transport.send(queue, Outgoing(body=env.to_json(), message_id=env.id, group_id=job_id))
         else:
             assert topic is not None
-            backend.topic.publish(topic, env.to_json(), message_id=env.id)
+            backend.topic.publish(topic, env.to_json(), message_id=env.id, group_id=job_id)
         return rec, created
 
     return backend.run_atomic(unit)

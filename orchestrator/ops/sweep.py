@@ -35,7 +35,7 @@ def _consumers(pipeline: Pipeline, backend: Backend, m: OutMessage) -> list[str]
 
 def _send(backend: Backend, m: OutMessage, job_id: str) -> None:
     if m.kind == "topic":
-        backend.topic.publish(m.target, m.body, message_id=m.id)
+        backend.topic.publish(m.target, m.body, message_id=m.id, group_id=job_id)
     else:
         backend.transport.send(m.target, Outgoing(body=m.body, message_id=m.id, group_id=job_id))
 

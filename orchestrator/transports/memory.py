@@ -228,10 +228,10 @@ class MemoryTopic:
     def topics(self) -> list[str]:
         return sorted(self._subs)
 
-    def publish(self, topic: str, body: str, *, message_id: str) -> None:
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
         for queue, raw in self.subscriptions(topic):
             payload = body if raw else sns_wrap(topic, body, message_id)
-            self.transport.send(queue, Outgoing(body=payload, message_id=message_id))
+            self.transport.send(queue, Outgoing(body=payload, message_id=message_id, group_id=group_id))
 
 
 _t: type[Transport] = MemoryTransport

@@ -20,8 +20,10 @@ class SnsTopic:
 
     def arn(self, topic: str) -> str:
         if topic not in self._arns:
-            # create_topic is idempotent and returns the existing topic's ARN
-            self._arns[topic] = self.sns.create_topic(Name=f"{self.prefix}{topic}")["TopicArn"]
+            # create_topic is idempotent and returns the existing topic's ARN; a name ending in
+            # .fifo is a FIFO topic, which SNS only creates when told so
+            attrs = {"FifoTopic": "true"} if topic.endswith(".fifo") else {}
+            self._arns[topic] = self.sns.create_topic(Name=f"{self.prefix}{topic}", Attributes=attrs)["TopicArn"]
         return self._arns[topic]
 
     def ensure_topic(self, topic: str) -> None:
@@ -86,8 +88,12 @@ class SnsTopic:
             out.append((name, attrs.get("RawMessageDelivery") == "true"))
         return sorted(out)
 
-    def publish(self, topic: str, body: str, *, message_id: str) -> None:
-        self.sns.publish(TopicArn=self.arn(topic), Message=body,
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if topic.endswith(".fifo"):
+            # as for FIFO queues: one group per job, the message id dedups a replayed outbox
+            kwargs = {"MessageGroupId": group_id or message_id, "MessageDeduplicationId": message_id}
+        self.sns.publish(TopicArn=self.arn(topic), Message=body, **kwargs,
                          MessageAttributes={MESSAGE_ID_ATTR: {"DataType": "String", "StringValue": message_id}})
 
 

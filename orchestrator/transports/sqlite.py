@@ -220,12 +220,12 @@ class SqliteTopic:
         rows = self.db.read("SELECT queue, raw FROM subscriptions WHERE topic=? ORDER BY queue", (topic,))
         return [(q, bool(r)) for q, r in rows]
 
-    def publish(self, topic: str, body: str, *, message_id: str) -> None:
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
         def tx(c: sqlite3.Connection) -> None:
             # Every subscribed queue gets its copy in the same transaction: all or none.
             for queue, raw in self.subscriptions(topic):
                 payload = body if raw else sns_wrap(topic, body, message_id)
-                self.transport.send(queue, Outgoing(body=payload, message_id=message_id))
+                self.transport.send(queue, Outgoing(body=payload, message_id=message_id, group_id=group_id))
 
         self.db.run(tx)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 
 import structlog
 
@@ -57,7 +57,8 @@ class Worker:
         self.wait_s = self.stage.wait_s if wait_s is None else wait_s
         self.id = uuid.uuid4().hex[:8]
         self.stats: Counter[str] = Counter()
-        self.errors: list[BaseException] = []
+        # the latest errors, for tests and operators; bounded, as a worker may run for months
+        self.errors: deque[BaseException] = deque(maxlen=100)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._busy = 0

@@ -120,6 +120,16 @@ class TransportContract:
         dead = transport.peek(f"{q}-dlq", 10)
         assert [(x.body, x.attributes["dead_letter_reason"]) for x in dead] == [("not json", "malformed message: not JSON")]
 
+    def test_a_second_dead_lettering_records_the_new_reason(self, transport: Transport) -> None:
+        # a message redriven from a DLQ still carries its old reason; failing again replaces it
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="b", attributes={"dead_letter_reason": "old", "source_queue": "elsewhere",
+                                                         "tenant": "t1"}))
+        transport.dead_letter(one(transport, q), "new")
+        [dead] = transport.peek(f"{q}-dlq", 10)
+        assert dead.attributes["dead_letter_reason"] == "new" and dead.attributes["source_queue"] == q
+        assert dead.attributes["tenant"] == "t1"
+
     def test_depth_counts_visible_in_flight_and_delayed(self, transport: Transport) -> None:
         q = make_queue(transport)
         transport.send_batch(q, [Outgoing(body=str(i)) for i in range(3)])

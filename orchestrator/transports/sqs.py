@@ -275,8 +275,8 @@ class SqsTransport:
         # job's history), so even a message that filled SQS's limit can be dead-lettered.
         out = Outgoing(body=delivery.body, message_id=delivery.message_id, group_id=delivery.message_id)
         room = SQS_MAX_MESSAGE_BYTES - message_bytes(self._entry(dlq, 0, out, verbatim=True))
-        wanted = {DEAD_LETTER_REASON: reason[:1000], "source_queue": delivery.queue,
-                  **{k: v for k, v in delivery.attributes.items() if k != MESSAGE_ID_ATTR}}
+        wanted = {DEAD_LETTER_REASON: reason[:1000], "source_queue": delivery.queue}  # these first, and fresh
+        wanted.update((k, v) for k, v in delivery.attributes.items() if k not in wanted and k != MESSAGE_ID_ATTR)
         for name, value in wanted.items():
             if name == DEAD_LETTER_REASON:
                 value = value.encode()[:max(0, room - attribute_bytes(name, ""))].decode(errors="ignore")

@@ -23,8 +23,8 @@ from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, 
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 BATCH_GET_MAX = 100
-MAX_ITEM_BYTES = 400 * 1024
-UNPROCESSED_RETRIES = 8  # DynamoDB's item limit, attribute names included
+MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
+UNPROCESSED_RETRIES = 8
 PARALLEL_WRITES = 10  # one receive batch at most
 VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
 ORIGIN = "orc_origin"

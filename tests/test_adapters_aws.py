@@ -467,3 +467,46 @@ def test_a_fifo_topic_subscription_needs_a_fifo_source() -> None:
     p = Pipeline("ft")
     p.stage("s", source="plain", subscribe=("events.fifo",), wait_s=0)(lambda ctx, msg: Result())
     assert any("delivers only to FIFO queues" in x for x in p.get("s").problems(max_visibility_s=43200, max_delay_s=900))
+
+
+class NoExpeditedCapacity:
+    """An S3 client out of expedited Glacier capacity, as S3 answers with a 503; records tiers."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tiers: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def restore_object(self, **kw: Any) -> Any:
+        tier = kw["RestoreRequest"]["GlacierJobParameters"]["Tier"]
+        self.tiers.append(tier)
+        if tier == "Expedited":
+            raise ClientError({"Error": {"Code": "GlacierExpeditedRetrievalNotAvailable", "Message": "busy"}},
+                              "RestoreObject")
+        return self.inner.restore_object(**kw)
+
+
+@pytest.mark.parametrize("storage_class, tiers", [("GLACIER", ["Expedited", "Standard"]),
+                                                   ("DEEP_ARCHIVE", ["Standard"])])
+def test_an_archived_object_is_restored_at_the_tier_s3_can_give(storage_class: str, tiers: list[str]) -> None:
+    from orchestrator.errors import ObjectArchived
+
+    client = NoExpeditedCapacity(boto3.client("s3", region_name=REGION))
+    s3 = S3ObjectStore("t-archive", region=REGION, s3_client=client, storage_class=storage_class)
+    s3.put("results/j.annot.vcf", b"annotated")
+    with pytest.raises(ObjectArchived):
+        s3.get("results/j.annot.vcf")
+    assert client.tiers == tiers
+    head = boto3.client("s3", region_name=REGION).head_object(Bucket="t-archive", Key="results/j.annot.vcf")
+    assert "Restore" in head  # a restore was asked for (moto finishes it at once)
+
+
+def test_presigned_urls_are_refused_past_sigv4s_seven_days() -> None:
+    s3 = S3ObjectStore("t-urls", region=REGION)
+    url = s3.url("k", expires_s=604800)
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=604800" in url
+    for bad in (0, 604801):
+        with pytest.raises(ValueError, match="expires_s"):
+            s3.url("k", expires_s=bad)

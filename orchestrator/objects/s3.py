@@ -12,6 +12,9 @@ from orchestrator.objects.keys import validate_key
 NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
 
+MAX_PRESIGN_S = 7 * 24 * 3600
+
+
 class S3ObjectStore:
     def __init__(self, bucket: str, *, prefix: str = "", region: str = DEFAULT_REGION, s3_client: Any = None,
                  storage_class: str | None = None, create: bool = True) -> None:
@@ -56,12 +59,20 @@ class S3ObjectStore:
             raise
 
     def _restore(self, key: str) -> None:
-        try:
-            self.s3.restore_object(Bucket=self.bucket, Key=self._key(key),
-                                   RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": "Expedited"}})
-        except Exception as exc:
-            if error_code(exc) != "RestoreAlreadyInProgress":
-                raise
+        # Expedited (minutes) where S3 offers it; Deep Archive has no expedited tier, and
+        # expedited capacity can run out (503): then the standard tier (hours).
+        tiers = ["Standard"] if self.storage_class == "DEEP_ARCHIVE" else ["Expedited", "Standard"]
+        for tier in tiers:
+            try:
+                self.s3.restore_object(Bucket=self.bucket, Key=self._key(key),
+                                       RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": tier}})
+                return
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "RestoreAlreadyInProgress":
+                    return
+                if code != "GlacierExpeditedRetrievalNotAvailable" or tier == tiers[-1]:
+                    raise
 
     def exists(self, key: str) -> bool:
         try:
@@ -76,6 +87,9 @@ class S3ObjectStore:
         self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def url(self, key: str, *, expires_s: int = 3600) -> str:
+        if not 1 <= expires_s <= MAX_PRESIGN_S:
+            # botocore signs any value; S3 refuses a SigV4 URL valid for more than seven days
+            raise ValueError(f"expires_s must be 1..{MAX_PRESIGN_S} seconds, got {expires_s}")
         return str(self.s3.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
                                                   ExpiresIn=expires_s))
 

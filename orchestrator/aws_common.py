@@ -17,8 +17,8 @@ def client(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -
     sess = cast(Any, session or boto3.session.Session())
     # AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>) are honoured by boto3 itself.
     # S3 presigned URLs: SigV4 (botocore may still default to the retired SigV2 for them).
-    extra = {"signature_version": "s3v4"} if service == "s3" else {}
-    return sess.client(service, region_name=region, config=Config(retries=RETRY_CONFIG, **extra))
+    signature = "s3v4" if service == "s3" else None
+    return sess.client(service, region_name=region, config=Config(retries=RETRY_CONFIG, signature_version=signature))
 
 
 def resource(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -> Any:

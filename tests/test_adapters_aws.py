@@ -360,7 +360,7 @@ def test_the_per_message_path_fails_an_outgrown_record_too() -> None:
 
 
 class PartialBatchGets:
-    """A DynamoDB resource whose first BatchGetItem answers for only half of the keys, as a
+    """A DynamoDB client whose first BatchGetItem answers for only half of the keys, as a
     throttled or 16 MB-capped call does; everything else passes through."""
 
     def __init__(self, inner: Any) -> None:
@@ -382,8 +382,8 @@ class PartialBatchGets:
 
 
 def test_unprocessed_keys_of_a_batch_get_are_asked_for_again() -> None:
-    ddb = PartialBatchGets(boto3.resource("dynamodb", region_name=REGION))
-    store = DynamoDBStatusStore("partial-jobs", region=REGION, dynamodb_resource=ddb)
+    store = DynamoDBStatusStore("partial-jobs", region=REGION)
+    store.client = ddb = PartialBatchGets(store.client)
     for i in range(7):
         store.create(f"j{i}")
     got = store.get_many([f"j{i}" for i in range(7)] + ["missing"])
@@ -401,8 +401,8 @@ def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pyt
 
     delays: list[float] = []
     monkeypatch.setattr(dynamodb_module.time, "sleep", delays.append)
-    store = DynamoDBStatusStore("stuck-jobs", region=REGION,
-                                dynamodb_resource=NeverAnswers(boto3.resource("dynamodb", region_name=REGION)))
+    store = DynamoDBStatusStore("stuck-jobs", region=REGION)
+    store.client = NeverAnswers(store.client)
     with pytest.raises(StoreError, match="unprocessed"):
         store.get_many(["a", "b"])
     assert len(delays) == dynamodb_module.UNPROCESSED_RETRIES

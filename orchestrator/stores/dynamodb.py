@@ -90,7 +90,9 @@ class DynamoDBStatusStore(CasStatusStore):
         self.ddb = dynamodb_resource or resource("dynamodb", region=region)
         if create:
             self.ensure_table()
-        self.table = self.ddb.Table(table)
+        # Every call goes through the resource's low-level client: clients are thread-safe,
+        # resources and Table objects are not, and a worker's threads share this store. The
+        # resource's client still converts Python values (Decimal, dict) to DynamoDB's types.
         self.client = self.ddb.meta.client
         self._executor: ThreadPoolExecutor | None = None
 
@@ -150,7 +152,8 @@ class DynamoDBStatusStore(CasStatusStore):
 
     # -- primitives -------------------------------------------------------------------------
     def _load(self, job_id: str) -> JobRecord | None:
-        item = self.table.get_item(Key={self.key_attr: job_id}, ConsistentRead=True).get("Item")
+        item = self.client.get_item(TableName=self.table_name, Key={self.key_attr: job_id},
+                                    ConsistentRead=True).get("Item")
         return self._record(item) if item else None
 
     def _condition(self, expected_version: int) -> tuple[str, dict[str, str], dict[str, Any] | None]:
@@ -171,7 +174,6 @@ class DynamoDBStatusStore(CasStatusStore):
         if values:
             kwargs["ExpressionAttributeValues"] = values
         try:
-            # the resource's low-level client: thread-safe (Table objects are not)
             self.client.put_item(TableName=self.table_name, **kwargs)
         except Exception as exc:
             code = error_code(exc)
@@ -195,7 +197,7 @@ class DynamoDBStatusStore(CasStatusStore):
             request: dict[str, Any] | None = {self.table_name: {
                 "Keys": [{self.key_attr: i} for i in ids[start:start + BATCH_GET_MAX]], "ConsistentRead": True}}
             for attempt in range(UNPROCESSED_RETRIES):
-                resp = self.ddb.batch_get_item(RequestItems=request)
+                resp = self.client.batch_get_item(RequestItems=request)
                 for item in resp.get("Responses", {}).get(self.table_name, []):
                     rec = self._record(item)
                     out[rec.job_id] = rec
@@ -258,9 +260,10 @@ class DynamoDBStatusStore(CasStatusStore):
             kwargs["FilterExpression"] = Attr(self.status_attr).eq(status.value)
         if user_id is not None:
             kwargs.update(IndexName=USER_INDEX, KeyConditionExpression=Key("user_id").eq(user_id))
-            call = self.table.query
+            call = self.client.query
         else:
-            call = self.table.scan
+            call = self.client.scan
+        kwargs["TableName"] = self.table_name
         while True:
             resp = call(**kwargs)
             items += resp.get("Items", [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from decimal import Decimal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -258,6 +259,31 @@ def test_dynamodb_adopts_items_written_by_another_program() -> None:
     got = store.get("web-1")
     assert got is not None and got.fields["ratio"] == 0.25 and got.fields["nested"] == {"a": [1, 2.5]}
     assert [r.job_id for r in store.query(user_id="u")] == ["web-1"]
+
+
+def test_dynamodb_reads_items_in_the_earlier_layout_and_rewrites_them_in_the_current_one() -> None:
+    # Given an item as the previous release wrote it: steps, history, timestamps, origin apart
+    store = DynamoDBStatusStore("legacy-jobs", region=REGION)
+    origin = {"kind": "queue", "target": "in", "id": "m0", "body": "{}"}
+    table = boto3.resource("dynamodb", region_name=REGION).Table("legacy-jobs")
+    table.put_item(Item={
+        "job_id": "old", "user_id": "u", "job_status": "RUNNING", "orc_version": 3, "result_key": "r/old",
+        "orc_steps": json.dumps({"annotate": {"stage": "annotate", "message_id": "m1", "state": "committed",
+                                              "outbox": [origin]}}),
+        "orc_history": json.dumps([{"at": 1.5, "event": "created", "to_status": "PENDING"}]),
+        "orc_created_at": Decimal("1.5"), "orc_updated_at": Decimal("2.5"), "orc_origin": json.dumps(origin)})
+    # When it is read and then written once
+    rec = store.get("old")
+    assert rec is not None and rec.version == 3 and rec.fields == {"result_key": "r/old"}
+    assert rec.steps["annotate"].outbox[0].id == "m0" and rec.history[0].event == "created"
+    assert (rec.created_at, rec.updated_at) == (1.5, 2.5) and rec.origin is not None and rec.origin.target == "in"
+    store.commit_step("old", stage="notify", message_id="m2", claim=None, status=None, fields={}, outbox=[])
+    # Then nothing was lost, and the item holds the current layout only
+    item = table.get_item(Key={"job_id": "old"})["Item"]
+    assert "orc_state" in item and not {"orc_steps", "orc_history", "orc_origin", "orc_created_at"} & set(item)
+    again = store.get("old")
+    assert again is not None and set(again.steps) == {"annotate", "notify"} and again.origin == rec.origin
+    assert again.fields == {"result_key": "r/old"} and again.created_at == 1.5 and again.version == 4
 
 
 def test_s3_object_store_round_trip_and_key_validation() -> None:

@@ -26,8 +26,12 @@ BATCH_GET_MAX = 100
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 UNPROCESSED_RETRIES = 8
 PARALLEL_WRITES = 10  # one receive batch at most
-VERSION, STEPS, HISTORY, CREATED, UPDATED = "orc_version", "orc_steps", "orc_history", "orc_created_at", "orc_updated_at"
-ORIGIN = "orc_origin"
+VERSION = "orc_version"  # its own attribute: every write is conditional on it
+# Steps, history, timestamps and origin in one JSON attribute: DynamoDB's cost is the item's
+# bytes either way, and one attribute instead of five makes every read and write of the item
+# cheaper to (de)serialise. Items written before kept them apart; they are still read.
+STATE = "orc_state"
+STEPS, HISTORY, CREATED, UPDATED, ORIGIN = "orc_steps", "orc_history", "orc_created_at", "orc_updated_at", "orc_origin"
 USER_INDEX = "user_id_index"
 
 
@@ -117,37 +121,40 @@ class DynamoDBStatusStore(CasStatusStore):
     # -- mapping ----------------------------------------------------------------------------
     def _record(self, item: dict[str, Any]) -> JobRecord:
         item = from_dynamo(item)
-        own = {self.key_attr, "user_id", self.status_attr, VERSION, STEPS, HISTORY, CREATED, UPDATED, ORIGIN}
-        steps = item.get(STEPS)
-        history = item.get(HISTORY)
+        own = {self.key_attr, "user_id", self.status_attr, VERSION, STATE, STEPS, HISTORY, CREATED, UPDATED, ORIGIN}
+        if item.get(STATE):
+            state = json.loads(item[STATE])
+        else:  # written by an earlier version, or by another program (then all of it is absent)
+            state = {"steps": json.loads(item[STEPS]) if item.get(STEPS) else {},
+                     "history": json.loads(item[HISTORY]) if item.get(HISTORY) else [],
+                     "created_at": item.get(CREATED, item.get("submit_time", 0)), "updated_at": item.get(UPDATED, 0),
+                     "origin": json.loads(item[ORIGIN]) if item.get(ORIGIN) else None}
         return JobRecord(
             job_id=str(item[self.key_attr]),
             user_id=item.get("user_id"),
             status=JobStatus(item.get(self.status_attr, JobStatus.PENDING.value)),
             fields={k: v for k, v in item.items() if k not in own},
-            steps={k: StepRecord.model_validate(v) for k, v in (json.loads(steps) if steps else {}).items()},
-            history=[HistoryEntry.model_validate(h) for h in (json.loads(history) if history else [])],
-            created_at=float(item.get(CREATED, item.get("submit_time", 0)) or 0),
-            updated_at=float(item.get(UPDATED, 0) or 0),
+            steps={k: StepRecord.model_validate(v) for k, v in state["steps"].items()},
+            history=[HistoryEntry.model_validate(h) for h in state["history"]],
+            created_at=float(state.get("created_at") or 0),
+            updated_at=float(state.get("updated_at") or 0),
             version=int(item.get(VERSION, 0)),
-            origin=OutMessage.model_validate_json(item[ORIGIN]) if item.get(ORIGIN) else None,
+            origin=OutMessage.model_validate(state["origin"]) if state.get("origin") else None,
         )
 
     def _item(self, rec: JobRecord) -> dict[str, Any]:
         item: dict[str, Any] = {k: v for k, v in rec.fields.items() if v is not None}
-        item.update({
-            self.key_attr: rec.job_id, self.status_attr: rec.status.value, VERSION: rec.version,
-            # Steps and history as JSON strings: one attribute each, no nested-map edge cases.
-            STEPS: json.dumps({k: v.model_dump(mode="json", exclude_defaults=True) for k, v in rec.steps.items()},
-                              separators=(",", ":")),
-            HISTORY: json.dumps([h.model_dump(mode="json", exclude_defaults=True) for h in rec.history],
-                                separators=(",", ":")),
-            CREATED: rec.created_at, UPDATED: rec.updated_at,
-        })
+        state: dict[str, Any] = {
+            "steps": {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in rec.steps.items()},
+            "history": [h.model_dump(mode="json", exclude_defaults=True) for h in rec.history],
+            "created_at": rec.created_at, "updated_at": rec.updated_at,
+        }
+        if rec.origin is not None:
+            state["origin"] = rec.origin.model_dump(mode="json")
+        item.update({self.key_attr: rec.job_id, self.status_attr: rec.status.value, VERSION: rec.version,
+                     STATE: json.dumps(state, separators=(",", ":"))})
         if rec.user_id is not None:
             item["user_id"] = rec.user_id
-        if rec.origin is not None:
-            item[ORIGIN] = rec.origin.model_dump_json()
         return to_dynamo(item)  # type: ignore[no-any-return]
 
     # -- primitives -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The SQS path against a moto server: orchestrator vs hand-written boto3 loops.
 
-    python bench/sqs_vs_handwritten.py [--jobs N]
+    python bench/sqs_vs_handwritten.py [--jobs N] [--repeat K] [--rtt-ms MS] [--server process|thread]
 
-Runs, against one moto server on 127.0.0.1 and at equal queue depth:
+Runs, against a moto server on 127.0.0.1 (its own process by default) and at equal queue depth:
   1. orchestrator's no-op two-stage pipeline on aws:// (one worker thread per stage);
   2. a hand-written one-message-at-a-time loop per stage (receive 1 -> update item -> send ->
      delete), as a typical hand-rolled annotator does;

@@ -168,6 +168,11 @@ class Topic(Protocol):
         a FIFO topic's messages, as it does a FIFO queue's."""
         ...
 
+    def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        """``publish`` for several messages (each with its ``message_id`` and ``group_id``), in
+        as few calls as the backend allows; a message that keeps failing raises, none is dropped."""
+        ...
+
     def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
         """(queue, raw) pairs of ``topic``."""
         ...

@@ -196,6 +196,22 @@ class TopicContract:
         assert Codec().decode(wrapped.body) == env  # the codec unwraps what the topic wrapped
         assert transport.receive(b, max_messages=10, wait_s=0, visibility_s=VIS) == []
 
+    def test_publish_batch_delivers_every_message_with_its_id_to_every_subscription(
+            self, transport: Transport, topic: Topic) -> None:
+        t, a, b = qname("t"), make_queue(transport), make_queue(transport)
+        topic.ensure_topic(t)
+        topic.subscribe(t, a, raw=True)
+        topic.subscribe(t, b, raw=False)
+        envs = [Envelope(task="x", job_id=f"j{i}", payload={"n": i}) for i in range(13)]  # more than one batch
+        topic.publish_batch(t, [Outgoing(body=e.to_json(), message_id=e.id, group_id=e.job_id) for e in envs])
+        for q in (a, b):
+            got = []
+            while batch := transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS):
+                got += batch
+            assert sorted(Codec().decode(d.body).id for d in got) == sorted(e.id for e in envs)
+            if q == a:  # a raw copy also carries the id as the delivery's message id
+                assert sorted(d.message_id for d in got) == sorted(e.id for e in envs)
+
     def test_publishing_without_subscribers_is_not_an_error(self, topic: Topic) -> None:
         t = qname("t")
         topic.ensure_topic(t)

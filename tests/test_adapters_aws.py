@@ -536,3 +536,48 @@ def test_presigned_urls_are_refused_past_sigv4s_seven_days() -> None:
     for bad in (0, 604801):
         with pytest.raises(ValueError, match="expires_s"):
             s3.url("k", expires_s=bad)
+
+
+class FlakySns:
+    """An SNS client whose first PublishBatch fails its first entry on SNS's side (or, with
+    ``sender_fault``, refuses it); records each call's entry count and payload size."""
+
+    def __init__(self, inner: Any, *, sender_fault: bool = False) -> None:
+        self.inner, self.sender_fault, self.calls = inner, sender_fault, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def publish_batch(self, **kw: Any) -> Any:
+        entries = kw["PublishBatchRequestEntries"]
+        self.calls.append((len(entries), sum(len(e["Message"]) for e in entries)))
+        if len(self.calls) > 1:
+            return self.inner.publish_batch(**kw)
+        victim, rest = entries[0], entries[1:]
+        resp = self.inner.publish_batch(**dict(kw, PublishBatchRequestEntries=rest)) if rest else {"Successful": []}
+        resp.setdefault("Failed", []).append({"Id": victim["Id"], "Code": "InternalError" if not self.sender_fault
+                                              else "InvalidParameter", "SenderFault": self.sender_fault})
+        return resp
+
+
+def test_sns_publish_batch_retries_failed_entries_and_splits_by_size(transport: SqsTransport) -> None:
+    sns = FlakySns(boto3.client("sns", region_name=REGION))
+    topic = SnsTopic(transport, prefix="t-", region=REGION, sns_client=sns)
+    q = make_queue(transport)
+    topic.subscribe("big", q, raw=True)
+    bodies = [str(i) * 60_000 for i in range(5)] + ["small"]
+    topic.publish_batch("big", [Outgoing(body=b, message_id=f"m{i}") for i, b in enumerate(bodies)])
+    got = []
+    while batch := transport.receive(q, max_messages=10, wait_s=0, visibility_s=30):
+        got += batch
+    assert sorted(d.body for d in got) == sorted(bodies)  # the failed entry was sent again
+    assert all(size <= 256 * 1024 for _, size in sns.calls) and len(sns.calls) >= 3
+
+
+def test_sns_publish_batch_raises_when_sns_refuses_an_entry(transport: SqsTransport) -> None:
+    from orchestrator.errors import OrchestratorError
+
+    topic = SnsTopic(transport, prefix="t-", region=REGION,
+                     sns_client=FlakySns(boto3.client("sns", region_name=REGION), sender_fault=True))
+    with pytest.raises(OrchestratorError, match="refused"):
+        topic.publish_batch("t", [Outgoing(body="x", message_id="m")])

@@ -370,15 +370,16 @@ class Controller:
         self._emit_many([(outbox, job_id)])
 
     def _emit_many(self, outboxes: list[tuple[list[OutMessage], str]]) -> None:
-        """Send every outbox message; queue messages go out in one batch per queue."""
+        """Send every outbox message: one batch per target queue and one per topic."""
         by_queue: dict[str, list[Outgoing]] = defaultdict(list)
+        by_topic: dict[str, list[Outgoing]] = defaultdict(list)
         for outbox, job_id in outboxes:
             for m in outbox:
                 self.hook("on_emit", self.stage, m)
-                if m.kind == "topic":
-                    self.backend.topic.publish(m.target, m.body, message_id=m.id, group_id=job_id)
-                else:
-                    by_queue[m.target].append(Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+                (by_topic if m.kind == "topic" else by_queue)[m.target].append(
+                    Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+        for topic, items in by_topic.items():
+            self.backend.topic.publish_batch(topic, items)
         for queue, items in by_queue.items():
             self.backend.transport.send_batch(queue, items)
 

@@ -228,6 +228,10 @@ class MemoryTopic:
     def topics(self) -> list[str]:
         return sorted(self._subs)
 
+    def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        for m in messages:
+            self.publish(topic, m.body, message_id=m.message_id or new_receipt(), group_id=m.group_id)
+
     def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
         for queue, raw in self.subscriptions(topic):
             payload = body if raw else sns_wrap(topic, body, message_id)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client
-from orchestrator.base import Topic
-from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport
+from orchestrator.base import Outgoing, Topic
+from orchestrator.errors import OrchestratorError
+from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport, attribute_bytes, size_chunks
+
+PUBLISH_RETRIES = 5
 
 
 class SnsTopic:
@@ -89,12 +95,41 @@ class SnsTopic:
         return sorted(out)
 
     def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
-        kwargs: dict[str, Any] = {}
-        if topic.endswith(".fifo"):
-            # as for FIFO queues: one group per job, the message id dedups a replayed outbox
-            kwargs = {"MessageGroupId": group_id or message_id, "MessageDeduplicationId": message_id}
-        self.sns.publish(TopicArn=self.arn(topic), Message=body, **kwargs,
-                         MessageAttributes={MESSAGE_ID_ATTR: {"DataType": "String", "StringValue": message_id}})
+        self.publish_batch(topic, [Outgoing(body=body, message_id=message_id, group_id=group_id)])
+
+    def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        """PublishBatch: up to ten messages and 256 KiB per call; entries that fail on SNS's
+        side are sent again, a refused one (sender fault) raises."""
+        arn, entries = self.arn(topic), []
+        for i, m in enumerate(messages):
+            mid = m.message_id or uuid.uuid4().hex
+            entry: dict[str, Any] = {"Id": str(i), "Message": m.body, "MessageAttributes": {
+                MESSAGE_ID_ATTR: {"DataType": "String", "StringValue": mid}}}
+            if topic.endswith(".fifo"):
+                # as for FIFO queues: one group per job, the message id dedups a replayed outbox
+                entry.update(MessageGroupId=m.group_id or mid, MessageDeduplicationId=mid)
+            entries.append(entry)
+        for chunk in size_chunks(entries, _entry_bytes):
+            self._publish_chunk(arn, chunk)
+
+    def _publish_chunk(self, arn: str, entries: list[dict[str, Any]]) -> None:
+        pending = entries
+        for attempt in range(PUBLISH_RETRIES):
+            failed = self.sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=pending).get("Failed", [])
+            if not failed:
+                return
+            refused = [f for f in failed if f.get("SenderFault")]
+            if refused:
+                raise OrchestratorError(f"SNS refused {len(refused)} message(s): {refused[0].get('Message', '')}")
+            ids = {f["Id"] for f in failed}
+            pending = [e for e in pending if e["Id"] in ids]
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))
+        raise OrchestratorError(f"{len(pending)} SNS batch entries still failing after {PUBLISH_RETRIES} tries")
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    return len(entry["Message"].encode()) + sum(attribute_bytes(k, v["StringValue"])
+                                                for k, v in entry["MessageAttributes"].items())
 
 
 _: type[Topic] = SnsTopic

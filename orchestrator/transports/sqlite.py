@@ -21,6 +21,7 @@ from orchestrator.transports.common import (
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
+    new_receipt,
     sns_wrap,
 )
 
@@ -220,14 +221,20 @@ class SqliteTopic:
         rows = self.db.read("SELECT queue, raw FROM subscriptions WHERE topic=? ORDER BY queue", (topic,))
         return [(q, bool(r)) for q, r in rows]
 
-    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
+    def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
         def tx(c: sqlite3.Connection) -> None:
-            # Every subscribed queue gets its copy in the same transaction: all or none.
-            for queue, raw in self.subscriptions(topic):
-                payload = body if raw else sns_wrap(topic, body, message_id)
-                self.transport.send(queue, Outgoing(body=payload, message_id=message_id, group_id=group_id))
+            # Every copy of every message in one transaction: all or none.
+            subs = self.subscriptions(topic)
+            for m in messages:
+                mid = m.message_id or new_receipt()
+                for queue, raw in subs:
+                    payload = m.body if raw else sns_wrap(topic, m.body, mid)
+                    self.transport.send(queue, Outgoing(body=payload, message_id=mid, group_id=m.group_id))
 
         self.db.run(tx)
+
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
+        self.publish_batch(topic, [Outgoing(body=body, message_id=message_id, group_id=group_id)])
 
 
 _t: type[Transport] = SqliteTransport

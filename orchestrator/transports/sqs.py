@@ -12,7 +12,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
@@ -57,12 +57,14 @@ def message_bytes(entry: dict[str, Any]) -> int:
         attribute_bytes(k, v["StringValue"]) for k, v in entry.get("MessageAttributes", {}).items())
 
 
-def _send_chunks(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive groups of at most ten entries and at most one message's size in total."""
+def size_chunks(entries: list[dict[str, Any]], size_of: Callable[[dict[str, Any]], int] = message_bytes
+                ) -> list[list[dict[str, Any]]]:
+    """Consecutive groups of at most ten entries and at most one message's size in total (the
+    limits of SQS's SendMessageBatch and SNS's PublishBatch)."""
     chunks: list[list[dict[str, Any]]] = []
     size = 0
     for e in entries:
-        n = message_bytes(e)
+        n = size_of(e)
         if not chunks or len(chunks[-1]) == SQS_MAX_BATCH or size + n > SQS_MAX_MESSAGE_BYTES:
             chunks.append([])
             size = 0
@@ -182,7 +184,7 @@ class SqsTransport:
 
     def _send_entries(self, queue: str, entries: list[dict[str, Any]]) -> list[str]:
         url = self.url(queue)
-        for chunk in _send_chunks(entries):
+        for chunk in size_chunks(entries):
             self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), chunk)
         return [e["MessageAttributes"][MESSAGE_ID_ATTR]["StringValue"] for e in entries]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime
 import json
-from decimal import Decimal
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -396,7 +396,7 @@ class PartialBatchGets:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:  # noqa: N803 - boto3's name
+    def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:
         self.calls += 1
         if self.calls > 1:
             return self.inner.batch_get_item(RequestItems=RequestItems)
@@ -421,7 +421,7 @@ def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pyt
     from orchestrator.errors import StoreError
 
     class NeverAnswers(PartialBatchGets):
-        def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:  # noqa: N803
+        def batch_get_item(self, RequestItems: dict[str, Any]) -> Any:
             self.calls += 1
             return {"Responses": {}, "UnprocessedKeys": RequestItems}
 
@@ -581,3 +581,44 @@ def test_sns_publish_batch_raises_when_sns_refuses_an_entry(transport: SqsTransp
                      sns_client=FlakySns(boto3.client("sns", region_name=REGION), sender_fault=True))
     with pytest.raises(OrchestratorError, match="refused"):
         topic.publish_batch("t", [Outgoing(body="x", message_id="m")])
+
+
+class Denied:
+    """A boto3 client or resource whose role may not make the named calls (AccessDenied)."""
+
+    def __init__(self, inner: Any, deny: set[str], code: str = "AccessDeniedException", client: Any = None) -> None:
+        self.inner, self.deny, self.code = inner, deny, code
+        if client is not None:
+            self.meta = type("Meta", (), {"client": client})()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self.deny:
+            def refuse(**_: Any) -> Any:
+                raise ClientError({"Error": {"Code": self.code, "Message": f"not allowed: {name}"}}, name)
+            return refuse
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("may_describe", [True, False])
+def test_a_worker_role_without_create_permissions_starts_on_existing_resources(may_describe: bool) -> None:
+    DynamoDBStatusStore("iam-jobs", region=REGION)  # created by an operator's role
+    S3ObjectStore("iam-objects", region=REGION)
+    # a worker's role: items and objects only (perhaps not even DescribeTable / ListBucket)
+    ddb = boto3.resource("dynamodb", region_name=REGION)
+    client = Denied(ddb.meta.client, set() if may_describe else {"describe_table"})
+    store = DynamoDBStatusStore("iam-jobs", region=REGION,
+                                dynamodb_resource=Denied(ddb, {"create_table"}, client=client))
+    store.create("j1")
+    assert store.get("j1") is not None
+    s3_deny = {"create_bucket"} | (set() if may_describe else {"head_bucket"})
+    s3_client = Denied(boto3.client("s3", region_name=REGION), s3_deny, code="AccessDenied" if may_describe else "403")
+    objects = S3ObjectStore("iam-objects", region=REGION, s3_client=s3_client)
+    objects.put("k", b"v")
+    assert objects.get("k") == b"v"
+
+
+def test_a_missing_table_that_may_not_be_created_is_a_clear_error() -> None:
+    ddb = boto3.resource("dynamodb", region_name=REGION)
+    with pytest.raises(ClientError, match="not allowed: create_table"):
+        DynamoDBStatusStore("nowhere-jobs", region=REGION,
+                            dynamodb_resource=Denied(ddb, {"create_table"}, client=ddb.meta.client))

@@ -27,6 +27,17 @@ class S3ObjectStore:
             self.ensure_bucket()
 
     def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists; an existing one is never asked for again, so a
+        worker whose role may only read and write objects starts fine."""
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return
+        except Exception as exc:
+            code = error_code(exc)
+            if code in ("403", "AccessDenied", "Forbidden"):
+                return  # exists but not listable by us (or not ours): the object calls will tell
+            if code not in NOT_FOUND and code != "NoSuchBucket":
+                raise
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}

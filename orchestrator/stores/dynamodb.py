@@ -23,6 +23,7 @@ from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, 
 from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
 
 BATCH_GET_MAX = 100
+ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"}
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 UNPROCESSED_RETRIES = 8
 PARALLEL_WRITES = 10  # one receive batch at most
@@ -92,16 +93,26 @@ class DynamoDBStatusStore(CasStatusStore):
         self.status_attr = status_attr
         self.region = region
         self.ddb = dynamodb_resource or resource("dynamodb", region=region)
-        if create:
-            self.ensure_table()
         # Every call goes through the resource's low-level client: clients are thread-safe,
         # resources and Table objects are not, and a worker's threads share this store. The
         # resource's client still converts Python values (Decimal, dict) to DynamoDB's types.
         self.client = self.ddb.meta.client
         self._executor: ThreadPoolExecutor | None = None
+        if create:
+            self.ensure_table()
 
     def ensure_table(self) -> None:
-        """Create the table (on-demand billing, GSI on user_id) unless it exists. Idempotent."""
+        """Create the table (on-demand billing, GSI on user_id) unless it exists. Idempotent.
+        An existing table is never asked to be created again, so a worker whose role may only
+        use items (no CreateTable, perhaps no DescribeTable) starts fine."""
+        try:
+            self.client.describe_table(TableName=self.table_name)
+            return
+        except Exception as exc:
+            if error_code(exc) in ACCESS_DENIED:
+                return  # may not look: take it as there; the first item call says clearly if not
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
         try:
             self.ddb.create_table(
                 TableName=self.table_name,

@@ -1,19 +1,18 @@
-"""Where the GAS sample VCFs live: ``$GAS_SAMPLES_DIR``, else ``shared/gas-samples`` beside the
-project's root (as on the developers' machines and CI), else inside it."""
+"""Where the GAS sample VCFs live: ``examples/gas/samples/`` inside the project (shipped with it, so
+a fresh clone runs the demo and the tests with nothing beside it), or ``$GAS_SAMPLES_DIR`` when set."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = Path(__file__).resolve().parent / "samples"
 
 
 def samples_dir() -> Path:
-    candidates = [Path(p) for p in [os.environ.get("GAS_SAMPLES_DIR")] if p]
-    candidates += [ROOT.parent / "shared" / "gas-samples", ROOT / "shared" / "gas-samples"]
-    for c in candidates:
-        if (c / "test.vcf").is_file():
-            return c
-    raise FileNotFoundError("GAS sample files not found; set GAS_SAMPLES_DIR (looked in: "
-                            + ", ".join(str(c) for c in candidates) + ")")
+    """The directory holding ``test.vcf`` and the other samples; ``FileNotFoundError`` if absent."""
+    override = os.environ.get("GAS_SAMPLES_DIR")
+    found = Path(override) if override else BUNDLED
+    if not (found / "test.vcf").is_file():
+        raise FileNotFoundError(f"GAS sample files not found in {found} (GAS_SAMPLES_DIR overrides the bundled copy)")
+    return found

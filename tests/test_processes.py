@@ -81,10 +81,12 @@ def test_sigkilled_workers_lose_nothing_and_commit_nothing_twice(tmp_path: Path)
     for p in procs:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    finishers = [spawn(tmp_path, db, s, until_idle=True) for s in ("first", "second")]
-    for p in finishers:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()[-2000:]
+    # One stage after the other: a "second" finisher running beside "first" could see its
+    # queue idle while "first" still waits out the leases of killed holders, and stop early.
+    for s in ("first", "second"):
+        finisher = spawn(tmp_path, db, s, until_idle=True)
+        _, err = finisher.communicate(timeout=120)
+        assert finisher.returncode == 0, err.decode()[-2000:]
     # Then every job completed, each step committed exactly once, and no queue holds anything
     jobs = backend.store.query()
     assert len(jobs) == n_jobs

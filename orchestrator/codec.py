@@ -48,18 +48,25 @@ class Codec:
             raise MalformedMessage(f"expected a JSON object, got {type(doc).__name__}")
         if "v" in doc:
             try:
-                return Envelope.model_validate(doc)
+                env = Envelope.model_validate(doc)
             except ValidationError as exc:
                 raise MalformedMessage(
-                    f"invalid envelope: {_summarise(exc)}", job_id=_str_or_none(doc.get("job_id"))
+                    f"invalid envelope: {_summarise(exc)}", job_id=_text_or_none(doc.get("job_id"))
                 ) from exc
-        if self.plain_task is None:
+        elif self.plain_task is None:
             raise MalformedMessage("not an orchestrator envelope (no 'v' field) and this queue takes no plain JSON")
-        return self._plain(doc, sns_id)
+        else:
+            env = self._plain(doc, sns_id)
+        # Ids become keys in every store: a lone surrogate (valid in JSON, not in UTF-8) would
+        # make the store's encoder fail for the whole batch the message came in.
+        for name, value in (("job_id", env.job_id), ("id", env.id), ("task", env.task)):
+            if _text_or_none(value) is None:
+                raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
+        return env
 
     def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
         assert self.plain_task is not None
-        job_id = _str_or_none(doc.get(self.job_id_field))
+        job_id = _text_or_none(doc.get(self.job_id_field))
         if not job_id:
             raise MalformedMessage(f"plain JSON message has no '{self.job_id_field}'")
         missing = [k for k in self.required_fields if k not in doc]
@@ -75,7 +82,7 @@ def _parse(text: Any, what: str) -> Any:
         raise MalformedMessage(f"{what} is not a string")
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4,300 digits
         raise MalformedMessage(f"{what} is not valid JSON: {exc}") from exc
 
 
@@ -88,6 +95,18 @@ def _str_or_none(value: Any) -> str | None:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def _text_or_none(value: Any) -> str | None:
+    """``value`` as a string that encodes as UTF-8, else None."""
+    text = _str_or_none(value)
+    if text is None:
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _summarise(exc: ValidationError) -> str:

@@ -23,6 +23,5 @@ def drain(backend: Backend, pipeline: Pipeline, stage: str, *, max_rounds: int =
                 return outcomes
             clock.advance(max(st.retry_max_s, st.visibility_timeout) + 1)
             continue
-        for d in got:
-            outcomes.append(ctrl.handle(d))
+        outcomes += ctrl.handle_batch(got)
     raise AssertionError(f"{stage} did not drain")

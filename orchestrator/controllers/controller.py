@@ -1,12 +1,17 @@
-"""The commit protocol for one delivery: decode, lookup, begin, handle, commit, emit, ack.
+"""The commit protocol: decode, lookup, begin, handle, commit, emit, ack. One implementation.
 
-``Controller.process`` is a generator that yields the name of each crash point it passes,
-so a deterministic simulation can interleave several deliveries step by step; the worker
-runtime simply drives it to the end (``Controller.handle``). Crashes come from the
-``FaultPlan`` *before* each yield.
+``Controller.process`` runs it over a received batch; a single message is a batch of one
+(``handle``). Each store and queue step is done for the batch at once: one lookup
+(``get_many``), one ``begin_steps``, one ``commit_steps``, one send per target queue or topic,
+one ``ack_batch``. On the SQLite default commit, emit and ack are one transaction.
 
-Every branch answers "what if the process dies right here?": the queue redelivers after
-the visibility timeout and the step record in the status store says how far we got.
+``process`` is a generator that yields the name of each crash point the batch passes, so the
+deterministic simulation can interleave batches step by step; the worker drives it to the end.
+The ``FaultPlan`` is asked *per message* before each yield: a crash drops the whole batch's
+in-memory state, as a dead process would.
+
+Every branch answers "what if the process dies right here?": the queue redelivers after the
+visibility timeout and the step record in the status store says how far we got.
 """
 
 from __future__ import annotations
@@ -15,30 +20,29 @@ import contextlib
 import random
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import structlog
 
 from orchestrator.backends import Backend
-from orchestrator.base import Delivery, Outgoing
+from orchestrator.base import Delivery
+from orchestrator.controllers import outbox
+from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
-from orchestrator.errors import ConflictError, InvalidTransition, MalformedMessage, PermanentError, RecordTooLarge
+from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks
-from orchestrator.objects.claim_check import offload_body, resolve_body
-from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
-from orchestrator.status import JobRecord, JobStatus, OutMessage
-from orchestrator.transports.common import sns_wrapped_bytes
+from orchestrator.objects.claim_check import resolve_body
+from orchestrator.pipeline import Context, Pipeline, Result, Stage
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
 
-Steps = Generator[str, None, "Outcome"]
+Steps = Generator[str, None, "list[Outcome]"]
 
-# Outbox bodies above this go by claim check when the stage allows it, keeping job records
-# small; step records keep their input for the sweeper only up to MAX_KEPT_INPUT_BYTES.
-INLINE_OUTBOX_BYTES = 64 * 1024
+# Step records keep their input for the sweeper only up to this size.
 MAX_KEPT_INPUT_BYTES = 16 * 1024
 
 
@@ -53,10 +57,57 @@ class Outcome(StrEnum):
     RELEASED = "released"  # never started (the worker is stopping): visible again at once
 
 
+@dataclass
+class _Item:
+    """One delivery on its way through the protocol."""
+
+    index: int
+    delivery: Delivery
+    lease: Lease
+    log: Any
+    env: Envelope = field(default=None)  # type: ignore[assignment]  # set by decode
+    job: JobRecord | None = None
+    result: Result | None = None
+    outbox: list[OutMessage] = field(default_factory=list)
+    status: JobStatus | None = None
+    error: BaseException | None = None  # what the handler raised, for the on_retry hook
+
+    @property
+    def job_id(self) -> str:
+        return self.env.job_id
+
+
 def _rejected_step(stage: str) -> str:
-    # Misrouted or undecodable messages are recorded under their own step key, so they can
-    # never mark the stage's real step as failed.
+    # Undecodable messages are recorded under their own step key, so they can never mark the
+    # stage's real step as failed.
     return f"{stage}!rejected"
+
+
+def _rounds(items: list[_Item]) -> list[list[_Item]]:
+    """Split a batch so that no round holds two messages for one job. A stage has one step
+    per job, so a second copy (a duplicate request, a redelivery) runs in a later round, where
+    the lookup sees the first copy's commit and replays it instead of running the handler."""
+    rounds: list[list[_Item]] = []
+    seen: list[set[str]] = []
+    for it in items:
+        for r, ids in zip(rounds, seen, strict=True):
+            if it.job_id not in ids:
+                r.append(it)
+                ids.add(it.job_id)
+                break
+        else:
+            rounds.append([it])
+            seen.append({it.job_id})
+    return rounds
+
+
+def drive(steps: Steps) -> list[Outcome]:
+    """Run a ``process`` generator to its end and return its outcomes."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 class Controller:
@@ -93,185 +144,259 @@ class Controller:
             call_hooks(self.middleware, name, *args)
 
     def handle(self, delivery: Delivery, lease: Lease | None = None) -> Outcome:
-        """Run the whole protocol for one delivery (the worker's path)."""
-        own = lease is None
-        lease = lease or self.lease(delivery)
-        gen = self.process(delivery, lease)
+        """The protocol for one delivery: a batch of one."""
+        return self.handle_batch([delivery], None if lease is None else [lease])[0]
+
+    def handle_batch(self, deliveries: Sequence[Delivery], leases: Sequence[Lease] | None = None, *,
+                     should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
+        """Run the whole protocol for a received batch (the worker's path); one outcome per
+        delivery, in order. Leases made here are stopped here."""
+        own = leases is None
+        held = [self.lease(d) for d in deliveries] if leases is None else list(leases)
         try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return drive(self.process(list(zip(deliveries, held, strict=True)), should_stop=should_stop))
         finally:
             if own:
-                lease.stop()
+                for lease in held:
+                    lease.stop()
 
-    def _crash(self, point: str, d: Delivery, job_id: str | None, message_id: str | None = None) -> Iterator[str]:
-        if self.faults is not None:
-            self.faults.check(point, stage=self.stage.name, job_id=job_id,
-                              message_id=message_id or d.message_id, attempt=d.receive_count)
-        yield point
+    # -- crash points -----------------------------------------------------------------------
+    def _check(self, point: str, items: Sequence[_Item]) -> None:
+        """Ask the fault plan about ``point`` for every message (raises ``SimulatedCrash``)."""
+        if self.faults is None:
+            return
+        for it in items:
+            d = it.delivery
+            self.faults.check(point, stage=self.stage.name, job_id=it.env.job_id if it.env else None,
+                              message_id=it.env.id if it.env else d.message_id, attempt=d.receive_count)
+
+    def _crash(self, point: str, items: Sequence[_Item]) -> Iterator[str]:
+        if items:
+            self._check(point, items)
+            yield point
 
     # -- the protocol -----------------------------------------------------------------------
-    def process(self, d: Delivery, lease: Lease) -> Steps:
-        st, store, atomic = self.stage, self.backend.store, self.backend.atomic is not None
-        log = self.log.bind(message_id=d.message_id, attempt=d.receive_count)
-        yield from self._crash("after_receive", d, None)
+    def process(self, batch: Sequence[tuple[Delivery, Lease]], *,
+                should_stop: Callable[[], bool] = lambda: False) -> Steps:
+        outcomes: dict[int, Outcome] = {}
+        items = [_Item(n, d, lease, self.log.bind(message_id=d.message_id, attempt=d.receive_count))
+                 for n, (d, lease) in enumerate(batch)]
+        yield from self._crash("after_receive", items)
 
-        # 1. decode
-        try:
-            env = self.decode(d)
-        except MalformedMessage as exc:
-            return self._reject(d, f"malformed message: {exc.reason}", exc.job_id, log)
-        d.envelope = env
-        log = log.bind(job_id=env.job_id, message_id=env.id)
-        if not st.accepts(env.task):
-            return self._reject(d, f"unknown task {env.task!r} for stage {st.name}", env.job_id, log)
+        # 1. decode, message by message: one undecodable body never holds up its batch-mates
+        decoded = []
+        for it in items:
+            rejected = self._decode(it)
+            if rejected is None:
+                decoded.append(it)
+            else:
+                self._finish(it, rejected, outcomes)
 
-        # 2. lookup
-        job = store.get(env.job_id)
-        if job is None:  # a message for a job nobody created (plain producers): adopt it
-            job, _ = store.create(env.job_id, user_id=_user_of(env))
-        replayed = self._replay(job, d, env, log)
-        if replayed is not None:
-            return replayed
+        for round_ in _rounds(decoded):
+            yield from self._round(round_, outcomes, should_stop)
+        return [outcomes[n] for n in range(len(items))]
 
-        # 3. begin: claim the step with this delivery's receipt (lease fencing)
-        if st.claim == "eager":
-            try:
-                job = store.begin_step(env.job_id, stage=st.name, message_id=env.id, claim=d.receipt,
-                                       attempt=d.receive_count, input_body=kept_input(d.body), source=st.source)
-            except ConflictError as exc:
-                assert exc.current is not None
-                replayed = self._replay(exc.current, d, env, log)
-                # Not finished but not ours either: a newer delivery holds the step.
-                return replayed if replayed is not None else self._discard(log, "a newer delivery holds the step")
-        yield from self._crash("after_begin", d, env.job_id, env.id)
+    def _round(self, items: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool]
+               ) -> Generator[str, None, None]:
+        st, store, transport = self.stage, self.backend.store, self.backend.transport
 
-        if d.receive_count > st.max_receives:
-            # The handler already had max_receives tries and never finished (it killed its
-            # process or hung): poison.
-            reason = f"gave up after {st.max_receives} attempts without a result (receive {d.receive_count})"
-            return self._fail(d, env, reason, dead_letter=True, log=log)
+        # 2. lookup: one read for the round; a message for a job nobody created is adopted
+        jobs = store.get_many([it.job_id for it in items])
+        live: list[_Item] = []
+        for it in items:
+            job = jobs.get(it.job_id)
+            if job is None:
+                job, _ = store.create(it.job_id, user_id=_user_of(it.env))
+                jobs[it.job_id] = job
+            replayed = self._replay(job, it)
+            if replayed is not None:
+                self._finish(it, replayed, outcomes)
+            else:
+                it.job = job
+                live.append(it)
 
-        # 4. handle
-        ran = self._run_handler(d, env, job, lease, log)
-        if isinstance(ran, Outcome):
-            return ran
-        result, outbox, status = ran
-        yield from self._crash("after_handle", d, env.job_id, env.id)
-        if lease.lost:
-            return self._discard(log, "lease lost during handling")
+        # 3. begin: claim each step with its delivery's receipt (lease fencing); a lazy stage
+        # writes none, its commit records the step
+        started = live
+        if st.claim == "eager" and live:
+            started = []
+            begun = store.begin_steps(
+                [BeginItem(it.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count,
+                           kept_input(it.delivery.body), st.source) for it in live], known=jobs)
+            for it, res in zip(live, begun, strict=True):
+                if isinstance(res, StoreError):
+                    current = res.current if isinstance(res, ConflictError) else None
+                    replayed = self._replay(current, it) if current is not None else None
+                    # Not finished but not ours either: a newer delivery holds the step.
+                    self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
+                else:
+                    it.job = jobs[it.job_id] = res
+                    started.append(it)
+        yield from self._crash("after_begin", started)
+
+        # 4. handle, one by one; the decision is ``decide``'s
+        handled: list[_Item] = []
+        for it in started:
+            if should_stop():  # never started: make it visible again at once
+                transport.release(it.delivery, 0)
+                self._finish(it, Outcome.RELEASED, outcomes)
+                continue
+            action = self._run_handler(it)
+            if action.verdict == Verdict.ACK:
+                handled.append(it)
+            else:
+                self._finish(it, self._act(it, action), outcomes)
+        yield from self._crash("after_handle", handled)
+        ready = []
+        for it in handled:  # time passed since the handler returned: the lease may be gone now
+            if it.lease.lost:
+                self._finish(it, self._discard(it, "lease lost during handling"), outcomes)
+            else:
+                ready.append(it)
+        if not ready:
+            return
 
         # 5-7. commit, emit, ack
-        def commit() -> JobRecord:
-            return store.commit_step(env.job_id, stage=st.name, message_id=env.id, claim=self.claim_of(d),
-                                     status=status, fields=result.fields, outbox=outbox)
+        items_to_commit = [CommitItem(it.job_id, st.name, it.env.id, self.claim_of(it.delivery), it.status,
+                                      it.result.fields if it.result else {}, it.outbox) for it in ready]
+        won: list[_Item] = []
+        if self.backend.atomic is not None:
+            # Queue and store in one database: commit + emit + ack are one transaction, and a
+            # crash anywhere inside rolls all three back (so no crash point can yield in it).
+            def unit() -> list[JobRecord | StoreError]:
+                results = store.commit_steps(items_to_commit, known=jobs)
+                won[:] = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
+                self._check("after_commit", won)
+                self._emit(won)
+                self._check("after_emit", won)
+                if won:
+                    transport.ack_batch([it.delivery for it in won])
+                return results
 
-        try:
-            if atomic:
-                # Same database for queue and store: one transaction, no replay ever needed.
-                # A crash anywhere inside rolls all three back.
-                def unit() -> None:
-                    commit()
-                    self._check(d, "after_commit", env)
-                    self._emit(outbox, env.job_id)
-                    self._check(d, "after_emit", env)
-                    self.backend.transport.ack(d)
-
-                self.backend.run_atomic(unit)
-            else:
-                commit()
-                yield from self._crash("after_commit", d, env.job_id, env.id)
-                self._emit(outbox, env.job_id)
-                yield from self._crash("after_emit", d, env.job_id, env.id)
-                self.backend.transport.ack(d)
-        except ConflictError as exc:
-            # A stale lease: someone else claimed or committed this step first. Our result
-            # is discarded; the current holder finishes (or has finished) the job.
-            log.warning("commit lost; result discarded", reason=str(exc))
-            return Outcome.DISCARDED
-        except InvalidTransition as exc:
-            return self._fail(d, env, f"handler asked for an invalid status change: {exc}", dead_letter=True, log=log)
-        except RecordTooLarge as exc:
-            return self._fail(d, env, str(exc), dead_letter=False, log=log)
-        yield from self._crash("after_ack", d, env.job_id, env.id)
-        self.hook("on_commit", st, d)
-        return Outcome.COMMITTED
+            results = self.backend.run_atomic(unit)
+        else:
+            results = store.commit_steps(items_to_commit, known=jobs)
+            won = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
+            yield from self._crash("after_commit", won)
+            self._emit(won)
+            yield from self._crash("after_emit", won)
+            if won:
+                transport.ack_batch([it.delivery for it in won])
+        for it, res in zip(ready, results, strict=True):
+            if isinstance(res, StoreError):
+                self._finish(it, self._act(it, self._decide(it, res)), outcomes)
+        yield from self._crash("after_ack", won)
+        for it in won:
+            self.hook("on_commit", st, it.delivery)
+            self._finish(it, Outcome.COMMITTED, outcomes)
 
     # -- pieces -----------------------------------------------------------------------------
+    def _finish(self, it: _Item, outcome: Outcome, outcomes: dict[int, Outcome]) -> None:
+        # The delivery is settled: stop its heartbeat now, not when the whole batch is done
+        # (a beat after the ack would find the message gone and report a lost lease).
+        it.lease.stop()
+        outcomes[it.index] = outcome
+
+    def _decode(self, it: _Item) -> Outcome | None:
+        """Decode into ``it.env``; an ``Outcome`` when the message is settled here."""
+        d, st = it.delivery, self.stage
+        try:
+            env = st.codec.decode(resolve_body(self.backend.objects, d.body))
+        except MalformedMessage as exc:
+            return self._reject(it, f"malformed message: {exc.reason}", exc.job_id)
+        except ObjectNotFound as exc:
+            return self._reject(it, f"malformed message: {exc}", None)
+        except Exception as exc:  # the object store behind a claim check is unavailable: retry
+            action = decide(exc, attempt=d.receive_count, max_receives=st.max_receives, lease_lost=False,
+                            backoff_s=self._backoff(d))
+            if action.verdict == Verdict.RELEASE:
+                it.error = exc
+                return self._act(it, action)
+            return self._reject(it, f"undecodable: {action.reason}", None)
+        it.env = d.envelope = env
+        it.log = it.log.bind(job_id=env.job_id, message_id=env.id)
+        if not st.accepts(env.task):
+            # Addressed to some other stage or pipeline: not this job's business, so the job
+            # is left as it is.
+            return self._reject(it, f"unknown task {env.task!r} for stage {st.name}", None)
+        return None
+
     def claim_of(self, d: Delivery) -> str | None:
         """The claim this delivery's writes are conditional on (None for a lazy stage)."""
         return d.receipt if self.stage.claim == "eager" else None
 
-    def _run_handler(
-        self, d: Delivery, env: Envelope, job: JobRecord, lease: Lease, log: Any
-    ) -> Outcome | tuple[Result, list[OutMessage], JobStatus | None]:
-        """Run the handler; an ``Outcome`` when the delivery is finished here (failed,
-        retried, discarded), else the result, its encoded outbox and the status to write."""
-        st = self.stage
-        ctx = Context(job=job, stage=st, envelope=env, delivery=d, clock=self.backend.clock,
-                      log=log, objects=self.backend.objects, lease=lease)
+    def _backoff(self, d: Delivery) -> float:
+        return self.stage.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
+
+    def _decide(self, it: _Item, outcome: object) -> Action:
+        return decide(outcome, attempt=it.delivery.receive_count, max_receives=self.stage.max_receives,
+                      lease_lost=it.lease.lost, backoff_s=self._backoff(it.delivery))
+
+    def _run_handler(self, it: _Item) -> Action:
+        """Run the handler (unless the attempts are used up) and decide. On ACK the item
+        holds the result, its encoded outbox and the status to write."""
+        st, d, job = self.stage, it.delivery, it.job
+        assert job is not None
+        if d.receive_count > st.max_receives:
+            # The handler already had max_receives tries and never finished (it killed its
+            # process or hung): poison.
+            return self._decide(it, NoResult(
+                f"gave up after {st.max_receives} attempts without a result (receive {d.receive_count})"))
+        ctx = Context(job=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
+                      log=it.log, objects=self.backend.objects, lease=it.lease)
         self.hook("before_handle", ctx)
         started = time.monotonic()
-        outcome = self._call_handler(ctx, d, env, lease, log)
-        label = outcome.value if isinstance(outcome, Outcome) else "handled"
-        self.hook("after_handle", ctx, label, time.monotonic() - started)
-        return outcome
-
-    def _call_handler(
-        self, ctx: Context, d: Delivery, env: Envelope, lease: Lease, log: Any
-    ) -> Outcome | tuple[Result, list[OutMessage], JobStatus | None]:
-        st, job = self.stage, ctx.job
+        outcome: object
         try:
-            result = st.handler(ctx, env) or Result()
-            if not isinstance(result, Result):
+            result = st.handler(ctx, it.env) or Result()
+            if not isinstance(result, Result):  # a programming error: retrying cannot help
                 raise PermanentError(f"handler returned {type(result).__name__}, not Result")
-            outbox = self._outbox(env, result)
-        except PermanentError as exc:
-            if lease.lost:
-                return self._discard(log, "permanent error after lease lost")
-            return self._fail(d, env, str(exc) or type(exc).__name__, dead_letter=False, log=log)
+            it.outbox = outbox.build_outbox(st, self.backend, it.env, result)
+            it.result = outcome = result
         except Exception as exc:
-            if lease.lost:
-                return self._discard(log, "error after lease lost")
-            reason = f"{type(exc).__name__}: {exc}"
-            if d.receive_count >= st.max_receives:
-                return self._fail(d, env, f"{reason} (attempt {d.receive_count} of {st.max_receives})",
-                                  dead_letter=True, log=log)
-            delay = st.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
-            self.backend.transport.release(d, delay)
-            self.hook("on_retry", st, d, exc, delay)
-            return Outcome.RETRIED
-        status = result.status
-        if status is not None and job.status.terminal and status != job.status:
-            log.info("post-completion stage asked for a status change; keeping", status=job.status.value,
-                     requested=status.value)
-            status = None
-        return result, outbox, status
+            it.error = outcome = exc
+        action = self._decide(it, outcome)
+        self.hook("after_handle", ctx, _LABELS[action.verdict], time.monotonic() - started)
+        if action.verdict == Verdict.ACK:
+            status = it.result.status if it.result else None
+            if status is not None and job.status.terminal and status != job.status:
+                it.log.info("post-completion stage asked for a status change; keeping", status=job.status.value,
+                            requested=status.value)
+                status = None
+            it.status = status
+        return action
 
-    def _check(self, d: Delivery, point: str, env: Envelope) -> None:
-        self._check_point(d, point, env.job_id, env.id)
+    def _act(self, it: _Item, action: Action) -> Outcome:
+        """Carry out a verdict other than ACK for one delivery."""
+        d = it.delivery
+        match action.verdict:
+            case Verdict.FAIL | Verdict.DEAD_LETTER:
+                return self._fail(it, action.reason, dead_letter=action.verdict == Verdict.DEAD_LETTER)
+            case Verdict.RELEASE:
+                self.backend.transport.release(d, action.delay_s)
+                self.hook("on_retry", self.stage, d, it.error or RuntimeError(action.reason), action.delay_s)
+                return Outcome.RETRIED
+            case _:
+                return self._discard(it, action.reason)
 
-    def _check_point(self, d: Delivery, point: str, job_id: str | None, message_id: str) -> None:
-        for _ in self._crash(point, d, job_id, message_id):
-            pass
-
-    def _replay(self, job: JobRecord, d: Delivery, env: Envelope, log: Any) -> Outcome | None:
-        """If this stage's step is finished, replay its recorded outcome and ack."""
+    def _replay(self, job: JobRecord, it: _Item) -> Outcome | None:
+        """If this stage's step is finished, settle the delivery by its recorded outcome."""
         step = job.steps.get(self.stage.name)
-        transport = self.backend.transport
+        transport, d = self.backend.transport, it.delivery
         if step is not None and step.state == "committed":
-            if step.message_id != env.id:
-                log.info("step already committed for another message; treating as duplicate",
-                         committed_by=step.message_id)
-
-            def redo() -> None:
-                self._emit(step.outbox, env.job_id)  # same ids: downstream sees duplicates only
+            if step.message_id != it.env.id:
+                it.log.info("step already committed for another message; treating as duplicate",
+                            committed_by=step.message_id)
+            if self.backend.atomic is not None:
+                # The commit that recorded this step sent its outbox in the same transaction:
+                # sending it again would only hand downstream a second copy.
                 transport.ack(d)
-
-            self.backend.run_atomic(redo)
-            log.info("duplicate delivery; outbox re-emitted")
+            else:
+                # The commit may have been followed by a crash before the emit: send the
+                # outbox again with the same ids (downstream steps recognise them).
+                outbox.emit(self.backend, [(step.outbox, it.job_id)])
+                transport.ack(d)
+            it.log.info("duplicate delivery; recorded outcome replayed")
             return Outcome.DUPLICATE
         if step is not None and step.state == "failed":
             if step.dead_letter:
@@ -279,19 +404,19 @@ class Controller:
                 return Outcome.DEAD_LETTERED
             transport.ack(d)
             return Outcome.FAILED
-        if job.status.value == "FAILED":
-            log.info("job already FAILED; message dropped", reason=_last_reason(job))
+        if job.status == JobStatus.FAILED:
+            it.log.info("job already FAILED; message dropped", reason=_last_reason(job))
             transport.ack(d)
             return Outcome.SKIPPED
         return None
 
-    def _fail(self, d: Delivery, env: Envelope, reason: str, *, dead_letter: bool, log: Any) -> Outcome:
-        st, transport = self.stage, self.backend.transport
+    def _fail(self, it: _Item, reason: str, *, dead_letter: bool) -> Outcome:
+        st, transport, d = self.stage, self.backend.transport, it.delivery
 
         def unit() -> None:
-            self.backend.store.fail(env.job_id, stage=st.name, message_id=env.id, claim=self.claim_of(d),
+            self.backend.store.fail(it.job_id, stage=st.name, message_id=it.env.id, claim=self.claim_of(d),
                                     reason=reason, dead_letter=dead_letter)
-            self._check(d, "after_commit", env)
+            self._check("after_commit", [it])
             if dead_letter:
                 transport.dead_letter(d, reason)
             else:
@@ -300,17 +425,17 @@ class Controller:
         try:
             self.backend.run_atomic(unit)
         except ConflictError as exc:
-            log.warning("failure not recorded: step no longer ours", reason=str(exc))
+            it.log.warning("failure not recorded: step no longer ours", reason=str(exc))
             return Outcome.DISCARDED
         if dead_letter:
             self.hook("on_dead_letter", st, d, reason)
         else:
-            log.error("job step failed", reason=reason)
+            it.log.error("job step failed", reason=reason)
         return Outcome.DEAD_LETTERED if dead_letter else Outcome.FAILED
 
-    def _reject(self, d: Delivery, reason: str, job_id: str | None, log: Any) -> Outcome:
+    def _reject(self, it: _Item, reason: str, job_id: str | None) -> Outcome:
         """Dead-letter a message this stage cannot take; fail its job if there is one."""
-        store, st = self.backend.store, self.stage
+        store, st, d = self.backend.store, self.stage, it.delivery
 
         def unit() -> None:
             if job_id and store.get(job_id) is not None:
@@ -324,77 +449,22 @@ class Controller:
         self.hook("on_dead_letter", st, d, reason)
         return Outcome.DEAD_LETTERED
 
-    def _discard(self, log: Any, why: str) -> Outcome:
-        log.warning("result discarded", why=why)
+    def _discard(self, it: _Item, why: str) -> Outcome:
+        it.log.warning("result discarded", why=why)
         return Outcome.DISCARDED
 
-    def _outbox(self, env: Envelope, result: Result) -> list[OutMessage]:
-        st, now, out = self.stage, self.backend.clock.now(), []
-        for i, item in enumerate(result.emit):
-            em = item if isinstance(item, Emit) else Emit(payload=dict(item))
-            topic = em.topic if em.topic is not None else (None if em.to else st.publish_to)
-            queue = em.to if em.to is not None else (None if em.topic else st.emit_to)
-            target = topic or queue
-            if target is None:
-                raise PermanentError(f"stage {st.name} emitted a message but has no emit_to/publish_to")
-            child = env.child(stage=st.name, index=i, task=em.task or target, payload=em.payload, now=now)
-            plain = em.plain if em.plain is not None else st.emit_format == "plain"
-            body = self._fit(_plain_body(child) if plain else child.to_json(), child.id, via_topic=topic is not None)
-            out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body))
-        return out
+    def _emit(self, items: Sequence[_Item]) -> None:
+        outbox.emit(self.backend, [(it.outbox, it.job_id) for it in items],
+                    on_emit=lambda m: self.hook("on_emit", self.stage, m))
 
-    def _fit(self, body: str, message_id: str, *, via_topic: bool = False) -> str:
-        """Check an emitted body's size before it is committed (after the commit it could
-        only fail forever). A topic's wrapped subscribers receive the body escaped inside an
-        SNS notification, so a published body is measured as that (subscriptions may change
-        after the commit). With ``offload_large_bodies`` a large body goes to the object
-        store and the outbox keeps a claim-check pointer: small on the queue and in the job
-        record (DynamoDB items stop at 400 KB)."""
-        st, objects = self.stage, self.backend.objects
-        size = len(body.encode())
-        wire = sns_wrapped_bytes(body) if via_topic else size
-        limit = self.backend.transport.max_body_bytes
-        if st.offload_large_bodies and objects is not None and (size > INLINE_OUTBOX_BYTES or wire > limit):
-            return offload_body(objects, message_id, body)
-        if wire > limit:
-            as_sent = f" ({wire} bytes as an SNS notification)" if via_topic else ""
-            raise PermanentError(f"stage {st.name} emitted a {size}-byte message{as_sent}, over the queue's "
-                                 f"{limit}-byte limit (enable offload_large_bodies to send it by claim check)")
-        return body
 
-    def decode(self, d: Delivery) -> Envelope:
-        """The delivery's envelope, fetching a claim-checked body from the object store."""
-        return self.stage.codec.decode(resolve_body(self.backend.objects, d.body))
-
-    def _emit(self, outbox: list[OutMessage], job_id: str) -> None:
-        self._emit_many([(outbox, job_id)])
-
-    def _emit_many(self, outboxes: list[tuple[list[OutMessage], str]]) -> None:
-        """Send every outbox message: one batch per target queue and one per topic."""
-        by_queue: dict[str, list[Outgoing]] = defaultdict(list)
-        by_topic: dict[str, list[Outgoing]] = defaultdict(list)
-        for outbox, job_id in outboxes:
-            for m in outbox:
-                self.hook("on_emit", self.stage, m)
-                (by_topic if m.kind == "topic" else by_queue)[m.target].append(
-                    Outgoing(body=m.body, message_id=m.id, group_id=job_id))
-        for topic, items in by_topic.items():
-            self.backend.topic.publish_batch(topic, items)
-        for queue, items in by_queue.items():
-            self.backend.transport.send_batch(queue, items)
+_LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
+           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded"}
 
 
 def kept_input(body: str) -> str | None:
     """The input body a step record keeps for the sweeper, if it is small enough."""
     return body if len(body) <= MAX_KEPT_INPUT_BYTES else None
-
-
-def _plain_body(env: Envelope) -> str:
-    import json
-
-    doc: dict[str, Any] = {"job_id": env.job_id}
-    doc.update(env.payload)
-    return json.dumps(doc, default=str)
 
 
 def _user_of(env: Envelope) -> str | None:

@@ -10,7 +10,6 @@ from collections import Counter, deque
 import structlog
 
 from orchestrator.backends import Backend
-from orchestrator.controllers.batch import handle_batch
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.errors import SimulatedCrash
@@ -27,8 +26,8 @@ class Worker:
     """Runs one stage with ``concurrency`` threads.
 
     Each thread receives a batch, keeps every message of the batch alive with a heartbeat,
-    and runs the protocol for the batch (``handle_batch``: handlers one by one, store and
-    queue writes batched). ``stop(drain=True)`` lets in-flight messages
+    and runs the protocol for the batch (``Controller.handle_batch``: handlers one by one,
+    store and queue writes batched). ``stop(drain=True)`` lets in-flight messages
     finish and releases prefetched-but-unstarted ones at once (visibility 0) instead of
     leaving them invisible until their lease lapses.
     """
@@ -139,8 +138,7 @@ class Worker:
                     for d in batch:  # stopped while receiving: hand them back at once
                         transport.release(d, 0)
                     continue
-                outcomes = handle_batch(ctrl, list(zip(batch, leases, strict=True)),
-                                        should_stop=self._stopping.is_set)
+                outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
                 for outcome in outcomes:
                     self.stats[outcome.value] += 1
             except SimulatedCrash:

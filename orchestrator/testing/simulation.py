@@ -18,7 +18,6 @@ from typing import Any
 from orchestrator.backends import Backend, memory_backend
 from orchestrator.base import Delivery
 from orchestrator.clock import SimClock
-from orchestrator.controllers.batch import handle_batch
 from orchestrator.controllers.controller import Controller, Outcome, Steps
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
@@ -39,11 +38,22 @@ class SimulationStuck(AssertionError):
 
 @dataclass
 class _Flight:
+    """A received batch on its way through the protocol, one crash point per step."""
+
     controller: Controller
-    delivery: Delivery
-    lease: Lease
+    deliveries: list[Delivery]
+    leases: list[Lease]
     steps: Steps
     stalled: bool = False
+
+    def pause(self, paused: bool) -> None:
+        self.stalled = paused
+        for lease in self.leases:
+            lease.pause(paused)
+
+    def stop(self) -> None:
+        for lease in self.leases:
+            lease.stop()
 
 
 @dataclass
@@ -88,7 +98,8 @@ class Simulation:
         self.faults = faults
         self.stall_probability = stall_probability
         self.tick_probability = tick_probability
-        self.batch_probability = batch_probability  # share of receives run by the batch path
+        # share of receives processed as one batch; the others are split into batches of one
+        self.batch_probability = batch_probability
         self.fail_fast = fail_fast
         self.handler_calls: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls
         self.handler_errors: list[BaseException] = []
@@ -156,9 +167,7 @@ class Simulation:
             return True
         stalled = [f for f in self.flights if f.stalled]
         if stalled and r < 0.3:  # a stalled process wakes up, heartbeat and all
-            f = self.random.choice(stalled)
-            f.stalled = False
-            f.lease.pause(False)
+            self.random.choice(stalled).pause(False)
             return True
         if r < self.tick_probability:
             self.clock.advance(self.random.uniform(0.1, 5.0))
@@ -171,8 +180,7 @@ class Simulation:
             return True
         if self.flights:  # only stalled flights: let them resume
             for f in self.flights:
-                f.stalled = False
-                f.lease.pause(False)
+                f.pause(False)
             return True
         nxt = [t for st in self.pipeline.stages.values() if (t := self.transport.next_visible_at(st.source)) is not None]
         if nxt:
@@ -195,33 +203,19 @@ class Simulation:
                                      visibility_s=st.visibility_timeout)
         for d in got:
             self.received.add((d.queue, d.message_id))
-        if got and self.random.random() < self.batch_probability:
-            self._run_batch(ctrl, got)
-            return
-        for d in got:
-            lease = ctrl.lease(d)
-            self.flights.append(_Flight(ctrl, d, lease, ctrl.process(d, lease)))
-
-    def _run_batch(self, ctrl: Controller, got: list[Delivery]) -> None:
-        """The worker's batch path, run to its end in one step (a crash drops the batch)."""
-        leases = [ctrl.lease(d) for d in got]
-        try:
-            for outcome in handle_batch(ctrl, list(zip(got, leases, strict=True))):
-                self.outcomes[outcome.value] += 1
-        except SimulatedCrash as crash:
-            self.crashes.append((crash.point, ctrl.stage.name))
-        except _Unexpected as exc:
-            raise exc.error from None
-        finally:
-            for lease in leases:
-                lease.stop()
+        batches = [got] if got and self.random.random() < self.batch_probability else [[d] for d in got]
+        for batch in batches:
+            leases = [ctrl.lease(d) for d in batch]
+            steps = ctrl.process(list(zip(batch, leases, strict=True)))
+            self.flights.append(_Flight(ctrl, batch, leases, steps))
 
     def _advance(self, f: _Flight) -> None:
         try:
             next(f.steps)
             return
         except StopIteration as stop:
-            self.outcomes[Outcome(stop.value).value] += 1
+            for outcome in stop.value:
+                self.outcomes[Outcome(outcome).value] += 1
         except SimulatedCrash as crash:
             self.crashes.append((crash.point, f.controller.stage.name))
         except _Unexpected as exc:
@@ -230,18 +224,17 @@ class Simulation:
         self._land(f)
 
     def _land(self, f: _Flight) -> None:
-        f.lease.stop()
+        f.stop()
         self.flights.remove(f)
 
     def _stall(self, f: _Flight) -> None:
-        """The flight's process freezes past its visibility timeout; its lease lapses."""
-        f.stalled = True
-        f.lease.pause(True)
-        try:
-            job_id = f.controller.stage.codec.decode(f.delivery.body).job_id
-            self.stalled_jobs[job_id] += 1
-        except MalformedMessage:
-            pass
+        """The flight's process freezes past its visibility timeout; its leases lapse."""
+        f.pause(True)
+        for d in f.deliveries:
+            try:
+                self.stalled_jobs[f.controller.stage.codec.decode(d.body).job_id] += 1
+            except MalformedMessage:
+                pass
         self.clock.advance(f.controller.stage.visibility_timeout + 0.5)
 
     # -- invariants -------------------------------------------------------------------------

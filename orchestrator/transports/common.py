@@ -41,5 +41,19 @@ def check_size(body: str, limit: int) -> None:
         raise BodyTooLarge(size, limit)
 
 
+TRUNCATED_FROM = "truncated_from_bytes"
+
+
+def dead_letter_body(body: str, limit: int) -> tuple[str, dict[str, str]]:
+    """The body a dead-letter queue can take, and attributes saying what was cut. A body over
+    the limit can already sit in a queue (written before the limit was lowered, or by another
+    producer); refusing its dead letter would leave it blocking its batch forever, so it is
+    kept truncated, with its original size."""
+    raw = body.encode()
+    if len(raw) <= limit:
+        return body, {}
+    return raw[:limit].decode(errors="ignore"), {TRUNCATED_FROM: str(len(raw))}
+
+
 def new_receipt() -> str:
     return uuid.uuid4().hex

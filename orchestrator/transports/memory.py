@@ -20,6 +20,7 @@ from orchestrator.transports.common import (
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
+    dead_letter_body,
     new_receipt,
     sns_wrap,
 )
@@ -177,10 +178,11 @@ class MemoryTransport:
             if m is None:  # stale receipt: someone else holds it, or it was moved already
                 return
             del self._queues[delivery.queue].messages[m.seq]
-        attrs = dict(delivery.attributes)
+        body, cut = dead_letter_body(delivery.body, self.max_body_bytes)
+        attrs = dict(delivery.attributes, **cut)
         attrs[DEAD_LETTER_REASON] = reason
         attrs["source_queue"] = delivery.queue
-        self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs))
+        self.send(dlq, Outgoing(body=body, message_id=delivery.message_id, attributes=attrs))
 
     def depth(self, queue: str) -> QueueDepth:
         with self._cond:

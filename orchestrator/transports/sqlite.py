@@ -21,6 +21,7 @@ from orchestrator.transports.common import (
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
+    dead_letter_body,
     new_receipt,
     sns_wrap,
 )
@@ -167,8 +168,9 @@ class SqliteTransport:
                 return
             row = c.execute("SELECT dead_letter FROM queues WHERE name=?", (delivery.queue,)).fetchone()
             dlq = (row[0] if row else None) or default_dead_letter(delivery.queue)
-            attrs = dict(delivery.attributes, **{DEAD_LETTER_REASON: reason, "source_queue": delivery.queue})
-            self.send(dlq, Outgoing(body=delivery.body, message_id=delivery.message_id, attributes=attrs))
+            body, cut = dead_letter_body(delivery.body, self.max_body_bytes)
+            attrs = dict(delivery.attributes, **cut, **{DEAD_LETTER_REASON: reason, "source_queue": delivery.queue})
+            self.send(dlq, Outgoing(body=body, message_id=delivery.message_id, attributes=attrs))
 
         self.db.run(tx)
 

@@ -1,0 +1,84 @@
+"""A step's outbox: the messages its result emits, encoded once, sized before the commit,
+and sent one batch per target queue and one per topic."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orchestrator.backends import Backend
+from orchestrator.base import Outgoing
+from orchestrator.envelope import Envelope
+from orchestrator.errors import PermanentError
+from orchestrator.objects.claim_check import offload_body
+from orchestrator.pipeline import Emit, Result, Stage
+from orchestrator.status import OutMessage
+from orchestrator.transports.common import sns_wrapped_bytes
+
+# Outbox bodies above this go by claim check when the stage allows it, keeping job records
+# small.
+INLINE_OUTBOX_BYTES = 64 * 1024
+
+
+def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) -> list[OutMessage]:
+    """Encode what ``result`` emits. Ids derive from the input message id and the stage, so
+    a re-run after a crash emits the same ids. Raises ``PermanentError`` for a message with
+    nowhere to go or too large for its queue."""
+    now, out = backend.clock.now(), []
+    for i, item in enumerate(result.emit):
+        em = item if isinstance(item, Emit) else Emit(payload=dict(item))
+        topic = em.topic if em.topic is not None else (None if em.to else stage.publish_to)
+        queue = em.to if em.to is not None else (None if em.topic else stage.emit_to)
+        target = topic or queue
+        if target is None:
+            raise PermanentError(f"stage {stage.name} emitted a message but has no emit_to/publish_to")
+        child = env.child(stage=stage.name, index=i, task=em.task or target, payload=em.payload, now=now)
+        plain = em.plain if em.plain is not None else stage.emit_format == "plain"
+        body = _fit(stage, backend, _plain_body(child) if plain else child.to_json(), child.id,
+                    via_topic=topic is not None)
+        out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body))
+    return out
+
+
+def _fit(stage: Stage, backend: Backend, body: str, message_id: str, *, via_topic: bool) -> str:
+    """Check an emitted body's size before it is committed (after the commit it could only
+    fail forever). A topic's wrapped subscribers receive the body escaped inside an SNS
+    notification, so a published body is measured as that. With ``offload_large_bodies`` a
+    large body goes to the object store and the outbox keeps a claim-check pointer."""
+    objects = backend.objects
+    size = len(body.encode())
+    wire = sns_wrapped_bytes(body) if via_topic else size
+    limit = backend.transport.max_body_bytes
+    if stage.offload_large_bodies and objects is not None and (size > INLINE_OUTBOX_BYTES or wire > limit):
+        return offload_body(objects, message_id, body)
+    if wire > limit:
+        as_sent = f" ({wire} bytes as an SNS notification)" if via_topic else ""
+        raise PermanentError(f"stage {stage.name} emitted a {size}-byte message{as_sent}, over the queue's "
+                             f"{limit}-byte limit (enable offload_large_bodies to send it by claim check)")
+    return body
+
+
+def _plain_body(env: Envelope) -> str:
+    doc: dict[str, Any] = {"job_id": env.job_id}
+    doc.update(env.payload)
+    return json.dumps(doc, default=str)
+
+
+def emit(backend: Backend, outboxes: Sequence[tuple[Sequence[OutMessage], str]],
+         on_emit: Callable[[OutMessage], None] | None = None) -> None:
+    """Send every (outbox, job id) message: one batch per target queue and one per topic.
+    The job id is the FIFO group."""
+    by_queue: dict[str, list[Outgoing]] = defaultdict(list)
+    by_topic: dict[str, list[Outgoing]] = defaultdict(list)
+    for outbox, job_id in outboxes:
+        for m in outbox:
+            if on_emit is not None:
+                on_emit(m)
+            (by_topic if m.kind == "topic" else by_queue)[m.target].append(
+                Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+    for topic, items in by_topic.items():
+        backend.topic.publish_batch(topic, items)
+    for queue, items in by_queue.items():
+        backend.transport.send_batch(queue, items)

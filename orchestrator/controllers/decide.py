@@ -32,7 +32,7 @@ class Action:
 ACK = Action(Verdict.ACK)
 
 
-class NoResult(Exception):  # noqa: N818 - an outcome, not an error we raise at anyone
+class NoResult(Exception):
     """The handler never produced a result: every allowed attempt was used up by crashes,
     hangs or stalls before it could finish (the receive count already exceeds max receives)."""
 

@@ -8,6 +8,7 @@ points. ``check_invariants`` then reports what a correct controller must never d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from collections import Counter
@@ -231,10 +232,8 @@ class Simulation:
         """The flight's process freezes past its visibility timeout; its leases lapse."""
         f.pause(True)
         for d in f.deliveries:
-            try:
+            with contextlib.suppress(MalformedMessage):
                 self.stalled_jobs[f.controller.stage.codec.decode(d.body).job_id] += 1
-            except MalformedMessage:
-                pass
         self.clock.advance(f.controller.stage.visibility_timeout + 0.5)
 
     # -- invariants -------------------------------------------------------------------------

@@ -23,7 +23,8 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.gas --log-level warning demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/embedded.py --jobs 3000 --rounds 3 --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-data gas-data .pytest_cache .mypy_cache .ruff_cache

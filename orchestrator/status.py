@@ -117,6 +117,13 @@ class CommitItem:
     outbox: list[OutMessage] = field(default_factory=list)
 
 
+def evolve(rec: JobRecord) -> JobRecord:
+    """A copy of ``rec`` that a rule may change: the record and its containers are new, the
+    step and history entries inside are shared (rules replace them, never change them). A
+    deep copy cost more than the rest of a commit together."""
+    return rec.model_copy(update={"fields": dict(rec.fields), "steps": dict(rec.steps), "history": list(rec.history)})
+
+
 def new_job(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float,
             origin: OutMessage | None = None) -> JobRecord:
     return JobRecord(
@@ -155,7 +162,7 @@ def apply_begin(
         raise ConflictError(
             f"step {stage} of job {rec.job_id} is held by attempt {step.attempt}, not {attempt}", current=rec
         )
-    out = rec.model_copy(deep=True)
+    out = evolve(rec)
     # A newer claim replaces an older one: the older holder's lease has lapsed (the queue
     # redelivered the message), so from here on its commit must lose (lease fencing).
     out.steps[stage] = StepRecord(
@@ -202,18 +209,18 @@ def apply_commit(
     condition is that nobody committed the step first.
     """
     _own_running_step(rec, stage, claim)
-    out = rec.model_copy(deep=True)
+    out = evolve(rec)
     if claim is None and out.status == JobStatus.PENDING:
         out.status = JobStatus.RUNNING
         out.history.append(HistoryEntry(at=now, event="begin", stage=stage, message_id=message_id,
                                         from_status=JobStatus.PENDING, to_status=JobStatus.RUNNING))
     if status is not None:
         check_transition(out.status, status, rec)
-    step = out.steps.get(stage) or StepRecord(stage=stage, message_id=message_id, started_at=now)
-    out.steps[stage] = step
-    step.state = "committed"
-    step.finished_at = now
-    step.outbox = list(outbox)
+    prev = out.steps.get(stage)
+    out.steps[stage] = (prev.model_copy(update={"state": "committed", "finished_at": now, "outbox": list(outbox)})
+                        if prev is not None else
+                        StepRecord(stage=stage, message_id=message_id, started_at=now, state="committed",
+                                   finished_at=now, outbox=list(outbox)))
     out.fields.update(fields)
     before = out.status
     if status is not None:
@@ -244,7 +251,7 @@ def apply_fail(
     status never goes backwards, and the failure is kept in the step and the history.
     """
     _own_running_step(rec, stage, claim)
-    out = rec.model_copy(deep=True)
+    out = evolve(rec)
     prev = out.steps.get(stage)
     out.steps[stage] = StepRecord(
         stage=stage, message_id=message_id, state="failed", claim=claim,
@@ -271,7 +278,7 @@ def apply_reset(rec: JobRecord, *, stage: str, reason: str, now: float) -> JobRe
     """Operator redrive: a FAILED job goes back to PENDING and the failed step is forgotten."""
     if rec.status == JobStatus.COMPLETED:
         raise InvalidTransition(f"job {rec.job_id} is COMPLETED; refusing to reset it", current=rec)
-    out = rec.model_copy(deep=True)
+    out = evolve(rec)
     out.steps.pop(stage, None)
     before = out.status
     out.status = JobStatus.PENDING

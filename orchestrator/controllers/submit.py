@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.backends import Backend
@@ -47,5 +48,24 @@ def submit(
             assert topic is not None
             backend.topic.publish(topic, env.to_json(), message_id=env.id, group_id=job_id)
         return rec, created
+
+    return backend.run_atomic(unit)
+
+
+def submit_many(
+    backend: Backend,
+    jobs: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    queue: str | None = None,
+    topic: str | None = None,
+    user_id: str | None = None,
+) -> int:
+    """``submit`` for many (job id, payload) pairs; returns how many jobs were new. On the
+    embedded backend all of them are one transaction (all or none): bulk loads and
+    benchmarks do not pay a transaction per job."""
+
+    def unit() -> int:
+        return sum(submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)[1]
+                   for job_id, payload in jobs)
 
     return backend.run_atomic(unit)

@@ -24,6 +24,7 @@ from orchestrator.status import (
     apply_commit,
     apply_fail,
     apply_reset,
+    evolve,
     new_job,
 )
 
@@ -78,12 +79,21 @@ class CasStatusStore(ABC):
                 continue
         raise ConflictError(f"job {job_id}: create kept racing")
 
-    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord]) -> JobRecord:
+    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord], known: JobRecord | None = None
+                ) -> JobRecord:
+        """Apply ``rule`` and swap. ``known`` is a record just read or written: the first try
+        swaps against it without reading again (the version condition still guards it)."""
         for _ in range(MAX_CAS_RETRIES):
-            current = self._load(job_id)
+            fresh = known is None
+            current, known = (self._load(job_id) if fresh else known), None
             if current is None:
                 raise JobNotFound(f"job {job_id} does not exist")
-            new = rule(current)  # raises ConflictError/InvalidTransition with current state
+            try:
+                new = rule(current)  # raises ConflictError/InvalidTransition with current state
+            except StoreError:
+                if fresh:
+                    raise
+                continue  # judged on a record that may be stale: judge again on a fresh read
             new.version = current.version + 1
             try:
                 self._swap(new, current.version)
@@ -107,7 +117,7 @@ class CasStatusStore(ABC):
         out: list[JobRecord | StoreError] = []
         for job_id, rule in pairs:
             try:
-                out.append(self._mutate(job_id, rule))
+                out.append(self._mutate(job_id, rule, known.get(job_id)))
             except StoreError as exc:
                 out.append(exc)
         return out
@@ -183,7 +193,7 @@ class CasStatusStore(ABC):
         now = self.clock.now()
 
         def rule(r: JobRecord) -> JobRecord:
-            out = r.model_copy(deep=True)
+            out = evolve(r)
             out.fields.update(fields)
             out.updated_at = now
             return out

@@ -29,22 +29,28 @@ class SqliteStatusStore(CasStatusStore):
         return JobRecord.model_validate_json(rows[0][0]) if rows else None
 
     def _swap(self, record: JobRecord, expected_version: int) -> None:
+        doc = record.model_dump_json()
+
         def tx(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT version FROM jobs WHERE job_id=?", (record.job_id,)).fetchone()
-            if (row[0] if row else 0) != expected_version:
+            # One statement: the version condition is the compare, the write the swap.
+            if expected_version == 0:
+                done = c.execute(
+                    "INSERT OR IGNORE INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES (?,?,?,?,?,?)",
+                    (record.job_id, record.user_id, record.status.value, record.version, record.created_at, doc),
+                ).rowcount
+            else:
+                done = c.execute(
+                    "UPDATE jobs SET user_id=?, status=?, version=?, doc=? WHERE job_id=? AND version=?",
+                    (record.user_id, record.status.value, record.version, doc, record.job_id, expected_version),
+                ).rowcount
+            if not done:
                 raise VersionConflict(record.job_id)
-            c.execute(
-                "INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT(job_id) DO UPDATE SET user_id=excluded.user_id, status=excluded.status, "
-                "version=excluded.version, doc=excluded.doc",
-                (record.job_id, record.user_id, record.status.value, record.version, record.created_at,
-                 record.model_dump_json()),
-            )
 
         self.db.run(tx)
 
-    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord]) -> JobRecord:
-        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate(job_id, rule))
+    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord], known: JobRecord | None = None
+                ) -> JobRecord:
+        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate(job_id, rule, known))
 
     def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
         # One write transaction for the whole batch instead of one per job.

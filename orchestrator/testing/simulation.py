@@ -157,7 +157,9 @@ class Simulation:
         self.submitted.append(job_id)
 
     def _ready_stages(self) -> list[str]:
-        return [name for name, st in self.pipeline.stages.items() if self.transport.depth(st.source).visible > 0]
+        now = self.clock.now()
+        return [name for name, st in self.pipeline.stages.items()
+                if (at := self.transport.next_visible_at(st.source)) is not None and at <= now]
 
     def step(self) -> bool:
         """Take one random action; False when nothing can happen any more."""

@@ -6,6 +6,7 @@ test advances the clock. With the system clock, ``receive`` waits on a condition
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 from collections.abc import Sequence
@@ -41,8 +42,48 @@ class _Msg:
 
 @dataclass
 class _Queue:
+    """Messages by sequence number and by id, and a heap of (visible_at, seq) entries.
+
+    Every change of a message's ``visible_at`` pushes a new entry; an entry whose time no
+    longer matches its message (or whose message is gone) is stale and skipped when it
+    surfaces. Receive, send, ack, extend and release are O(log n), not a scan of the queue."""
+
     spec: QueueSpec
     messages: dict[int, _Msg] = field(default_factory=dict)
+    by_id: dict[str, int] = field(default_factory=dict)
+    heap: list[tuple[float, int]] = field(default_factory=list)
+
+    def schedule(self, m: _Msg, at: float) -> None:
+        m.visible_at = at
+        heapq.heappush(self.heap, (at, m.seq))
+        if len(self.heap) > 2 * len(self.messages) + 64:  # drop stale entries now and then
+            self.heap = [(m.visible_at, m.seq) for m in self.messages.values()]
+            heapq.heapify(self.heap)
+
+    def add(self, m: _Msg) -> None:
+        self.messages[m.seq] = m
+        self.by_id[m.message_id] = m.seq
+        self.schedule(m, m.visible_at)
+
+    def remove(self, m: _Msg) -> None:
+        del self.messages[m.seq]
+        if self.by_id.get(m.message_id) == m.seq:
+            del self.by_id[m.message_id]
+
+    def next_visible(self) -> _Msg | None:
+        """The message that becomes visible first (stale heap entries are dropped)."""
+        while self.heap:
+            at, seq = self.heap[0]
+            m = self.messages.get(seq)
+            if m is not None and m.visible_at == at:
+                return m
+            heapq.heappop(self.heap)
+        return None
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.by_id.clear()
+        self.heap.clear()
 
 
 class MemoryTransport:
@@ -90,11 +131,11 @@ class MemoryTransport:
                 mid = m.message_id or new_receipt()
                 ids.append(mid)
                 # A message already waiting under this id is not enqueued twice (re-emit).
-                if m.message_id and any(x.message_id == mid for x in q.messages.values()):
+                if m.message_id and mid in q.by_id:
                     continue
                 seq = next(self._seq)
                 delay = min(m.delay_s or q.spec.delay_s, self.max_delay_s)
-                q.messages[seq] = _Msg(seq, mid, m.body, dict(m.attributes), now + delay)
+                q.add(_Msg(seq, mid, m.body, dict(m.attributes), now + delay))
             self._cond.notify_all()
         return ids
 
@@ -115,19 +156,21 @@ class MemoryTransport:
     def _claim(self, queue: str, max_messages: int, visibility_s: float) -> list[Delivery]:
         q = self._queue(queue)
         now = self.clock.now()
-        ready = sorted((m for m in q.messages.values() if m.visible_at <= now), key=lambda m: (m.visible_at, m.seq))
-        out = []
-        for m in ready[:max_messages]:
+        out: list[Delivery] = []
+        while len(out) < max_messages:
+            m = q.next_visible()
+            if m is None or m.visible_at > now:
+                break
             m.receive_count += 1
             m.receipt = new_receipt()
             m.leased = True
-            m.visible_at = now + visibility_s
+            q.schedule(m, now + visibility_s)
             if not m.first_received_at:
                 m.first_received_at = now
             out.append(
                 Delivery(queue=queue, body=m.body, receipt=f"{m.seq}:{m.receipt}", receive_count=m.receive_count,
                          first_received_at=m.first_received_at, message_id=m.message_id,
-                         attributes=dict(m.attributes))
+                         attributes=m.attributes)
             )
         return out
 
@@ -142,7 +185,7 @@ class MemoryTransport:
             m = self._held(delivery)
             if m is None:
                 return False
-            del self._queues[delivery.queue].messages[m.seq]
+            self._queues[delivery.queue].remove(m)
             self._cond.notify_all()
             return True
 
@@ -157,14 +200,14 @@ class MemoryTransport:
             # queue may hand it out any moment, so the holder must not rely on it.
             if m is None or m.visible_at <= now:
                 raise LeaseLostError(f"lease on {delivery.message_id} in {delivery.queue} lost")
-            m.visible_at = now + seconds
+            self._queues[delivery.queue].schedule(m, now + seconds)
 
     def release(self, delivery: Delivery, delay_s: float) -> bool:
         with self._cond:
             m = self._held(delivery)
             if m is None:
                 return False
-            m.visible_at = self.clock.now() + min(delay_s, self.max_delay_s)
+            self._queues[delivery.queue].schedule(m, self.clock.now() + min(delay_s, self.max_delay_s))
             m.leased = False
             m.receipt = None
             self._cond.notify_all()
@@ -177,7 +220,7 @@ class MemoryTransport:
             m = self._held(delivery)
             if m is None:  # stale receipt: someone else holds it, or it was moved already
                 return
-            del self._queues[delivery.queue].messages[m.seq]
+            self._queues[delivery.queue].remove(m)
         body, cut = dead_letter_body(delivery.body, self.max_body_bytes)
         attrs = dict(delivery.attributes, **cut)
         attrs[DEAD_LETTER_REASON] = reason
@@ -197,13 +240,13 @@ class MemoryTransport:
 
     def purge(self, queue: str) -> None:
         with self._cond:
-            self._queue(queue).messages.clear()
+            self._queue(queue).clear()
 
     def next_visible_at(self, queue: str) -> float | None:
         """When the next message of ``queue`` becomes visible (simulation support)."""
         with self._cond:
-            times = [m.visible_at for m in self._queue(queue).messages.values()]
-        return min(times) if times else None
+            m = self._queue(queue).next_visible()
+            return m.visible_at if m is not None else None
 
     def peek(self, queue: str, limit: int) -> list[Delivery]:
         with self._cond:

@@ -1,0 +1,311 @@
+"""The embedded default beside the SQLite queues people would pick instead, in one run.
+
+    python bench/embedded.py [--jobs N] [--rounds R] [--out bench/RESULTS.md]
+
+Every system does the same two-stage lifecycle per job, one process per stage (two for the
+"2 procs" rows), all processes started together: stage one takes a message, records the
+job's status and enqueues a message for stage two (ours: commit + emit + ack in one
+transaction); stage two takes it and records the final status. Jobs are enqueued before the
+clock starts; msgs/s counts both stages' messages. Rounds are interleaved (every system once
+per round) and the table shows medians, with each row's ratio to our default.
+
+- ours: ``Worker`` on the SQLite default (``sqlite:///``), batch 10 (the default) and 1;
+- huey ``SqliteHuey`` (WAL, synchronous=NORMAL), its consumer's dequeue/execute without the
+  scheduler: a task records a result with ``put`` and enqueues the next task;
+- persist-queue ``SQLiteAckQueue``: get, put to the next queue, ack (it has no status store);
+- raw ``sqlite3`` (WAL, NORMAL), the bound for any SQLite queue in Python: a claim
+  transaction and a commit transaction (status + next message + delete) per message, and per
+  batch of 10;
+- ours, the in-memory backend, one thread running both stages (no processes).
+
+Peers are benchmark-only dependencies (``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from noop_pipeline import pipeline  # noqa: E402
+
+from orchestrator.logging import configure_logging  # noqa: E402
+
+Stage = Callable[[str, int, int, "mp.Queue[int]"], None]  # (db, stage index, messages, rss out)
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- ours -------------------------------------------------------------------------------------
+def ours_seed(db: str, n: int) -> None:
+    from orchestrator.backends import sqlite_backend
+    from orchestrator.controllers.submit import submit_many
+
+    backend = sqlite_backend(db)
+    pipeline.setup(backend)
+    submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
+
+
+def ours_stage(batch: int) -> Stage:
+    def run(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+        from orchestrator import Worker
+        from orchestrator.backends import sqlite_backend
+
+        configure_logging(level="error")
+        w = Worker(pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch, wait_s=0.02)
+        w.start()
+        while sum(w.stats.values()) < n:
+            time.sleep(0.002)
+        w.stop()
+        rss.put(_rss_kib())
+    return run
+
+
+# -- huey -------------------------------------------------------------------------------------
+def _hueys(db: str) -> tuple[object, object, object, object]:
+    from huey import SqliteHuey
+    from huey.storage import SqliteStorage
+
+    class NormalSync(SqliteStorage):  # type: ignore[misc]
+        def _create_connection(self) -> sqlite3.Connection:
+            conn = super()._create_connection()
+            conn.execute("pragma synchronous=1")  # NORMAL, as ours
+            return conn  # type: ignore[no-any-return]
+
+    class Huey(SqliteHuey):  # type: ignore[misc]
+        storage_class = NormalSync
+
+    a, b = Huey("bench_a", filename=db), Huey("bench_b", filename=db)
+
+    @b.task()  # type: ignore[misc]
+    def two(i: int) -> None:
+        b.put(f"status-{i}", "COMPLETED")
+
+    @a.task()  # type: ignore[misc]
+    def one(i: int) -> None:
+        a.put(f"status-{i}", "RUNNING")
+        two(i)
+
+    return a, b, one, two
+
+
+def huey_seed(db: str, n: int) -> None:
+    _, _, one, _ = _hueys(db)
+    for i in range(n):
+        one(i)  # type: ignore[operator]
+
+
+def huey_stage(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+    h = _hueys(db)[stage]
+    done = 0
+    while done < n:
+        task = h.dequeue()  # type: ignore[attr-defined]
+        if task is None:
+            time.sleep(0.001)
+            continue
+        h.execute(task)  # type: ignore[attr-defined]
+        done += 1
+    rss.put(_rss_kib())
+
+
+# -- persist-queue ----------------------------------------------------------------------------
+def _pq(db: str, name: str) -> object:
+    from persistqueue import SQLiteAckQueue
+
+    return SQLiteAckQueue(os.path.dirname(db), db_file_name=os.path.basename(db), name=name,
+                          multithreading=True, auto_commit=True)
+
+
+def pq_seed(db: str, n: int) -> None:
+    q = _pq(db, "bench_a")
+    _pq(db, "bench_b")
+    for i in range(n):
+        q.put({"job_id": i})  # type: ignore[attr-defined]
+
+
+def pq_stage(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+    import persistqueue
+
+    src = _pq(db, ("bench_a", "bench_b")[stage])
+    dst = _pq(db, "bench_b") if stage == 0 else None
+    done = 0
+    while done < n:
+        try:
+            item = src.get(block=False)  # type: ignore[attr-defined]
+        except persistqueue.Empty:
+            time.sleep(0.001)
+            continue
+        if dst is not None:
+            dst.put(item)  # type: ignore[attr-defined]
+        src.ack(item)  # type: ignore[attr-defined]
+        done += 1
+    rss.put(_rss_kib())
+
+
+# -- raw sqlite3 ------------------------------------------------------------------------------
+def _raw(db: str) -> sqlite3.Connection:
+    c = sqlite3.connect(db, isolation_level=None, timeout=30)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    return c
+
+
+def raw_seed(db: str, n: int) -> None:
+    c = _raw(db)
+    c.executescript("""
+        CREATE TABLE q (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT, job TEXT, visible_at REAL, receipt TEXT);
+        CREATE INDEX q_ready ON q(queue, visible_at, seq);
+        CREATE TABLE jobs (job TEXT PRIMARY KEY, status TEXT);""")
+    c.execute("BEGIN")
+    c.executemany("INSERT INTO jobs VALUES (?, 'PENDING')", [(f"b{i}",) for i in range(n)])
+    c.executemany("INSERT INTO q(queue, job, visible_at) VALUES ('a', ?, 0)", [(f"b{i}",) for i in range(n)])
+    c.execute("COMMIT")
+
+
+def raw_stage(batch: int) -> Stage:
+    def run(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+        c = _raw(db)
+        src, status = ("a", "RUNNING") if stage == 0 else ("b", "COMPLETED")
+        done = 0
+        while done < n:
+            now = time.time()
+            c.execute("BEGIN IMMEDIATE")  # claim: a lease, as a visibility timeout
+            rows = c.execute("UPDATE q SET visible_at=?, receipt='r' WHERE seq IN (SELECT seq FROM q WHERE queue=? "
+                             "AND visible_at<=? ORDER BY visible_at, seq LIMIT ?) RETURNING seq, job",
+                             (now + 30, src, now, batch)).fetchall()
+            c.execute("COMMIT")
+            if not rows:
+                time.sleep(0.001)
+                continue
+            c.execute("BEGIN IMMEDIATE")  # commit: status, next message, delete
+            for seq, job in rows:
+                c.execute("UPDATE jobs SET status=? WHERE job=?", (status, job))
+                if stage == 0:
+                    c.execute("INSERT INTO q(queue, job, visible_at) VALUES ('b', ?, ?)", (job, now))
+                c.execute("DELETE FROM q WHERE seq=?", (seq,))
+            c.execute("COMMIT")
+            done += len(rows)
+        rss.put(_rss_kib())
+    return run
+
+
+# -- running ----------------------------------------------------------------------------------
+SYSTEMS: dict[str, tuple[Callable[[str, int], None], Stage, int]] = {
+    "ours, SQLite default, batch 10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
+    "ours, SQLite default, batch 10, 2 procs/stage": (ours_seed, ours_stage(10), 2),
+    "ours, SQLite default, batch 1, 1 proc/stage": (ours_seed, ours_stage(1), 1),
+    "huey SqliteHuey, 1 proc/stage": (huey_seed, huey_stage, 1),
+    "persist-queue SQLiteAckQueue, 1 proc/stage": (pq_seed, pq_stage, 1),
+    "raw sqlite3, per message, 1 proc/stage": (raw_seed, raw_stage(1), 1),
+    "raw sqlite3, per batch of 10, 1 proc/stage": (raw_seed, raw_stage(10), 1),
+}
+
+
+def run_system(name: str, n: int) -> tuple[float, int]:
+    seed, stage, procs = SYSTEMS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "bench.db")
+        seed(db, n)
+        ctx = mp.get_context("fork")
+        rss: mp.Queue[int] = ctx.Queue()
+        # n messages per stage, split among that stage's processes (each stops after its share)
+        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        ps = [ctx.Process(target=stage, args=(db, s, share, rss)) for s in (0, 1) for share in shares]
+        start = time.perf_counter()
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join(600)
+            if p.exitcode != 0:
+                raise RuntimeError(f"{name}: a stage process exited with {p.exitcode}")
+        elapsed = time.perf_counter() - start
+        return 2 * n / elapsed, max(rss.get() for _ in ps)
+
+
+def memory_single_thread(n: int) -> float:
+    from orchestrator.backends import memory_backend
+    from orchestrator.controllers.controller import Controller
+    from orchestrator.controllers.submit import submit_many
+
+    backend = memory_backend()
+    pipeline.setup(backend)
+    submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
+    start = time.perf_counter()
+    for stage in ("one", "two"):
+        st = pipeline.get(stage)
+        ctrl = Controller(pipeline, st, backend)
+        while got := backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=30):
+            ctrl.handle_batch(got)
+    return 2 * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here too")
+    args = ap.parse_args()
+    configure_logging(level="error")
+    rates: dict[str, list[float]] = {name: [] for name in SYSTEMS}
+    rss: dict[str, list[int]] = {name: [] for name in SYSTEMS}
+    mem: list[float] = []
+    for r in range(args.rounds):
+        for name in SYSTEMS:
+            rate, peak = run_system(name, args.jobs)
+            rates[name].append(rate)
+            rss[name].append(peak)
+            print(f"round {r + 1}: {name:48s} {rate:8.0f} msgs/s", flush=True)
+        mem.append(memory_single_thread(args.jobs))
+        print(f"round {r + 1}: {'ours, memory backend, 1 thread':48s} {mem[-1]:8.0f} msgs/s", flush=True)
+    ref = statistics.median(rates["ours, SQLite default, batch 10, 1 proc/stage"])
+    lines = [
+        f"Embedded, {args.jobs} jobs ({2 * args.jobs} messages), median of {args.rounds} interleaved rounds; "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"SQLite {sqlite3.sqlite_version}; {_versions()}",
+        "",
+        "| system | msgs/s | ours (batch 10, 1 proc) ÷ this | peak RSS per process |",
+        "|---|---|---|---|",
+    ]
+    for name in SYSTEMS:
+        med = statistics.median(rates[name])
+        lines.append(f"| {name} | {med:,.0f} | {ref / med:.2f}x | {statistics.median(rss[name]) / 1024:.0f} MiB |")
+    lines.append(f"| ours, memory backend, 1 thread, both stages | {statistics.median(mem):,.0f} | "
+                 f"{ref / statistics.median(mem):.2f}x | (in the bench process) |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("huey", "persist-queue", "pydantic"):
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} missing")
+    return ", ".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,10 @@ from orchestrator.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_BUSY_TIMEOUT_S = 30.0
-MAX_LOCK_RETRIES = 30
+# Waits between tries for the write lock: from MIN, growing by half each try, up to MAX
+# (seconds); ``busy_timeout_s`` bounds the whole wait.
+MIN_LOCK_WAIT_S = 0.0001
+MAX_LOCK_WAIT_S = 0.005
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -61,6 +64,14 @@ class SqliteDatabase:
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise ConfigError(f"cannot open SQLite database {self.path}: directory {parent} does not exist")
+            # The file holds job records (user ids, emails): only its owner reads it. SQLite
+            # gives the -wal and -shm files the database file's mode.
+            try:
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise ConfigError(f"cannot create SQLite database {self.path}: {exc.strerror}") from exc
         self._local = threading.local()
         self.run(lambda c: c.executescript(SCHEMA) and None, begin=False)
 
@@ -74,7 +85,11 @@ class SqliteDatabase:
                 # process (only an OS crash can lose the last transactions).
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
+                # No busy handler in SQLite: ``run`` waits for the write lock itself. SQLite's own
+                # handler sleeps 1, 2, 5, 10... ms between tries, while a writer here holds the
+                # lock for a fraction of a millisecond: two workers on one file spent more time
+                # asleep than working.
+                conn.execute("PRAGMA busy_timeout=0")
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open SQLite database {self.path}: {exc}") from exc
             loc.conn, loc.pid, loc.depth = conn, os.getpid(), 0
@@ -92,7 +107,9 @@ class SqliteDatabase:
         conn = self.conn()
         if self._local.depth > 0:
             return fn(conn)
-        for attempt in range(MAX_LOCK_RETRIES):
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause = MIN_LOCK_WAIT_S
+        while True:
             try:
                 if begin:
                     conn.execute("BEGIN IMMEDIATE")
@@ -107,23 +124,23 @@ class SqliteDatabase:
                     conn.commit()
                 return result
             except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or attempt == MAX_LOCK_RETRIES - 1:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(min(1.0, 0.01 * 2**attempt) * random.random())
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(pause * 1.5, MAX_LOCK_WAIT_S)
             finally:
                 self._local.depth = 0
-        raise AssertionError("unreachable")
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         conn = self.conn()
-        for attempt in range(MAX_LOCK_RETRIES):
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
             try:
                 return list(conn.execute(sql, params).fetchall())
             except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc) or attempt == MAX_LOCK_RETRIES - 1:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(0.01 * random.random())
-        raise AssertionError("unreachable")
+                time.sleep(MAX_LOCK_WAIT_S * random.random())
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

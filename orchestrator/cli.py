@@ -32,6 +32,29 @@ class UsageError(Exception):
     """A mistake on the command line: exit 2 with the message."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def job_id_arg(text: str) -> str:
+    """argparse type: a non-empty job id that is valid text (argv bytes that are not UTF-8
+    arrive as lone surrogates, which no store can key on)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a job id cannot be empty")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"job id {text!r} is not valid UTF-8") from None
+    return text
+
+
 def load_pipeline(spec: str) -> Pipeline:
     """Import ``MODULE:PIPELINE`` (the current directory is searched too)."""
     module_name, _, attr = spec.partition(":")
@@ -204,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend_arg(s)
     s.add_argument("--queue")
     s.add_argument("--topic")
-    s.add_argument("--job-id", required=True)
+    s.add_argument("--job-id", required=True, type=job_id_arg)
     s.add_argument("--payload", default="{}")
     s.add_argument("--user")
     s.set_defaults(fn=cmd_submit)
@@ -213,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(w)
     w.add_argument("--stage", required=True)
-    w.add_argument("--concurrency", type=int, default=1)
+    w.add_argument("--concurrency", type=positive_int, default=1)
     w.add_argument("--until-idle", action="store_true", help="exit 0 once the source queue is empty and nothing is in flight")
     w.add_argument("--wait", type=float, default=None, help="long-poll wait in seconds")
     w.add_argument("--metrics-port", type=int, default=None,

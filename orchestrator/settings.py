@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     file_values: ClassVar[dict[str, Any]] = {}
 
     backend: str | None = Field(None, description="backend URL (default sqlite:///orchestrator.db)")
-    log_level: str | None = Field(None, description="debug, info, warning or error (default info)")
+    log_level: Literal["debug", "info", "warning", "error"] | None = Field(
+        None, description="debug, info, warning or error (default info)")
     stages: dict[str, StageSettings] = Field(default_factory=dict)
 
     @classmethod

@@ -106,3 +106,34 @@ def test_a_duplicate_on_the_embedded_default_is_acked_without_sending_the_outbox
     assert Controller(p, "double", backend).handle(late) == Outcome.DUPLICATE
     # Then nothing is published again: commit, emit and ack were one transaction
     assert backend.transport.depth("doubled").total == 0
+
+
+def test_a_settled_delivery_reports_no_lost_lease_while_its_batch_mates_run(backend: Backend) -> None:
+    # Given a batch whose first message fails at once and whose second handler runs for a while
+    from orchestrator import PermanentError
+    from orchestrator.middleware import Middleware
+
+    lost: list[str] = []
+
+    class Watch(Middleware):
+        def on_lease_lost(self, stage, delivery):  # type: ignore[no-untyped-def]
+            lost.append(delivery.message_id)
+
+    p = Pipeline("t", middleware=[Watch()])
+
+    @p.stage("s", source="in", visibility_timeout=3)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.job_id == "fails":
+            raise PermanentError("bad input")
+        ctx.clock.sleep(10)  # several heartbeats of every lease still held
+        return Result(status=JobStatus.COMPLETED)
+
+    p.setup(backend)
+    p.submit(backend, job_id="fails", payload={}, queue="in")
+    p.submit(backend, job_id="slow", payload={}, queue="in")
+    batch = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=3)
+    # When the batch is processed
+    outcomes = Controller(p, "s", backend).handle_batch(batch)
+    # Then the failed message's heartbeat stopped with it: no lease is reported lost
+    assert outcomes == [Outcome.FAILED, Outcome.COMMITTED]
+    assert lost == []

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from noop_pipeline import pipeline  # noqa: E402
+from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
 
@@ -63,13 +63,14 @@ def ours_seed(db: str, n: int) -> None:
     submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
 
 
-def ours_stage(batch: int) -> Stage:
+def ours_stage(batch: int, lazy: bool = False) -> Stage:
     def run(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
         from orchestrator import Worker
         from orchestrator.backends import sqlite_backend
 
         configure_logging(level="error")
-        w = Worker(pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch, wait_s=0.02)
+        w = Worker(lazy_pipeline if lazy else pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
+                   wait_s=0.02)
         w.start()
         while sum(w.stats.values()) < n:
             time.sleep(0.002)
@@ -211,6 +212,7 @@ SYSTEMS: dict[str, tuple[Callable[[str, int], None], Stage, int]] = {
     "ours, SQLite default, batch 10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
     "ours, SQLite default, batch 10, 2 procs/stage": (ours_seed, ours_stage(10), 2),
     "ours, SQLite default, batch 1, 1 proc/stage": (ours_seed, ours_stage(1), 1),
+    "ours, SQLite default, batch 10, claim=lazy, 1 proc/stage": (ours_seed, ours_stage(10, lazy=True), 1),
     "huey SqliteHuey, 1 proc/stage": (huey_seed, huey_stage, 1),
     "persist-queue SQLiteAckQueue, 1 proc/stage": (pq_seed, pq_stage, 1),
     "raw sqlite3, per message, 1 proc/stage": (raw_seed, raw_stage(1), 1),
@@ -271,9 +273,9 @@ def main() -> None:
             rate, peak = run_system(name, args.jobs)
             rates[name].append(rate)
             rss[name].append(peak)
-            print(f"round {r + 1}: {name:48s} {rate:8.0f} msgs/s", flush=True)
+            print(f"round {r + 1}: {name:58s} {rate:8.0f} msgs/s", flush=True)
         mem.append(memory_single_thread(args.jobs))
-        print(f"round {r + 1}: {'ours, memory backend, 1 thread':48s} {mem[-1]:8.0f} msgs/s", flush=True)
+        print(f"round {r + 1}: {'ours, memory backend, 1 thread':58s} {mem[-1]:8.0f} msgs/s", flush=True)
     ref = statistics.median(rates["ours, SQLite default, batch 10, 1 proc/stage"])
     lines = [
         f"Embedded, {args.jobs} jobs ({2 * args.jobs} messages), median of {args.rounds} interleaved rounds; "

@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -43,14 +44,19 @@ from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
 
-Stage = Callable[[str, int, int, "mp.Queue[int]"], None]  # (db, stage index, messages, rss out)
+# (db, stage index, counter): a stage process runs until it is terminated, adding each message
+# it finishes to its counter; the parent stops the clock when stage two's counters reach n.
+Stage = Callable[[str, int, "Any"], None]
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+def _rss_kib(pid: int) -> int:
+    """Memory process ``pid`` holds on its own (private clean + dirty pages), KiB: a forked
+    process's plain RSS also counts every page it shares with its parent."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
 
 
 # -- ours -------------------------------------------------------------------------------------
@@ -64,7 +70,7 @@ def ours_seed(db: str, n: int) -> None:
 
 
 def ours_stage(batch: int, lazy: bool = False) -> Stage:
-    def run(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+    def run(db: str, stage: int, counter: Any) -> None:
         from orchestrator import Worker
         from orchestrator.backends import sqlite_backend
 
@@ -72,10 +78,9 @@ def ours_stage(batch: int, lazy: bool = False) -> Stage:
         w = Worker(lazy_pipeline if lazy else pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
                    wait_s=0.02)
         w.start()
-        while sum(w.stats.values()) < n:
+        while True:
+            counter.value = sum(w.stats.values())
             time.sleep(0.002)
-        w.stop()
-        rss.put(_rss_kib())
     return run
 
 
@@ -113,17 +118,15 @@ def huey_seed(db: str, n: int) -> None:
         one(i)  # type: ignore[operator]
 
 
-def huey_stage(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+def huey_stage(db: str, stage: int, counter: Any) -> None:
     h = _hueys(db)[stage]
-    done = 0
-    while done < n:
+    while True:
         task = h.dequeue()  # type: ignore[attr-defined]
         if task is None:
             time.sleep(0.001)
             continue
         h.execute(task)  # type: ignore[attr-defined]
-        done += 1
-    rss.put(_rss_kib())
+        counter.value += 1
 
 
 # -- persist-queue ----------------------------------------------------------------------------
@@ -141,13 +144,12 @@ def pq_seed(db: str, n: int) -> None:
         q.put({"job_id": i})  # type: ignore[attr-defined]
 
 
-def pq_stage(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+def pq_stage(db: str, stage: int, counter: Any) -> None:
     import persistqueue
 
     src = _pq(db, ("bench_a", "bench_b")[stage])
     dst = _pq(db, "bench_b") if stage == 0 else None
-    done = 0
-    while done < n:
+    while True:
         try:
             item = src.get(block=False)  # type: ignore[attr-defined]
         except persistqueue.Empty:
@@ -156,8 +158,7 @@ def pq_stage(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
         if dst is not None:
             dst.put(item)  # type: ignore[attr-defined]
         src.ack(item)  # type: ignore[attr-defined]
-        done += 1
-    rss.put(_rss_kib())
+        counter.value += 1
 
 
 # -- raw sqlite3 ------------------------------------------------------------------------------
@@ -181,11 +182,10 @@ def raw_seed(db: str, n: int) -> None:
 
 
 def raw_stage(batch: int) -> Stage:
-    def run(db: str, stage: int, n: int, rss: mp.Queue[int]) -> None:
+    def run(db: str, stage: int, counter: Any) -> None:
         c = _raw(db)
         src, status = ("a", "RUNNING") if stage == 0 else ("b", "COMPLETED")
-        done = 0
-        while done < n:
+        while True:
             now = time.time()
             c.execute("BEGIN IMMEDIATE")  # claim: a lease, as a visibility timeout
             rows = c.execute("UPDATE q SET visible_at=?, receipt='r' WHERE seq IN (SELECT seq FROM q WHERE queue=? "
@@ -202,8 +202,7 @@ def raw_stage(batch: int) -> Stage:
                     c.execute("INSERT INTO q(queue, job, visible_at) VALUES ('b', ?, ?)", (job, now))
                 c.execute("DELETE FROM q WHERE seq=?", (seq,))
             c.execute("COMMIT")
-            done += len(rows)
-        rss.put(_rss_kib())
+            counter.value += len(rows)
     return run
 
 
@@ -226,19 +225,21 @@ def run_system(name: str, n: int) -> tuple[float, int]:
         db = str(Path(tmp) / "bench.db")
         seed(db, n)
         ctx = mp.get_context("fork")
-        rss: mp.Queue[int] = ctx.Queue()
-        # n messages per stage, split among that stage's processes (each stops after its share)
-        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-        ps = [ctx.Process(target=stage, args=(db, s, share, rss)) for s in (0, 1) for share in shares]
+        counters = [(s, ctx.Value("q", 0, lock=False)) for s in (0, 1) for _ in range(procs)]
+        ps = [ctx.Process(target=stage, args=(db, s, c), daemon=True) for s, c in counters]
         start = time.perf_counter()
         for p in ps:
             p.start()
-        for p in ps:
-            p.join(600)
-            if p.exitcode != 0:
-                raise RuntimeError(f"{name}: a stage process exited with {p.exitcode}")
+        while sum(c.value for s, c in counters if s == 1) < n:
+            if time.perf_counter() - start > 600 or any(p.exitcode is not None for p in ps):
+                raise RuntimeError(f"{name}: did not finish (exit codes {[p.exitcode for p in ps]})")
+            time.sleep(0.002)
         elapsed = time.perf_counter() - start
-        return 2 * n / elapsed, max(rss.get() for _ in ps)
+        peak = max(_rss_kib(p.pid) for p in ps if p.pid is not None)
+        for p in ps:
+            p.terminate()
+            p.join()
+        return 2 * n / elapsed, peak
 
 
 def memory_single_thread(n: int) -> float:
@@ -282,7 +283,7 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"SQLite {sqlite3.sqlite_version}; {_versions()}",
         "",
-        "| system | msgs/s | ours (batch 10, 1 proc) ÷ this | peak RSS per process |",
+        "| system | msgs/s | ours (batch 10, 1 proc) ÷ this | private memory per process |",
         "|---|---|---|---|",
     ]
     for name in SYSTEMS:

@@ -89,3 +89,19 @@ def test_the_plugin_gives_a_seeded_simulation(pytester) -> None:  # type: ignore
     result = pytester.runpytest("--orchestrator-seed=1234", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*replay with --orchestrator-seed=1234*"])
+
+
+def test_a_fault_appended_to_the_fixture_plan_fires(sim, fault_plan) -> None:  # type: ignore[no-untyped-def]
+    # Given the plugin's empty plan, with a crash appended after it was made
+    from orchestrator import Fault, JobStatus, Pipeline, Result
+
+    p = Pipeline("t")
+    p.stage("s", source="in")(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    fault_plan.faults.append(Fault("after_handle", stage="s"))
+    # When a job runs through the simulation
+    s = sim(p)
+    s.submit("j", {}, queue="in")
+    s.run_until_idle()
+    # Then the crash fired once and the job still completed
+    assert [f[0] for f in fault_plan.fired] == ["after_handle"]
+    assert s.check_invariants().ok

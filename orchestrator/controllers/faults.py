@@ -52,7 +52,8 @@ class FaultPlan:
     fired: list[tuple[str, str, str | None, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._counts = [0] * len(self.faults)
+        # how often each fault fired, by position; a dict, so faults appended later count too
+        self._counts: dict[int, int] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -76,8 +77,9 @@ class FaultPlan:
     def check(self, point: str, *, stage: str, job_id: str | None, message_id: str, attempt: int) -> None:
         with self._lock:
             for i, f in enumerate(self.faults):
-                if f.matches(point, stage, job_id, message_id, attempt) and (f.times == 0 or self._counts[i] < f.times):
-                    self._counts[i] += 1
+                if f.matches(point, stage, job_id, message_id, attempt) and (
+                        f.times == 0 or self._counts.get(i, 0) < f.times):
+                    self._counts[i] = self._counts.get(i, 0) + 1
                     self.fired.append((point, stage, job_id, attempt))
                     break
             else:

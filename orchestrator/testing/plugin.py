@@ -26,6 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def orchestrator_seed(request: pytest.FixtureRequest) -> int:
+    """The seed of this test's simulations: ``--orchestrator-seed`` when given, else random
+    (reported with a failure, so the case can be replayed)."""
     seed = request.config.getoption("--orchestrator-seed")
     if seed is None:
         seed = random.randrange(2**32)
@@ -45,16 +47,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def sim_clock() -> SimClock:
+    """A simulated clock: time moves only when the test (or the simulation) advances it."""
     return SimClock()
 
 
 @pytest.fixture
 def fault_plan() -> FaultPlan:
+    """An empty ``FaultPlan`` used by ``sim``; add crashes with
+    ``fault_plan.faults.append(Fault("after_commit", stage=...))`` before the run."""
     return FaultPlan()
 
 
 @pytest.fixture
 def sim(orchestrator_seed: int, sim_clock: SimClock, fault_plan: FaultPlan) -> Callable[..., Simulation]:
+    """A factory: ``sim(pipeline, **options)`` is a ``Simulation`` of ``pipeline`` on the
+    in-memory backend with this test's seed, ``sim_clock`` and ``fault_plan`` (options override)."""
+
     def make(pipeline: Pipeline, **options: Any) -> Simulation:
         options.setdefault("seed", orchestrator_seed)
         options.setdefault("faults", fault_plan)

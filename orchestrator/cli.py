@@ -27,6 +27,9 @@ from orchestrator.pipeline import Pipeline
 from orchestrator.settings import apply_settings, load_settings
 from orchestrator.status import JobRecord, JobStatus
 
+# commands that only make sense on a backend another process can see
+ONE_SHOT_COMMANDS = ("submit", "status")
+
 
 class UsageError(Exception):
     """A mistake on the command line: exit 2 with the message."""
@@ -284,7 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.settings = load_settings(args.config)
         configure_logging(level=args.log_level or args.settings.log_level or "info")
-        backend = open_backend(args.backend or args.settings.backend or DEFAULT_BACKEND)
+        url = args.backend or args.settings.backend or DEFAULT_BACKEND
+        if url.startswith("memory:") and args.command in ONE_SHOT_COMMANDS:
+            # the in-memory backend dies with this process: a job submitted here is gone at exit
+            raise UsageError(f"{args.command} with {url} would act on a backend that vanishes when this command "
+                             "exits; use sqlite:///PATH (or aws://) to share it with workers")
+        backend = open_backend(url)
         try:
             return int(args.fn(args, backend))
         finally:

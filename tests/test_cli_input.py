@@ -57,3 +57,10 @@ def test_the_sqlite_file_and_its_wal_are_readable_by_their_owner_only(tmp_path: 
         mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
         assert mode == 0o600, f"{name}: {oct(mode)}"
     backend.close()
+
+
+@pytest.mark.parametrize("argv", [["submit", PIPE, "--queue", "in", "--job-id", "j"], ["status", "j"]])
+def test_memory_is_refused_where_the_job_would_vanish_with_the_process(
+        pipe_dir: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--backend", "memory://"]) == 2
+    assert "vanishes" in capsys.readouterr().err

@@ -4,27 +4,17 @@ runs its handler once even when two copies of its message arrive in one batch.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_controller import dead_letters, two_stage
 
 from orchestrator import JobStatus, Pipeline, Result
-from orchestrator.backends import Backend, memory_backend, sqlite_backend
+from orchestrator.backends import Backend, sqlite_backend
 from orchestrator.base import Outgoing
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.envelope import Envelope
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    clock = SimClock()
-    b = memory_backend(clock) if request.param == "memory" else sqlite_backend(tmp_path / "o.db", clock=clock)
-    yield b
-    b.close()
-
 
 HUGE_INT = '{"v": 1, "task": "numbers", "job_id": "huge", "payload": {"x": 1' + "0" * 5000 + "}}"
 SURROGATE = '{"v": 1, "task": "numbers", "job_id": "bad\\ud800id", "payload": {"x": 1}}'

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,19 +23,11 @@ from orchestrator import (
     SimulatedCrash,
     Worker,
 )
-from orchestrator.backends import Backend, memory_backend, sqlite_backend
+from orchestrator.backends import Backend, sqlite_backend
 from orchestrator.base import Outgoing
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Outcome
 from orchestrator.envelope import Envelope
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    clock = SimClock()
-    b = memory_backend(clock) if request.param == "memory" else sqlite_backend(tmp_path / "o.db", clock=clock)
-    yield b
-    b.close()
 
 
 def two_stage(calls: dict[str, int] | None = None) -> Pipeline:

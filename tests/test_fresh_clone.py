@@ -33,6 +33,8 @@ def test_a_copy_of_the_tracked_files_alone_finds_the_gas_samples_inside_itself(t
 
 
 def test_no_project_file_reads_the_shared_directory_beside_the_checkout() -> None:
-    hits = subprocess.run(["git", "grep", "-n", "-E", r"\.\./shared|\"shared\"|/shared/", "--", "*.py", "Makefile",
-                           ".ci", ":!tests/test_fresh_clone.py"], cwd=ROOT, capture_output=True, text=True).stdout
+    beside = "sh" "ared"  # spelt in two pieces so that this file does not match its own search
+    pattern = rf'\.\./{beside}|"{beside}"|/{beside}/'
+    hits = subprocess.run(["git", "grep", "-n", "-E", pattern, "--", "*.py", "Makefile", ".ci"],
+                          cwd=ROOT, capture_output=True, text=True).stdout
     assert hits == "", hits

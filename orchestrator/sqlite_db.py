@@ -57,6 +57,8 @@ def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
 
 
 class SqliteDatabase:
+    dialect = "sqlite"
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s

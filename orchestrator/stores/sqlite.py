@@ -1,89 +1,12 @@
-"""Status store in the embedded SQLite file: one row per job, the record as JSON.
-
-Load, rule and swap run inside one ``BEGIN IMMEDIATE`` transaction, so the compare-and-swap
-never loses to another process; when the controller wraps commit + emit + ack in the same
-database transaction, this write joins it.
-"""
+"""The embedded default status store: the jobs table of the SQLite file (``stores/sql.py``)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any
-
-from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
-from orchestrator.errors import StoreError
 from orchestrator.sqlite_db import SqliteDatabase
-from orchestrator.status import JobRecord, JobStatus, OutMessage
-from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
+from orchestrator.stores.sql import SqlStatusStore
 
 
-class SqliteStatusStore(CasStatusStore):
+class SqliteStatusStore(SqlStatusStore):
     def __init__(self, db: SqliteDatabase, *, clock: Clock | None = None) -> None:
-        super().__init__(clock=clock)
-        self.db = db
-
-    def _load(self, job_id: str) -> JobRecord | None:
-        rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
-        return JobRecord.model_validate_json(rows[0][0]) if rows else None
-
-    def _swap(self, record: JobRecord, expected_version: int) -> None:
-        doc = record.model_dump_json()
-
-        def tx(c: sqlite3.Connection) -> None:
-            # One statement: the version condition is the compare, the write the swap.
-            if expected_version == 0:
-                done = c.execute(
-                    "INSERT OR IGNORE INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES (?,?,?,?,?,?)",
-                    (record.job_id, record.user_id, record.status.value, record.version, record.created_at, doc),
-                ).rowcount
-            else:
-                done = c.execute(
-                    "UPDATE jobs SET user_id=?, status=?, version=?, doc=? WHERE job_id=? AND version=?",
-                    (record.user_id, record.status.value, record.version, doc, record.job_id, expected_version),
-                ).rowcount
-            if not done:
-                raise VersionConflict(record.job_id)
-
-        self.db.run(tx)
-
-    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord], known: JobRecord | None = None
-                ) -> JobRecord:
-        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate(job_id, rule, known))
-
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
-        # One write transaction for the whole batch instead of one per job.
-        return self.db.run(lambda c: super(SqliteStatusStore, self)._mutate_many(pairs, known))
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        ids = list(dict.fromkeys(job_ids))
-        out: dict[str, JobRecord] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self.db.read(f"SELECT doc FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
-            for (doc,) in rows:
-                rec = JobRecord.model_validate_json(doc)
-                out[rec.job_id] = rec
-        return out
-
-    def create(
-        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
-        origin: OutMessage | None = None,
-    ) -> tuple[JobRecord, bool]:
-        return self.db.run(
-            lambda c: super(SqliteStatusStore, self).create(job_id, user_id=user_id, fields=fields, origin=origin))
-
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
-        sql, params = "SELECT doc FROM jobs WHERE 1=1", []
-        if user_id is not None:
-            sql += " AND user_id=?"
-            params.append(user_id)
-        if status is not None:
-            sql += " AND status=?"
-            params.append(status.value)
-        rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
-        return [JobRecord.model_validate_json(r[0]) for r in rows]
-
-
-_: type[StatusStore] = SqliteStatusStore
+        super().__init__(db, clock=clock)

@@ -1,0 +1,264 @@
+"""Durable queues and topics in SQL tables, written once for SQLite and PostgreSQL.
+
+Safe with several worker processes on one database: a receive leases its rows inside one write
+transaction (SQLite's ``BEGIN IMMEDIATE`` serialises them; PostgreSQL's ``FOR UPDATE SKIP
+LOCKED`` lets concurrent receivers pass each other's rows), so two workers never hold the same
+message at once. Subclasses give the dialect's few differences: the row lock of a claim, the
+wake-up of an idle receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.database import Conn, Database
+from orchestrator.errors import LeaseLostError
+from orchestrator.transports.common import (
+    DEAD_LETTER_REASON,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_VISIBILITY_S,
+    check_size,
+    dead_letter_body,
+    new_receipt,
+    sns_wrap,
+)
+
+POLL_INTERVAL_S = 0.05  # how often an empty long poll looks again
+
+
+def _split(receipt: str) -> tuple[int, str]:
+    seq, _, token = receipt.partition(":")
+    return int(seq), token
+
+
+class SqlTransport:
+    max_delay_s = DEFAULT_MAX_DELAY_S
+    max_visibility_s = DEFAULT_MAX_VISIBILITY_S
+    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    #: what a claim's row selection adds to lock its rows (PostgreSQL: skip rows others lock)
+    claim_lock = ""
+
+    def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
+        self.db = db
+        self.clock: Clock = clock or SystemClock()
+
+    # -- dialect hooks ------------------------------------------------------------------------
+    def _sent(self, c: Conn, queue: str) -> None:
+        """Called in the transaction that enqueued into ``queue`` (PostgreSQL wakes receivers)."""
+
+    def _wait(self, queue: str, deadline: float) -> None:
+        """Idle until a message may have become ready or ``deadline`` (on ``self.clock``)."""
+        self.clock.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - self.clock.now())))
+
+    def ensure_queue(self, spec: QueueSpec) -> None:
+        def tx(c: Conn) -> None:
+            c.execute(
+                "INSERT INTO queues(name, visibility_s, max_receives, dead_letter, fifo, delay_s) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET visibility_s=excluded.visibility_s, "
+                "max_receives=excluded.max_receives, dead_letter=excluded.dead_letter, fifo=excluded.fifo, "
+                "delay_s=excluded.delay_s",
+                (spec.name, spec.visibility_timeout_s, spec.max_receives, spec.dead_letter, int(spec.fifo), spec.delay_s),
+            )
+            if spec.dead_letter:
+                c.execute(
+                    "INSERT INTO queues(name, visibility_s, max_receives) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                    (spec.dead_letter, spec.visibility_timeout_s, spec.max_receives),
+                )
+
+        self.db.run(tx)
+
+    def spec(self, queue: str) -> QueueSpec | None:
+        rows = self.db.read("SELECT visibility_s, max_receives, dead_letter, fifo, delay_s FROM queues WHERE name=?", (queue,))
+        if not rows:
+            return None
+        vis, mr, dlq, fifo, delay = rows[0]
+        return QueueSpec(queue, visibility_timeout_s=vis, max_receives=mr, dead_letter=dlq, fifo=bool(fifo), delay_s=delay)
+
+    def send(self, queue: str, message: Outgoing) -> str:
+        return self.send_batch(queue, [message])[0]
+
+    def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
+        for m in messages:
+            check_size(m.body, self.max_body_bytes)
+        ids = [m.message_id or uuid.uuid4().hex for m in messages]
+
+        def tx(c: Conn) -> None:
+            now = self.clock.now()
+            row = c.execute("SELECT delay_s FROM queues WHERE name=?", (queue,)).fetchone()
+            default_delay = row[0] if row else 0.0
+            if row is None:  # sending creates the queue, as publishing to a fresh subscription does
+                c.execute("INSERT INTO queues(name, visibility_s, max_receives) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                          (queue, 30.0, 5))
+            # DO NOTHING: a message already waiting under the same id is not enqueued twice, so
+            # an outbox replay does not double the queue.
+            c.executemany(
+                "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT DO NOTHING",
+                [
+                    (queue, mid, m.body, json.dumps(m.attributes), now + min(m.delay_s or default_delay, self.max_delay_s), now)
+                    for mid, m in zip(ids, messages, strict=True)
+                ],
+            )
+            self._sent(c, queue)
+
+        self.db.run(tx)
+        return ids
+
+    def receive(self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
+        got = self._claim(queue, max_messages, visibility_s)
+        if got or wait_s <= 0:
+            return got
+        deadline = self.clock.now() + wait_s
+        while not got and self.clock.now() < deadline:
+            self._wait(queue, deadline)
+            got = self._claim(queue, max_messages, visibility_s)
+        return got
+
+    def _claim(self, queue: str, max_messages: int, visibility_s: float) -> list[Delivery]:
+        now = self.clock.now()
+        token = uuid.uuid4().hex
+        # Cheap check outside a write transaction: an idle worker must not hold the write lock.
+        if not self.db.read("SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):
+            return []
+
+        def tx(c: Conn) -> list[Delivery]:
+            rows = c.execute(
+                "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
+                "visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ("
+                f"SELECT seq FROM messages WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?{self.claim_lock}) "
+                "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at",
+                (token, now + visibility_s, now, queue, now, max_messages),
+            ).fetchall()
+            rows.sort(key=lambda r: r[0])
+            return [
+                Delivery(queue=queue, body=body, receipt=receipt, receive_count=rc, first_received_at=fr,
+                         message_id=mid, attributes=json.loads(attrs))
+                for _seq, mid, body, attrs, rc, receipt, fr in rows
+            ]
+
+        return self.db.run(tx)
+
+    def ack(self, delivery: Delivery) -> bool:
+        seq, _ = _split(delivery.receipt)
+        return bool(self.db.run(
+            lambda c: c.execute("DELETE FROM messages WHERE seq=? AND receipt=?", (seq, delivery.receipt)).rowcount
+        ))
+
+    def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self.db.run(lambda c: [self.ack(d) for d in deliveries])
+
+    def extend(self, delivery: Delivery, seconds: float) -> None:
+        seq, _ = _split(delivery.receipt)
+        now = self.clock.now()
+        n = self.db.run(
+            lambda c: c.execute(
+                "UPDATE messages SET visible_at=? WHERE seq=? AND receipt=? AND visible_at>?",
+                (now + seconds, seq, delivery.receipt, now),
+            ).rowcount
+        )
+        if n == 0:
+            raise LeaseLostError(f"lease on {delivery.message_id} in {delivery.queue} lost")
+
+    def release(self, delivery: Delivery, delay_s: float) -> bool:
+        seq, _ = _split(delivery.receipt)
+        at = self.clock.now() + min(delay_s, self.max_delay_s)
+        return bool(self.db.run(
+            lambda c: c.execute(
+                "UPDATE messages SET visible_at=?, leased=0, receipt=NULL WHERE seq=? AND receipt=?",
+                (at, seq, delivery.receipt),
+            ).rowcount
+        ))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        seq, _ = _split(delivery.receipt)
+
+        def tx(c: Conn) -> None:
+            gone = c.execute("DELETE FROM messages WHERE seq=? AND receipt=?", (seq, delivery.receipt)).rowcount
+            if not gone:  # stale receipt: someone else holds it, or it was moved already
+                return
+            row = c.execute("SELECT dead_letter FROM queues WHERE name=?", (delivery.queue,)).fetchone()
+            dlq = (row[0] if row else None) or default_dead_letter(delivery.queue)
+            body, cut = dead_letter_body(delivery.body, self.max_body_bytes)
+            attrs = dict(delivery.attributes, **cut, **{DEAD_LETTER_REASON: reason, "source_queue": delivery.queue})
+            self.send(dlq, Outgoing(body=body, message_id=delivery.message_id, attributes=attrs))
+
+        self.db.run(tx)
+
+    def depth(self, queue: str) -> QueueDepth:
+        now = self.clock.now()
+        rows = self.db.read(
+            "SELECT COALESCE(SUM(CASE WHEN visible_at<=? THEN 1 ELSE 0 END),0), "
+            "COALESCE(SUM(CASE WHEN visible_at>? AND leased=1 THEN 1 ELSE 0 END),0), "
+            "COALESCE(SUM(CASE WHEN visible_at>? AND leased=0 THEN 1 ELSE 0 END),0) FROM messages WHERE queue=?",
+            (now, now, now, queue),
+        )
+        vis, infl, delayed = rows[0]
+        return QueueDepth(visible=int(vis), in_flight=int(infl), delayed=int(delayed))
+
+    def next_visible_at(self, queue: str) -> float | None:
+        """When the earliest message of ``queue`` is (or was) ready; None when it is empty."""
+        rows = self.db.read("SELECT MIN(visible_at) FROM messages WHERE queue=?", (queue,))
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def queues(self) -> list[str]:
+        rows = self.db.read("SELECT name FROM queues UNION SELECT DISTINCT queue FROM messages ORDER BY 1")
+        return [r[0] for r in rows]
+
+    def purge(self, queue: str) -> None:
+        self.db.run(lambda c: c.execute("DELETE FROM messages WHERE queue=?", (queue,)) and None)
+
+    def peek(self, queue: str, limit: int) -> list[Delivery]:
+        rows = self.db.read(
+            "SELECT message_id, body, attrs, receive_count, first_received_at FROM messages WHERE queue=? ORDER BY seq LIMIT ?",
+            (queue, limit),
+        )
+        return [Delivery(queue=queue, body=b, receipt="", receive_count=rc, first_received_at=fr or 0.0,
+                         message_id=mid, attributes=json.loads(a)) for mid, b, a, rc, fr in rows]
+
+
+class SqlTopic:
+    def __init__(self, transport: SqlTransport) -> None:
+        self.transport = transport
+        self.db = transport.db
+
+    def ensure_topic(self, topic: str) -> None:
+        self.db.run(lambda c: c.execute("INSERT INTO topics(name) VALUES (?) ON CONFLICT DO NOTHING", (topic,)) and None)
+
+    def subscribe(self, topic: str, queue: str, *, raw: bool = True) -> None:
+        def tx(c: Conn) -> None:
+            c.execute("INSERT INTO topics(name) VALUES (?) ON CONFLICT DO NOTHING", (topic,))
+            c.execute("INSERT INTO subscriptions(topic, queue, raw) VALUES (?,?,?) "
+                      "ON CONFLICT(topic, queue) DO UPDATE SET raw=excluded.raw", (topic, queue, int(raw)))
+
+        self.db.run(tx)
+
+    def topics(self) -> list[str]:
+        return [r[0] for r in self.db.read("SELECT name FROM topics ORDER BY name")]
+
+    def subscriptions(self, topic: str) -> list[tuple[str, bool]]:
+        rows = self.db.read("SELECT queue, raw FROM subscriptions WHERE topic=? ORDER BY queue", (topic,))
+        return [(q, bool(r)) for q, r in rows]
+
+    def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
+        def tx(c: Conn) -> None:
+            # Every copy of every message in one transaction: all or none.
+            subs = self.subscriptions(topic)
+            for m in messages:
+                mid = m.message_id or new_receipt()
+                for queue, raw in subs:
+                    payload = m.body if raw else sns_wrap(topic, m.body, mid)
+                    self.transport.send(queue, Outgoing(body=payload, message_id=mid, group_id=m.group_id))
+
+        self.db.run(tx)
+
+    def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
+        self.publish_batch(topic, [Outgoing(body=body, message_id=message_id, group_id=group_id)])
+
+
+_t: type[Transport] = SqlTransport
+_p: type[Topic] = SqlTopic

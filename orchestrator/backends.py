@@ -1,7 +1,9 @@
 """Backend URLs to adapter bundles.
 
 ``sqlite:///PATH`` (the embedded default: queue, topic and status store in one file, objects
-in ``PATH.objects/``), ``memory://`` (in-process only). ``aws://`` comes with the AWS adapters.
+in ``PATH.objects/``), ``memory://`` (in-process only), ``postgresql://`` (queues, topics, jobs
+and objects in one PostgreSQL schema, for workers on many machines). ``aws://`` comes with the
+AWS adapters.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlunparse
 
 from orchestrator.base import ObjectStore, StatusStore, Topic, Transport
 from orchestrator.clock import Clock, SimClock, SystemClock
@@ -72,6 +74,50 @@ def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root
                    clock=clock, objects=objects, atomic=atomic, url=f"sqlite:///{path}")
 
 
+#: options of a postgresql:// URL that are ours, not libpq's
+POSTGRES_OPTIONS = ("schema", "pool_size")
+
+
+def split_postgres_url(url: str) -> tuple[str, dict[str, str]]:
+    """``postgresql://...?schema=NAME&pool_size=N&<libpq options>`` -> (libpq URI, our options)."""
+    parsed = urlparse(url)
+    ours: dict[str, str] = {}
+    libpq: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parsed.query, keep_blank_values=True):
+        if key in POSTGRES_OPTIONS:
+            ours[key] = value
+        else:
+            libpq.append((key, value))
+    return urlunparse(parsed._replace(query=urlencode(libpq))), ours
+
+
+def postgres_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backend:
+    """``postgresql://user@host:port/db?schema=NAME``: libpq's URI, so its defaults and the
+    ``PG*`` environment variables fill in what the URL leaves out (``postgresql:///db``)."""
+    try:
+        from orchestrator.objects.postgres import PostgresObjectStore
+        from orchestrator.postgres_db import DEFAULT_POOL_SIZE, DEFAULT_SCHEMA, PostgresDatabase
+        from orchestrator.stores.postgres import PostgresStatusStore
+        from orchestrator.transports.postgres import PostgresTopic, PostgresTransport
+    except ImportError as exc:
+        raise ConfigError(f"backend postgresql://: psycopg is not installed ({exc}); "
+                          "pip install 'orchestrator[postgres]'") from exc
+    conninfo, ours = split_postgres_url(url)
+    try:
+        pool_size = int(ours.get("pool_size", DEFAULT_POOL_SIZE))
+    except ValueError:
+        raise ConfigError(f"backend URL: pool_size must be a whole number, got {ours['pool_size']!r}") from None
+    clock = clock or SystemClock()
+    db = PostgresDatabase(conninfo, schema=ours.get("schema", DEFAULT_SCHEMA), pool_size=max(1, pool_size))
+    transport = PostgresTransport(db, clock=clock)
+
+    def atomic(fn: Callable[[], Any]) -> Any:
+        return db.run(lambda _c: fn())
+
+    return Backend(transport=transport, topic=PostgresTopic(transport), store=PostgresStatusStore(db, clock=clock),
+                   clock=clock, objects=PostgresObjectStore(db), atomic=atomic, url=url)
+
+
 def open_backend(url: str | None = None, *, clock: Clock | None = None, **options: Any) -> Backend:
     """Open the backend a URL names. Raises ``ConfigError`` with a clear message."""
     url = url or DEFAULT_BACKEND
@@ -84,6 +130,8 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, **option
         return sqlite_backend(url[len("sqlite:///"):], clock=clock, **options)
     if parsed.scheme == "memory":
         return memory_backend(clock or (SimClock() if "sim" in parse_qs(parsed.query) else None), **options)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return postgres_backend(url, clock=clock, **options)
     if parsed.scheme == "aws":
         try:
             aws = importlib.import_module("orchestrator.aws")
@@ -91,4 +139,5 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, **option
             raise ConfigError(f"backend {url!r}: the AWS adapters are not available ({exc})") from exc
         backend: Backend = aws.aws_backend(url, clock=clock, **options)
         return backend
-    raise ConfigError(f"unreadable backend URL {url!r}: expected sqlite:///PATH, memory:// or aws://?region=...")
+    raise ConfigError(f"unreadable backend URL {url!r}: expected sqlite:///PATH, memory://, "
+                      "postgresql://[user@host:port]/db[?schema=NAME] or aws://?region=...")

@@ -1,4 +1,4 @@
-"""The contract suite on the in-memory and SQLite adapters."""
+"""The contract suite on the in-memory, SQLite and PostgreSQL adapters."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract
+from pg import drop_schema, new_schema
 
 from orchestrator.base import StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
+from orchestrator.postgres_db import PostgresDatabase
 from orchestrator.sqlite_db import SqliteDatabase
+from orchestrator.stores.postgres import PostgresStatusStore
 from orchestrator.stores.memory import MemoryStatusStore
 from orchestrator.stores.sqlite import SqliteStatusStore
 from orchestrator.transports.memory import MemoryTopic, MemoryTransport
+from orchestrator.transports.postgres import PostgresTopic, PostgresTransport
 from orchestrator.transports.sqlite import SqliteTopic, SqliteTransport
 
 
@@ -59,3 +63,25 @@ class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchSto
     @pytest.fixture
     def store(self, db: SqliteDatabase, clock: SimClock) -> StatusStore:
         return SqliteStatusStore(db, clock=clock)
+
+
+class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
+    @pytest.fixture
+    def db(self, pg_server: str) -> Iterator[PostgresDatabase]:
+        schema = new_schema()
+        db = PostgresDatabase(pg_server, schema=schema)
+        yield db
+        db.close()
+        drop_schema(pg_server, schema)
+
+    @pytest.fixture
+    def transport(self, db: PostgresDatabase, clock: SimClock) -> Transport:
+        return PostgresTransport(db, clock=clock)
+
+    @pytest.fixture
+    def topic(self, transport: PostgresTransport) -> Topic:
+        return PostgresTopic(transport)
+
+    @pytest.fixture
+    def store(self, db: PostgresDatabase, clock: SimClock) -> StatusStore:
+        return PostgresStatusStore(db, clock=clock)

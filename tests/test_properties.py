@@ -9,12 +9,19 @@ every committed outbox reached its queue.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
-from hypothesis import given, note
+import pytest
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
+from pg import drop_schema, new_schema, with_schema
 
 from orchestrator import CRASH_POINTS, Fault, FaultPlan, JobStatus, PermanentError, Pipeline, Result
+from orchestrator.backends import Backend, postgres_backend, sqlite_backend
+from orchestrator.clock import SimClock
 from orchestrator.testing.simulation import Simulation
 
 BEHAVIOURS = ("ok", "flaky", "permanent", "poison", "slow")
@@ -102,9 +109,45 @@ def build(sc: Scenario) -> Pipeline:
 
 @given(scenarios())
 def test_invariants_hold_under_random_crashes_and_interleavings(sc: Scenario) -> None:
+    check_scenario(sc)
+
+
+# The same properties on the database backends, where commit + emit + ack are one transaction:
+# fewer examples (each opens a database), the same invariants.
+SQL_EXAMPLES = 40 if os.environ.get("CI") else 8
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_invariants_hold_on_the_database_backends(kind: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("pg_server") if kind == "postgres" else ""
+
+    @settings(max_examples=SQL_EXAMPLES)
+    @given(scenarios())
+    def run(sc: Scenario) -> None:
+        clock = SimClock()
+        if kind == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                backend = sqlite_backend(Path(tmp) / "p.db", clock=clock)
+                try:
+                    check_scenario(sc, backend)
+                finally:
+                    backend.close()
+            return
+        schema = new_schema()
+        backend = postgres_backend(with_schema(server, schema), clock=clock)
+        try:
+            check_scenario(sc, backend)
+        finally:
+            backend.close()
+            drop_schema(server, schema)
+
+    run()
+
+
+def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
     # Given
     sim = Simulation(build(sc), seed=sc.seed, faults=FaultPlan.of(sc.faults), stall_probability=sc.stall_probability,
-                     batch_probability=sc.batch_probability)
+                     batch_probability=sc.batch_probability, backend=backend)
     for j in range(sc.jobs):
         sim.submit(f"job-{j}", {"total": 0}, queue="q0")
     # When

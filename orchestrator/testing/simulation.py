@@ -1,4 +1,5 @@
-"""Deterministic simulation of a pipeline on the in-memory backend and a ``SimClock``.
+"""Deterministic simulation of a pipeline on a ``SimClock``: on the in-memory backend, or on
+any backend given (SQLite, PostgreSQL) whose transport can say when its next message is due.
 
 One seeded random source picks, step by step, what happens next: a controller receives, an
 in-flight delivery advances to its next crash point, time passes, or a controller stalls
@@ -14,10 +15,10 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.backends import Backend, memory_backend
-from orchestrator.base import Delivery
+from orchestrator.base import Delivery, Transport
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome, Steps
 from orchestrator.controllers.faults import FaultPlan
@@ -28,9 +29,12 @@ from orchestrator.pipeline import Context, Pipeline, Result, Stage
 from orchestrator.status import ALLOWED, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
 from orchestrator.transports.common import DEAD_LETTER_REASON
-from orchestrator.transports.memory import MemoryTransport
 
 DEFAULT_MAX_STEPS = 200_000
+
+
+class SimulatedTransport(Transport, Protocol):
+    def next_visible_at(self, queue: str) -> float | None: ...
 
 
 class SimulationStuck(AssertionError):
@@ -89,10 +93,16 @@ class Simulation:
         fail_fast: bool = False,
         clock: SimClock | None = None,
         chaos: ChaosOdds | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.random = random.Random(seed)
+        if backend is not None:
+            if not isinstance(backend.clock, SimClock) or not hasattr(backend.transport, "next_visible_at"):
+                raise ValueError("a simulated backend needs a SimClock and a transport with next_visible_at")
+            clock = backend.clock
         self.clock = clock or SimClock()
-        self.memory: Backend = memory_backend(self.clock)
+        # the backend the checks read (named for its default)
+        self.memory: Backend = backend or memory_backend(self.clock)
         # With chaos, controllers see a misbehaving transport and store; the checks read the
         # real ones underneath.
         self.backend: Backend = chaos_backend(self.memory, seed=seed, odds=chaos) if chaos else self.memory
@@ -120,9 +130,8 @@ class Simulation:
         self.schedule: Any = None  # the strategies' Schedule this run was made with, if any
 
     @property
-    def transport(self) -> MemoryTransport:
-        assert isinstance(self.memory.transport, MemoryTransport)
-        return self.memory.transport
+    def transport(self) -> SimulatedTransport:
+        return self.memory.transport  # type: ignore[return-value]  # checked in __init__
 
     def _instrument(self, pipeline: Pipeline) -> Pipeline:
         """A copy of the pipeline whose handlers count their calls and record errors."""

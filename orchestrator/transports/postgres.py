@@ -1,0 +1,46 @@
+"""Queues and topics in PostgreSQL (``transports/sql.py`` with PostgreSQL's two differences).
+
+A claim locks its rows ``FOR UPDATE SKIP LOCKED``: concurrent receivers on many machines pass
+over each other's rows instead of queueing behind them. Each send calls ``pg_notify`` in its own
+transaction (delivered at commit, once per queue per transaction), which wakes idle receivers
+at once: they neither busy-poll nor sleep a full poll interval.
+"""
+
+from __future__ import annotations
+
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.database import Conn
+from orchestrator.postgres_db import PostgresDatabase
+from orchestrator.transports.sql import SqlTopic, SqlTransport
+
+#: an idle receiver looks again at least this often, notification or not (a listener that
+#: reconnects can miss one)
+MAX_IDLE_WAIT_S = 1.0
+
+
+class PostgresTransport(SqlTransport):
+    claim_lock = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
+        super().__init__(db, clock=clock)
+        self.pg = db
+
+    def _sent(self, c: Conn, queue: str) -> None:
+        c.execute("SELECT pg_notify(?, ?)", (self.pg.channel, queue))
+
+    def _wait(self, queue: str, deadline: float) -> None:
+        if not isinstance(self.clock, SystemClock):
+            return super()._wait(queue, deadline)  # simulated time: nothing to listen for
+        now = self.clock.now()
+        timeout = min(deadline - now, MAX_IDLE_WAIT_S)
+        nxt = self.next_visible_at(queue)
+        if nxt is not None and nxt > now:
+            timeout = min(timeout, nxt - now)  # a delayed message comes due
+        elif nxt is not None:
+            timeout = min(timeout, 0.01)  # ready but locked by a claim in flight: look again soon
+        self.pg.wait_for_notify(timeout)
+        return None
+
+
+class PostgresTopic(SqlTopic):
+    pass

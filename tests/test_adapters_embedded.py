@@ -13,8 +13,8 @@ from orchestrator.base import StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
 from orchestrator.postgres_db import PostgresDatabase
 from orchestrator.sqlite_db import SqliteDatabase
-from orchestrator.stores.postgres import PostgresStatusStore
 from orchestrator.stores.memory import MemoryStatusStore
+from orchestrator.stores.postgres import PostgresStatusStore
 from orchestrator.stores.sqlite import SqliteStatusStore
 from orchestrator.transports.memory import MemoryTopic, MemoryTransport
 from orchestrator.transports.postgres import PostgresTopic, PostgresTransport

@@ -124,7 +124,7 @@ class PostgresDatabase:
                     self._pool = ConnectionPool(
                         self.conninfo, min_size=1, max_size=self.pool_size, open=False,
                         kwargs={"autocommit": True, "application_name": f"orchestrator:{self.schema}"},
-                        configure=self._configure, check=ConnectionPool.check_connection,
+                        configure=self._configure,
                         timeout=min(10.0, self.reconnect_timeout_s), name=f"orchestrator:{self.schema}")
                     self._pool.open(wait=False)
                     self._pool_pid = pid

@@ -1,4 +1,5 @@
-"""Real worker processes on one SQLite file, SIGKILLed at random while jobs flow."""
+"""Real worker processes on one SQLite file or one PostgreSQL schema, SIGKILLed at random
+while jobs flow."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import sqlite_backend
+from orchestrator.backends import open_backend
 from orchestrator.status import JobStatus
 
 PIPELINE = textwrap.dedent(
@@ -38,8 +39,16 @@ PIPELINE = textwrap.dedent(
 )
 
 
-def spawn(tmp: Path, db: Path, stage: str, *, until_idle: bool = False) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "orchestrator", "worker", "chaospipe:pipeline", "--backend", f"sqlite:///{db}",
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A backend URL the worker processes share: an SQLite file, or a PostgreSQL schema."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'chaos.db'}"
+
+
+def spawn(tmp: Path, db: str, stage: str, *, until_idle: bool = False) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "orchestrator", "worker", "chaospipe:pipeline", "--backend", db,
            "--stage", stage, "--log-level", "error", "--wait", "0.05"]
     if until_idle:
         cmd.append("--until-idle")
@@ -47,16 +56,16 @@ def spawn(tmp: Path, db: Path, stage: str, *, until_idle: bool = False) -> subpr
 
 
 @pytest.mark.slow
-def test_sigkilled_workers_lose_nothing_and_commit_nothing_twice(tmp_path: Path) -> None:
-    # Given 1,000 jobs submitted to a two-stage pipeline on one SQLite file
+def test_sigkilled_workers_lose_nothing_and_commit_nothing_twice(tmp_path: Path, db_url: str) -> None:
+    # Given 1,000 jobs submitted to a two-stage pipeline on one database
     (tmp_path / "chaospipe.py").write_text(PIPELINE)
     sys.path.insert(0, str(tmp_path))
     try:
         import chaospipe  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(tmp_path))
-    db = tmp_path / "chaos.db"
-    backend = sqlite_backend(db)
+    db = db_url
+    backend = open_backend(db)
     pipeline = chaospipe.pipeline
     pipeline.setup(backend)
     n_jobs = 1000
@@ -103,11 +112,12 @@ def test_sigkilled_workers_lose_nothing_and_commit_nothing_twice(tmp_path: Path)
 
 
 @pytest.mark.parametrize("point", ["after_begin", "after_handle", "after_commit", "after_ack"])
-def test_a_worker_process_killed_at_a_named_crash_point_is_finished_by_the_next(tmp_path: Path, point: str) -> None:
+def test_a_worker_process_killed_at_a_named_crash_point_is_finished_by_the_next(
+        tmp_path: Path, point: str, db_url: str) -> None:
     # Given a worker process told (ORCHESTRATOR_FAULTS) to die at a crash point on its first attempt
     (tmp_path / "chaospipe.py").write_text(PIPELINE)
-    db = tmp_path / "crash.db"
-    backend = sqlite_backend(db)
+    db = db_url
+    backend = open_backend(db)
     sys.path.insert(0, str(tmp_path))
     try:
         import chaospipe  # type: ignore[import-not-found]
@@ -118,7 +128,7 @@ def test_a_worker_process_killed_at_a_named_crash_point_is_finished_by_the_next(
     faults = f'[{{"point": "{point}", "stage": "first", "attempt": 1}}]'
 
     def cmd(stage: str) -> list[str]:
-        return [sys.executable, "-m", "orchestrator", "worker", "chaospipe:pipeline", "--backend", f"sqlite:///{db}",
+        return [sys.executable, "-m", "orchestrator", "worker", "chaospipe:pipeline", "--backend", db,
                 "--stage", stage, "--log-level", "error", "--wait", "0.05", "--until-idle"]
 
     dying = subprocess.run(cmd("first"), cwd=tmp_path, env=dict(os.environ, ORCHESTRATOR_FAULTS=faults), timeout=60)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse, urlunparse
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse
 
 from orchestrator.base import ObjectStore, StatusStore, Topic, Transport
 from orchestrator.clock import Clock, SimClock, SystemClock
@@ -88,7 +88,8 @@ def split_postgres_url(url: str) -> tuple[str, dict[str, str]]:
             ours[key] = value
         else:
             libpq.append((key, value))
-    return urlunparse(parsed._replace(query=urlencode(libpq))), ours
+    base = url.split("?", 1)[0]  # not urlunparse: it turns postgresql:/// (all from PG*) into postgresql:/
+    return (f"{base}?{urlencode(libpq)}" if libpq else base), ours
 
 
 def postgres_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backend:

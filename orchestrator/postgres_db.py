@@ -137,7 +137,7 @@ class PostgresDatabase:
 
     def _retrying(self, attempt: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.reconnect_timeout_s
-        pause, failures = 0.05, 0
+        pause, failures, outage = 0.05, 0, False
         while True:
             try:
                 result = attempt()
@@ -146,15 +146,16 @@ class PostgresDatabase:
                 if time.monotonic() > deadline:
                     raise
                 # Deadlocks and serialization failures are routine under contention: retry quietly.
-                routine = isinstance(exc, psycopg.errors.TransactionRollback)
-                if not routine:
+                if not isinstance(exc, psycopg.errors.TransactionRollback):
+                    outage = True
+                    first = str(exc).strip().splitlines()
                     log.warning("postgres_unavailable_retrying", what=what, attempt=failures,
-                                error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                                error=first[0] if first else type(exc).__name__)
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(pause * 2, MAX_RETRY_PAUSE_S)
                 continue
-            if failures and pause > 0.05:
-                log.info("postgres_reconnected", what=what, after_attempts=failures)
+            if outage:
+                log.warning("postgres_reconnected", what=what, after_attempts=failures)
             return result
 
     def run(self, fn: Callable[[Any], T], *, begin: bool = True) -> T:

@@ -35,9 +35,14 @@ def open_at(tmp_path: Path, cfg: GasConfig) -> app.Gas:
     return gas
 
 
-@pytest.fixture
-def gas(tmp_path: Path) -> Iterator[app.Gas]:
-    g = open_at(tmp_path, config())
+@pytest.fixture(params=["sqlite", "postgres"])
+def gas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[app.Gas]:
+    """GAS on the embedded default, and on PostgreSQL (files in its objects table)."""
+    if request.param == "postgres":
+        g = app.open_gas(request.getfixturevalue("pg_url"), config=config())
+        app.setup(g)
+    else:
+        g = open_at(tmp_path, config())
     yield g
     g.close()
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from examples.gas.config import ROOT, GasConfig, GasResources, local_resources
+from examples.gas.config import ROOT, GasConfig, GasResources, local_resources, shared_resources
 from examples.gas.stages import JOB_REQUESTS, JOB_RESTORES, build_pipeline
 from orchestrator import JobRecord, JobStatus, Pipeline, Worker
 from orchestrator.backends import Backend, open_backend
@@ -50,9 +50,12 @@ def open_gas(url: str | None = None, *, config: GasConfig | None = None) -> Gas:
     else:
         backend = open_backend(url)
         root = getattr(backend.objects, "root", None)
-        if root is None:
-            raise ConfigError(f"backend {url} has no local object directory for GAS files")
-        res = local_resources(Path(root))
+        if root is not None:
+            res = local_resources(Path(root))
+        elif backend.objects is not None:
+            res = shared_resources(backend.objects)
+        else:
+            raise ConfigError(f"backend {url} has no object store for GAS files")
     return Gas(backend, res, cfg, build_pipeline(cfg, res))
 
 

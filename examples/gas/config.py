@@ -73,6 +73,18 @@ class GasResources:
         return self.inputs
 
 
+def shared_resources(objects: ObjectStore) -> GasResources:
+    """GAS files in the backend's own object store, a prefix per bucket (PostgreSQL)."""
+    from examples.gas.mailer import ObjectMailbox
+    from orchestrator.objects.prefixed import PrefixedObjectStore
+
+    def bucket(name: str) -> ObjectStore:
+        return PrefixedObjectStore(objects, f"gas/{name}")
+
+    return GasResources(inputs=bucket("inputs"), results=bucket("results"), archive=bucket("archive"),
+                        profiles=bucket("profiles"), mailer=ObjectMailbox(bucket("mailbox")))
+
+
 def local_resources(root: Path) -> GasResources:
     from examples.gas.mailer import LocalMailbox
 

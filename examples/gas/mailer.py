@@ -1,4 +1,5 @@
-"""Email: a local mailbox directory of .eml files on the embedded default."""
+"""Email: a mailbox of .eml files, in a local directory (the embedded default) or in the
+backend's object store (PostgreSQL: every machine sees one mailbox)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,35 @@ import tempfile
 from email.message import EmailMessage
 from pathlib import Path
 
+from orchestrator.objects.prefixed import PrefixedObjectStore
+
 SENDER = "gas-notifications@example.org"
+
+
+def _eml(key: str, *, to: str, subject: str, body: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SENDER, to, subject
+    msg["Message-ID"] = f"<{key}@gas.example.org>"
+    msg.set_content(body)
+    return bytes(msg)
+
+
+class ObjectMailbox:
+    """One ``<key>.eml`` object per email. Checked then written: two workers racing on one
+    redelivered notification can both send (at least once, as with SES); the step record
+    makes that race the only way."""
+
+    def __init__(self, store: PrefixedObjectStore) -> None:
+        self.store = store
+
+    def sent(self) -> list[str]:
+        return [k for k in self.store.keys(prefix="") if k.endswith(".eml")]
+
+    def send(self, key: str, *, to: str, subject: str, body: str) -> bool:
+        if self.store.exists(f"{key}.eml"):
+            return False
+        self.store.put(f"{key}.eml", _eml(key, to=to, subject=subject, body=body))
+        return True
 
 
 class LocalMailbox:
@@ -22,13 +51,9 @@ class LocalMailbox:
         path = self.root / f"{key}.eml"
         if path.exists():
             return False
-        msg = EmailMessage()
-        msg["From"], msg["To"], msg["Subject"] = SENDER, to, subject
-        msg["Message-ID"] = f"<{key}@gas.example.org>"
-        msg.set_content(body)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         with os.fdopen(fd, "wb") as fh:
-            fh.write(bytes(msg))
+            fh.write(_eml(key, to=to, subject=subject, body=body))
         try:
             os.link(tmp, path)  # atomic create-if-absent: two racing senders, one file
         except FileExistsError:

@@ -1,7 +1,14 @@
-"""Demo: 200 jobs through two stages on the SQLite default, one worker SIGKILLed mid-way."""
+"""Demo: 200 jobs through two stages, one worker SIGKILLed mid-way.
+
+    python -m examples.quickstart [--backend postgresql://user@host/db?schema=demo]
+
+Runs on the SQLite default (``demo-data/quickstart.db``, recreated each run) or on any backend
+URL whose store is empty (a fresh PostgreSQL ``?schema=``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -10,29 +17,38 @@ import time
 from pathlib import Path
 
 from examples.quickstart import pipeline
-from orchestrator.backends import sqlite_backend
+from orchestrator.backends import open_backend
 from orchestrator.status import JobStatus
 
 N_JOBS = 200
 
 
-def worker(db: Path, stage: str, *extra: str) -> subprocess.Popen[bytes]:
+def worker(url: str, stage: str, *extra: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "worker", "examples.quickstart:pipeline", "--backend",
-         f"sqlite:///{db}", "--stage", stage, "--log-level", "error", *extra],
+         url, "--stage", stage, "--log-level", "error", *extra],
         env=env, stderr=subprocess.DEVNULL,
     )
 
 
-def main() -> int:
-    data = Path("demo-data")
-    data.mkdir(exist_ok=True)
-    db = data / "quickstart.db"
-    for p in data.glob("quickstart.db*"):
-        if p.is_file():
-            p.unlink()
-    backend = sqlite_backend(db)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.quickstart", description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", help="backend URL with an empty store (default: a fresh SQLite file)")
+    args = parser.parse_args(argv)
+    if args.backend:
+        db = args.backend
+    else:
+        data = Path("demo-data")
+        data.mkdir(exist_ok=True)
+        for p in data.glob("quickstart.db*"):
+            if p.is_file():
+                p.unlink()
+        db = f"sqlite:///{data / 'quickstart.db'}"
+    backend = open_backend(db)
+    if backend.store.query():
+        print(f"{db} already holds jobs: give the demo an empty one (e.g. a new ?schema=)", file=sys.stderr)
+        return 2
     pipeline.setup(backend)
     for i in range(N_JOBS):
         pipeline.submit(backend, job_id=f"job-{i:03d}", payload={"x": i}, queue="numbers", user_id="demo")

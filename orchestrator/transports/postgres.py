@@ -20,6 +20,7 @@ MAX_IDLE_WAIT_S = 1.0
 
 class PostgresTransport(SqlTransport):
     claim_lock = " FOR UPDATE SKIP LOCKED"
+    single_statement_claims = True
 
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)

@@ -42,6 +42,10 @@ class SqlTransport:
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
     #: what a claim's row selection adds to lock its rows (PostgreSQL: skip rows others lock)
     claim_lock = ""
+    #: PostgreSQL claims in one autocommit statement (atomic alone; locks nothing when idle).
+    #: SQLite first looks for a ready row outside a transaction, so that an idle worker never
+    #: takes the file's one write lock.
+    single_statement_claims = False
 
     def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
         self.db = db
@@ -123,7 +127,8 @@ class SqlTransport:
         now = self.clock.now()
         token = uuid.uuid4().hex
         # Cheap check outside a write transaction: an idle worker must not hold the write lock.
-        if not self.db.read("SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):
+        if not self.single_statement_claims and not self.db.read(
+                "SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):
             return []
 
         def tx(c: Conn) -> list[Delivery]:
@@ -141,7 +146,7 @@ class SqlTransport:
                 for _seq, mid, body, attrs, rc, receipt, fr in rows
             ]
 
-        return self.db.run(tx)
+        return self.db.run(tx, begin=not self.single_statement_claims)
 
     def ack(self, delivery: Delivery) -> bool:
         seq, _ = _split(delivery.receipt)
@@ -150,7 +155,16 @@ class SqlTransport:
         ))
 
     def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        return self.db.run(lambda c: [self.ack(d) for d in deliveries])
+        if not deliveries:
+            return []
+        seqs = [_split(d.receipt)[0] for d in deliveries]
+        receipts = [d.receipt for d in deliveries]
+        # One statement for the batch; the receipt (unique: it embeds the seq) is the fence.
+        rows = self.db.run(lambda c: c.execute(
+            f"DELETE FROM messages WHERE seq IN ({','.join('?' * len(seqs))}) "
+            f"AND receipt IN ({','.join('?' * len(receipts))}) RETURNING receipt", (*seqs, *receipts)).fetchall())
+        gone = {r[0] for r in rows}
+        return [d.receipt in gone for d in deliveries]
 
     def extend(self, delivery: Delivery, seconds: float) -> None:
         seq, _ = _split(delivery.receipt)

@@ -25,6 +25,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embedded.py --jobs 3000 --rounds 3 --out bench/RESULTS.md
+	$(BIN)/python bench/postgres.py --jobs 2000 --rounds 3 --out bench/RESULTS.md --append
 
 clean:
 	rm -rf $(VENV) demo-data gas-data .pytest_cache .mypy_cache .ruff_cache

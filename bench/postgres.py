@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -237,8 +238,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="write the table as markdown here too")
+    ap.add_argument("--append", action="store_true", help="append to --out (after bench/embedded.py's table)")
     args = ap.parse_args()
     configure_logging(level="error")
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)  # its advice about where App lives
     rates: dict[str, list[float]] = {name: [] for name in SYSTEMS}
     for r in range(args.rounds):
         for name in SYSTEMS:
@@ -264,7 +267,8 @@ def main() -> None:
     print()
     print(table)
     if args.out:
-        args.out.write_text(table + "\n")
+        with args.out.open("a" if args.append else "w") as fh:
+            fh.write(("\n" if args.append else "") + table + "\n")
 
 
 def _versions() -> str:

@@ -56,14 +56,17 @@ def memory_backend(clock: Clock | None = None, *, objects_root: str | Path | Non
                    clock=clock, objects=objects, url="memory://")
 
 
-def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root: str | Path | None = None) -> Backend:
+def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root: str | Path | None = None,
+                   create: bool = True) -> Backend:
+    """The embedded default. ``create=False`` (reading commands) refuses a file that does not
+    exist instead of making an empty database."""
     from orchestrator.objects.local import LocalObjectStore
     from orchestrator.sqlite_db import SqliteDatabase
     from orchestrator.stores.sqlite import SqliteStatusStore
     from orchestrator.transports.sqlite import SqliteTopic, SqliteTransport
 
     clock = clock or SystemClock()
-    db = SqliteDatabase(path)
+    db = SqliteDatabase(path, create=create)
     transport = SqliteTransport(db, clock=clock)
     objects = LocalObjectStore(objects_root or f"{path}.objects")
 
@@ -92,7 +95,7 @@ def split_postgres_url(url: str) -> tuple[str, dict[str, str]]:
     return (f"{base}?{urlencode(libpq)}" if libpq else base), ours
 
 
-def postgres_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backend:
+def postgres_backend(url: str, *, clock: Clock | None = None, create: bool = True, **_: Any) -> Backend:
     """``postgresql://user@host:port/db?schema=NAME``: libpq's URI, so its defaults and the
     ``PG*`` environment variables fill in what the URL leaves out (``postgresql:///db``)."""
     try:
@@ -109,7 +112,8 @@ def postgres_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backe
     except ValueError:
         raise ConfigError(f"backend URL: pool_size must be a whole number, got {ours['pool_size']!r}") from None
     clock = clock or SystemClock()
-    db = PostgresDatabase(conninfo, schema=ours.get("schema", DEFAULT_SCHEMA), pool_size=max(1, pool_size))
+    db = PostgresDatabase(conninfo, schema=ours.get("schema", DEFAULT_SCHEMA), pool_size=max(1, pool_size),
+                          create=create)
     transport = PostgresTransport(db, clock=clock)
 
     def atomic(fn: Callable[[], Any]) -> Any:
@@ -119,8 +123,12 @@ def postgres_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backe
                    clock=clock, objects=PostgresObjectStore(db), atomic=atomic, url=url)
 
 
-def open_backend(url: str | None = None, *, clock: Clock | None = None, **options: Any) -> Backend:
-    """Open the backend a URL names. Raises ``ConfigError`` with a clear message."""
+def open_backend(url: str | None = None, *, clock: Clock | None = None, create: bool = True,
+                 **options: Any) -> Backend:
+    """Open the backend a URL names. Raises ``ConfigError`` with a clear message.
+
+    ``create=False``: read-only use (status, queues): a SQLite file or PostgreSQL schema that
+    does not exist yet is an error, not created empty."""
     url = url or DEFAULT_BACKEND
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
@@ -128,11 +136,11 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, **option
         # fourth slash, as SQLAlchemy reads it).
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
             raise ConfigError(f"backend URL {url!r} names no database file (expected sqlite:///PATH)")
-        return sqlite_backend(url[len("sqlite:///"):], clock=clock, **options)
+        return sqlite_backend(url[len("sqlite:///"):], clock=clock, create=create, **options)
     if parsed.scheme == "memory":
         return memory_backend(clock or (SimClock() if "sim" in parse_qs(parsed.query) else None), **options)
     if parsed.scheme in ("postgresql", "postgres"):
-        return postgres_backend(url, clock=clock, **options)
+        return postgres_backend(url, clock=clock, create=create, **options)
     if parsed.scheme == "aws":
         try:
             aws = importlib.import_module("orchestrator.aws")

@@ -12,8 +12,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -29,6 +32,8 @@ from orchestrator.status import JobRecord, JobStatus
 
 # commands that only make sense on a backend another process can see
 ONE_SHOT_COMMANDS = ("submit", "status")
+#: commands that only read: they never create a database
+READ_ONLY_COMMANDS = ("status", "queues", "doctor")
 
 
 class UsageError(Exception):
@@ -86,7 +91,7 @@ def pipeline_from(args: argparse.Namespace) -> Pipeline:
 def _json_arg(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and an integer of more than 4,300 digits
         raise UsageError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
@@ -98,15 +103,85 @@ def job_json(rec: JobRecord) -> dict[str, Any]:
     return doc
 
 
+def read_payload(text: str) -> dict[str, Any]:
+    """``--payload``: JSON, ``@FILE`` (a JSON file) or ``-`` (JSON on standard input)."""
+    if text == "-":
+        return _json_arg(sys.stdin.read(), "--payload - (standard input)")
+    if text.startswith("@"):
+        try:
+            content = Path(text[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--payload {text}: cannot read {text[1:]}: {getattr(exc, 'strerror', None) or exc}"
+                             ) from exc
+        return _json_arg(content, f"--payload {text}")
+    return _json_arg(text, "--payload")
+
+
+def read_jobs(path: str) -> list[tuple[str, dict[str, Any], str | None]]:
+    """``--jobs FILE.jsonl`` (``-``: standard input): one ``{"job_id", "payload", "user_id"?}``
+    per line. Every line is checked before anything is submitted."""
+    try:
+        lines = sys.stdin.read().splitlines() if path == "-" else Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--jobs {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    jobs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        doc = _json_arg(line, f"--jobs {path} line {n}")
+        job_id, payload, user = doc.get("job_id"), doc.get("payload", {}), doc.get("user_id")
+        if not isinstance(job_id, str) or not job_id.strip():
+            raise UsageError(f"--jobs {path} line {n}: needs a non-empty string \"job_id\"")
+        if not isinstance(payload, dict):
+            raise UsageError(f"--jobs {path} line {n}: \"payload\" must be a JSON object")
+        if user is not None and not isinstance(user, str):
+            raise UsageError(f"--jobs {path} line {n}: \"user_id\" must be a string")
+        try:
+            jobs.append((job_id_arg(job_id), payload, user))
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"--jobs {path} line {n}: {exc}") from None
+    return jobs
+
+
+def check_target(pipeline: Pipeline, queue: str | None, topic: str | None) -> None:
+    """Refuse a queue or topic the pipeline does not declare: a job sent there would wait
+    PENDING forever with no stage to take it."""
+    if queue is not None:
+        known = sorted({st.source for st in pipeline.stages.values()})
+        if queue not in known:
+            raise UsageError(f"--queue {queue!r}: no stage of {pipeline.name!r} takes it (its queues: {', '.join(known)})")
+    if topic is not None:
+        known = sorted({t for st in pipeline.stages.values() for t in st.subscribe})
+        if topic not in known:
+            raise UsageError(f"--topic {topic!r}: no stage of {pipeline.name!r} subscribes to it"
+                             + (f" (its topics: {', '.join(known)})" if known else " (it subscribes to none)"))
+
+
 def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
     pipeline = pipeline_from(args)
-    payload = _json_arg(args.payload, "--payload")
     if not args.queue and not args.topic:
         raise UsageError("submit needs --queue or --topic")
+    if args.queue and args.topic:
+        raise UsageError("submit takes --queue or --topic, not both")
+    if (args.job_id is None) == (args.jobs is None):
+        raise UsageError("submit needs --job-id (one job) or --jobs FILE.jsonl (many)")
+    check_target(pipeline, args.queue, args.topic)
+    if args.jobs is not None:
+        jobs = read_jobs(args.jobs)
+        pipeline.setup(backend)
+
+        def unit() -> list[bool]:  # one transaction on the SQL backends: all or none
+            return [pipeline.submit(backend, job_id=j, payload=p, queue=args.queue, topic=args.topic,
+                                    user_id=u or args.user)[1] for j, p, u in jobs]
+
+        created = backend.run_atomic(unit)
+        print(f"{sum(created)} submitted, {len(created) - sum(created)} already submitted")
+        return 0
+    payload = read_payload(args.payload)
     pipeline.setup(backend)
-    rec, created = pipeline.submit(backend, job_id=args.job_id, payload=payload, queue=args.queue,
+    rec, was_new = pipeline.submit(backend, job_id=args.job_id, payload=payload, queue=args.queue,
                                    topic=args.topic, user_id=args.user)
-    print(f"{rec.job_id} {'submitted' if created else 'already submitted'} ({rec.status.value})")
+    print(f"{rec.job_id} {'submitted' if was_new else 'already submitted'} ({rec.status.value})")
     return 0
 
 
@@ -126,9 +201,13 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
         from orchestrator.ops.metrics import HealthServer, QueueDepthCollector, loop_alive
 
         metrics.registry.register(QueueDepthCollector(backend.transport, [stage.source, stage.dead_letter_queue]))
-        server = HealthServer(args.metrics_port, metrics.registry, host=args.metrics_host,
-                              alive=loop_alive(lambda: worker.last_loop_at, 30 + 2 * worker.wait_s),
-                              ready=lambda: worker.ready and not worker.stopping)
+        try:
+            server = HealthServer(args.metrics_port, metrics.registry, host=args.metrics_host,
+                                  alive=loop_alive(lambda: worker.last_loop_at, 30 + 2 * worker.wait_s),
+                                  ready=lambda: worker.ready and not worker.stopping)
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {args.metrics_port} on {args.metrics_host}: "
+                             f"{exc.strerror or exc}") from exc
         print(json.dumps({"metrics": f"http://{args.metrics_host}:{server.port}/metrics"}), file=sys.stderr)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -169,12 +248,18 @@ def cmd_setup(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def when(at: float) -> str:
+    """A timestamp people read: UTC, to the millisecond."""
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
 def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
     store = backend.store
     if args.job_id:
         rec = store.get(args.job_id)
-        if rec is None:
-            raise UsageError(f"no job {args.job_id!r}")
+        # With --user only that user's jobs exist: another user's job is "no job", not its record.
+        if rec is None or (args.user is not None and rec.user_id != args.user):
+            raise UsageError(f"no job {args.job_id!r}" + (f" for user {args.user!r}" if args.user is not None else ""))
         recs = [rec]
     else:
         status = JobStatus(args.status) if args.status else None
@@ -190,7 +275,7 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
         if args.job_id:
             for h in r.history:
                 reason = f" ({h.reason})" if h.reason else ""
-                print(f"  {h.at:.3f} {h.event:<12} {h.stage or '':<10} {h.to_status or ''}{reason}")
+                print(f"  {when(h.at)} {h.event:<12} {h.stage or '':<10} {h.to_status or ''}{reason}")
     counts: dict[str, int] = {}
     for r in recs:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1
@@ -230,8 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     backend_arg(s)
     s.add_argument("--queue")
     s.add_argument("--topic")
-    s.add_argument("--job-id", required=True, type=job_id_arg)
-    s.add_argument("--payload", default="{}")
+    s.add_argument("--job-id", type=job_id_arg)
+    s.add_argument("--payload", default="{}", help="JSON object, @FILE.json, or - (read from standard input)")
+    s.add_argument("--jobs", metavar="FILE.jsonl",
+                   help='many jobs, one {"job_id": ..., "payload": {...}, "user_id": ...} per line, in one '
+                        "transaction on the SQL backends (- reads standard input)")
     s.add_argument("--user")
     s.set_defaults(fn=cmd_submit)
 
@@ -288,11 +376,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.settings = load_settings(args.config)
         configure_logging(level=args.log_level or args.settings.log_level or "info")
         url = args.backend or args.settings.backend or DEFAULT_BACKEND
+        if args.command == "chaos" and not args.backend:
+            # chaos submits jobs and kills workers: never on the live database by default
+            scratch = tempfile.mkdtemp(prefix="orchestrator-chaos-")
+            url = f"sqlite:///{scratch}/chaos.db"
+            print(f"orchestrator chaos: on a scratch database {url} (give --backend to use another)", file=sys.stderr)
         if url.startswith("memory:") and args.command in ONE_SHOT_COMMANDS:
             # the in-memory backend dies with this process: a job submitted here is gone at exit
             raise UsageError(f"{args.command} with {url} would act on a backend that vanishes when this command "
                              "exits; use sqlite:///PATH (or aws://) to share it with workers")
-        backend = open_backend(url)
+        # Reading commands never create a database: a mistyped path is an error, not a new file.
+        read_only = args.command in READ_ONLY_COMMANDS or getattr(args, "dlq_command", None) in ("list", "show")
+        backend = open_backend(url, create=not read_only)
         try:
             return int(args.fn(args, backend))
         finally:
@@ -300,6 +395,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, OrchestratorError) as exc:
         print(f"orchestrator: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `orchestrator status | head`: the reader left; that is not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        why = environment_error(exc)
+        if why is None:
+            raise  # a bug: keep the traceback
+        print(f"orchestrator: error: {why}", file=sys.stderr)
+        return 2
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for what the environment did to us (disk full, read-only file, port in use, no
+    AWS credentials, database gone), or None for anything else (a bug, with its traceback)."""
+    module = type(exc).__module__.split(".")[0]
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if module == "sqlite3":
+        return f"SQLite database: {first}"
+    if module in ("botocore", "boto3"):
+        return f"AWS: {first}"
+    if module in ("psycopg", "psycopg_pool"):
+        return f"PostgreSQL: {first}"
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return f"{exc.strerror or first}{where}"
+    return None
 
 
 if __name__ == "__main__":

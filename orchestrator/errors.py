@@ -29,6 +29,16 @@ class PermanentError(OrchestratorError):
     """
 
 
+class InvalidPayload(OrchestratorError, ValueError):
+    """A payload that cannot travel as a message (not JSON-serialisable, or an integer too large
+    for any JSON reader): refused at submission, before anything is written."""
+
+
+class DuplicateJob(OrchestratorError):
+    """A job id submitted again with a different payload, user or target: the second request
+    would be silently dropped (submission is idempotent per job id), so it is refused."""
+
+
 class MalformedMessage(OrchestratorError):
     """A message body that cannot be decoded into an ``Envelope``."""
 

@@ -93,7 +93,7 @@ class PostgresDatabase:
     dialect = "postgresql"
 
     def __init__(self, conninfo: str, *, schema: str = DEFAULT_SCHEMA, pool_size: int = DEFAULT_POOL_SIZE,
-                 reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S) -> None:
+                 reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S, create: bool = True) -> None:
         if not _IDENTIFIER.match(schema):
             raise ConfigError(f"schema name {schema!r}: use lower-case letters, digits and _ (at most 48)")
         self.conninfo = conninfo
@@ -106,7 +106,7 @@ class PostgresDatabase:
         self._pool_lock = threading.Lock()
         self._inherited: list[ConnectionPool[Any]] = []
         self._local = threading.local()
-        self._ensure_schema()
+        self._ensure_schema(create)
 
     # -- connections ------------------------------------------------------------------------
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
@@ -214,15 +214,19 @@ class PostgresDatabase:
             return False
 
     # -- schema -----------------------------------------------------------------------------
-    def _ensure_schema(self) -> None:
+    def _ensure_schema(self, create: bool) -> None:
         s = self.schema
 
         def tx(c: PgConn) -> None:
             # One creator at a time: concurrent CREATE ... IF NOT EXISTS can still collide.
             c.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"orchestrator-schema:{s}",))
-            c.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            if create:
+                c.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
             present = {r[0] for r in c.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema=?", (s,)).fetchall()}
+            if "schema_version" not in present and not create:
+                raise ConfigError(f"schema {s!r} holds no orchestrator tables (`orchestrator setup` or a worker "
+                                  "creates them; check ?schema=)")
             if "schema_version" not in present:
                 ours = present & set(TABLES)
                 if ours:

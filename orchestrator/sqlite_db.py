@@ -27,6 +27,10 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 MIN_LOCK_WAIT_S = 0.0001
 MAX_LOCK_WAIT_S = 0.005
 
+#: the schema this code writes (table ``schema_version``); a newer file is refused
+SCHEMA_VERSION = 1
+OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"})
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY, visibility_s REAL NOT NULL, max_receives INTEGER NOT NULL,
@@ -59,10 +63,14 @@ def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
 class SqliteDatabase:
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+                 create: bool = True) -> None:
         self.path = str(path)
         self.busy_timeout_s = busy_timeout_s
         if self.path != ":memory:":
+            if not create and not Path(self.path).is_file():
+                raise ConfigError(f"database {self.path} does not exist (`orchestrator setup`, `submit` or a worker "
+                                  "creates it; check the path)")
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise ConfigError(f"cannot open SQLite database {self.path}: directory {parent} does not exist")
@@ -75,7 +83,29 @@ class SqliteDatabase:
             except OSError as exc:
                 raise ConfigError(f"cannot create SQLite database {self.path}: {exc.strerror}") from exc
         self._local = threading.local()
-        self.run(lambda c: c.executescript(SCHEMA) and None, begin=False)
+        self.run(lambda c: self._ensure_schema(c, create))
+
+    def _ensure_schema(self, c: sqlite3.Connection, create: bool) -> None:
+        """Create our tables in a new file; accept a file we made; refuse anything else before
+        writing to it: another application's database, or one a newer orchestrator migrated."""
+        tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "schema_version" in tables:
+            found = c.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            if found is None or found > SCHEMA_VERSION:
+                raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
+                                  f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
+            return
+        ours = tables & OUR_TABLES
+        jobs_cols = {r[1] for r in c.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()
+        legacy = ours == OUR_TABLES and "doc" in jobs_cols  # made before the version table existed
+        if (tables and not legacy) or (not tables and not create):
+            what = f"tables {', '.join(sorted(tables))}" if tables else "no tables"
+            raise ConfigError(f"{self.path} is not an orchestrator database ({what}); refusing to write to it")
+        for statement in SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+            if statement.strip():
+                c.execute(statement)
+        c.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        c.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
 
     def conn(self) -> sqlite3.Connection:
         loc = self._local

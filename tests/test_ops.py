@@ -292,3 +292,25 @@ def test_worker_serves_metrics_and_sweeps_when_asked(project: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_chaos_without_a_backend_runs_on_a_scratch_database_not_the_live_one(project: Path) -> None:
+    # Given a live orchestrator.db in the working directory with a PENDING job
+    from examples.quickstart import pipeline as quick
+    from orchestrator.backends import sqlite_backend
+
+    live = sqlite_backend(project / "orchestrator.db")
+    quick.setup(live)
+    quick.submit(live, job_id="real-job", payload={"x": 3}, queue="numbers")
+    live.close()
+    # When chaos runs without --backend
+    code, out = cli("chaos", "examples.quickstart:pipeline", "--jobs", "20", "--kill-interval", "0.3",
+                    "--duration", "0.5", "--payload", '{"x": 7}', "--seed", "3", "--json", "--log-level", "error")
+    # Then it ran on a scratch database and the real job was not touched
+    assert code == 0, out
+    assert "scratch database" in out
+    live = sqlite_backend(project / "orchestrator.db")
+    job = live.store.get("real-job")
+    assert job is not None and job.status.value == "PENDING" and not job.steps
+    assert len(live.store.query()) == 1 and live.transport.depth("numbers").total == 1
+    live.close()

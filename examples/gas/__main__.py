@@ -86,8 +86,9 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
     elif args.cmd == "status":
         if args.job_id:
             job = gas.backend.store.get(args.job_id)
-            if job is None:
-                raise app.GasError(f"no job {args.job_id}")
+            # With --user only that user's jobs exist (the web app shows users their own jobs).
+            if job is None or (args.user is not None and job.user_id != args.user):
+                raise app.GasError(f"no job {args.job_id}" + (f" for user {args.user}" if args.user is not None else ""))
             jobs = [job]
         else:
             jobs = gas.backend.store.query(user_id=args.user)

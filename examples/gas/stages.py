@@ -25,6 +25,23 @@ class AnnotatorFailed(Exception):
     """The annotator crashed or hung: transient, the message is retried."""
 
 
+def safe_file_name(name: str) -> str:
+    """The request's ``input_file_name`` as a plain file name: it is joined onto a temp
+    directory, so a path (``/tmp/x.vcf``, ``../../x.vcf``) could write anywhere on disk."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise PermanentError(f"input_file_name {name!r} is not a plain file name")
+    return name
+
+
+def check_owner(key: str, user_id: str) -> None:
+    """A request may only name an input under its own user's folder (``<prefix>/<user_id>/<file>``,
+    as GAS web apps upload): otherwise one user could have another's file annotated and read
+    the result."""
+    folders = key.split("/")[:-1]
+    if not user_id or user_id not in folders:
+        raise PermanentError(f"s3_key_input_file {key!r} is not in user {user_id!r}'s folder")
+
+
 def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
     p = Pipeline("gas")
     common: dict[str, Any] = {"visibility_timeout": cfg.visibility_timeout, "max_receives": cfg.max_receives,
@@ -39,11 +56,12 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
     def annotate(ctx: Context, msg: Envelope) -> Result:
         req = msg.payload
         bucket, key = str(req["s3_inputs_bucket"]), str(req["s3_key_input_file"])
+        name = safe_file_name(str(req["input_file_name"]))
+        check_owner(key, str(req["user_id"]))
         try:
             data = res.bucket(bucket, cfg).get(key)
         except ObjectNotFound:
             raise PermanentError(f"input file {bucket}/{key} not found") from None
-        name = str(req["input_file_name"])
         with tempfile.TemporaryDirectory(prefix="gas-") as tmp:
             src = Path(tmp) / name
             src.write_bytes(data)

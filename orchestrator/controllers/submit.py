@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
 from orchestrator.envelope import Envelope, submit_id
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload
 from orchestrator.status import JobRecord, OutMessage
 
 
@@ -37,19 +38,48 @@ def submit(
     env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id,
                    payload=payload, created_at=backend.clock.now())
     env = env.model_copy(update={"trace_id": env.id})
+    try:
+        body = env.to_json()
+        # What a consumer could not read (an integer of more than 4,300 digits decodes to a
+        # ValueError in Python) is refused here, before a job waits on a poison message.
+        json.loads(body)
+    except ValueError as exc:
+        raise InvalidPayload(f"job {job_id!r}: the payload cannot travel as JSON: {exc}") from exc
 
-    origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=env.to_json())
+    origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body)
 
     def unit() -> tuple[JobRecord, bool]:
         rec, created = backend.store.create(job_id, user_id=user_id, fields=fields, origin=origin)
+        if not created:
+            check_same_request(rec, payload=payload, user_id=user_id, origin=origin)
         if queue is not None:
-            backend.transport.send(queue, Outgoing(body=env.to_json(), message_id=env.id, group_id=job_id))
+            backend.transport.send(queue, Outgoing(body=body, message_id=env.id, group_id=job_id))
         else:
             assert topic is not None
-            backend.topic.publish(topic, env.to_json(), message_id=env.id, group_id=job_id)
+            backend.topic.publish(topic, body, message_id=env.id, group_id=job_id)
         return rec, created
 
     return backend.run_atomic(unit)
+
+
+def check_same_request(rec: JobRecord, *, payload: dict[str, Any], user_id: str | None, origin: OutMessage) -> None:
+    """A resubmission must be the same request (a retry after a crash or a timeout). Anything
+    else would be dropped without a word: say so instead."""
+    differs = []
+    if user_id is not None and rec.user_id != user_id:
+        differs.append(f"user {rec.user_id!r} (not {user_id!r})")
+    if rec.origin is not None:
+        if (rec.origin.kind, rec.origin.target) != (origin.kind, origin.target):
+            differs.append(f"{rec.origin.kind} {rec.origin.target!r} (not {origin.kind} {origin.target!r})")
+        try:
+            before = json.loads(rec.origin.body).get("payload")
+        except (ValueError, AttributeError):
+            before = None
+        if before is not None and before != json.loads(json.dumps(payload)):
+            differs.append("a different payload")
+    if differs:
+        raise DuplicateJob(f"job {rec.job_id!r} was already submitted with {', '.join(differs)}; "
+                           "a resubmission must repeat the request (use a new job id for a new one)")
 
 
 def submit_many(

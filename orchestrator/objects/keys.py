@@ -9,6 +9,10 @@ def validate_key(key: str) -> str:
         raise InvalidKey(f"invalid object key {key!r}: empty or contains NUL")
     if key.startswith("/") or key.startswith("\\") or (len(key) > 1 and key[1] == ":"):
         raise InvalidKey(f"invalid object key {key!r}: absolute paths are not keys")
-    if any(part in ("..", ".") for part in key.replace("\\", "/").split("/")):
+    parts = key.replace("\\", "/").split("/")
+    if any(part in ("..", ".") for part in parts):
         raise InvalidKey(f"invalid object key {key!r}: '.' and '..' segments are not allowed")
+    # "x/" and "x" (and "a//b" and "a/b") would name one file on disk and two objects on S3
+    if any(part == "" for part in parts):
+        raise InvalidKey(f"invalid object key {key!r}: empty path segments (a trailing or doubled '/') are not allowed")
     return key

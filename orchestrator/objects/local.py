@@ -1,4 +1,9 @@
-"""Object store in a local directory. Writes are atomic (temp file + rename)."""
+"""Object store in a local directory. Writes are atomic (temp file + rename).
+
+Symbolic links inside the root are refused, not followed: a link planted there (by a handler,
+or anyone who can write the directory) must not let a key read, overwrite or delete a file
+outside the root.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,24 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.base import ObjectStore
-from orchestrator.errors import ObjectNotFound
+from orchestrator.errors import InvalidKey, ObjectNotFound
 from orchestrator.objects.keys import validate_key
 
 
 class LocalObjectStore:
     def __init__(self, root: str | Path) -> None:
+        # Created by the first put, not here: opening a backend to read must not make directories.
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        return self.root / validate_key(key)
+        path = self.root / validate_key(key)
+        # Every component below the root must be a real directory or file, not a link.
+        probe = self.root
+        for part in path.relative_to(self.root).parts:
+            probe = probe / part
+            if probe.is_symlink():
+                raise InvalidKey(f"object key {key!r}: {probe.relative_to(self.root)} is a symbolic link; refused")
+        return path
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

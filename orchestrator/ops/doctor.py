@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from orchestrator.backends import Backend
 from orchestrator.pipeline import Pipeline
+from orchestrator.status import JobStatus
 
 
 @dataclass(frozen=True)
@@ -68,4 +69,28 @@ def diagnose(pipeline: Pipeline, backend: Backend) -> list[Finding]:
                 add("warning", f"topic {st.publish_to} has no subscriptions: what the stage publishes goes nowhere")
         if st.emit_to and t.spec(st.emit_to) is None:
             add("error", f"emit_to queue {st.emit_to} does not exist (run setup)")
+    out.extend(stranded_jobs(pipeline, backend, topics))
     return out
+
+
+def stranded_jobs(pipeline: Pipeline, backend: Backend, topics: set[str]) -> list[Finding]:
+    """PENDING jobs submitted to a queue no stage takes or a topic that does not exist (or
+    that no stage's queue subscribes to): they would wait forever, and a sweep would re-send
+    them to the same place."""
+    sources = {st.source for st in pipeline.stages.values()}
+    subscribed = {tp for st in pipeline.stages.values() for tp in st.subscribe}
+    stranded: dict[str, list[str]] = {}
+    for job in backend.store.query(status=JobStatus.PENDING):
+        o = job.origin
+        if o is None:
+            continue
+        if o.kind == "queue" and o.target not in sources:
+            where = f"queue {o.target} (no stage takes it)"
+        elif o.kind == "topic" and (o.target not in topics or o.target not in subscribed):
+            where = f"topic {o.target} ({'does not exist' if o.target not in topics else 'no stage subscribes'})"
+        else:
+            continue
+        stranded.setdefault(where, []).append(job.job_id)
+    return [Finding("-", "error", f"{len(ids)} PENDING job(s) were submitted to {where}: {', '.join(ids[:5])}"
+                                  f"{' ...' if len(ids) > 5 else ''}")
+            for where, ids in sorted(stranded.items())]

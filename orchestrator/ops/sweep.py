@@ -56,6 +56,11 @@ def sweep_job(pipeline: Pipeline, backend: Backend, job: JobRecord, *, dry_run: 
                 backend.transport.send(step.source, Outgoing(body=step.input, message_id=step.message_id,
                                                              group_id=job.job_id))
     if not job.steps and job.origin is not None:
+        if not _consumers(pipeline, backend, job.origin):
+            # re-sending would only strand it again (and create the topic or queue)
+            actions.append(f"{job.job_id}: NOT re-sent: no stage consumes {job.origin.kind} {job.origin.target} "
+                           "(see `orchestrator doctor`)")
+            return actions
         actions.append(f"{job.job_id}: re-sent its first message to {job.origin.target}")
         if not dry_run:
             _send(backend, job.origin, job.job_id)

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse
 
 from orchestrator.base import ObjectStore, StatusStore, Topic, Transport
-from orchestrator.clock import Clock, SimClock, SystemClock
+from orchestrator.clock import Clock, DatabaseClock, SimClock, SystemClock
 from orchestrator.errors import ConfigError
 
 T = TypeVar("T")
@@ -65,8 +65,10 @@ def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root
     from orchestrator.stores.sqlite import SqliteStatusStore
     from orchestrator.transports.sqlite import SqliteTopic, SqliteTransport
 
-    clock = clock or SystemClock()
     db = SqliteDatabase(path, create=create)
+    # SQLite's clock is the OS's, read in C: every process agrees on it even where Python's
+    # time is skewed or the wall clock is stepped (between resyncs)
+    clock = clock or DatabaseClock(lambda: db.read("SELECT (julianday('now') - 2440587.5) * 86400.0")[0][0])
     transport = SqliteTransport(db, clock=clock)
     objects = LocalObjectStore(objects_root or f"{path}.objects")
 
@@ -111,9 +113,11 @@ def postgres_backend(url: str, *, clock: Clock | None = None, create: bool = Tru
         pool_size = int(ours.get("pool_size", DEFAULT_POOL_SIZE))
     except ValueError:
         raise ConfigError(f"backend URL: pool_size must be a whole number, got {ours['pool_size']!r}") from None
-    clock = clock or SystemClock()
     db = PostgresDatabase(conninfo, schema=ours.get("schema", DEFAULT_SCHEMA), pool_size=max(1, pool_size),
                           create=create)
+    # one time for every machine: the server's (a worker whose clock runs fast must not make
+    # what it sends invisible to the others)
+    clock = clock or DatabaseClock(lambda: db.read("SELECT extract(epoch from clock_timestamp())::float8")[0][0])
     transport = PostgresTransport(db, clock=clock)
 
     def atomic(fn: Callable[[], Any]) -> Any:

@@ -23,7 +23,7 @@ import structlog
 
 from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
 from orchestrator.controllers.faults import FaultPlan
-from orchestrator.controllers.worker import Worker
+from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 from orchestrator.pipeline import Pipeline
@@ -196,7 +196,7 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
         metrics = PrometheusMiddleware()
         middleware.append(metrics)
     worker = Worker(pipeline, stage, backend, concurrency=args.concurrency, faults=FaultPlan.from_env(),
-                    wait_s=args.wait, middleware=middleware)
+                    wait_s=args.wait, middleware=middleware, grace_s=args.grace)
     if args.metrics_port is not None:
         from orchestrator.ops.metrics import HealthServer, QueueDepthCollector, loop_alive
 
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int, default=None,
                    help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port)")
     w.add_argument("--metrics-host", default="127.0.0.1")
+    w.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
+                   help="on SIGTERM, seconds to let running handlers finish before their messages are handed "
+                        "back to the queue and the worker exits (default %(default)s)")
     w.add_argument("--sweep-every", type=float, default=None,
                    help="also run the sweeper every this many seconds (see `orchestrator sweep`)")
     w.add_argument("--sweep-older-than", type=float, default=300.0,

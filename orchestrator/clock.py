@@ -91,6 +91,49 @@ class SystemClock:
         return _SCHEDULER.add(interval_s, fn)
 
 
+#: how often a ``DatabaseClock`` re-reads the database's time (tracks drift of either clock)
+RESYNC_S = 30.0
+
+
+class DatabaseClock(SystemClock):
+    """The database's time, for visibility and delays, without a query per reading.
+
+    Every process that shares a queue must agree on "now": a worker whose own clock runs two
+    minutes fast would otherwise make every message it sends (or releases) invisible to the
+    others for two minutes. This clock reads the database's time once per ``RESYNC_S`` and
+    runs on the local monotonic clock in between (immune to the local wall clock being set
+    or stepped). A failed read keeps the last offset; before any read it falls back to the
+    local clock.
+    """
+
+    def __init__(self, read_db_time: Callable[[], float], *, resync_s: float = RESYNC_S) -> None:
+        self._read = read_db_time
+        self.resync_s = resync_s
+        self._base: float | None = None  # database time minus monotonic time
+        self._synced_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _sync(self) -> None:
+        t0 = time.monotonic()
+        try:
+            db_now = float(self._read())
+        except Exception:  # the database is away: keep the offset we have
+            self._synced_at = t0 - self.resync_s + 1.0  # try again in a second
+            return
+        t1 = time.monotonic()
+        self._base = db_now - (t0 + t1) / 2  # the read happened, at best guess, mid-round-trip
+        self._synced_at = t1
+
+    def now(self) -> float:
+        mono = time.monotonic()
+        if mono - self._synced_at >= self.resync_s:
+            with self._lock:
+                if mono - self._synced_at >= self.resync_s:
+                    self._sync()
+        base = self._base
+        return time.time() if base is None else time.monotonic() + base
+
+
 class _SimTimer:
     def __init__(self, clock: SimClock, interval_s: float, fn: Callable[[], None]) -> None:
         self.clock = clock

@@ -29,6 +29,15 @@ class PermanentError(OrchestratorError):
     """
 
 
+class FatalBackendError(OrchestratorError):
+    """The backend is gone in a way retrying cannot mend (its database file deleted or
+    replaced): the worker stops with this error instead of working on."""
+
+
+class DatabaseGone(FatalBackendError, ConfigError):
+    pass
+
+
 class InvalidPayload(OrchestratorError, ValueError):
     """A payload that cannot travel as a message (not JSON-serialisable, or an integer too large
     for any JSON reader): refused at submission, before anything is written."""

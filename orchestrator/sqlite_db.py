@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, DatabaseGone
 
 T = TypeVar("T")
 
@@ -125,7 +125,25 @@ class SqliteDatabase:
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open SQLite database {self.path}: {exc}") from exc
             loc.conn, loc.pid, loc.depth = conn, os.getpid(), 0
+            loc.identity = self._identity()
         return loc.conn  # type: ignore[no-any-return]
+
+    def _identity(self) -> tuple[int, int] | None:
+        if self.path == ":memory:":
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (st.st_dev, st.st_ino)
+
+    def check_file(self) -> None:
+        """Raise ``DatabaseGone`` if the file this connection opened was deleted or replaced:
+        SQLite would go on writing to the unlinked inode, which nobody else will ever read."""
+        opened = getattr(self._local, "identity", None)
+        if opened is not None and self._identity() != opened:
+            raise DatabaseGone(f"database {self.path} was deleted or replaced while this process used it; "
+                               "stopping (its writes would be lost)")
 
     @property
     def in_transaction(self) -> bool:
@@ -139,6 +157,7 @@ class SqliteDatabase:
         conn = self.conn()
         if self._local.depth > 0:
             return fn(conn)
+        self.check_file()  # one stat() per transaction: ~1 µs
         deadline = time.monotonic() + self.busy_timeout_s
         pause = MIN_LOCK_WAIT_S
         while True:
@@ -165,6 +184,8 @@ class SqliteDatabase:
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         conn = self.conn()
+        if self._local.depth == 0:
+            self.check_file()
         deadline = time.monotonic() + self.busy_timeout_s
         while True:
             try:

@@ -10,14 +10,19 @@ from collections import Counter, deque
 import structlog
 
 from orchestrator.backends import Backend
+from orchestrator.base import Delivery
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
-from orchestrator.errors import SimulatedCrash
+from orchestrator.controllers.lease import Lease
+from orchestrator.errors import FatalBackendError, SimulatedCrash
 from orchestrator.middleware import Middleware
 from orchestrator.pipeline import Pipeline, Stage
 
 IDLE_CHECK_INTERVAL_S = 0.1
 RECEIVE_ERROR_BACKOFF_S = 1.0
+#: how long ``run`` waits, once stopped, for handlers still running before it hands their
+#: messages back to the queue and returns (SIGTERM must end a worker, even a hung one)
+DEFAULT_GRACE_S = 30.0
 
 log = structlog.get_logger("orchestrator.worker")
 
@@ -43,8 +48,14 @@ class Worker:
         batch_size: int | None = None,
         wait_s: float | None = None,
         middleware: list[Middleware] | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
     ) -> None:
         self.pipeline = pipeline
+        self.grace_s = grace_s
+        #: a ``FatalBackendError`` that stopped the worker; ``run`` raises it
+        self.fatal: FatalBackendError | None = None
+        # what each thread holds right now, so a stop past the grace period can hand it back
+        self._holding: dict[str, tuple[list[Delivery], list[Lease]]] = {}
         self.middleware = list(middleware or [])
         self.last_loop_at = time.monotonic()  # liveness: the loop went round recently
         self.ready = False  # readiness: a receive has succeeded
@@ -78,10 +89,24 @@ class Worker:
         self._stopping.set()
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the threads. With ``drain``, wait up to ``timeout`` seconds in all (None:
+        forever) for messages being handled; a handler still running then is abandoned: its
+        heartbeat stops and its messages go back to the queue at once, for another worker (its
+        late result is fenced off by the claim)."""
         self._stopping.set()
-        if drain:
-            for t in self._threads:
-                t.join(timeout)
+        if not drain:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stuck = [t for t in self._threads if t.is_alive()]
+        for t in stuck:
+            deliveries, leases = self._holding.get(t.name, ([], []))
+            for lease in leases:
+                lease.stop()
+            released = sum(bool(self.backend.transport.release(d, 0)) for d in deliveries)
+            log.warning("handler still running after the grace period; its messages were handed back",
+                        stage=self.stage.name, thread=t.name, released=released, grace_s=timeout)
 
     @property
     def stopping_event(self) -> threading.Event:
@@ -109,7 +134,9 @@ class Worker:
                     break
             if not any(t.is_alive() for t in self._threads):
                 break
-        self.stop(drain=True)
+        self.stop(drain=True, timeout=self.grace_s)
+        if self.fatal is not None:
+            raise self.fatal
 
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -120,6 +147,9 @@ class Worker:
             try:
                 batch = transport.receive(st.source, max_messages=self.batch_size, wait_s=self.wait_s,
                                           visibility_s=st.visibility_timeout)
+            except FatalBackendError as exc:
+                self._die(exc)
+                return
             except Exception as exc:
                 log.warning("receive failed; backing off", error=str(exc), stage=st.name)
                 time.sleep(RECEIVE_ERROR_BACKOFF_S)
@@ -133,6 +163,8 @@ class Worker:
             with self._lock:
                 self._busy += len(batch)
             leases = [ctrl.lease(d) for d in batch]  # prefetched messages stay leased too
+            me = threading.current_thread().name
+            self._holding[me] = (batch, leases)
             try:
                 if self._stopping.is_set():
                     for d in batch:  # stopped while receiving: hand them back at once
@@ -141,6 +173,9 @@ class Worker:
                 outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
                 for outcome in outcomes:
                     self.stats[outcome.value] += 1
+            except FatalBackendError as exc:
+                self._die(exc)
+                return
             except SimulatedCrash:
                 # An in-process "crash": the batch is dropped, leases and all, as a dead
                 # process would drop it. The queue redelivers after the visibility timeout.
@@ -150,10 +185,16 @@ class Worker:
                 self.errors.append(exc)
                 log.exception("batch not processed; left for redelivery", stage=st.name)
             finally:
+                self._holding.pop(me, None)
                 for lease in leases:
                     lease.stop()
                 with self._lock:
                     self._busy -= len(batch)
+
+    def _die(self, exc: FatalBackendError) -> None:
+        log.error("worker stopping", stage=self.stage.name, error=str(exc))
+        self.fatal = exc
+        self._stopping.set()
 
     def count(self, outcome: Outcome) -> int:
         return self.stats[outcome.value]

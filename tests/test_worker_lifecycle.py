@@ -1,0 +1,143 @@
+"""A worker's end: SIGTERM with a hung handler, and its database deleted under it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import JobStatus, Pipeline, Result, Worker
+from orchestrator.backends import sqlite_backend
+from orchestrator.errors import DatabaseGone
+
+HUNG = textwrap.dedent(
+    """
+    import os, time
+    from orchestrator import Pipeline, Result, JobStatus
+
+    pipeline = Pipeline("hung")
+
+    @pipeline.stage("work", source="in", visibility_timeout=60, max_receives=5, wait_s=0.05, batch_size=1)
+    def work(ctx, msg):
+        if os.environ.get("HANG"):
+            open(os.environ["HANG"], "w").close()  # tell the test the handler is running
+            time.sleep(3600)
+        return Result(status=JobStatus.COMPLETED, fields={"by": os.getpid()})
+    """
+)
+
+
+def worker_cmd(db: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", "worker", "hungpipe:pipeline", "--backend", f"sqlite:///{db}",
+            "--stage", "work", "--log-level", "warning", *extra]
+
+
+def test_sigterm_stops_a_worker_with_a_hung_handler_within_the_grace_period(tmp_path: Path) -> None:
+    # Given a worker whose handler hangs, with a visibility timeout of a minute
+    (tmp_path / "hungpipe.py").write_text(HUNG)
+    db = tmp_path / "w.db"
+    backend = sqlite_backend(db)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hungpipe", tmp_path / "hungpipe.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.pipeline.setup(backend)
+    mod.pipeline.submit(backend, job_id="j", payload={}, queue="in")
+    flag = tmp_path / "running"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), HANG=str(flag))
+    proc = subprocess.Popen(worker_cmd(db, "--grace", "1"), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), "the handler never started"
+    # When it is sent SIGTERM
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    # Then it exits within the grace period (plus a little), the message is back in the queue
+    # at once (not after the 60 s lease), and a healthy worker completes the job
+    assert time.monotonic() - t0 < 5, err
+    assert "handed back" in err
+    assert backend.transport.depth("in").visible == 1
+    healthy = dict(os.environ, PYTHONPATH=str(tmp_path))
+    assert subprocess.run(worker_cmd(db, "--until-idle"), cwd=tmp_path, env=healthy, timeout=60).returncode == 0
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.commits("work") == 1
+    backend.close()
+
+
+def test_a_worker_stops_with_a_clear_error_when_its_database_is_deleted(tmp_path: Path) -> None:
+    # Given a worker running (idle) on a SQLite file
+    p = Pipeline("gone")
+    p.stage("work", source="in", wait_s=0.05)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    db = tmp_path / "w.db"
+    backend = sqlite_backend(db)
+    p.setup(backend)
+    w = Worker(p, "work", backend, wait_s=0.05)
+    w.start()
+    time.sleep(0.3)
+    # When the file is deleted under it
+    for f in tmp_path.glob("w.db*"):
+        f.unlink()
+    # Then run() ends with DatabaseGone, naming the file, within moments
+    t0 = time.monotonic()
+    with pytest.raises(DatabaseGone, match="deleted or replaced"):
+        w.run()
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_cli_worker_exits_2_when_its_database_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "hungpipe.py").write_text(HUNG)
+    db = tmp_path / "w.db"
+    sqlite_backend(db).close()
+    proc = subprocess.Popen(worker_cmd(db), cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    for f in tmp_path.glob("w.db*"):
+        f.unlink()
+    sqlite_backend(db).close()  # a new, empty database at the same path
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "was deleted or replaced" in err and "Traceback" not in err
+
+
+SKEWED_SENDER = textwrap.dedent(
+    """
+    import sys, time
+    real = time.time
+    time.time = lambda: real() + 120.0  # this process's clock runs two minutes fast
+    from orchestrator.backends import open_backend
+    from orchestrator.base import Outgoing, QueueSpec
+    b = open_backend(sys.argv[1])
+    b.transport.ensure_queue(QueueSpec("skew"))
+    for i in range(20):
+        b.transport.send("skew", Outgoing(body="{}", message_id=f"m{i}"))
+    b.close()
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_sender_whose_clock_runs_fast_does_not_delay_its_messages(
+        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else f"sqlite:///{tmp_path}/skew.db"
+    # Given messages sent by a process whose clock is 120 s ahead
+    out = subprocess.run([sys.executable, "-c", SKEWED_SENDER, url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # When a process with a correct clock receives
+    from orchestrator.backends import open_backend
+
+    b = open_backend(url)
+    got = b.transport.receive("skew", max_messages=10, wait_s=0, visibility_s=30)
+    got += b.transport.receive("skew", max_messages=10, wait_s=0, visibility_s=30)
+    # Then every message is there now, not in two minutes
+    assert len(got) == 20
+    b.close()

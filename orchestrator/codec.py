@@ -6,7 +6,9 @@ Accepted, in order:
    also when published with ``MessageStructure="json"`` (a ``{"default": "..."}`` document);
 2. an orchestrator envelope (has ``"v"``);
 3. for a queue bound to one stage with ``plain_task`` set: any JSON object, with the job id
-   read from ``job_id_field`` and the whole object as the payload.
+   read from ``job_id_field`` and the whole object as the payload. ``job_id_field`` may be a
+   dotted path into nested objects and lists (``archives_data.0.job_id``) and may list
+   alternatives tried in order, separated by ``|`` (``job_id|archives_data.0.job_id``).
 
 Anything else raises ``MalformedMessage`` with the reason; the controller dead-letters it.
 """
@@ -66,7 +68,7 @@ class Codec:
 
     def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
         assert self.plain_task is not None
-        job_id = _text_or_none(doc.get(self.job_id_field))
+        job_id = next((j for path in self.job_id_field.split("|") if (j := _text_or_none(_at(doc, path)))), None)
         if not job_id:
             raise MalformedMessage(f"plain JSON message has no '{self.job_id_field}'")
         missing = [k for k in self.required_fields if k not in doc]
@@ -75,6 +77,18 @@ class Codec:
         # The same body redelivered gets the same id, so the step record spots duplicates.
         msg_id = derive_id("plain", sns_id or canonical_json(doc))
         return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
+
+
+def _at(doc: Any, path: str) -> Any:
+    """``doc`` at a dotted path (``a.0.b``: key a, list index 0, key b); None where absent."""
+    for part in path.split("."):
+        if isinstance(doc, dict):
+            doc = doc.get(part)
+        elif isinstance(doc, list) and part.isdigit() and int(part) < len(doc):
+            doc = doc[int(part)]
+        else:
+            return None
+    return doc
 
 
 def _parse(text: Any, what: str) -> Any:

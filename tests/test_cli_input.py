@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import os
 import socket
@@ -260,3 +261,13 @@ def test_status_piped_into_head_is_not_an_error(pipe_dir: Path) -> None:
                          cwd=pipe_dir, capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("JOB")
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_status_shows_history_times_people_can_read(pipe_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{pipe_dir}/o.db"
+    assert main(["submit", PIPE, "--queue", "in", "--job-id", "j", "--backend", url]) == 0
+    capsys.readouterr()
+    assert main(["status", "j", "--backend", url]) == 0
+    history = [line for line in capsys.readouterr().out.splitlines() if "created" in line]
+    assert len(history) == 1
+    assert re.match(r"^\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z created", history[0]), history[0]

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--processes", type=int, default=1)
     s.add_argument("--concurrency", type=int, default=1)
     s.add_argument("--until-idle", action="store_true")
+    s.add_argument("--chain", action="store_true",
+                   help="with --until-idle: stop only when every GAS queue is idle (--stage all implies it)")
     s = sub.add_parser("status", help="show jobs")
     backend(s)
     s.add_argument("job_id", nargs="?")
@@ -77,12 +79,14 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
         print(f"{args.user} is premium; restoring {len(jobs)} archived result(s)")
     elif args.cmd == "worker":
         app.setup(gas)
-        stages = list(app.STAGES) if args.stage == "all" else [args.stage]
+        stages = list(gas.pipeline.stages) if args.stage == "all" else [args.stage]
         if len(stages) == 1 and args.processes == 1:
-            stats = app.run_worker(gas, stages[0], until_idle=args.until_idle, concurrency=args.concurrency)
+            stats = app.run_worker(gas, stages[0], until_idle=args.until_idle, concurrency=args.concurrency,
+                                   chain=args.chain)
             print(json.dumps({"stage": stages[0], **stats}), file=sys.stderr)
             return 0
-        return app.run_processes(args.backend, stages, args.processes, until_idle=args.until_idle)
+        return app.run_processes(args.backend, stages, args.processes, until_idle=args.until_idle,
+                                 log_level=args.log_level)
     elif args.cmd == "status":
         if args.job_id:
             job = gas.backend.store.get(args.job_id)

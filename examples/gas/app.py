@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from examples.gas.config import ROOT, GasConfig, GasResources, local_resources, shared_resources
+from examples.gas.config import ROOT, GasConfig, GasResources, check_bucket_names, local_resources, shared_resources
 from examples.gas.stages import JOB_REQUESTS, JOB_RESTORES, build_pipeline
 from orchestrator import JobRecord, JobStatus, Pipeline, Worker
 from orchestrator.backends import Backend, open_backend
@@ -22,7 +22,7 @@ from orchestrator.envelope import derive_id
 from orchestrator.errors import ConfigError, ObjectNotFound, OrchestratorError
 
 DEFAULT_GAS_BACKEND = "sqlite:///gas.db"
-STAGES = ("annotate", "notify", "archive", "restore")
+STAGES = ("annotate", "notify", "archive", "thaw", "restore")
 
 
 class GasError(OrchestratorError):
@@ -51,15 +51,16 @@ def open_gas(url: str | None = None, *, config: GasConfig | None = None) -> Gas:
         backend = open_backend(url)
         root = getattr(backend.objects, "root", None)
         if root is not None:
-            res = local_resources(Path(root))
+            res = local_resources(Path(root), sender=cfg.mail_sender)
         elif backend.objects is not None:
-            res = shared_resources(backend.objects)
+            res = shared_resources(backend.objects, sender=cfg.mail_sender)
         else:
             raise ConfigError(f"backend {url} has no object store for GAS files")
     return Gas(backend, res, cfg, build_pipeline(cfg, res))
 
 
 def setup(gas: Gas) -> None:
+    check_bucket_names(gas.config)
     gas.pipeline.setup(gas.backend)
     gas.backend.topic.ensure_topic(JOB_REQUESTS)
 
@@ -125,8 +126,12 @@ def upgrade(gas: Gas, user_id: str) -> list[str]:
     return restored
 
 
-def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: int = 1) -> dict[str, int]:
-    worker = Worker(gas.pipeline, stage, gas.backend, concurrency=concurrency)
+def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: int = 1,
+               chain: bool = False) -> dict[str, int]:
+    """``chain``: until idle means every GAS queue is idle (stages run together: notify must not
+    leave while annotate still works); otherwise this stage's queue."""
+    queues = [st.source for st in gas.pipeline.stages.values()] if chain else None
+    worker = Worker(gas.pipeline, stage, gas.backend, concurrency=concurrency, idle_queues=queues)
     signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
     signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
     worker.run(until_idle=until_idle)
@@ -134,18 +139,24 @@ def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: i
 
 
 def spawn_worker(url: str, stage: str, *, until_idle: bool = False, env: dict[str, str] | None = None,
-                 log_level: str = "warning") -> subprocess.Popen[bytes]:
+                 log_level: str = "warning", stderr: int | None = subprocess.PIPE,
+                 chain: bool = False) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "examples.gas", "--log-level", log_level, "worker", "--stage", stage,
            "--backend", url]
     if until_idle:
         cmd.append("--until-idle")
+    if chain:
+        cmd.append("--chain")
     full_env = dict(os.environ, **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
-    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def run_processes(url: str, stages: list[str], processes: int, *, until_idle: bool) -> int:
-    procs = [spawn_worker(url, s, until_idle=until_idle) for s in stages for _ in range(processes)]
+def run_processes(url: str, stages: list[str], processes: int, *, until_idle: bool, log_level: str = "warning") -> int:
+    # the children log at our level, straight to our stderr (a pipe nobody reads would hide
+    # their errors, and block them once full)
+    procs = [spawn_worker(url, s, until_idle=until_idle, log_level=log_level, stderr=None, chain=len(stages) > 1)
+             for s in stages for _ in range(processes)]
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:

@@ -8,9 +8,10 @@ class) and ``<prefix>gas-state`` (user profiles, email markers).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from examples.gas.config import GasConfig, GasResources
+from examples.gas.config import GasConfig, GasResources, check_bucket_names
 from examples.gas.mailer import SENDER
 from orchestrator.aws import parse_aws_url
 from orchestrator.aws_common import client
@@ -29,18 +30,19 @@ class SesMailer:
     email again on redelivery (at least once); the step record makes that window the only one.
     """
 
-    def __init__(self, state: S3ObjectStore, *, region: str, ses_client: Any = None) -> None:
+    def __init__(self, state: S3ObjectStore, *, region: str, ses_client: Any = None, sender: str = SENDER) -> None:
         self.state = state
+        self.sender = sender
         self.ses = ses_client or client("ses", region=region)
 
     def ensure_sender(self) -> None:
-        self.ses.verify_email_identity(EmailAddress=SENDER)
+        self.ses.verify_email_identity(EmailAddress=self.sender)
 
     def send(self, key: str, *, to: str, subject: str, body: str) -> bool:
         marker = f"sent-mail/{key}"
         if self.state.exists(marker):
             return False
-        self.ses.send_email(Source=SENDER, Destination={"ToAddresses": [to]},
+        self.ses.send_email(Source=self.sender, Destination={"ToAddresses": [to]},
                             Message={"Subject": {"Data": subject}, "Body": {"Text": {"Data": body}}})
         self.state.put(marker, to.encode())
         return True
@@ -53,16 +55,18 @@ class SesMailer:
 def aws_gas(url: str, cfg: GasConfig) -> tuple[Backend, GasResources]:
     q = parse_aws_url(url)
     region, prefix = q["region"], q["prefix"]
-    cfg.inputs_bucket = f"{prefix}gas-inputs".lower()
-    cfg.results_bucket = f"{prefix}gas-results".lower()
-    cfg.archive_bucket = f"{prefix}gas-archive".lower()
+    # fixed names from GAS_*_BUCKET where the deployment set them, else <prefix>gas-*
+    cfg.inputs_bucket = os.environ.get("GAS_INPUTS_BUCKET") or f"{prefix}gas-inputs".lower()
+    cfg.results_bucket = os.environ.get("GAS_RESULTS_BUCKET") or f"{prefix}gas-results".lower()
+    cfg.archive_bucket = os.environ.get("GAS_ARCHIVE_BUCKET") or f"{prefix}gas-archive".lower()
+    check_bucket_names(cfg)  # before anything is created
     transport = SqsTransport(prefix=prefix, region=region)
     store = DynamoDBStatusStore(q.get("table", f"{prefix}annotations"), key_attr="job_id", status_attr="job_status",
-                                region=region)
+                                region=region, status_names={"FAILED": cfg.failed_status})
     backend = Backend(transport=transport, topic=SnsTopic(transport, prefix=prefix, region=region), store=store,
                       clock=SystemClock(), url=url)
     state = S3ObjectStore(f"{prefix}gas-state".lower(), region=region)
-    mailer = SesMailer(state, region=region)
+    mailer = SesMailer(state, region=region, sender=cfg.mail_sender)
     mailer.ensure_sender()
     res = GasResources(
         inputs=S3ObjectStore(cfg.inputs_bucket, region=region),

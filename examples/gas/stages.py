@@ -1,4 +1,4 @@
-"""The GAS handlers: annotate, notify, archive, restore. One controller per stage."""
+"""The GAS handlers: annotate, notify, archive, thaw, restore. One controller per stage."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from examples.gas.accounts import open_accounts
 from examples.gas.annotator import EXIT_MALFORMED
 from examples.gas.config import REQUEST_KEYS, ROOT, GasConfig, GasResources
-from orchestrator import Context, Envelope, JobStatus, PermanentError, Pipeline, Result
+from orchestrator import Context, Emit, Envelope, JobStatus, PermanentError, Pipeline, Result
 from orchestrator.envelope import derive_id
 from orchestrator.errors import ObjectNotFound
 
@@ -40,6 +41,27 @@ def check_owner(key: str, user_id: str) -> None:
     folders = key.split("/")[:-1]
     if not user_id or user_id not in folders:
         raise PermanentError(f"s3_key_input_file {key!r} is not in user {user_id!r}'s folder")
+
+
+def results_message(cfg: GasConfig, job_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The job_results message: ours, or the deployment's template (``GAS_RESULTS_MESSAGE``)
+    with ``{name}`` placeholders filled from the result (and ``link``). ``job_id`` is always
+    there: our own notify and archive stages find the job by it."""
+    if cfg.results_template is None:
+        return {"job_id": job_id, **result}
+    values = {"job_id": job_id, "link": f"{cfg.web_url}/annotations/{job_id}", **result}
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return v.format_map(values)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise PermanentError(f"GAS_RESULTS_MESSAGE template {v!r}: {exc!r} is not a result field") from None
+        if isinstance(v, dict):
+            return {k: fill(x) for k, x in v.items()}
+        return v
+
+    return {"job_id": job_id, **fill(cfg.results_template)}
 
 
 def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
@@ -74,32 +96,45 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
             log_key = f"{base}{msg.job_id}~{name}.count.log"
             res.results.put(result_key, (out / f"{stem}.annot.vcf").read_bytes())
             res.results.put(log_key, (out / f"{name}.count.log").read_bytes())
-        fields = {"s3_results_bucket": cfg.results_bucket, "s3_key_result_file": result_key,
-                  "s3_key_log_file": log_key, "complete_time": int(ctx.clock.now()), "variants": count}
-        notice = {"user_id": req["user_id"], "input_file_name": name, **fields}
+        ours = {"s3_results_bucket": cfg.results_bucket, "s3_key_result_file": result_key,
+                "s3_key_log_file": log_key, "complete_time": int(ctx.clock.now()), "variants": count}
+        fields = {cfg.attr(k): v for k, v in ours.items()}  # under the deployment's attribute names
+        notice = results_message(cfg, msg.job_id, {"user_id": req["user_id"], "input_file_name": name, **ours})
         return Result(status=JobStatus.COMPLETED, fields=fields, emit=[notice])
 
+    accounts = res.accounts or open_accounts(cfg.accounts)
+
+    # notify and archive read what they need from the job record, so a deployment may publish
+    # job_results in its own shape (GAS_RESULTS_MESSAGE) as long as it keeps job_id
     @p.stage("notify", source="gas_notify", subscribe=(JOB_RESULTS,), raw_subscription=False,
-             required_fields=("job_id", "user_id", "s3_key_result_file"), **common)
+             required_fields=("job_id",), **common)
     def notify(ctx: Context, msg: Envelope) -> Result:
         job = ctx.job.fields
-        to = str(job.get("user_email") or f"{msg.payload['user_id']}@users.example.org")
+        user_id = ctx.job.user_id or str(msg.payload.get("user_id") or "")
+        to = accounts.get(user_id, job).email
+        if not to or "@" not in to:
+            raise PermanentError(f"no email address for user {user_id!r} (accounts source {accounts.spec}): "
+                                 "nothing sent")
         link = f"{cfg.web_url}/annotations/{msg.job_id}"
         # One email per job, whatever the redeliveries: the key names the job, not the message.
         sent = res.mailer.send(derive_id("gas-email", msg.job_id), to=to,
-                               subject=f"Results available for job {msg.job_id}",
+                               subject=cfg.mail_subject.format(job_id=msg.job_id, user_id=user_id),
                                body=f"Your annotation of {job.get('input_file_name', 'your file')} is complete.\n"
                                     f"View and download the results: {link}\n")
         ctx.log.info("notification", sent=sent, to=to)
         return Result(fields={"notified_time": int(ctx.clock.now())})
 
     @p.stage("archive", source="gas_archive", subscribe=(JOB_RESULTS,), raw_subscription=False,
-             delay_s=cfg.retention_s, required_fields=("job_id", "s3_key_result_file"), **common)
+             delay_s=cfg.retention_s, required_fields=("job_id",), **common)
     def archive(ctx: Context, msg: Envelope) -> Result:
         job = ctx.job.fields  # read at begin: an upgrade that happened meanwhile is seen
-        if job.get("user_tier", "free") != "free":
+        # unknown tier = premium: never archive what we cannot prove is free
+        if accounts.get(ctx.job.user_id or str(msg.payload.get("user_id") or ""), job).tier != "free":
             return Result(fields={"archive_skipped": "premium user"})
-        key = str(job.get("s3_key_result_file") or msg.payload["s3_key_result_file"])
+        key = job.get(cfg.attr("s3_key_result_file")) or msg.payload.get("s3_key_result_file")
+        if not key:
+            raise PermanentError(f"job {msg.job_id} has no result file to archive")
+        key = str(key)
         archive_id = ctx.effect_key("archive")
         if not res.archive.exists(archive_id):
             try:
@@ -109,21 +144,34 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         # Remove the hot copy only once the archive write succeeded; a crash before the commit
         # finds the archive present and the hot copy gone, and completes the step.
         res.results.delete(key)
-        return Result(fields={"results_file_archive_id": archive_id, "archive_time": int(ctx.clock.now())})
+        return Result(fields={cfg.attr("results_file_archive_id"): archive_id,
+                              cfg.attr("archive_time"): int(ctx.clock.now())})
+
+    if cfg.thaw_topic:
+        # Web apps publish a restore request per job ({job_id, results_file_archive_id, ...})
+        # or one per user ({"archives_data": [{job_id, ...}, ...]}) on upgrade: one restore
+        # message per job named.
+        @p.stage("thaw", source="gas_thaw", subscribe=(cfg.thaw_topic,), raw_subscription=False,
+                 **{**common, "job_id_field": "job_id|archives_data.0.job_id"})
+        def thaw(ctx: Context, msg: Envelope) -> Result:
+            entries = msg.payload.get("archives_data")
+            named = entries if isinstance(entries, list) else [msg.payload]
+            ids = list(dict.fromkeys(str(e["job_id"]) for e in named if isinstance(e, dict) and e.get("job_id")))
+            return Result(emit=[Emit({"job_id": j}, to=JOB_RESTORES, plain=True) for j in ids])
 
     @p.stage("restore", source=JOB_RESTORES, required_fields=("job_id",), **common)
     def restore(ctx: Context, msg: Envelope) -> Result:
         job = ctx.job.fields
-        archive_id = job.get("results_file_archive_id")
+        archive_id = job.get(cfg.attr("results_file_archive_id"))
         if not archive_id:
             return Result(fields={"restore_skipped": "not archived"})
-        key = str(job["s3_key_result_file"])
+        key = str(job[cfg.attr("s3_key_result_file")])
         if not res.results.exists(key):
             try:
                 res.results.put(key, res.archive.get(str(archive_id)))
             except ObjectNotFound:
                 raise PermanentError(f"archive {archive_id} of job {msg.job_id} is missing") from None
-        return Result(fields={"results_file_archive_id": None, "restore_time": int(ctx.clock.now())})
+        return Result(fields={cfg.attr("results_file_archive_id"): None, cfg.attr("restore_time"): int(ctx.clock.now())})
 
     return p
 

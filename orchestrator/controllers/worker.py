@@ -49,9 +49,14 @@ class Worker:
         wait_s: float | None = None,
         middleware: list[Middleware] | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        idle_queues: list[str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.grace_s = grace_s
+        #: what must be empty for ``run(until_idle=True)`` to end: the stage's source by
+        #: default; a chain of stages passes every queue of the chain, so that a later stage
+        #: does not leave before an earlier one has handed it its work
+        self.idle_queues = idle_queues
         #: a ``FatalBackendError`` that stopped the worker; ``run`` raises it
         self.fatal: FatalBackendError | None = None
         # what each thread holds right now, so a stop past the grace period can hand it back
@@ -119,7 +124,8 @@ class Worker:
     def is_idle(self) -> bool:
         with self._lock:
             busy = self._busy
-        return busy == 0 and self.backend.transport.depth(self.stage.source).total == 0
+        queues = self.idle_queues or [self.stage.source]
+        return busy == 0 and all(self.backend.transport.depth(q).total == 0 for q in queues)
 
     def run(self, *, until_idle: bool = False, idle_checks: int = 3) -> None:
         """Block until stopped (SIGTERM in the CLI) or, with ``until_idle``, until the source

@@ -86,11 +86,15 @@ class DynamoDBStatusStore(CasStatusStore):
         clock: Clock | None = None,
         dynamodb_resource: Any = None,
         create: bool = True,
+        status_names: dict[str, str] | None = None,
     ) -> None:
         super().__init__(clock=clock)
         self.table_name = table
         self.key_attr = key_attr
         self.status_attr = status_attr
+        # what an adopted table's readers call our statuses (e.g. FAILED -> ERROR), both ways
+        self._status_out = {JobStatus(k).value: v for k, v in (status_names or {}).items()}
+        self._status_in = {v: k for k, v in self._status_out.items()}
         self.region = region
         self.ddb = dynamodb_resource or resource("dynamodb", region=region)
         # Every call goes through the resource's low-level client: clients are thread-safe,
@@ -143,7 +147,8 @@ class DynamoDBStatusStore(CasStatusStore):
         return JobRecord(
             job_id=str(item[self.key_attr]),
             user_id=item.get("user_id"),
-            status=JobStatus(item.get(self.status_attr, JobStatus.PENDING.value)),
+            status=JobStatus(self._status_in.get(str(item.get(self.status_attr)), item.get(self.status_attr,
+                                                                                        JobStatus.PENDING.value))),
             fields={k: v for k, v in item.items() if k not in own},
             steps={k: StepRecord.model_validate(v) for k, v in state["steps"].items()},
             history=[HistoryEntry.model_validate(h) for h in state["history"]],
@@ -162,7 +167,8 @@ class DynamoDBStatusStore(CasStatusStore):
         }
         if rec.origin is not None:
             state["origin"] = rec.origin.model_dump(mode="json")
-        item.update({self.key_attr: rec.job_id, self.status_attr: rec.status.value, VERSION: rec.version,
+        item.update({self.key_attr: rec.job_id, self.status_attr: self._status_out.get(rec.status.value, rec.status.value),
+                     VERSION: rec.version,
                      STATE: json.dumps(state, separators=(",", ":"))})
         if rec.user_id is not None:
             item["user_id"] = rec.user_id
@@ -275,7 +281,7 @@ class DynamoDBStatusStore(CasStatusStore):
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
         if status is not None:
-            kwargs["FilterExpression"] = Attr(self.status_attr).eq(status.value)
+            kwargs["FilterExpression"] = Attr(self.status_attr).eq(self._status_out.get(status.value, status.value))
         if user_id is not None:
             kwargs.update(IndexName=USER_INDEX, KeyConditionExpression=Key("user_id").eq(user_id))
             call = self.client.query

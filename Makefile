@@ -7,9 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	# a real browser for the GAS web front end's tests (Debian's chromium + chromium-driver)
+	command -v chromedriver >/dev/null || (command -v apt-get >/dev/null && \
+		(apt-get install -y -q chromium chromium-driver >/dev/null || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null))) || \
+		echo "warning: chromium/chromedriver not installed; the browser tests will fail under CI"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,aws,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[test,aws,postgres,web]'
 	touch $(STAMP)
 
 lint: $(STAMP)

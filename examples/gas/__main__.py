@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("job_id", nargs="?")
     s.add_argument("--user")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("web", help="the GAS web front end (sign in, upload, my annotations, operators' page)")
+    backend(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
     s = sub.add_parser("demo", help="run the whole service on the embedded default with a worker killed mid-run")
     s.add_argument("--dir", type=Path, default=Path("gas-data"))
     s.add_argument("--retention", type=float, default=3.0, help="free-tier retention in seconds for the demo")
@@ -53,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     configure_logging(level=args.log_level)
     try:
+        if args.cmd == "web":
+            from examples.gas.web import serve
+
+            return serve(args.backend, host=args.host, port=args.port)
         if args.cmd == "demo":
             from examples.gas.demo import run_demo
 

@@ -80,6 +80,22 @@ def save_profile(gas: Gas, doc: dict[str, Any]) -> None:
 def submit(gas: Gas, path: Path, *, user_id: str, tier: str | None = None, email: str | None = None,
            job_id: str | None = None) -> str:
     """Store the input, create the job PENDING and publish the request as the GAS web app does."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise GasError(f"cannot read {path}: {exc.strerror}") from exc
+    return submit_bytes(gas, path.name, data, user_id=user_id, tier=tier, email=email, job_id=job_id)
+
+
+def check_size(gas: Gas, tier: str, size: int, name: str) -> None:
+    if tier == "free" and size > gas.config.free_limit_bytes:
+        raise GasError(f"{name} is {size:,} bytes; free users may upload up to "
+                       f"{gas.config.free_limit_bytes:,} bytes (upgrade to premium for larger files)")
+
+
+def submit_bytes(gas: Gas, name: str, data: bytes, *, user_id: str, tier: str | None = None,
+                 email: str | None = None, job_id: str | None = None) -> str:
+    """``submit`` for an upload already in memory (the web front end)."""
     cfg = gas.config
     prof = profile(gas, user_id)
     if tier:
@@ -87,13 +103,9 @@ def submit(gas: Gas, path: Path, *, user_id: str, tier: str | None = None, email
     if email:
         prof["email"] = email
     save_profile(gas, prof)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise GasError(f"cannot read {path}: {exc.strerror}") from exc
-    if prof["tier"] == "free" and len(data) > cfg.free_limit_bytes:
-        raise GasError(f"{path.name} is {len(data):,} bytes; free users may upload up to "
-                       f"{cfg.free_limit_bytes:,} bytes (upgrade to premium for larger files)")
+    name = Path(name).name or "upload.vcf"
+    check_size(gas, prof["tier"], len(data), name)
+    path = Path(name)
     job_id = job_id or str(uuid.uuid4())
     key = f"{cfg.prefix}/{user_id}/{job_id}~{path.name}"
     gas.resources.inputs.put(key, data)

@@ -1,0 +1,343 @@
+"""The GAS web front end: sign in, upload, my annotations, job page, upgrade, operator page.
+
+    python -m examples.gas web --backend URL [--port 8000]
+
+FastAPI + Jinja2: FastAPI gives the JSON API (``/api``) its OpenAPI description
+(``/openapi.json``, ``/docs``) for free and streams request bodies, which the upload's size limit
+needs; the pages are server-rendered templates that call the same API for live status. Sessions
+are signed cookies (Starlette's ``SessionMiddleware``, itsdangerous); every form and API write
+carries the session's CSRF token.
+"""
+
+
+import hmac
+import os
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.middleware.sessions import SessionMiddleware
+
+from examples.gas import app as gas_app
+from orchestrator import JobRecord
+from orchestrator.errors import ObjectNotFound
+from orchestrator.ops import dlq
+
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+#: bytes of multipart framing allowed beyond a tier's file limit (boundaries, headers, the token)
+FORM_OVERHEAD = 16 * 1024
+PREMIUM_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def when(at: float | int | None) -> str:
+    if not at:
+        return "-"
+    return datetime.fromtimestamp(float(at), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+TEMPLATES.env.filters["when"] = when
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None) -> FastAPI:
+    """``operators``: who may open /ops (default: ``GAS_OPERATORS``, comma-separated, or admin)."""
+    operators = operators or tuple(n.strip() for n in os.environ.get("GAS_OPERATORS", "admin").split(",") if n.strip())
+    api = FastAPI(title="GAS", description="Genomics Annotation Service: submit VCF files, follow and download "
+                  "their annotations.", version="1.0")
+    api.add_middleware(SessionMiddleware, secret_key=secret or os.environ.get("GAS_WEB_SECRET") or
+                       secrets.token_hex(32), same_site="strict", https_only=False)
+    cfg = gas.config
+
+    # -- sessions -------------------------------------------------------------------------------
+    def user(request: Request) -> dict[str, str]:
+        u = request.session.get("user")
+        if not u:
+            raise HTTPException(401, "sign in first")
+        return {"name": u, "tier": gas_app.profile(gas, u)["tier"], "csrf": request.session["csrf"],
+                "operator": "yes" if u in operators else ""}
+
+    def page_user(request: Request) -> dict[str, str] | None:
+        try:
+            return user(request)
+        except HTTPException:
+            return None
+
+    def check_csrf(request: Request, token: str | None) -> None:
+        expected = request.session.get("csrf", "")
+        if not token or not expected or not hmac.compare_digest(token, expected):
+            raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+    User = Annotated[dict[str, str], Depends(user)]
+
+    def own_job(u: dict[str, str], job_id: str) -> JobRecord:
+        rec = gas.backend.store.get(job_id)
+        if rec is None or rec.user_id != u["name"]:
+            raise HTTPException(404, f"no job {job_id}")  # another user's job does not exist for you
+        return rec
+
+    def job_doc(rec: JobRecord) -> dict[str, Any]:
+        f = rec.fields
+        archived = bool(f.get(cfg.attr("results_file_archive_id")))
+        return {"job_id": rec.job_id, "status": rec.status.value, "input_file_name": f.get("input_file_name"),
+                "submit_time": f.get("submit_time"), "complete_time": f.get(cfg.attr("complete_time")),
+                "variants": f.get("variants"), "archived": archived,
+                "result_available": bool(f.get(cfg.attr("s3_key_result_file"))) and not archived,
+                "history": [{"at": h.at, "event": h.event, "stage": h.stage,
+                             "to_status": h.to_status.value if h.to_status else None, "reason": h.reason}
+                            for h in rec.history]}
+
+    # -- the JSON API -------------------------------------------------------------------------
+    @api.get("/api/me", tags=["session"])
+    def me(u: User) -> dict[str, str]:
+        return {"user": u["name"], "tier": u["tier"]}
+
+    @api.get("/api/jobs", tags=["jobs"])
+    def list_jobs(u: User) -> list[dict[str, Any]]:
+        return [job_doc(r) for r in sorted(gas.backend.store.query(user_id=u["name"]),
+                                           key=lambda r: r.created_at, reverse=True)]
+
+    @api.get("/api/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: str, u: User) -> dict[str, Any]:
+        return job_doc(own_job(u, job_id))
+
+    async def read_upload(request: Request, limit: int) -> tuple[str, bytes, str | None]:
+        """Parse the multipart body as it streams in; stop at the tier's limit (the client
+        may send gigabytes: they are never read, let alone stored)."""
+        ctype, params = parse_options_header(request.headers.get("content-type", ""))
+        if ctype != b"multipart/form-data" or b"boundary" not in params:
+            raise HTTPException(400, "expected a multipart/form-data upload")
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + FORM_OVERHEAD:
+            raise UploadTooLarge()
+        parts: list[dict[str, Any]] = []
+        cur: dict[str, Any] = {}
+        header = bytearray()
+
+        def on_part_begin() -> None:
+            cur.clear()
+            cur.update(headers={}, data=bytearray())
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            header.clear()
+            header.extend(data[start:end])
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            cur["headers"][bytes(header).lower()] = data[start:end]
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            cur["data"].extend(data[start:end])
+            if len(cur["data"]) > limit:
+                raise UploadTooLarge()
+
+        def on_part_end() -> None:
+            parts.append(dict(cur))
+
+        parser = MultipartParser(params[b"boundary"], {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_part_data": on_part_data, "on_part_end": on_part_end})
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + FORM_OVERHEAD:
+                raise UploadTooLarge()
+            parser.write(chunk)
+        parser.finalize()
+        name, data, token = "", b"", None
+        for p in parts:
+            _, disp = parse_options_header(p["headers"].get(b"content-disposition", b""))
+            field = disp.get(b"name", b"").decode()
+            if field == "file":
+                name, data = disp.get(b"filename", b"upload.vcf").decode(errors="replace"), bytes(p["data"])
+            elif field == "csrf":
+                token = bytes(p["data"]).decode(errors="replace")
+        if not name:
+            raise HTTPException(400, "no file in the upload")
+        return name, data, token
+
+    async def accept_upload(request: Request, u: dict[str, str], token_header: str | None) -> str:
+        limit = cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES
+        try:
+            name, data, token = await read_upload(request, limit)
+        except UploadTooLarge:
+            raise HTTPException(413, f"the file is larger than the {limit:,} bytes {u['tier']} users may upload"
+                                + (" (upgrade to premium for larger files)" if u["tier"] == "free" else "")) from None
+        check_csrf(request, token_header or token)
+        if not name.lower().endswith(".vcf"):
+            raise HTTPException(400, f"{name}: GAS annotates VCF files (.vcf)")
+        try:
+            return gas_app.submit_bytes(gas, name, data, user_id=u["name"])
+        except gas_app.GasError as exc:
+            raise HTTPException(413, str(exc)) from exc
+
+    @api.post("/api/jobs", tags=["jobs"], status_code=201,
+              description="multipart/form-data with `file` (a .vcf) and the CSRF token as `csrf` or the "
+                          "`X-CSRF-Token` header")
+    async def create_job(request: Request, u: User) -> dict[str, str]:
+        return {"job_id": await accept_upload(request, u, request.headers.get("x-csrf-token"))}
+
+    def download(u: dict[str, str], job_id: str, which: str) -> Response:
+        rec = own_job(u, job_id)
+        key = rec.fields.get(cfg.attr("s3_key_result_file" if which == "result" else "s3_key_log_file"))
+        if not key or (rec.fields.get(cfg.attr("results_file_archive_id")) and which == "result"):
+            raise HTTPException(404, "no result file (not annotated yet, or archived: upgrade to restore)")
+        store = gas.resources.results
+        if type(store).__name__ == "S3ObjectStore":
+            return RedirectResponse(store.url(str(key), expires_s=300), status_code=303)  # presigned
+        try:
+            data = store.get(str(key))
+        except ObjectNotFound:
+            raise HTTPException(404, "the result file is not there") from None
+        return Response(data, media_type="text/plain",
+                        headers={"Content-Disposition": f'attachment; filename="{Path(str(key)).name.split("~")[-1]}"'})
+
+    @api.get("/api/jobs/{job_id}/result", tags=["jobs"], response_class=Response)
+    def get_result(job_id: str, u: User) -> Response:
+        return download(u, job_id, "result")
+
+    @api.get("/api/jobs/{job_id}/log", tags=["jobs"], response_class=Response)
+    def get_log(job_id: str, u: User) -> Response:
+        return download(u, job_id, "log")
+
+    @api.post("/api/upgrade", tags=["session"])
+    def api_upgrade(request: Request, u: User) -> dict[str, Any]:
+        check_csrf(request, request.headers.get("x-csrf-token"))
+        return {"tier": "premium", "restoring": gas_app.upgrade(gas, u["name"])}
+
+    def operator(u: User) -> dict[str, str]:
+        if u["name"] not in operators:
+            raise HTTPException(403, "operators only")
+        return u
+
+    Operator = Annotated[dict[str, str], Depends(operator)]
+
+    def queues_doc() -> list[dict[str, Any]]:
+        rows = []
+        for q in gas.backend.transport.queues():
+            d = gas.backend.transport.depth(q)
+            rows.append({"queue": q, "visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed,
+                         "dead_letter": q.endswith("-dlq")})
+        return rows
+
+    @api.get("/api/ops/queues", tags=["operators"])
+    def api_queues(u: Operator) -> list[dict[str, Any]]:
+        return queues_doc()
+
+    @api.post("/api/ops/redrive", tags=["operators"])
+    def api_redrive(request: Request, queue: str, u: Operator) -> dict[str, Any]:
+        check_csrf(request, request.headers.get("x-csrf-token"))
+        result = dlq.redrive(gas.backend, gas.pipeline, queue)
+        return {"redriven": result.redriven, "refused": result.refused}
+
+    # -- pages --------------------------------------------------------------------------------
+    def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        return TEMPLATES.TemplateResponse(request, name, {"user": page_user(request), **ctx},
+                                          status_code=status_code)
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return Response(f'{{"detail": {json_str(str(exc.detail))}}}', status_code=exc.status_code,
+                            media_type="application/json")
+        if exc.status_code == 401:
+            return RedirectResponse("/signin", status_code=303)
+        return render(request, "error.html", status_code=exc.status_code, message=exc.detail)
+
+    @api.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        return RedirectResponse("/annotations" if request.session.get("user") else "/signin", status_code=303)
+
+    @api.get("/signin", include_in_schema=False)
+    def signin_page(request: Request) -> HTMLResponse:
+        request.session.setdefault("csrf", secrets.token_urlsafe(24))
+        return render(request, "signin.html", csrf=request.session["csrf"])
+
+    @api.post("/signin", include_in_schema=False)
+    def signin(request: Request, name: Annotated[str, Form()], csrf: Annotated[str, Form()],
+               tier: Annotated[str, Form()] = "free", email: Annotated[str, Form()] = "") -> Response:
+        check_csrf(request, csrf)
+        name = name.strip()
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
+            return render(request, "signin.html", status_code=400, csrf=request.session["csrf"],
+                          message="a name is letters, digits, - and _ (at most 40)")
+        prof = gas_app.profile(gas, name)
+        if tier == "premium" and prof["tier"] != "premium":
+            gas_app.upgrade(gas, name)
+        prof = gas_app.profile(gas, name)
+        prof["email"] = email.strip() or prof.get("email") or f"{name}@users.example.org"
+        gas_app.save_profile(gas, prof)
+        request.session.clear()
+        request.session.update(user=name, csrf=secrets.token_urlsafe(24))  # a new token per session
+        return RedirectResponse("/annotations", status_code=303)
+
+    @api.post("/signout", include_in_schema=False)
+    def signout(request: Request, csrf: Annotated[str, Form()]) -> Response:
+        check_csrf(request, csrf)
+        request.session.clear()
+        return RedirectResponse("/signin", status_code=303)
+
+    @api.get("/annotations", include_in_schema=False)
+    def annotations(request: Request, u: User) -> HTMLResponse:
+        return render(request, "annotations.html", jobs=list_jobs(u),
+                      limit=cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES)
+
+    @api.post("/annotations", include_in_schema=False)
+    async def upload_page(request: Request, u: User) -> Response:
+        try:
+            job_id = await accept_upload(request, u, None)
+        except HTTPException as exc:
+            if exc.status_code in (400, 413):
+                return render(request, "annotations.html", status_code=exc.status_code, jobs=list_jobs(u),
+                              message=exc.detail,
+                              limit=cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES)
+            raise
+        return RedirectResponse(f"/annotations/{job_id}", status_code=303)
+
+    @api.get("/annotations/{job_id}", include_in_schema=False)
+    def job_page(request: Request, job_id: str, u: User) -> HTMLResponse:
+        return render(request, "job.html", job=job_doc(own_job(u, job_id)))
+
+    @api.post("/upgrade", include_in_schema=False)
+    def upgrade_page(request: Request, csrf: Annotated[str, Form()], u: User) -> Response:
+        check_csrf(request, csrf)
+        gas_app.upgrade(gas, u["name"])
+        return RedirectResponse(request.headers.get("referer") or "/annotations", status_code=303)
+
+    @api.get("/ops", include_in_schema=False)
+    def ops_page(request: Request, u: Operator) -> HTMLResponse:
+        dead = {q["queue"]: dlq.show(gas.backend, q["queue"], limit=20) for q in queues_doc() if q["dead_letter"]}
+        return render(request, "ops.html", queues=queues_doc(), dead=dead)
+
+    @api.post("/ops/redrive", include_in_schema=False)
+    def ops_redrive(request: Request, queue: Annotated[str, Form()], csrf: Annotated[str, Form()],
+                    u: Operator) -> Response:
+        check_csrf(request, csrf)
+        dlq.redrive(gas.backend, gas.pipeline, queue)
+        return RedirectResponse("/ops", status_code=303)
+
+    api.state.started_at = time.time()
+    return api
+
+
+def json_str(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def serve(url: str, *, host: str = "127.0.0.1", port: int = 8000) -> int:
+    import uvicorn
+
+    gas = gas_app.open_gas(url)
+    gas_app.setup(gas)
+    print(f"GAS web front end on http://{host}:{port}/ (backend {gas.backend.url}); API: http://{host}:{port}/docs")
+    uvicorn.run(create_app(gas), host=host, port=port, log_level="warning")
+    return 0

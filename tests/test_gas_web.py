@@ -1,0 +1,267 @@
+"""The GAS web front end in a real headless Chromium (Debian's chromium + chromium-driver):
+sign in, upload, watch the job complete while workers run, download, isolation between users,
+the free tier's upload limit, upgrade restoring an archived result, the operators' page.
+
+Screenshots go to ``GAS_WEB_SCREENSHOTS`` (the README's come from here) or the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from examples.gas import app
+from examples.gas.config import GasConfig
+from examples.gas.samples import samples_dir
+from orchestrator import JobStatus, Worker
+
+SAMPLES = samples_dir()
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def _no_browser(why: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(why)  # CI's install step puts Chromium on the machine: a skip would hide a break
+    pytest.skip(why)
+
+
+@dataclass
+class Site:
+    url: str
+    gas: app.Gas
+    shots: Path
+    workers: list[Worker]
+
+    def run_stages(self, *stages: str) -> None:
+        for stage in stages:
+            w = Worker(self.gas.pipeline, stage, self.gas.backend, wait_s=0.05)
+            w.start()
+            self.workers.append(w)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    import uvicorn
+
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=1.0, retry_base_s=0.1))
+    app.setup(gas)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(gas, secret="test-secret"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shots = Path(os.environ.get("GAS_WEB_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    s = Site(f"http://127.0.0.1:{port}", gas, shots, [])
+    yield s
+    for w in s.workers:
+        w.stop(timeout=10)
+    server.should_exit = True
+    thread.join(10)
+    gas.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) or shutil.which("chromium") is None:
+        _no_browser("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.implicitly_wait(2)
+    yield driver
+    driver.quit()
+
+
+def sign_in(b: object, site: Site, name: str, tier: str = "free") -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    b.delete_all_cookies()  # type: ignore[attr-defined]
+    b.get(f"{site.url}/signin")  # type: ignore[attr-defined]
+    b.find_element(By.ID, "name").send_keys(name)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "email").send_keys(f"{name}@example.org")  # type: ignore[attr-defined]
+    Select(b.find_element(By.ID, "tier-select")).select_by_value(tier)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signin").click()  # type: ignore[attr-defined]
+    assert b.find_element(By.ID, "who").text == name  # type: ignore[attr-defined]
+
+
+def upload(b: object, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    b.find_element(By.ID, "file").send_keys(str(path))  # type: ignore[attr-defined]
+    b.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
+
+
+def wait_for(pred: object, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():  # type: ignore[operator]
+                return
+        except Exception:  # noqa: BLE001 - a page mid-reload
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def fetch(b: object, path: str) -> tuple[int, str]:
+    """GET ``path`` from inside the page (the session's cookie goes along)."""
+    status, text = b.execute_async_script(  # type: ignore[attr-defined]
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then(async r => done([r.status, await r.text()]));", path)
+    return int(status), str(text)
+
+
+def test_a_user_uploads_watches_the_job_complete_and_downloads_the_result(site: Site, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    b = browser
+    # Given alice signed in (free) with the annotate and notify workers not yet running
+    sign_in(b, site, "alice")
+    b.save_screenshot(str(site.shots / "1-my-annotations.png"))  # type: ignore[attr-defined]
+    # When she uploads test.vcf
+    upload(b, SAMPLES / "test.vcf")
+    status = b.find_element(By.ID, "status").text  # type: ignore[attr-defined]
+    assert status == "PENDING"
+    job_id = b.current_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    # and the workers start: the page follows the job to COMPLETED by itself
+    site.run_stages("annotate", "notify")
+    wait_for(lambda: b.find_element(By.ID, "status").text == "COMPLETED", what="COMPLETED on the page")  # type: ignore[attr-defined]
+    wait_for(lambda: b.find_element(By.ID, "download"), what="the download link")  # type: ignore[attr-defined]
+    b.save_screenshot(str(site.shots / "2-job-completed.png"))  # type: ignore[attr-defined]
+    # Then she can download the annotated file and the log
+    code, body = fetch(b, f"/api/jobs/{job_id}/result")
+    assert code == 200 and "VT=" in body
+    code, log = fetch(b, f"/api/jobs/{job_id}/log")
+    assert code == 200 and log.strip()
+    # and her list shows it
+    b.get(f"{site.url}/annotations")  # type: ignore[attr-defined]
+    assert job_id[:8] in b.find_element(By.ID, "jobs").text  # type: ignore[attr-defined]
+    # But bob, signed in, gets 404 for her job, its page and its file
+    sign_in(b, site, "bob")
+    assert fetch(b, f"/api/jobs/{job_id}/result")[0] == 404
+    assert fetch(b, f"/api/jobs/{job_id}")[0] == 404
+    b.get(f"{site.url}/annotations/{job_id}")  # type: ignore[attr-defined]
+    assert "no job" in b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+    assert job_id[:8] not in fetch(b, "/api/jobs")[1]
+
+
+def test_an_oversize_free_upload_is_refused_with_the_reason(site: Site, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    b = browser
+    sign_in(b, site, "fred")
+    upload(b, SAMPLES / "premium_1.vcf")  # 175,701 bytes: over the free tier's 153,600
+    msg = b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+    assert "larger than the 153,600 bytes free users may upload" in msg
+    b.save_screenshot(str(site.shots / "3-oversize-refused.png"))  # type: ignore[attr-defined]
+    assert site.gas.backend.store.query(user_id="fred") == []  # nothing stored, nothing queued
+
+
+def test_upgrading_restores_an_archived_result(site: Site, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    b = browser
+    # Given carol (free) whose result was archived after the retention
+    sign_in(b, site, "carol")
+    upload(b, SAMPLES / "free_1.vcf")
+    job_id = b.current_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    site.run_stages("annotate", "notify", "archive", "restore")
+    wait_for(lambda: b.find_element(By.ID, "archived"), timeout=60, what="the archived note")  # type: ignore[attr-defined]
+    b.save_screenshot(str(site.shots / "4-archived.png"))  # type: ignore[attr-defined]
+    assert fetch(b, f"/api/jobs/{job_id}/result")[0] == 404
+    # When she upgrades from the page
+    b.find_element(By.ID, "upgrade").click()  # type: ignore[attr-defined]
+    # Then the result comes back and downloads
+    wait_for(lambda: b.find_element(By.ID, "download"), timeout=60, what="the restored download link")  # type: ignore[attr-defined]
+    assert b.find_element(By.ID, "tier").text == "premium"  # type: ignore[attr-defined]
+    code, body = fetch(b, f"/api/jobs/{job_id}/result")
+    assert code == 200 and "VT=" in body
+    rec = site.gas.backend.store.get(job_id)
+    assert rec is not None and rec.status == JobStatus.COMPLETED and "restore_time" in rec.fields
+
+
+def test_the_operators_page_shows_queues_and_redrives_dead_letters(site: Site, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    from orchestrator.base import Outgoing
+
+    b = browser
+    # Given a request the web app sent without its input key: dead-lettered with the reason
+    sign_in(b, site, "dora")
+    site.gas.backend.transport.send("gas_annotate", Outgoing(body='{"job_id": "broken-1", "user_id": "dora"}'))
+    site.run_stages("annotate")
+    wait_for(lambda: site.gas.backend.transport.depth("gas_annotate-dlq").total == 1, what="the dead letter")
+    for w in site.workers:
+        w.stop(timeout=10)
+    # When a non-operator asks for the operators' API, then the operator opens /ops
+    assert fetch(b, "/api/ops/queues")[0] == 403
+    sign_in(b, site, "admin")
+    b.get(f"{site.url}/ops")  # type: ignore[attr-defined]
+    table = b.find_element(By.ID, "queues").text  # type: ignore[attr-defined]
+    assert "gas_annotate" in table and "gas_notify" in table
+    assert "lacks required keys" in b.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    b.save_screenshot(str(site.shots / "5-operations.png"))  # type: ignore[attr-defined]
+    # and redrives it
+    b.find_element(By.ID, "redrive-gas_annotate-dlq").click()  # type: ignore[attr-defined]
+    # Then the message is back in its queue, and the API describes itself
+    assert site.gas.backend.transport.depth("gas_annotate-dlq").total == 0
+    assert site.gas.backend.transport.depth("gas_annotate").visible == 1
+    code, spec = fetch(b, "/openapi.json")
+    assert code == 200 and '"/api/jobs"' in spec and '"/api/ops/redrive"' in spec
+
+
+def test_downloads_on_aws_are_presigned_s3_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On aws:// the file is not streamed through the web app: the browser is sent to S3."""
+    from fastapi.testclient import TestClient
+    from moto import mock_aws
+
+    from examples.gas.web import create_app
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        gas = app.open_gas("aws://?region=us-east-1&prefix=gas-", config=GasConfig(retention_s=60.0))
+        app.setup(gas)
+        client = TestClient(create_app(gas, secret="s"))
+        page = client.get("/signin").text
+        token = page.split('name="csrf" value="')[1].split('"')[0]
+        client.post("/signin", data={"name": "ann", "tier": "premium", "email": "ann@example.org", "csrf": token})
+        token = client.get("/annotations").text.split('name="csrf" value="')[1].split('"')[0]
+        made = client.post("/api/jobs", files={"file": ("test.vcf", (SAMPLES / "test.vcf").read_bytes())},
+                           headers={"X-CSRF-Token": token})
+        assert made.status_code == 201, made.text
+        job_id = made.json()["job_id"]
+        Worker(gas.pipeline, "annotate", gas.backend, wait_s=0).run(until_idle=True)
+        got = client.get(f"/api/jobs/{job_id}/result", follow_redirects=False)
+        assert got.status_code == 303
+        assert "gas-gas-results" in got.headers["location"] and "Signature" in got.headers["location"]
+        # and without the CSRF token nothing is created
+        assert client.post("/api/jobs", files={"file": ("t.vcf", b"x")}).status_code == 403

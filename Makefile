@@ -29,8 +29,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/embedded.py --jobs 3000 --rounds 3 --out bench/RESULTS.md
-	$(BIN)/python bench/postgres.py --jobs 2000 --rounds 3 --out bench/RESULTS.md --append
+	$(BIN)/python bench/embedded.py --jobs 2000 --rounds 3 --out bench/RESULTS.md
+	$(BIN)/python bench/scaling.py --out bench/RESULTS.md --append
+	$(BIN)/python bench/recovery.py --out bench/RESULTS.md --append
+	$(BIN)/python bench/postgres.py --jobs 1500 --rounds 3 --out bench/RESULTS.md --append
+	$(BIN)/python bench/sqs_vs_handwritten.py --jobs 100 --repeat 3 --out bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-data gas-data .pytest_cache .mypy_cache .ruff_cache

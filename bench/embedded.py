@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from common import emit_table, versions  # noqa: E402
 from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
@@ -281,7 +282,7 @@ def main() -> None:
     lines = [
         f"Embedded, {args.jobs} jobs ({2 * args.jobs} messages), median of {args.rounds} interleaved rounds; "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}; {_versions()}",
+        f"SQLite {sqlite3.sqlite_version}; {versions('huey', 'persist-queue', 'pydantic')}",
         "",
         "| system | msgs/s | ours (batch 10, 1 proc) ÷ this | private memory per process |",
         "|---|---|---|---|",
@@ -293,21 +294,7 @@ def main() -> None:
                  f"{ref / statistics.median(mem):.2f}x | (in the bench process) |")
     table = "\n".join(lines)
     print()
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("huey", "persist-queue", "pydantic"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} missing")
-    return ", ".join(out)
+    emit_table(table, args.out, append=False)
 
 
 if __name__ == "__main__":

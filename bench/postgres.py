@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from common import emit_table, versions  # noqa: E402
 from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
@@ -255,7 +256,7 @@ def main() -> None:
     lines = [
         f"PostgreSQL {server} on this machine, {args.jobs} jobs ({2 * args.jobs} messages), median of {args.rounds} "
         f"interleaved rounds; {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{_versions()}",
+        f"{versions('psycopg', 'procrastinate', 'pgqueuer')}",
         "",
         "| system | msgs/s | ours (batch 10, 1 proc) ÷ this |",
         "|---|---|---|",
@@ -265,22 +266,7 @@ def main() -> None:
         lines.append(f"| {name} | {med:,.0f} | {ref / med:.2f}x |")
     table = "\n".join(lines)
     print()
-    print(table)
-    if args.out:
-        with args.out.open("a" if args.append else "w") as fh:
-            fh.write(("\n" if args.append else "") + table + "\n")
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("psycopg", "procrastinate", "pgqueuer"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} missing")
-    return ", ".join(out)
+    emit_table(table, args.out, append=args.append)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--rtt-ms", type=float, default=0.0, help="modelled network round trip per request")
     ap.add_argument("--server", choices=("process", "thread"), default="process",
                     help="moto server in its own process (like a remote AWS) or a thread of this one")
+    ap.add_argument("--out", type=Path, default=None, help="append the table as markdown here")
     args = ap.parse_args()
     configure_logging(level="error")
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION=REGION)
@@ -259,6 +260,17 @@ def main() -> None:
         if name.startswith("orchestrator"):
             line += f"  {med[name] / single:5.2f}x one-at-a-time, {med[name] / batch:5.2f}x batched"
         print(line)
+    if args.out:
+        lines = ["", f"SQS path: a moto server ({args.server}), {n} jobs x 2 stages, rtt {args.rtt_ms:g} ms, median of "
+                 f"{args.repeat} interleaved rounds on fresh servers", "",
+                 "| loop | msgs/s | requests/msg | ours ÷ one-at-a-time | ours ÷ batched |", "|---|---|---|---|---|"]
+        for name, rs in results.items():
+            reqs = statistics.median(r[1] for r in rs) / (2 * n)
+            ours = name.startswith("orchestrator")
+            lines.append(f"| {name} | {med[name]:.0f} | {reqs:.2f} | "
+                         f"{f'{med[name] / single:.2f}x' if ours else ''} | {f'{med[name] / batch:.2f}x' if ours else ''} |")
+        with args.out.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 class _ProcessServer:

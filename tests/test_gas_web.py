@@ -201,7 +201,7 @@ def test_upgrading_restores_an_archived_result(site: Site, browser: object) -> N
     wait_for(lambda: b.find_element(By.ID, "download"), timeout=60, what="the restored download link")  # type: ignore[attr-defined]
     assert b.find_element(By.ID, "tier").text == "premium"  # type: ignore[attr-defined]
     code, body = fetch(b, f"/api/jobs/{job_id}/result")
-    assert code == 200 and "VT=" in body
+    assert code == 200 and "VT=" in body, (code, body[:300], site.gas.backend.store.get(job_id))
     rec = site.gas.backend.store.get(job_id)
     assert rec is not None and rec.status == JobStatus.COMPLETED and "restore_time" in rec.fields
 

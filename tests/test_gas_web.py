@@ -110,11 +110,21 @@ def sign_in(b: object, site: Site, name: str, tier: str = "free") -> None:
     assert b.find_element(By.ID, "who").text == name  # type: ignore[attr-defined]
 
 
-def upload(b: object, path: Path) -> None:
+def upload(b: object, path: Path, *, accepted: bool = True) -> str:
+    """Upload through the form; the new job's id (after the redirect to its page has landed:
+    reading the URL before then would give the list's)."""
     from selenium.webdriver.common.by import By
 
+    before = b.current_url  # type: ignore[attr-defined]
     b.find_element(By.ID, "file").send_keys(str(path))  # type: ignore[attr-defined]
     b.find_element(By.ID, "submit").click()  # type: ignore[attr-defined]
+    if not accepted:
+        wait_for(lambda: b.find_element(By.ID, "message"), what="the refusal")  # type: ignore[attr-defined]
+        return ""
+    wait_for(lambda: b.current_url != before and "/annotations/" in b.current_url,  # type: ignore[attr-defined]
+             what="the job's page")
+    wait_for(lambda: b.find_element(By.ID, "status"), what="the job's status")  # type: ignore[attr-defined]
+    return str(b.current_url).rsplit("/", 1)[-1]  # type: ignore[attr-defined]
 
 
 def wait_for(pred: object, timeout: float = 30.0, what: str = "") -> None:
@@ -145,10 +155,9 @@ def test_a_user_uploads_watches_the_job_complete_and_downloads_the_result(site: 
     sign_in(b, site, "alice")
     b.save_screenshot(str(site.shots / "1-my-annotations.png"))  # type: ignore[attr-defined]
     # When she uploads test.vcf
-    upload(b, SAMPLES / "test.vcf")
+    job_id = upload(b, SAMPLES / "test.vcf")
     status = b.find_element(By.ID, "status").text  # type: ignore[attr-defined]
     assert status == "PENDING"
-    job_id = b.current_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
     # and the workers start: the page follows the job to COMPLETED by itself
     site.run_stages("annotate", "notify")
     wait_for(lambda: b.find_element(By.ID, "status").text == "COMPLETED", what="COMPLETED on the page")  # type: ignore[attr-defined]
@@ -176,7 +185,7 @@ def test_an_oversize_free_upload_is_refused_with_the_reason(site: Site, browser:
 
     b = browser
     sign_in(b, site, "fred")
-    upload(b, SAMPLES / "premium_1.vcf")  # 175,701 bytes: over the free tier's 153,600
+    upload(b, SAMPLES / "premium_1.vcf", accepted=False)  # 175,701 bytes: over the free tier's 153,600
     msg = b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
     assert "larger than the 153,600 bytes free users may upload" in msg
     b.save_screenshot(str(site.shots / "3-oversize-refused.png"))  # type: ignore[attr-defined]
@@ -189,8 +198,7 @@ def test_upgrading_restores_an_archived_result(site: Site, browser: object) -> N
     b = browser
     # Given carol (free) whose result was archived after the retention
     sign_in(b, site, "carol")
-    upload(b, SAMPLES / "free_1.vcf")
-    job_id = b.current_url.rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    job_id = upload(b, SAMPLES / "free_1.vcf")
     site.run_stages("annotate", "notify", "archive", "restore")
     wait_for(lambda: b.find_element(By.ID, "archived"), timeout=60, what="the archived note")  # type: ignore[attr-defined]
     b.save_screenshot(str(site.shots / "4-archived.png"))  # type: ignore[attr-defined]
@@ -230,7 +238,7 @@ def test_the_operators_page_shows_queues_and_redrives_dead_letters(site: Site, b
     # and redrives it
     b.find_element(By.ID, "redrive-gas_annotate-dlq").click()  # type: ignore[attr-defined]
     # Then the message is back in its queue, and the API describes itself
-    assert site.gas.backend.transport.depth("gas_annotate-dlq").total == 0
+    wait_for(lambda: site.gas.backend.transport.depth("gas_annotate-dlq").total == 0, what="the redrive")
     assert site.gas.backend.transport.depth("gas_annotate").visible == 1
     code, spec = fetch(b, "/openapi.json")
     assert code == 200 and '"/api/jobs"' in spec and '"/api/ops/redrive"' in spec

@@ -26,6 +26,8 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 # (seconds); ``busy_timeout_s`` bounds the whole wait.
 MIN_LOCK_WAIT_S = 0.0001
 MAX_LOCK_WAIT_S = 0.005
+#: how often a thread's transactions look whether the database file was deleted or replaced
+FILE_CHECK_INTERVAL_S = 0.25
 
 #: the schema this code writes (table ``schema_version``); a newer file is refused
 SCHEMA_VERSION = 1
@@ -139,9 +141,16 @@ class SqliteDatabase:
 
     def check_file(self) -> None:
         """Raise ``DatabaseGone`` if the file this connection opened was deleted or replaced:
-        SQLite would go on writing to the unlinked inode, which nobody else will ever read."""
+        SQLite would go on writing to the unlinked inode, which nobody else will ever read.
+        Looks at most every ``FILE_CHECK_INTERVAL_S`` per thread (a stat is cheap, not free)."""
         opened = getattr(self._local, "identity", None)
-        if opened is not None and self._identity() != opened:
+        if opened is None:
+            return
+        now = time.monotonic()
+        if now - getattr(self._local, "checked_at", float("-inf")) < FILE_CHECK_INTERVAL_S:
+            return
+        self._local.checked_at = now
+        if self._identity() != opened:
             raise DatabaseGone(f"database {self.path} was deleted or replaced while this process used it; "
                                "stopping (its writes would be lost)")
 
@@ -157,7 +166,7 @@ class SqliteDatabase:
         conn = self.conn()
         if self._local.depth > 0:
             return fn(conn)
-        self.check_file()  # one stat() per transaction: ~1 µs
+        self.check_file()
         deadline = time.monotonic() + self.busy_timeout_s
         pause = MIN_LOCK_WAIT_S
         while True:

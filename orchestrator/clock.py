@@ -56,11 +56,15 @@ class _Scheduler:
     def add(self, interval_s: float, fn: Callable[[], None]) -> _Timer:
         timer = _Timer(interval_s, fn)
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + interval_s, next(self._seq), timer))
+            entry = (time.monotonic() + interval_s, next(self._seq), timer)
+            heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, daemon=True, name="orchestrator-timers")
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:
+                # Wake the timer thread only when its next deadline moved earlier: a batch's ten
+                # leases would otherwise wake it ten times (a thread switch each) for nothing.
+                self._cond.notify()
         return timer
 
     def _run(self) -> None:

@@ -117,11 +117,25 @@ class CommitItem:
     outbox: list[OutMessage] = field(default_factory=list)
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
 def evolve(rec: JobRecord) -> JobRecord:
     """A copy of ``rec`` that a rule may change: the record and its containers are new, the
     step and history entries inside are shared (rules replace them, never change them). A
-    deep copy cost more than the rest of a commit together."""
-    return rec.model_copy(update={"fields": dict(rec.fields), "steps": dict(rec.steps), "history": list(rec.history)})
+    deep copy cost more than the rest of a commit together, and ``model_copy`` (three
+    ``copy.copy`` calls and an update pass) a quarter of the memory backend's time: this
+    builds the copy as pydantic's own ``__copy__`` does, minus what a plain model without
+    extra or private attributes does not have."""
+    out = _new(JobRecord)
+    d = dict(rec.__dict__)
+    d["fields"], d["steps"], d["history"] = dict(rec.fields), dict(rec.steps), list(rec.history)
+    _set(out, "__dict__", d)
+    _set(out, "__pydantic_fields_set__", set(rec.__pydantic_fields_set__) | {"fields", "steps", "history"})
+    _set(out, "__pydantic_extra__", None)
+    _set(out, "__pydantic_private__", None)
+    return out
 
 
 def new_job(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float,

@@ -13,13 +13,12 @@ carries the session's CSRF token.
 import hmac
 import os
 import secrets
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.middleware.sessions import SessionMiddleware
@@ -245,8 +244,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if request.url.path.startswith("/api/"):
-            return Response(f'{{"detail": {json_str(str(exc.detail))}}}', status_code=exc.status_code,
-                            media_type="application/json")
+            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
         if exc.status_code == 401:
             return RedirectResponse("/signin", status_code=303)
         return render(request, "error.html", status_code=exc.status_code, message=exc.detail)
@@ -323,14 +321,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         dlq.redrive(gas.backend, gas.pipeline, queue)
         return RedirectResponse("/ops", status_code=303)
 
-    api.state.started_at = time.time()
     return api
-
-
-def json_str(text: str) -> str:
-    import json
-
-    return json.dumps(text)
 
 
 def serve(url: str, *, host: str = "127.0.0.1", port: int = 8000) -> int:

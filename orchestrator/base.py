@@ -7,7 +7,7 @@ controller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -209,9 +209,13 @@ class StatusStore(Protocol):
         holds records just read: a backend may write against them in one round trip."""
         ...
 
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None,
+                     then: Callable[[list[JobRecord | StoreError]], None] | None = None
                      ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each under its own conditions."""
+        """``commit_step`` for several jobs, each under its own conditions. ``then(results)``
+        runs after the writes; a store that shares its database with the queue (a backend
+        with ``atomic``) runs it inside the same transaction, so that what ``then`` sends and
+        deletes commits or rolls back with the steps."""
         ...
 
     def begin_step(

@@ -263,17 +263,17 @@ class Controller:
         if self.backend.atomic is not None:
             # Queue and store in one database: commit + emit + ack are one transaction, and a
             # crash anywhere inside rolls all three back (so no crash point can yield in it).
-            def unit() -> list[JobRecord | StoreError]:
-                results = store.commit_steps(items_to_commit, known=jobs)
+            # The store opens it after applying its rules, so ``then`` and the writes are all
+            # the write lock covers.
+            def then(results: list[JobRecord | StoreError]) -> None:
                 won[:] = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
                 self._check("after_commit", won)
                 self._emit(won)
                 self._check("after_emit", won)
                 if won:
                     transport.ack_batch([it.delivery for it in won])
-                return results
 
-            results = self.backend.run_atomic(unit)
+            results = store.commit_steps(items_to_commit, known=jobs, then=then)
         else:
             results = store.commit_steps(items_to_commit, known=jobs)
             won = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.clock import Clock, SystemClock
@@ -31,6 +32,18 @@ from orchestrator.status import (
 MAX_CAS_RETRIES = 50
 
 Rule = Callable[[JobRecord], JobRecord]
+#: runs with a batch's results inside the batch's write transaction (see ``commit_steps``)
+Then = Callable[[list["JobRecord | StoreError"]], None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A rule applied to the record a caller knew, with the new record's encoding: the part
+    of a write that needs no lock. ``_write_many`` swaps it against ``expected_version``."""
+
+    record: JobRecord
+    expected_version: int
+    encoded: Any = None
 
 
 class VersionConflict(Exception):
@@ -46,9 +59,14 @@ class CasStatusStore(ABC):
     def _load(self, job_id: str) -> JobRecord | None: ...
 
     @abstractmethod
-    def _swap(self, record: JobRecord, expected_version: int) -> None:
+    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
         """Write ``record`` (its version already bumped) if the stored version is
-        ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``."""
+        ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``.
+        ``encoded`` is ``_encode(record)`` when the caller made it already."""
+
+    def _encode(self, record: JobRecord) -> Any:
+        """The record as the backend writes it (None: the backend encodes in ``_swap``)."""
+        return None
 
     def _insert(self, record: JobRecord) -> None:
         """Write a new job; raise ``VersionConflict`` if it exists. Override where 'absent'
@@ -114,10 +132,50 @@ class CasStatusStore(ABC):
     def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
         """Apply one rule per job; each result is the written record or the error. Backends
         override this to write the whole batch in one round trip when nothing conflicts."""
-        out: list[JobRecord | StoreError] = []
+        return self._write_many(pairs, self._prepare(pairs, known))
+
+    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord], then: Then | None
+                          ) -> list[JobRecord | StoreError]:
+        """``_mutate_many``, then ``then(results)``; a store in a transactional database
+        runs both in one transaction (and so does the whole work of ``then``)."""
+        results = self._mutate_many(pairs, known)
+        if then is not None:
+            then(results)
+        return results
+
+    def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[Prepared | None]:
+        """Apply each rule to the record the caller knew and encode the result: no I/O, so a
+        store can do it before it takes a write lock. None where there is no known record or
+        its rule refused it (judged again on a fresh read by ``_write_many``)."""
+        out: list[Prepared | None] = []
         for job_id, rule in pairs:
+            current = known.get(job_id)
             try:
-                out.append(self._mutate(job_id, rule, known.get(job_id)))
+                new = rule(current) if current is not None else None
+            except StoreError:
+                new = None  # judged on a record that may be stale: judged again on a fresh read
+            if new is None or current is None:
+                out.append(None)
+                continue
+            new.version = current.version + 1
+            out.append(Prepared(new, current.version, self._encode(new)))
+        return out
+
+    def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
+                    ) -> list[JobRecord | StoreError]:
+        """Swap each prepared record; a job whose swap lost (or that had none) is read,
+        judged and swapped again, as ``_mutate`` does."""
+        out: list[JobRecord | StoreError] = []
+        for (job_id, rule), pre in zip(pairs, prepared, strict=True):
+            try:
+                if pre is not None:
+                    try:
+                        self._swap(pre.record, pre.expected_version, pre.encoded)
+                        out.append(pre.record)
+                        continue
+                    except VersionConflict:
+                        pass  # someone wrote in between: judge the rule again on a fresh read
+                out.append(self._mutate(job_id, rule))
             except StoreError as exc:
                 out.append(exc)
         return out
@@ -133,16 +191,18 @@ class CasStatusStore(ABC):
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
-                     ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each with its own conditions."""
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None,
+                     then: Then | None = None) -> list[JobRecord | StoreError]:
+        """``commit_step`` for several jobs, each with its own conditions. ``then(results)``
+        runs after the writes; a store in a transactional database runs it inside the same
+        transaction, which is how the embedded default makes commit + emit + ack one."""
         now = self.clock.now()
 
         def rule(i: CommitItem) -> Rule:
             return lambda r: apply_commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
                                           status=i.status, fields=i.fields, outbox=i.outbox, now=now)
 
-        return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
+        return self._mutate_many_then([(i.job_id, rule(i)) for i in items], known or {}, then)
 
     def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
                    input_body: str | None = None, source: str | None = None) -> JobRecord:

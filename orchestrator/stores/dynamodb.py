@@ -211,7 +211,7 @@ class DynamoDBStatusStore(CasStatusStore):
         # job_absent: never overwrite an item another program created
         self._put(record, "attribute_not_exists(#k)", {"#k": self.key_attr})
 
-    def _swap(self, record: JobRecord, expected_version: int) -> None:
+    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
         self._put(record, *self._condition(expected_version))
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
@@ -23,7 +24,7 @@ class MemoryStatusStore(CasStatusStore):
             # containers only keeps a caller's edits (a handler's ctx.job) out of the store.
             return evolve(rec) if rec is not None else None
 
-    def _swap(self, record: JobRecord, expected_version: int) -> None:
+    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
         with self._lock:
             current = self._jobs.get(record.job_id)
             if (current.version if current is not None else 0) != expected_version:

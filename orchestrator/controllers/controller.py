@@ -35,7 +35,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
-from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks
+from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.pipeline import Context, Pipeline, Result, Stage
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
@@ -124,6 +124,7 @@ class Controller:
     ) -> None:
         self.pipeline = pipeline
         self.middleware = [LoggingMiddleware(), *pipeline.middleware, *(middleware or [])]
+        self._hooks: dict[str, list[Middleware]] = {}  # hook name -> the middleware that has it
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self.backend = backend
         self.faults = faults
@@ -140,8 +141,11 @@ class Controller:
                      on_lost=lambda d: self.hook("on_lease_lost", st, d))
 
     def hook(self, name: str, *args: object) -> None:
-        if self.middleware:
-            call_hooks(self.middleware, name, *args)
+        active = self._hooks.get(name)
+        if active is None:
+            active = self._hooks[name] = overriding(self.middleware, name)
+        if active:
+            call_hooks(active, name, *args)
 
     def handle(self, delivery: Delivery, lease: Lease | None = None) -> Outcome:
         """The protocol for one delivery: a batch of one."""
@@ -287,6 +291,7 @@ class Controller:
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
         yield from self._crash("after_ack", won)
         for it in won:
+            it.log.info("step committed")
             self.hook("on_commit", st, it.delivery)
             self._finish(it, Outcome.COMMITTED, outcomes)
 

@@ -27,7 +27,7 @@ class SqlStatusStore(CasStatusStore):
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
         return JobRecord.model_validate_json(rows[0][0]) if rows else None
 
-    def _encode(self, record: JobRecord) -> str:
+    def _encode(self, record: JobRecord, prev: JobRecord | None) -> str:
         return record.model_dump_json()
 
     def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from orchestrator.middleware import Middleware
 
 
 def versions(*packages: str) -> str:
@@ -23,3 +26,15 @@ def emit_table(table: str, out: Path | None, *, append: bool) -> None:
     if out is not None:
         with out.open("a" if append else "w") as fh:
             fh.write(("\n" if append and not table.startswith("\n") else "") + table + "\n")
+
+
+class Counting(Middleware):
+    """Middleware counting committed messages into a shared counter, in the worker's own
+    thread as the peers' loops count theirs (a polling thread woken every few ms to copy
+    ``Worker.stats`` contended for the GIL with the worker: 15-20% of its throughput)."""
+
+    def __init__(self, counter: Any) -> None:
+        self.counter = counter
+
+    def on_commit(self, stage: Any, delivery: Any) -> None:
+        self.counter.value += 1

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import emit_table, versions  # noqa: E402
+from common import Counting, emit_table, versions  # noqa: E402
 from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
@@ -78,10 +78,8 @@ def ours_stage(batch: int, lazy: bool = False) -> Stage:
         configure_logging(level="error")
         w = Worker(lazy_pipeline if lazy else pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
                    wait_s=0.02)
-        w.start()
-        while True:
-            counter.value = sum(w.stats.values())
-            time.sleep(0.002)
+        w.middleware.append(Counting(counter))
+        w.run()
     return run
 
 

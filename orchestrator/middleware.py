@@ -75,8 +75,8 @@ def overriding(middleware: list[Middleware], name: str) -> list[Middleware]:
     """The middleware that does something on hook ``name`` (the base class's no-ops are
     skipped: a controller calls a hook several times per message)."""
     base = getattr(Middleware, name, None)
-    return [m for m in middleware
-            if getattr(type(m), name, None) is not base or name in getattr(m, "__dict__", {})]
+    return [m for m in middleware if hasattr(m, name)
+            and (getattr(type(m), name, None) is not base or name in getattr(m, "__dict__", {}))]
 
 
 def call_hooks(middleware: list[Middleware], name: str, *args: object) -> None:

@@ -345,6 +345,25 @@ class BatchStoreContract:
         j2 = store.get("j2")
         assert j2 is not None and j2.status == JobStatus.COMPLETED and j2.fields["by"] == "batch"
 
+    def test_then_runs_once_after_the_writes_with_their_results(self, store: StatusStore) -> None:
+        from orchestrator.status import CommitItem
+
+        for i in range(3):
+            store.create(f"j{i}")
+        store.commit_step("j1", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
+        seen: list[list[object]] = []
+
+        def then(results: list[object]) -> None:
+            # the writes are done (and visible to this thread) when then runs
+            j0 = store.get("j0")
+            assert j0 is not None and j0.status == JobStatus.COMPLETED
+            seen.append(list(results))
+
+        done = store.commit_steps([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {}, []) for i in range(3)],
+                                  known=store.get_many(["j0", "j1", "j2"]), then=then)
+        assert seen == [done]
+        assert [type(r).__name__ for r in done] == ["JobRecord", "ConflictError", "JobRecord"]
+
     def test_a_lazy_commit_records_the_step_and_passes_through_running(self, store: StatusStore) -> None:
         store.create("j")
         rec = store.commit_step("j", stage="s", message_id="m", claim=None, status=JobStatus.COMPLETED,
@@ -353,3 +372,25 @@ class BatchStoreContract:
         assert [h.to_status for h in rec.history] == [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED]
         with pytest.raises(ConflictError):
             store.commit_step("j", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
+
+
+class TransactionalStoreContract:
+    """A store in a database the queue shares (SQLite, PostgreSQL): ``commit_steps(then=...)``
+    is one transaction with ``then``, which is how commit + emit + ack become atomic."""
+
+    def test_a_failing_then_undoes_the_batchs_writes(self, store: StatusStore) -> None:
+        from orchestrator.status import CommitItem
+
+        for i in range(2):
+            store.create(f"j{i}")
+        before = store.get_many(["j0", "j1"])
+
+        def then(results: list[object]) -> None:
+            raise RuntimeError("crash between the commit and the ack")
+
+        with pytest.raises(RuntimeError):
+            store.commit_steps([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {"x": 1}, []) for i in range(2)],
+                               known=before, then=then)
+        after = store.get_many(["j0", "j1"])
+        assert after == before
+        assert all(r.status == JobStatus.PENDING and "s" not in r.steps for r in after.values())

@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract
+from contract import (
+    BatchStoreContract,
+    StatusStoreContract,
+    TopicContract,
+    TransactionalStoreContract,
+    TransportContract,
+)
 from pg import drop_schema, new_schema
 
 from orchestrator.base import StatusStore, Topic, Transport
@@ -45,7 +51,7 @@ class TestMemory(TransportContract, TopicContract, StatusStoreContract, BatchSto
         return MemoryStatusStore(clock=clock)
 
 
-class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
+class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract, TransactionalStoreContract):
     @pytest.fixture
     def db(self, tmp_path: Path) -> Iterator[SqliteDatabase]:
         db = SqliteDatabase(tmp_path / "t.db")
@@ -65,7 +71,8 @@ class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchSto
         return SqliteStatusStore(db, clock=clock)
 
 
-class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
+class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract,
+                   TransactionalStoreContract):
     @pytest.fixture
     def db(self, pg_server: str) -> Iterator[PostgresDatabase]:
         schema = new_schema()

@@ -127,3 +127,34 @@ def test_a_settled_delivery_reports_no_lost_lease_while_its_batch_mates_run(back
     # Then the failed message's heartbeat stopped with it: no lease is reported lost
     assert outcomes == [Outcome.FAILED, Outcome.COMMITTED]
     assert lost == []
+
+
+def test_middleware_hooks_reach_subclasses_duck_typed_objects_and_instance_attributes(
+        backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given three middleware: a subclass overriding one hook, an object that is no Middleware
+    # but has the hook, and a plain Middleware whose hook was set on the instance
+    from orchestrator.middleware import Middleware
+
+    calls: list[str] = []
+
+    class Sub(Middleware):
+        def on_commit(self, stage, delivery):  # type: ignore[no-untyped-def]
+            calls.append("sub")
+
+    class Duck:
+        def on_commit(self, stage, delivery):  # type: ignore[no-untyped-def]
+            calls.append("duck")
+
+    plain = Middleware()
+    plain.on_commit = lambda stage, delivery: calls.append("instance")  # type: ignore[method-assign]
+    p = two_stage()
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={"x": 1}, queue="numbers")
+    [d] = backend.transport.receive("numbers", max_messages=1, wait_s=0, visibility_s=30)
+    # When a message commits (and the duck lacks every other hook the controller calls)
+    outcome = Controller(p, "double", backend, middleware=[Sub(), Duck(), plain]).handle(d)  # type: ignore[list-item]
+    # Then each one's on_commit ran once, and nothing else was called on the duck
+    assert outcome == Outcome.COMMITTED
+    assert calls == ["sub", "duck", "instance"]
+    captured = capsys.readouterr()
+    assert "middleware hook failed" not in captured.out + captured.err

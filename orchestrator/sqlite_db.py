@@ -26,6 +26,8 @@ DEFAULT_BUSY_TIMEOUT_S = 30.0
 # (seconds); ``busy_timeout_s`` bounds the whole wait.
 MIN_LOCK_WAIT_S = 0.0001
 MAX_LOCK_WAIT_S = 0.005
+#: log pages between automatic checkpoints (see ``conn``)
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 #: how often a thread's transactions look whether the database file was deleted or replaced
 FILE_CHECK_INTERVAL_S = 0.25
 
@@ -119,6 +121,10 @@ class SqliteDatabase:
                 # process (only an OS crash can lose the last transactions).
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Checkpoint every 10,000 log pages (40 MB), not SQLite's 1,000: the pages every
+                # transaction rewrites (the queue's head, its indexes) are copied back once per
+                # checkpoint, not ten times. In-process worker, 5 alternating pairs: +21% msgs/s.
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 # No busy handler in SQLite: ``run`` waits for the write lock itself. SQLite's own
                 # handler sleeps 1, 2, 5, 10... ms between tries, while a writer here holds the
                 # lock for a fraction of a millisecond: two workers on one file spent more time

@@ -164,21 +164,37 @@ class CasStatusStore(ABC):
 
     def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
                     ) -> list[JobRecord | StoreError]:
-        """Swap each prepared record; a job whose swap lost (or that had none) is read,
-        judged and swapped again, as ``_mutate`` does."""
+        """Swap the prepared records (``_swap_many``); a job whose swap lost, that had none, or
+        that comes twice in the batch is read, judged and swapped again, as ``_mutate`` does."""
+        firsts: dict[str, int] = {}  # job id -> the position of its first prepared record
+        for pos, pre in enumerate(prepared):
+            if pre is not None:
+                firsts.setdefault(pre.record.job_id, pos)
+        swapped = self._swap_many([(pos, prepared[pos]) for pos in firsts.values()])  # type: ignore[misc]
         out: list[JobRecord | StoreError] = []
-        for (job_id, rule), pre in zip(pairs, prepared, strict=True):
-            try:
-                if pre is not None:
-                    try:
-                        self._swap(pre.record, pre.expected_version, pre.encoded)
-                        out.append(pre.record)
-                        continue
-                    except VersionConflict:
-                        pass  # someone wrote in between: judge the rule again on a fresh read
+        for pos, (job_id, rule) in enumerate(pairs):
+            if pos in swapped:
+                out.append(swapped[pos])
+                continue
+            try:  # lost to another writer, or nothing to swap: judged again on a fresh read
                 out.append(self._mutate(job_id, rule))
             except StoreError as exc:
                 out.append(exc)
+        return out
+
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+        """Swap each (position, prepared record), all of distinct jobs: position -> the record
+        written, or the error the backend refused it with; a swap that lost is left out.
+        DynamoDB overrides this to send the puts concurrently."""
+        out: dict[int, JobRecord | StoreError] = {}
+        for pos, pre in prepared:
+            try:
+                self._swap(pre.record, pre.expected_version, pre.encoded)
+                out[pos] = pre.record
+            except VersionConflict:
+                pass
+            except StoreError as exc:
+                out[pos] = exc
         return out
 
     def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None

@@ -20,7 +20,7 @@ from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
 from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
-from orchestrator.stores.cas import CasStatusStore, Rule, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict
 
 BATCH_GET_MAX = 100
 ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"}
@@ -234,41 +234,25 @@ class DynamoDBStatusStore(CasStatusStore):
                 raise StoreError(f"BatchGetItem still left keys unprocessed after {UNPROCESSED_RETRIES} tries")
         return out
 
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
-        """Write the batch as concurrent conditional puts against the records just read
-        (one round trip of latency for the batch); a job whose condition fails falls back to
-        the one-by-one read-apply-swap loop. Concurrent puts rather than TransactWriteItems:
-        no all-or-nothing coupling between unrelated jobs, and half the write cost."""
-        ids = [job_id for job_id, _ in pairs]
-        if len(pairs) < 2 or len(set(ids)) != len(ids) or any(i not in known for i in ids):
-            return super()._mutate_many(pairs, known)
-        results: list[JobRecord | StoreError | None] = [None] * len(pairs)
-        writes: list[tuple[int, JobRecord, int]] = []
-        for n, (job_id, rule) in enumerate(pairs):
-            current = known[job_id]
-            try:
-                new = rule(current)
-            except StoreError:
-                continue  # judged again below against a fresh read
-            new.version = current.version + 1
-            writes.append((n, new, current.version))
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+        """The batch's conditional puts sent concurrently (one round trip of latency for the
+        batch) rather than as TransactWriteItems: no all-or-nothing coupling between unrelated
+        jobs, and half the write cost. A job whose condition fails is judged again on a fresh
+        read by ``_write_many``."""
+        if len(prepared) < 2:
+            return super()._swap_many(prepared)
 
-        def put(write: tuple[int, JobRecord, int]) -> tuple[int, JobRecord | StoreError | None]:
-            n, rec, expected = write
+        def put(item: tuple[int, Prepared]) -> tuple[int, JobRecord | StoreError | None]:
+            pos, pre = item
             try:
-                self._swap(rec, expected)
-                return n, rec
+                self._swap(pre.record, pre.expected_version)
+                return pos, pre.record
             except VersionConflict:
-                return n, None
+                return pos, None
             except StoreError as exc:  # this job's own failure, not its batch-mates'
-                return n, exc
+                return pos, exc
 
-        for n, rec in self._pool().map(put, writes):
-            results[n] = rec
-        for n, res in enumerate(results):
-            if res is None:
-                results[n] = super()._mutate_many([pairs[n]], known)[0]
-        return [r for r in results if r is not None]
+        return {pos: res for pos, res in self._pool().map(put, prepared) if res is not None}
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -5,7 +5,8 @@ writer committed, so the compare-and-swap holds across machines as it does on SQ
 
 A batch's swaps go out together (psycopg pipelines ``executemany``): one round trip for the
 batch instead of one per job. A job whose swap lost, or whose rule refused the record the
-caller knew, is judged again on a fresh read, one at a time, as ``CasStatusStore`` does.
+caller knew, is judged again on a fresh read, one at a time, as ``CasStatusStore`` does. The
+rules and the JSON are worked out before the transaction (``SqlStatusStore``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
 from orchestrator.postgres_db import PgConn, PostgresDatabase
 from orchestrator.status import JobRecord
-from orchestrator.stores.cas import Prepared, Rule, Then
+from orchestrator.stores.cas import Prepared
 from orchestrator.stores.sql import SqlStatusStore
 
 
@@ -25,32 +26,16 @@ class PostgresStatusStore(SqlStatusStore):
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)
 
-    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord], then: Then | None
-                          ) -> list[JobRecord | StoreError]:
-        prepared = self._prepare(pairs, known)  # rules and JSON before the transaction
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+        """The batch's swaps pipelined: one round trip instead of one per job. A job whose
+        swap lost is judged again on a fresh read by ``_write_many``."""
+        if len(prepared) < 2:
+            return super()._swap_many(prepared)
+        params: list[tuple[Any, ...]] = [
+            (p.record.status.value, p.record.version, p.encoded or p.record.model_dump_json(), p.record.job_id,
+             p.expected_version) for _, p in prepared]
 
-        def tx(c: PgConn) -> list[JobRecord | StoreError]:
-            results = self._write_pipelined(c, pairs, prepared)
-            if then is not None:
-                then(results)
-            return results
-
-        return self.db.run(tx)
-
-    def _write_pipelined(self, c: PgConn, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
-                         ) -> list[JobRecord | StoreError]:
-        out: list[JobRecord | StoreError | None] = [None] * len(pairs)
-        fast: list[tuple[int, Prepared]] = []
-        seen: set[str] = set()
-        for pos, pre in enumerate(prepared):
-            # a second write to one job in the batch must see the first: one at a time below
-            if pre is not None and pre.record.job_id not in seen:
-                seen.add(pre.record.job_id)
-                fast.append((pos, pre))
-        if fast:
-            params: list[tuple[Any, ...]] = [
-                (p.record.status.value, p.record.version, p.encoded, p.record.job_id, p.expected_version)
-                for _, p in fast]
+        def tx(c: PgConn) -> set[str]:
             cur = c.conn.cursor()
             cur.executemany("UPDATE jobs SET status=%s, version=%s, doc=%s WHERE job_id=%s AND version=%s "
                             "RETURNING job_id", params, returning=True)
@@ -58,14 +43,7 @@ class PostgresStatusStore(SqlStatusStore):
             while True:
                 swapped.update(r[0] for r in cur.fetchall())
                 if not cur.nextset():
-                    break
-            for pos, pre in fast:
-                if pre.record.job_id in swapped:
-                    out[pos] = pre.record
-        for pos, (job_id, rule) in enumerate(pairs):
-            if out[pos] is None:
-                try:
-                    out[pos] = self._mutate(job_id, rule)
-                except StoreError as exc:
-                    out[pos] = exc
-        return [r for r in out if r is not None]
+                    return swapped
+
+        swapped = self.db.run(tx)
+        return {pos: p.record for pos, p in prepared if p.record.job_id in swapped}

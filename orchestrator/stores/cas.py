@@ -62,11 +62,11 @@ class CasStatusStore(ABC):
     def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
         """Write ``record`` (its version already bumped) if the stored version is
         ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``.
-        ``encoded`` is ``_encode(record, prev)`` when the caller made it already."""
+        ``encoded`` is ``_encode(record)`` when the caller made it already."""
 
-    def _encode(self, record: JobRecord, prev: JobRecord | None) -> Any:
-        """What writing ``record`` over ``prev`` (the record its rule was applied to) comes to
-        for the backend; None: the backend encodes in ``_swap``."""
+    def _encode(self, record: JobRecord) -> Any:
+        """The record as the backend writes it, made before any lock is taken (None: the
+        backend encodes in ``_swap``)."""
         return None
 
     def _insert(self, record: JobRecord) -> None:
@@ -115,7 +115,7 @@ class CasStatusStore(ABC):
                 continue  # judged on a record that may be stale: judge again on a fresh read
             new.version = current.version + 1
             try:
-                self._swap(new, current.version, self._encode(new, current))
+                self._swap(new, current.version, self._encode(new))
                 return new
             except VersionConflict:
                 continue  # someone wrote in between: judge the rule again on the fresh record
@@ -159,7 +159,7 @@ class CasStatusStore(ABC):
                 out.append(None)
                 continue
             new.version = current.version + 1
-            out.append(Prepared(new, current.version, self._encode(new, current)))
+            out.append(Prepared(new, current.version, self._encode(new)))
         return out
 
     def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]

@@ -1,8 +1,10 @@
 """Status store in a SQL table (SQLite or PostgreSQL): one row per job, the record as JSON.
 
-Load, rule and swap run inside one write transaction; the swap is one conditional statement
-(the version is the compare), so it never loses to another process. When the controller wraps
-commit + emit + ack in one database transaction, this write joins it.
+The swap is one conditional statement (the version is the compare), so it never loses to
+another process. A batch's rules and JSON are worked out against the records the caller read,
+before the write transaction; inside it only the swaps run, and a job whose swap lost is read,
+judged and swapped again there. ``commit_steps(then=...)`` runs ``then`` (the controller's emit
+and ack) in the same transaction: commit + emit + ack are one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class SqlStatusStore(CasStatusStore):
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
         return JobRecord.model_validate_json(rows[0][0]) if rows else None
 
-    def _encode(self, record: JobRecord, prev: JobRecord | None) -> str:
+    def _encode(self, record: JobRecord) -> str:
         return record.model_dump_json()
 
     def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:

@@ -1,0 +1,68 @@
+"""The embedded default's background checkpointer: the log is copied back into the database by a
+thread of each process, not by the worker commit that happens to cross a size limit."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from orchestrator.backends import sqlite_backend
+from orchestrator.sqlite_db import CHECKPOINT_INTERVAL_S, WAL_AUTOCHECKPOINT_PAGES
+
+
+def _jobs_in_main_file(path: Path) -> int:
+    """Jobs in the database file itself, ignoring the write-ahead log (``immutable``)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+    except sqlite3.OperationalError:  # not even the tables are there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def _checkpointers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "sqlite-checkpointer"}
+
+
+def _wait_for(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_committed_jobs_reach_the_database_file_without_a_commit_crossing_the_log_limit(tmp_path: Path) -> None:
+    # Given a few jobs written: far fewer log pages than a connection's own checkpoint limit
+    path = tmp_path / "o.db"
+    b = sqlite_backend(path)
+    for i in range(20):
+        b.store.create(f"j{i}")
+    assert 20 * 2 < WAL_AUTOCHECKPOINT_PAGES
+    # When nothing else happens for a few checkpoint intervals
+    # Then the checkpointer thread has copied them from the log into the database file
+    assert _wait_for(lambda: _jobs_in_main_file(path) == 20, timeout=20 * CHECKPOINT_INTERVAL_S)
+    b.transport.db.close()  # type: ignore[attr-defined]
+
+
+def test_the_checkpointer_ends_with_its_database_and_never_recreates_a_deleted_file(tmp_path: Path) -> None:
+    before = _checkpointers()
+    # Given two databases in use, each with its checkpointer
+    paths = [tmp_path / "a.db", tmp_path / "b.db"]
+    backends = [sqlite_backend(p) for p in paths]
+    for b in backends:
+        b.store.create("j")
+    ours = _checkpointers() - before
+    assert len(ours) == 2
+    # When one is closed and the other's file deleted under it
+    backends[0].transport.db.close()  # type: ignore[attr-defined]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{paths[1]}{suffix}").unlink(missing_ok=True)
+    # Then both threads end, and the deleted file stays deleted
+    assert _wait_for(lambda: not any(t.is_alive() for t in ours), timeout=20 * CHECKPOINT_INTERVAL_S)
+    time.sleep(2 * CHECKPOINT_INTERVAL_S)
+    assert not paths[1].exists()

@@ -166,11 +166,11 @@ class CasStatusStore(ABC):
                     ) -> list[JobRecord | StoreError]:
         """Swap the prepared records (``_swap_many``); a job whose swap lost, that had none, or
         that comes twice in the batch is read, judged and swapped again, as ``_mutate`` does."""
-        firsts: dict[str, int] = {}  # job id -> the position of its first prepared record
+        firsts: dict[str, tuple[int, Prepared]] = {}  # job id -> its first prepared record
         for pos, pre in enumerate(prepared):
             if pre is not None:
-                firsts.setdefault(pre.record.job_id, pos)
-        swapped = self._swap_many([(pos, prepared[pos]) for pos in firsts.values()])  # type: ignore[misc]
+                firsts.setdefault(pre.record.job_id, (pos, pre))
+        swapped = self._swap_many(list(firsts.values()))
         out: list[JobRecord | StoreError] = []
         for pos, (job_id, rule) in enumerate(pairs):
             if pos in swapped:

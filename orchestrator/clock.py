@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class Cancel(Protocol):
@@ -32,14 +32,34 @@ class Clock(Protocol):
         ...
 
 
+_T = TypeVar("_T", bound="_Timer")
+
+
 class _Timer:
-    def __init__(self, interval_s: float, fn: Callable[[], None]) -> None:
+    def __init__(self, interval_s: float, fn: Callable[[], None], owner: _Scheduler | SimClock) -> None:
         self.interval_s = interval_s
-        self.fn = fn
+        self.fn: Callable[[], None] | None = fn
         self.cancelled = False
+        self.owner = owner
 
     def cancel(self) -> None:
-        self.cancelled = True
+        # A cancelled timer stays in its heap until its due time comes round (a third of a
+        # visibility timeout for a heartbeat): dropping ``fn`` there lets the lease, its
+        # delivery and everything behind it go at once, rather than thousands of them per
+        # second of throughput lingering for the garbage collector to walk.
+        if not self.cancelled:
+            self.cancelled = True
+            self.fn = None
+            self.owner.cancelled += 1
+
+
+def _compacted(heap: list[tuple[float, int, _T]], cancelled: int) -> list[tuple[float, int, _T]] | None:
+    """``heap`` without its cancelled timers, once they are most of it (None: leave it)."""
+    if cancelled <= len(heap) // 2 + 64:
+        return None
+    out = [e for e in heap if not e[2].cancelled]
+    heapq.heapify(out)
+    return out
 
 
 class _Scheduler:
@@ -52,10 +72,14 @@ class _Scheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.cancelled = 0  # cancelled timers still in the heap (about: counted without the lock)
 
     def add(self, interval_s: float, fn: Callable[[], None]) -> _Timer:
-        timer = _Timer(interval_s, fn)
+        timer = _Timer(interval_s, fn, self)
         with self._cond:
+            heap = _compacted(self._heap, self.cancelled)
+            if heap is not None:
+                self._heap, self.cancelled = heap, 0
             entry = (time.monotonic() + interval_s, next(self._seq), timer)
             heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
@@ -73,11 +97,13 @@ class _Scheduler:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
                 due, _, timer = heapq.heappop(self._heap)
-                if timer.cancelled:
+                fn = timer.fn
+                if fn is None:
+                    self.cancelled = max(0, self.cancelled - 1)
                     continue
                 heapq.heappush(self._heap, (due + timer.interval_s, next(self._seq), timer))
             with contextlib.suppress(Exception):  # a failing timer must not stop the others
-                timer.fn()
+                fn()
 
 
 _SCHEDULER = _Scheduler()
@@ -138,16 +164,10 @@ class DatabaseClock(SystemClock):
         return time.time() if base is None else time.monotonic() + base
 
 
-class _SimTimer:
+class _SimTimer(_Timer):
     def __init__(self, clock: SimClock, interval_s: float, fn: Callable[[], None]) -> None:
-        self.clock = clock
-        self.interval_s = interval_s
-        self.fn = fn
-        self.cancelled = False
+        super().__init__(interval_s, fn, clock)
         self.paused = False  # a stalled process: its timers do not fire
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class SimClock:
@@ -158,6 +178,7 @@ class SimClock:
         self._heap: list[tuple[float, int, _SimTimer]] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()
+        self.cancelled = 0  # cancelled timers still in the heap
 
     def now(self) -> float:
         return self._now
@@ -168,6 +189,9 @@ class SimClock:
     def every(self, interval_s: float, fn: Callable[[], None]) -> _SimTimer:
         timer = _SimTimer(self, interval_s, fn)
         with self._lock:
+            heap = _compacted(self._heap, self.cancelled)
+            if heap is not None:
+                self._heap, self.cancelled = heap, 0
             heapq.heappush(self._heap, (self._now + interval_s, next(self._seq), timer))
         return timer
 
@@ -180,9 +204,11 @@ class SimClock:
                     break
                 due, _, timer = heapq.heappop(self._heap)
                 self._now = max(self._now, due)
-                if timer.cancelled:
+                fn = timer.fn
+                if fn is None:
+                    self.cancelled = max(0, self.cancelled - 1)
                     continue
                 heapq.heappush(self._heap, (due + timer.interval_s, next(self._seq), timer))
             if not timer.paused:
-                timer.fn()
+                fn()
         self._now = target

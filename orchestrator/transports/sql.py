@@ -125,7 +125,7 @@ class SqlTransport:
 
     def _claim(self, queue: str, max_messages: int, visibility_s: float) -> list[Delivery]:
         now = self.clock.now()
-        token = uuid.uuid4().hex
+        token = new_receipt()
         # Cheap check outside a write transaction: an idle worker must not hold the write lock.
         if not self.single_statement_claims and not self.db.read(
                 "SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):

@@ -345,6 +345,23 @@ class BatchStoreContract:
         j2 = store.get("j2")
         assert j2 is not None and j2.status == JobStatus.COMPLETED and j2.fields["by"] == "batch"
 
+    def test_a_batch_write_whose_record_moved_is_judged_again_and_keeps_both_writes(self, store: StatusStore) -> None:
+        from orchestrator.status import CommitItem
+
+        for i in range(4):
+            store.create(f"j{i}")
+        known = store.get_many([f"j{i}" for i in range(4)])
+        store.update_fields("j1", {"moved": True})  # j1's known record is now stale; the others are not
+        store.update_fields("j3", {"moved": True})
+        done = store.commit_steps([CommitItem(f"j{i}", "s", f"m{i}", None, JobStatus.COMPLETED, {"by": "batch"}, [])
+                                   for i in range(4)], known=known)
+        assert [type(r).__name__ for r in done] == ["JobRecord"] * 4
+        for i in range(4):
+            j = store.get(f"j{i}")
+            assert j is not None and j.status == JobStatus.COMPLETED and j.fields["by"] == "batch"
+            assert j.commits("s") == 1 and j.version == done[i].version  # type: ignore[union-attr]
+            assert j.fields.get("moved", False) == (i in (1, 3))
+
     def test_then_runs_once_after_the_writes_with_their_results(self, store: StatusStore) -> None:
         from orchestrator.status import CommitItem
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
 from orchestrator.clock import Clock, SystemClock
@@ -29,6 +30,14 @@ from orchestrator.transports.common import (
 )
 
 POLL_INTERVAL_S = 0.05  # how often an empty long poll looks again
+
+
+def _attrs_out(attributes: dict[str, str]) -> str:
+    return json.dumps(attributes) if attributes else "{}"  # most messages have none
+
+
+def _attrs_in(attrs: str) -> dict[str, str]:
+    return json.loads(attrs) if attrs != "{}" else {}
 
 
 def _split(receipt: str) -> tuple[int, str]:
@@ -90,6 +99,8 @@ class SqlTransport:
         for m in messages:
             check_size(m.body, self.max_body_bytes)
         ids = [m.message_id or uuid.uuid4().hex for m in messages]
+        # encoded before the transaction (see ``_claim``)
+        encoded = [(mid, m.body, _attrs_out(m.attributes), m.delay_s) for mid, m in zip(ids, messages, strict=True)]
 
         def tx(c: Conn) -> None:
             now = self.clock.now()
@@ -103,10 +114,8 @@ class SqlTransport:
             c.executemany(
                 "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT DO NOTHING",
-                [
-                    (queue, mid, m.body, json.dumps(m.attributes), now + min(m.delay_s or default_delay, self.max_delay_s), now)
-                    for mid, m in zip(ids, messages, strict=True)
-                ],
+                [(queue, mid, body, attrs, now + min(delay or default_delay, self.max_delay_s), now)
+                 for mid, body, attrs, delay in encoded],
             )
             self._sent(c, queue)
 
@@ -131,22 +140,24 @@ class SqlTransport:
                 "SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):
             return []
 
-        def tx(c: Conn) -> list[Delivery]:
-            rows = c.execute(
+        def tx(c: Conn) -> list[Any]:
+            return list(c.execute(
                 "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
                 "visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ("
                 f"SELECT seq FROM messages WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?{self.claim_lock}) "
                 "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at",
                 (token, now + visibility_s, now, queue, now, max_messages),
-            ).fetchall()
-            rows.sort(key=lambda r: r[0])
-            return [
-                Delivery(queue=queue, body=body, receipt=receipt, receive_count=rc, first_received_at=fr,
-                         message_id=mid, attributes=json.loads(attrs))
-                for _seq, mid, body, attrs, rc, receipt, fr in rows
-            ]
+            ).fetchall())
 
-        return self.db.run(tx, begin=not self.single_statement_claims)
+        # The deliveries are built after the transaction: on SQLite the write lock is the
+        # resource every process of every stage queues for, so it covers the statement only.
+        rows = self.db.run(tx, begin=not self.single_statement_claims)
+        rows.sort(key=lambda r: r[0])
+        return [
+            Delivery(queue=queue, body=body, receipt=receipt, receive_count=rc, first_received_at=fr,
+                     message_id=mid, attributes=_attrs_in(attrs))
+            for _seq, mid, body, attrs, rc, receipt, fr in rows
+        ]
 
     def ack(self, delivery: Delivery) -> bool:
         seq, _ = _split(delivery.receipt)

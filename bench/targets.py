@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     all_rows = table_rows(args.results.read_text())
     r = {cells[0]: cells[1:] for cells in all_rows}
-    ours = num(r["ours, SQLite default, batch 10, 1 proc/stage"][0])
+    ours = num(r["ours, SQLite default, 1 proc/stage"][0])
     checks = []
 
     def ratio(name: str, peer: str, want: float) -> None:

@@ -83,6 +83,8 @@ class Transport(Protocol):
     max_visibility_s: float
     #: the largest body ``send`` accepts, in bytes
     max_body_bytes: int
+    #: the most messages one ``receive`` returns
+    max_batch: int
 
     def ensure_queue(self, spec: QueueSpec) -> None:
         """Create the queue (and its dead-letter queue) if missing. Idempotent."""

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
-DEFAULT_BATCH_SIZE = 10
 DEFAULT_WAIT_S = 1.0
 MIN_VISIBILITY_TIMEOUT_S = 1.0
 
@@ -92,7 +91,8 @@ class Stage:
     time_limit_s: float | None = None
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
-    batch_size: int = DEFAULT_BATCH_SIZE
+    # messages per receive; None: sized by the worker to the handler's pace (see BatchSizer)
+    batch_size: int | None = None
     wait_s: float = DEFAULT_WAIT_S
     dead_letter: str | None = None
     delay_s: float = 0.0
@@ -140,7 +140,7 @@ class Stage:
         """Exponential backoff for retry ``attempt`` (1-based), capped at ``retry_max_s``."""
         return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, attempt - 1)))
 
-    def problems(self, *, max_visibility_s: float, max_delay_s: float) -> list[str]:
+    def problems(self, *, max_visibility_s: float, max_delay_s: float, max_batch: int = 10) -> list[str]:
         """Inconsistent settings, each explained; empty when the stage can start."""
         out = []
         if self.max_receives < 1:
@@ -161,8 +161,8 @@ class Stage:
             out.append(f"stage {self.name}: retry_base_s must be between 0 and retry_max_s ({self.retry_max_s}s)")
         if self.delay_s > max_delay_s:
             out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
-        if not 1 <= self.batch_size <= 10:
-            out.append(f"stage {self.name}: batch_size must be 1..10, got {self.batch_size}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= max_batch:
+            out.append(f"stage {self.name}: batch_size must be 1..{max_batch} on this backend, got {self.batch_size}")
         if self.claim not in ("eager", "lazy"):
             out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
@@ -213,7 +213,7 @@ class Pipeline:
         problems: list[str] = []
         for st in self.stages.values():
             problems += st.problems(max_visibility_s=backend.transport.max_visibility_s,
-                                    max_delay_s=backend.transport.max_delay_s)
+                                    max_delay_s=backend.transport.max_delay_s, max_batch=backend.transport.max_batch)
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -31,7 +31,8 @@ class StageSettings(BaseModel):
     time_limit_s: float | None = Field(None, description="heartbeat stops extending after this, seconds (default none)")
     retry_base_s: float | None = Field(None, description="first retry delay, doubled each attempt, seconds (default 1)")
     retry_max_s: float | None = Field(None, description="longest retry delay, seconds (default 300)")
-    batch_size: int | None = Field(None, description="messages per receive, 1-10 (default 10)")
+    batch_size: int | None = Field(None, description="messages per receive, up to 100 on SQLite and PostgreSQL, "
+                                   "10 on SQS and in memory (default: sized to the handlers' pace)")
     wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1)")
     delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
     max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")

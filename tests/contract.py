@@ -52,6 +52,17 @@ class TransportContract:
         assert (d.body, d.message_id, d.receive_count) == ('{"a": 1}', "m1", 1)
         assert transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS) == []
 
+    def test_a_receive_of_max_batch_takes_up_to_that_many_distinct_messages(self, transport: Transport) -> None:
+        q = make_queue(transport)
+        transport.send_batch(q, [Outgoing(body=str(i), message_id=f"m{i}") for i in range(transport.max_batch + 3)])
+        got = transport.receive(q, max_messages=transport.max_batch, wait_s=0, visibility_s=VIS)
+        assert 1 <= len(got) <= transport.max_batch
+        assert len({d.message_id for d in got}) == len(got)
+        rest = []
+        while more := transport.receive(q, max_messages=transport.max_batch, wait_s=0, visibility_s=VIS):
+            rest += more
+        assert len(got) + len(rest) == transport.max_batch + 3
+
     def test_an_unacked_message_reappears_after_the_visibility_timeout(self, transport: Transport, advance_clock: Advance) -> None:
         q = make_queue(transport)
         transport.send(q, Outgoing(body="x"))

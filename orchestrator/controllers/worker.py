@@ -11,6 +11,7 @@ import structlog
 
 from orchestrator.backends import Backend
 from orchestrator.base import Delivery
+from orchestrator.controllers.batching import BatchSizer
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
@@ -68,6 +69,7 @@ class Worker:
         self.backend = backend
         self.concurrency = max(1, concurrency)
         self.faults = faults
+        #: messages per receive when fixed; None: sized to the handler's pace (``BatchSizer``)
         self.batch_size = batch_size or self.stage.batch_size
         self.wait_s = self.stage.wait_s if wait_s is None else wait_s
         self.id = uuid.uuid4().hex[:8]
@@ -149,9 +151,10 @@ class Worker:
         ctrl = Controller(self.pipeline, self.stage, self.backend, faults=self.faults, worker_id=self.id,
                           middleware=self.middleware)
         transport, st = self.backend.transport, self.stage
+        sizer = BatchSizer(limit=transport.max_batch, fixed=self.batch_size)
         while not self._stopping.is_set():
             try:
-                batch = transport.receive(st.source, max_messages=self.batch_size, wait_s=self.wait_s,
+                batch = transport.receive(st.source, max_messages=sizer.size, wait_s=self.wait_s,
                                           visibility_s=st.visibility_timeout)
             except FatalBackendError as exc:
                 self._die(exc)
@@ -176,7 +179,9 @@ class Worker:
                     for d in batch:  # stopped while receiving: hand them back at once
                         transport.release(d, 0)
                     continue
+                started = time.monotonic()
                 outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
+                sizer.record(len(batch), time.monotonic() - started)
                 for outcome in outcomes:
                     self.stats[outcome.value] += 1
             except FatalBackendError as exc:

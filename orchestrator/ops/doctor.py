@@ -26,7 +26,8 @@ def diagnose(pipeline: Pipeline, backend: Backend) -> list[Finding]:
         def add(severity: str, message: str, st_name: str = st.name) -> None:
             out.append(Finding(st_name, severity, message))
 
-        for problem in st.problems(max_visibility_s=t.max_visibility_s, max_delay_s=t.max_delay_s):
+        for problem in st.problems(max_visibility_s=t.max_visibility_s, max_delay_s=t.max_delay_s,
+                                   max_batch=t.max_batch):
             add("error", problem.split(": ", 1)[-1])
         beat = st.visibility_timeout / 3
         if st.time_limit_s is not None and st.time_limit_s < st.visibility_timeout:

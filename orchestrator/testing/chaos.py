@@ -62,6 +62,7 @@ class ChaosTransport:
         self.inner, self.odds, self.rng = inner, odds, rng
         self.max_delay_s = inner.max_delay_s
         self.max_visibility_s = inner.max_visibility_s
+        self.max_batch = inner.max_batch
         self.max_body_bytes = inner.max_body_bytes
         self.injected: dict[str, int] = {"duplicate": 0, "delay": 0, "fail_extend": 0}
 

@@ -10,6 +10,10 @@ from orchestrator.errors import BodyTooLarge
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_MAX_DELAY_S = 15 * 60.0  # as SQS: DelaySeconds <= 900
 DEFAULT_MAX_VISIBILITY_S = 12 * 3600.0  # as SQS: a lease never exceeds 12 h from receipt
+# Messages per receive on the embedded and PostgreSQL queues (SQS: 10). Beyond ~100 a batch of
+# no-op handlers on SQLite gained nothing more (bench: 10 -> 50 -> 100 -> 200 messages per
+# batch: 7,011 -> 9,750 -> 10,329 -> 10,195 msgs/s).
+DEFAULT_MAX_BATCH = 100
 DEAD_LETTER_REASON = "dead_letter_reason"
 
 

@@ -89,6 +89,8 @@ class _Queue:
 class MemoryTransport:
     max_delay_s = DEFAULT_MAX_DELAY_S
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
+    max_batch = 10  # as SQS, whose semantics this transport mirrors for tests (and with no
+    # transaction to spread over a batch, bigger batches only kept more objects alive at once)
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
 
     def __init__(self, *, clock: Clock | None = None) -> None:

@@ -20,6 +20,7 @@ from orchestrator.database import Conn, Database
 from orchestrator.errors import LeaseLostError
 from orchestrator.transports.common import (
     DEAD_LETTER_REASON,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
@@ -48,6 +49,7 @@ def _split(receipt: str) -> tuple[int, str]:
 class SqlTransport:
     max_delay_s = DEFAULT_MAX_DELAY_S
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
+    max_batch = DEFAULT_MAX_BATCH
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
     #: what a claim's row selection adds to lock its rows (PostgreSQL: skip rows others lock)
     claim_lock = ""

@@ -76,6 +76,7 @@ def size_chunks(entries: list[dict[str, Any]], size_of: Callable[[dict[str, Any]
 class SqsTransport:
     max_delay_s = SQS_MAX_DELAY_S
     max_visibility_s = SQS_MAX_VISIBILITY_S
+    max_batch = SQS_MAX_BATCH
     max_body_bytes = SQS_MAX_BODY_BYTES
 
     def __init__(self, *, prefix: str = "", region: str = DEFAULT_REGION, sqs_client: Any = None) -> None:

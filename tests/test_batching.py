@@ -74,7 +74,8 @@ class Batches(Middleware):
             self.sizes.append(count)
 
 
-def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | None = None) -> list[int]:
+def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | None = None,
+               commit_s: float = 0.0) -> list[int]:
     pipeline = Pipeline("sized")
 
     @pipeline.stage("work", source="in", wait_s=0.05, batch_size=batch_size)
@@ -83,6 +84,14 @@ def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | No
         return Result(status=JobStatus.COMPLETED)
 
     backend = sqlite_backend(tmp_path / "q.db")
+    if commit_s:  # a distant store: every batch's commit takes a round trip of commit_s
+        commit_steps = backend.store.commit_steps
+
+        def slow_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(commit_s)
+            return commit_steps(*args, **kwargs)
+
+        backend.store.commit_steps = slow_commit  # type: ignore[method-assign]
     pipeline.setup(backend)
     submit_many(backend, [(f"j{i}", {}) for i in range(jobs)], queue="in")
     seen = Batches()
@@ -107,3 +116,9 @@ def test_a_worker_takes_one_message_at_a_time_when_handlers_are_slow(tmp_path: P
 
 def test_a_stage_batch_size_fixes_the_batch(tmp_path: Path) -> None:
     assert run_worker(tmp_path, 0.0, 30, batch_size=10) == [10, 10, 10]
+
+
+def test_slow_round_trips_do_not_shrink_the_batches_of_fast_handlers(tmp_path: Path) -> None:
+    # 0.12 s per commit would read as 0.12 s per message in a batch of one: only the handlers count
+    got = run_worker(tmp_path, 0.0, 300, commit_s=0.12)
+    assert got[:4] == [1, 2, 4, 8] and max(got) == 100

@@ -1,11 +1,13 @@
 """How many messages a worker takes per receive.
 
 A stage with ``batch_size`` set takes that many. Otherwise the worker sizes each receive to
-the stage's pace: a batch should take about ``BATCH_TARGET_S`` to handle. Fast handlers get the
-transport's largest batch (100 on SQLite and PostgreSQL, 10 on SQS and in memory), which
-spreads a transaction's fixed cost over many messages; slow handlers get batches of one, so a
-worker never holds queued messages another worker could be running, and a crash delays only
-the message in hand. The first receive takes one message; the size at most doubles from one
+the stage's pace: a batch's handlers should take about ``BATCH_TARGET_S`` in all. Only the
+handlers count: a batch's round trips to the queue and the store cost about the same for one
+message or a hundred, and counting them would shrink batches exactly where they pay (a
+distant database, SQS). Fast handlers get the transport's largest batch (100 on SQLite and
+PostgreSQL, 10 on SQS and in memory), which spreads a transaction's fixed cost over many
+messages; slow handlers get batches of one, so a worker never holds queued messages another
+worker could be running, and a crash delays only the message in hand. The first receive takes one message; the size at most doubles from one
 batch to the next (a single fast batch cannot grab the queue's head) and drops at once when
 the handlers slow down.
 """
@@ -24,7 +26,7 @@ class BatchSizer:
         self.size = fixed if fixed is not None else 1
 
     def record(self, count: int, seconds: float) -> None:
-        """A batch of ``count`` messages took ``seconds`` to handle: size the next one."""
+        """A batch of ``count`` messages spent ``seconds`` in its handlers: size the next one."""
         if self.fixed is not None or count <= 0:
             return
         per_message = seconds / count

@@ -130,6 +130,8 @@ class Controller:
         self.faults = faults
         self.random = random.Random(seed)
         self.worker_id = worker_id or uuid.uuid4().hex[:8]
+        #: seconds spent in handlers so far (the worker sizes its batches by it)
+        self.handler_seconds = 0.0
         self.log = structlog.get_logger("orchestrator.controller").bind(stage=self.stage.name, worker=self.worker_id)
 
     # -- entry points -----------------------------------------------------------------------
@@ -361,7 +363,9 @@ class Controller:
         except Exception as exc:
             it.error = outcome = exc
         action = self._decide(it, outcome)
-        self.hook("after_handle", ctx, _LABELS[action.verdict], time.monotonic() - started)
+        took = time.monotonic() - started
+        self.handler_seconds += took
+        self.hook("after_handle", ctx, _LABELS[action.verdict], took)
         if action.verdict == Verdict.ACK:
             status = it.result.status if it.result else None
             if status is not None and job.status.terminal and status != job.status:

@@ -179,9 +179,9 @@ class Worker:
                     for d in batch:  # stopped while receiving: hand them back at once
                         transport.release(d, 0)
                     continue
-                started = time.monotonic()
+                handled_before = ctrl.handler_seconds
                 outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
-                sizer.record(len(batch), time.monotonic() - started)
+                sizer.record(len(batch), ctrl.handler_seconds - handled_before)
                 for outcome in outcomes:
                     self.stats[outcome.value] += 1
             except FatalBackendError as exc:

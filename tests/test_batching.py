@@ -13,6 +13,7 @@ from orchestrator import JobStatus, Pipeline, Result, Worker
 from orchestrator.backends import sqlite_backend
 from orchestrator.controllers.batching import BATCH_TARGET_S, BatchSizer
 from orchestrator.controllers.submit import submit_many
+from orchestrator.errors import ConfigError
 from orchestrator.middleware import Middleware
 from orchestrator.pipeline import Stage
 
@@ -122,3 +123,12 @@ def test_slow_round_trips_do_not_shrink_the_batches_of_fast_handlers(tmp_path: P
     # 0.12 s per commit would read as 0.12 s per message in a batch of one: only the handlers count
     got = run_worker(tmp_path, 0.0, 300, commit_s=0.12)
     assert got[:4] == [1, 2, 4, 8] and max(got) == 100
+
+
+def test_a_worker_batch_size_beyond_the_backend_is_refused(tmp_path: Path) -> None:
+    pipeline = Pipeline("wide")
+    pipeline.stage("work", source="in")(lambda ctx, msg: None)
+    backend = sqlite_backend(tmp_path / "q.db")
+    with pytest.raises(ConfigError, match=r"batch_size must be 1\.\.100 on this backend, got 101"):
+        Worker(pipeline, "work", backend, batch_size=101)
+    assert Worker(pipeline, "work", backend, batch_size=100).batch_size == 100

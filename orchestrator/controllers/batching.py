@@ -7,9 +7,9 @@ message or a hundred, and counting them would shrink batches exactly where they 
 distant database, SQS). Fast handlers get the transport's largest batch (100 on SQLite and
 PostgreSQL, 10 on SQS and in memory), which spreads a transaction's fixed cost over many
 messages; slow handlers get batches of one, so a worker never holds queued messages another
-worker could be running, and a crash delays only the message in hand. The first receive takes one message; the size at most doubles from one
-batch to the next (a single fast batch cannot grab the queue's head) and drops at once when
-the handlers slow down.
+worker could be running, and a crash delays only the message in hand. The first receive takes
+one message; the size at most doubles from one batch to the next (a single fast batch cannot
+grab the queue's head) and drops at once when the handlers slow down.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from orchestrator.controllers.batching import BatchSizer
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
-from orchestrator.errors import FatalBackendError, SimulatedCrash
+from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
 from orchestrator.middleware import Middleware
 from orchestrator.pipeline import Pipeline, Stage
 
@@ -81,6 +81,9 @@ class Worker:
         self._busy = 0
         self._threads: list[threading.Thread] = []
         pipeline.validate(backend)
+        if self.batch_size is not None and not 1 <= self.batch_size <= backend.transport.max_batch:
+            raise ConfigError(f"batch_size must be 1..{backend.transport.max_batch} on this backend, "
+                              f"got {self.batch_size}")
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:

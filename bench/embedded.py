@@ -257,12 +257,18 @@ def run_system(name: str, n: int) -> tuple[float, int]:
 
 
 def in_child(fn: Callable[[int], float], n: int) -> float:
-    """``fn(n)`` in a forked process. The stage processes are forked from this one: a run in
-    this process would grow its heap, and every later child's garbage collector would walk
-    the inherited objects (our rows fell 25% from the first round to the third)."""
+    """``fn(n)`` in a forked process, its inherited heap frozen as the stage processes' is. The
+    stage processes are forked from this one: a run in this process would grow its heap, and
+    every later child's garbage collector would walk the inherited objects (our rows fell 25%
+    from the first round to the third)."""
     ctx = mp.get_context("fork")
     out = ctx.Value("d", 0.0, lock=False)
-    p = ctx.Process(target=lambda: setattr(out, "value", fn(n)))
+
+    def run() -> None:
+        gc.freeze()
+        out.value = fn(n)
+
+    p = ctx.Process(target=run)
     p.start()
     p.join()
     if p.exitcode != 0:

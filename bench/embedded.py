@@ -226,9 +226,10 @@ REFERENCE = "ours, SQLite default, 1 proc/stage"
 
 
 def _frozen(stage: Stage, db: str, index: int, counter: Any) -> None:
-    """``stage`` in a forked child whose inherited objects the garbage collector leaves alone:
-    a full collection writes to every object it walks, so a child that ran one would copy the
-    bench process's whole heap and count it as its own private memory."""
+    """``stage`` in a forked child whose inherited objects the garbage collector leaves alone,
+    as ``orchestrator worker`` freezes what it loaded: a child's full collections would walk
+    the bench process's whole heap, and (writing to every object) copy it into the child's
+    private memory."""
     gc.freeze()
     stage(db, index, counter)
 

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator examples
+	$(BIN)/ruff check orchestrator examples tests bench
 	$(BIN)/mypy orchestrator
 
 test: lint

@@ -231,7 +231,7 @@ class TopicContract:
 
 class StatusStoreContract:
     def test_create_is_idempotent(self, store: StatusStore) -> None:
-        rec, created = store.create("j1", user_id="u1", fields={"n": 1})
+        _rec, created = store.create("j1", user_id="u1", fields={"n": 1})
         again, created_again = store.create("j1", user_id="other")
         assert created and not created_again
         assert again.user_id == "u1" and again.status == JobStatus.PENDING

@@ -133,7 +133,7 @@ def wait_for(pred: object, timeout: float = 30.0, what: str = "") -> None:
         try:
             if pred():  # type: ignore[operator]
                 return
-        except Exception:  # noqa: BLE001 - a page mid-reload
+        except Exception:  # a page mid-reload
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")

@@ -267,7 +267,7 @@ def test_gas_runs_on_postgres_from_its_command_line(pg_url: str, tmp_path: Path)
     assert '"COMPLETED"' in status.stdout
     # the annotated file is in the database, where every machine's workers find it
     b = open_backend(pg_url)
-    assert any(k.startswith("gas/results/") for k in b.objects.keys())  # type: ignore[union-attr]
+    assert any(k.startswith("gas/results/") for k in b.objects.keys())  # type: ignore[union-attr]  # noqa: SIM118
     b.close()
 
 

@@ -42,7 +42,7 @@ def test_committed_jobs_reach_the_database_file_without_a_commit_crossing_the_lo
     b = sqlite_backend(path)
     for i in range(20):
         b.store.create(f"j{i}")
-    assert 20 * 2 < WAL_AUTOCHECKPOINT_PAGES
+    assert WAL_AUTOCHECKPOINT_PAGES > 20 * 2
     # When nothing else happens for a few checkpoint intervals
     # Then the checkpointer thread has copied them from the log into the database file
     assert _wait_for(lambda: _jobs_in_main_file(path) == 20, timeout=20 * CHECKPOINT_INTERVAL_S)

@@ -336,8 +336,10 @@ class Controller:
         return self.stage.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
 
     def _decide(self, it: _Item, outcome: object) -> Action:
+        # only a raised error can be released with a backoff: a result needs no random draw
+        backoff = self._backoff(it.delivery) if isinstance(outcome, BaseException) else 0.0
         return decide(outcome, attempt=it.delivery.receive_count, max_receives=self.stage.max_receives,
-                      lease_lost=it.lease.lost, backoff_s=self._backoff(it.delivery))
+                      lease_lost=it.lease.lost, backoff_s=backoff)
 
     def _run_handler(self, it: _Item) -> Action:
         """Run the handler (unless the attempts are used up) and decide. On ACK the item

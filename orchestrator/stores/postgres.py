@@ -32,7 +32,7 @@ class PostgresStatusStore(SqlStatusStore):
         if len(prepared) < 2:
             return super()._swap_many(prepared)
         params: list[tuple[Any, ...]] = [
-            (p.record.status.value, p.record.version, p.encoded or p.record.model_dump_json(), p.record.job_id,
+            (p.record.status.value, p.record.version, p.encoded if p.encoded is not None else self._encode(p.record), p.record.job_id,
              p.expected_version) for _, p in prepared]
 
         def tx(c: PgConn) -> set[str]:

@@ -67,7 +67,12 @@ class Codec:
             raise MalformedMessage("not an orchestrator envelope (no 'v' field) and this queue takes no plain JSON")
         else:
             env = self._plain(doc, sns_id)
-        return _unicode_ids(env)
+        # Ids become keys in every store: a lone surrogate (valid in JSON, not in UTF-8) would
+        # make the store's encoder fail for the whole batch the message came in.
+        for name, value in (("job_id", env.job_id), ("id", env.id), ("task", env.task)):
+            if _text_or_none(value) is None:
+                raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
+        return env
 
     def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
         assert self.plain_task is not None
@@ -80,15 +85,6 @@ class Codec:
         # The same body redelivered gets the same id, so the step record spots duplicates.
         msg_id = derive_id("plain", sns_id or canonical_json(doc))
         return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
-
-
-def _unicode_ids(env: Envelope) -> Envelope:
-    # Ids become keys in every store: a lone surrogate (valid in JSON, not in UTF-8) would
-    # make the store's encoder fail for the whole batch the message came in.
-    for name, value in (("job_id", env.job_id), ("id", env.id), ("task", env.task)):
-        if _text_or_none(value) is None:
-            raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
-    return env
 
 
 def _at(doc: Any, path: str) -> Any:

@@ -32,8 +32,8 @@ class PostgresStatusStore(SqlStatusStore):
         if len(prepared) < 2:
             return super()._swap_many(prepared)
         params: list[tuple[Any, ...]] = [
-            (p.record.status.value, p.record.version, p.encoded if p.encoded is not None else self._encode(p.record), p.record.job_id,
-             p.expected_version) for _, p in prepared]
+            (p.record.status.value, p.record.version, self._doc(p.record, p.encoded), p.record.job_id, p.expected_version)
+            for _, p in prepared]
 
         def tx(c: PgConn) -> set[str]:
             cur = c.conn.cursor()

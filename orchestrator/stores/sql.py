@@ -32,8 +32,12 @@ class SqlStatusStore(CasStatusStore):
     def _encode(self, record: JobRecord) -> str:
         return record.model_dump_json()
 
+    def _doc(self, record: JobRecord, encoded: Any) -> str:
+        """The row's ``doc``: the encoding a caller made before the transaction, or made now."""
+        return encoded if encoded is not None else self._encode(record)
+
     def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
-        doc = encoded if encoded is not None else record.model_dump_json()
+        doc = self._doc(record, encoded)
 
         def tx(c: Conn) -> None:
             # One statement: the version condition is the compare, the write the swap.

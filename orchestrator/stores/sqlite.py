@@ -32,8 +32,8 @@ class SqliteStatusStore(SqlStatusStore):
             chunk = updates[start:start + SWAP_CHUNK]
             params: list[object] = []
             for _, p in chunk:
-                doc = p.encoded if p.encoded is not None else self._encode(p.record)
-                params += [p.record.job_id, p.expected_version, p.record.status.value, p.record.version, doc]
+                params += [p.record.job_id, p.expected_version, p.record.status.value, p.record.version,
+                           self._doc(p.record, p.encoded)]
             sql = ("UPDATE jobs SET status=v.column3, version=v.column4, doc=v.column5 "
                    f"FROM (VALUES {','.join(['(?,?,?,?,?)'] * len(chunk))}) AS v "
                    "WHERE jobs.job_id=v.column1 AND jobs.version=v.column2 RETURNING jobs.job_id")

@@ -220,6 +220,22 @@ class StatusStore(Protocol):
         deletes commits or rolls back with the steps."""
         ...
 
+    # The same reads and batch writes on the store's documents (``orchestrator.jobdoc``): the
+    # controller's path, which never needs the typed record unless a handler asks for it.
+    def create_doc(
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
+        origin: OutMessage | None = None,
+    ) -> tuple[dict[str, Any], bool]: ...
+
+    def get_docs(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+
+    def begin_docs(self, items: Sequence[BeginItem], *, known: dict[str, dict[str, Any]] | None = None
+                   ) -> list[dict[str, Any] | StoreError]: ...
+
+    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, dict[str, Any]] | None = None,
+                    then: Callable[[list[dict[str, Any] | StoreError]], None] | None = None
+                    ) -> list[dict[str, Any] | StoreError]: ...
+
     def begin_step(
         self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
         input_body: str | None = None, source: str | None = None,

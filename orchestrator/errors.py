@@ -58,11 +58,32 @@ class MalformedMessage(OrchestratorError):
 
 
 class StoreError(OrchestratorError):
-    """A conditional write to the status store did not apply."""
+    """A conditional write to the status store did not apply. ``current`` is the record the
+    write was refused against, where the store had it."""
 
-    def __init__(self, message: str, *, current: JobRecord | None = None) -> None:
+    def __init__(self, message: str, *, current: JobRecord | dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.current = current
+        # The rules raise with the stored document (``orchestrator.jobdoc``); most callers
+        # never look at it, so the typed record is made on first use.
+        self._doc = current if isinstance(current, dict) else None
+        self._current = None if isinstance(current, dict) else current
+
+    @property
+    def current(self) -> JobRecord | None:
+        if self._current is None and self._doc is not None:
+            from orchestrator.jobdoc import to_record
+
+            self._current = to_record(self._doc)
+        return self._current
+
+    @property
+    def current_doc(self) -> dict[str, Any] | None:
+        """``current`` as the store's document."""
+        if self._doc is None and self._current is not None:
+            from orchestrator.jobdoc import to_doc
+
+            self._doc = to_doc(self._current)
+        return self._doc
 
 
 class ConflictError(StoreError):

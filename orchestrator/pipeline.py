@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.base import Delivery, ObjectStore, QueueSpec, default_dead_letter
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import ConfigError
+from orchestrator.jobdoc import to_record
 from orchestrator.status import JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -54,7 +56,9 @@ Handler = Callable[["Context", Envelope], "Result | None"]
 
 @dataclass
 class Context:
-    job: JobRecord
+    #: the job as the status store holds it (a plain document: ``orchestrator.jobdoc``);
+    #: ``job`` is its typed record, made when a handler first asks for it
+    job_doc: dict[str, Any]
     stage: Stage
     envelope: Envelope
     delivery: Delivery
@@ -62,6 +66,11 @@ class Context:
     log: FilteringBoundLogger
     objects: ObjectStore | None
     lease: Lease
+
+    @cached_property
+    def job(self) -> JobRecord:
+        """The job as of this step's begin (a copy: changing it changes nothing stored)."""
+        return to_record(self.job_doc)
 
     @property
     def attempt(self) -> int:

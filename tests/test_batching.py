@@ -86,13 +86,13 @@ def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | No
 
     backend = sqlite_backend(tmp_path / "q.db")
     if commit_s:  # a distant store: every batch's commit takes a round trip of commit_s
-        commit_steps = backend.store.commit_steps
+        commit_docs = backend.store.commit_docs
 
         def slow_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
             time.sleep(commit_s)
-            return commit_steps(*args, **kwargs)
+            return commit_docs(*args, **kwargs)
 
-        backend.store.commit_steps = slow_commit  # type: ignore[method-assign]
+        backend.store.commit_docs = slow_commit  # type: ignore[method-assign]
     pipeline.setup(backend)
     submit_many(backend, [(f"j{i}", {}) for i in range(jobs)], queue="in")
     seen = Batches()

@@ -35,10 +35,11 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
+from orchestrator.jobdoc import FAILED, TERMINAL, Doc, out_message
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.pipeline import Context, Pipeline, Result, Stage
-from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobStatus, OutMessage
 
 Steps = Generator[str, None, "list[Outcome]"]
 
@@ -66,7 +67,7 @@ class _Item:
     lease: Lease
     log: Any
     env: Envelope = field(default=None)  # type: ignore[assignment]  # set by decode
-    job: JobRecord | None = None
+    job: Doc | None = None  # the job's document as of the begin
     result: Result | None = None
     outbox: list[OutMessage] = field(default_factory=list)
     status: JobStatus | None = None
@@ -207,12 +208,12 @@ class Controller:
         st, store, transport = self.stage, self.backend.store, self.backend.transport
 
         # 2. lookup: one read for the round; a message for a job nobody created is adopted
-        jobs = store.get_many([it.job_id for it in items])
+        jobs = store.get_docs([it.job_id for it in items])
         live: list[_Item] = []
         for it in items:
             job = jobs.get(it.job_id)
             if job is None:
-                job, _ = store.create(it.job_id, user_id=_user_of(it.env))
+                job, _ = store.create_doc(it.job_id, user_id=_user_of(it.env))
                 jobs[it.job_id] = job
             replayed = self._replay(job, it)
             if replayed is not None:
@@ -226,12 +227,12 @@ class Controller:
         started = live
         if st.claim == "eager" and live:
             started = []
-            begun = store.begin_steps(
+            begun = store.begin_docs(
                 [BeginItem(it.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count,
                            kept_input(it.delivery.body), st.source) for it in live], known=jobs)
             for it, res in zip(live, begun, strict=True):
                 if isinstance(res, StoreError):
-                    current = res.current if isinstance(res, ConflictError) else None
+                    current = res.current_doc if isinstance(res, ConflictError) else None
                     replayed = self._replay(current, it) if current is not None else None
                     # Not finished but not ours either: a newer delivery holds the step.
                     self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
@@ -271,7 +272,7 @@ class Controller:
             # crash anywhere inside rolls all three back (so no crash point can yield in it).
             # The store opens it after applying its rules, so ``then`` and the writes are all
             # the write lock covers.
-            def then(results: list[JobRecord | StoreError]) -> None:
+            def then(results: list[Doc | StoreError]) -> None:
                 won[:] = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
                 self._check("after_commit", won)
                 self._emit(won)
@@ -279,9 +280,9 @@ class Controller:
                 if won:
                     transport.ack_batch([it.delivery for it in won])
 
-            results = store.commit_steps(items_to_commit, known=jobs, then=then)
+            results = store.commit_docs(items_to_commit, known=jobs, then=then)
         else:
-            results = store.commit_steps(items_to_commit, known=jobs)
+            results = store.commit_docs(items_to_commit, known=jobs)
             won = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
             yield from self._crash("after_commit", won)
             self._emit(won)
@@ -351,7 +352,7 @@ class Controller:
             # process or hung): poison.
             return self._decide(it, NoResult(
                 f"gave up after {st.max_receives} attempts without a result (receive {d.receive_count})"))
-        ctx = Context(job=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
+        ctx = Context(job_doc=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
                       log=it.log, objects=self.backend.objects, lease=it.lease)
         self.hook("before_handle", ctx)
         started = time.monotonic()
@@ -370,8 +371,8 @@ class Controller:
         self.hook("after_handle", ctx, _LABELS[action.verdict], took)
         if action.verdict == Verdict.ACK:
             status = it.result.status if it.result else None
-            if status is not None and job.status.terminal and status != job.status:
-                it.log.info("post-completion stage asked for a status change; keeping", status=job.status.value,
+            if status is not None and job["status"] in TERMINAL and status != job["status"]:
+                it.log.info("post-completion stage asked for a status change; keeping", status=job["status"],
                             requested=status.value)
                 status = None
             it.status = status
@@ -390,14 +391,14 @@ class Controller:
             case _:
                 return self._discard(it, action.reason)
 
-    def _replay(self, job: JobRecord, it: _Item) -> Outcome | None:
+    def _replay(self, job: Doc, it: _Item) -> Outcome | None:
         """If this stage's step is finished, settle the delivery by its recorded outcome."""
-        step = job.steps.get(self.stage.name)
+        step = job["steps"].get(self.stage.name)
         transport, d = self.backend.transport, it.delivery
-        if step is not None and step.state == "committed":
-            if step.message_id != it.env.id:
+        if step is not None and step["state"] == "committed":
+            if step["message_id"] != it.env.id:
                 it.log.info("step already committed for another message; treating as duplicate",
-                            committed_by=step.message_id)
+                            committed_by=step["message_id"])
             if self.backend.atomic is not None:
                 # The commit that recorded this step sent its outbox in the same transaction:
                 # sending it again would only hand downstream a second copy.
@@ -405,17 +406,17 @@ class Controller:
             else:
                 # The commit may have been followed by a crash before the emit: send the
                 # outbox again with the same ids (downstream steps recognise them).
-                outbox.emit(self.backend, [(step.outbox, it.job_id)])
+                outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
                 transport.ack(d)
             it.log.info("duplicate delivery; recorded outcome replayed")
             return Outcome.DUPLICATE
-        if step is not None and step.state == "failed":
-            if step.dead_letter:
-                transport.dead_letter(d, step.reason or "failed")
+        if step is not None and step["state"] == "failed":
+            if step["dead_letter"]:
+                transport.dead_letter(d, step["reason"] or "failed")
                 return Outcome.DEAD_LETTERED
             transport.ack(d)
             return Outcome.FAILED
-        if job.status == JobStatus.FAILED:
+        if job["status"] == FAILED:
             it.log.info("job already FAILED; message dropped", reason=_last_reason(job))
             transport.ack(d)
             return Outcome.SKIPPED
@@ -483,8 +484,8 @@ def _user_of(env: Envelope) -> str | None:
     return str(user) if user is not None else None
 
 
-def _last_reason(job: JobRecord) -> str | None:
-    for h in reversed(job.history):
-        if h.reason:
-            return h.reason
+def _last_reason(job: Doc) -> str | None:
+    for h in reversed(job["history"]):
+        if h["reason"]:
+            return h["reason"]  # type: ignore[no-any-return]
     return None

@@ -1,6 +1,6 @@
-"""The status-store policy on top of two primitives: load a record, compare-and-swap it.
+"""The status-store policy on top of two primitives: load a job's document, compare-and-swap it.
 
-Every state change reads the job, applies a pure rule from ``orchestrator.status`` and writes
+Every state change reads the job, applies a pure rule from ``orchestrator.jobdoc`` and writes
 it back only if nobody wrote in between (``version`` unchanged). A lost race re-reads and
 re-applies the rule, so the rule's own conditions (step_not_finished, lease_still_ours) are
 always judged against the latest record.
@@ -13,37 +13,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator import jobdoc
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
-from orchestrator.status import (
-    BeginItem,
-    CommitItem,
-    JobRecord,
-    JobStatus,
-    OutMessage,
-    apply_begin,
-    apply_commit,
-    apply_fail,
-    apply_reset,
-    evolve,
-    new_job,
-)
+from orchestrator.jobdoc import Doc, to_doc, to_record
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
 
 MAX_CAS_RETRIES = 50
 
-Rule = Callable[[JobRecord], JobRecord]
-#: runs with a batch's results inside the batch's write transaction (see ``commit_steps``)
-Then = Callable[[list["JobRecord | StoreError"]], None]
+Rule = Callable[[Doc], Doc]
+#: runs with a batch's results inside the batch's write transaction (see ``commit_docs``)
+Then = Callable[[list["Doc | StoreError"]], None]
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A rule applied to the record a caller knew, with the new record's encoding: the part
-    of a write that needs no lock. ``_write_many`` swaps it against ``expected_version``."""
+    """A rule applied to the document a caller knew, with the new document's encoding: the
+    part of a write that needs no lock. ``_write_many`` swaps it against ``expected_version``."""
 
-    record: JobRecord
+    record: Doc
     expected_version: int
     encoded: Any = None
+
+
+def _records(results: list[Doc | StoreError]) -> list[JobRecord | StoreError]:
+    return [r if isinstance(r, StoreError) else to_record(r) for r in results]
 
 
 class VersionConflict(Exception):
@@ -55,21 +49,23 @@ class CasStatusStore(ABC):
         self.clock: Clock = clock or SystemClock()
 
     # -- primitives -------------------------------------------------------------------------
+    # Documents handed to and from the primitives are never changed in place (rules copy what
+    # they change), so a store may keep and return the very objects it was given.
     @abstractmethod
-    def _load(self, job_id: str) -> JobRecord | None: ...
+    def _load(self, job_id: str) -> Doc | None: ...
 
     @abstractmethod
-    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
+    def _swap(self, record: Doc, expected_version: int, encoded: Any = None) -> None:
         """Write ``record`` (its version already bumped) if the stored version is
         ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``.
         ``encoded`` is ``_encode(record)`` when the caller made it already."""
 
-    def _encode(self, record: JobRecord) -> Any:
-        """The record as the backend writes it, made before any lock is taken (None: the
+    def _encode(self, record: Doc) -> Any:
+        """The document as the backend writes it, made before any lock is taken (None: the
         backend encodes in ``_swap``)."""
         return None
 
-    def _insert(self, record: JobRecord) -> None:
+    def _insert(self, record: Doc) -> None:
         """Write a new job; raise ``VersionConflict`` if it exists. Override where 'absent'
         and 'version 0' differ (adopted tables)."""
         self._swap(record, 0)
@@ -79,27 +75,35 @@ class CasStatusStore(ABC):
 
     # -- policy -----------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
-        return self._load(job_id)
+        doc = self._load(job_id)
+        return to_record(doc) if doc is not None else None
 
     def create(
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
         origin: OutMessage | None = None,
     ) -> tuple[JobRecord, bool]:
+        doc, created = self.create_doc(job_id, user_id=user_id, fields=fields, origin=origin)
+        return to_record(doc), created
+
+    def create_doc(
+        self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
+        origin: OutMessage | None = None,
+    ) -> tuple[Doc, bool]:
+        """``create``, answering with the job's document."""
         for _ in range(MAX_CAS_RETRIES):
             current = self._load(job_id)
             if current is not None:
                 return current, False
-            rec = new_job(job_id, user_id=user_id, fields=fields or {}, now=self.clock.now(), origin=origin)
-            rec.version = 1
+            doc = jobdoc.new_doc(job_id, user_id=user_id, fields=fields or {}, now=self.clock.now(), origin=origin)
+            doc["version"] = 1
             try:
-                self._insert(rec)
-                return rec, True
+                self._insert(doc)
+                return doc, True
             except VersionConflict:
                 continue
         raise ConflictError(f"job {job_id}: create kept racing")
 
-    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord], known: JobRecord | None = None
-                ) -> JobRecord:
+    def _mutate(self, job_id: str, rule: Rule, known: Doc | None = None) -> Doc:
         """Apply ``rule`` and swap. ``known`` is a record just read or written: the first try
         swaps against it without reading again (the version condition still guards it)."""
         for _ in range(MAX_CAS_RETRIES):
@@ -113,9 +117,9 @@ class CasStatusStore(ABC):
                 if fresh:
                     raise
                 continue  # judged on a record that may be stale: judge again on a fresh read
-            new.version = current.version + 1
+            new["version"] = current["version"] + 1
             try:
-                self._swap(new, current.version, self._encode(new))
+                self._swap(new, current["version"], self._encode(new))
                 return new
             except VersionConflict:
                 continue  # someone wrote in between: judge the rule again on the fresh record
@@ -123,20 +127,24 @@ class CasStatusStore(ABC):
 
     def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         """The existing jobs among ``job_ids`` (one round trip where the backend allows)."""
+        return {job_id: to_record(doc) for job_id, doc in self.get_docs(job_ids).items()}
+
+    def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
+        """``get_many``, answering with documents. Backends override this with one read."""
         out = {}
         for job_id in dict.fromkeys(job_ids):
-            rec = self._load(job_id)
-            if rec is not None:
-                out[job_id] = rec
+            doc = self._load(job_id)
+            if doc is not None:
+                out[job_id] = doc
         return out
 
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
+    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Doc | StoreError]:
         """Apply one rule per job; each result is the written record or the error. Backends
         override this to write the whole batch in one round trip when nothing conflicts."""
         return self._write_many(pairs, self._prepare(pairs, known))
 
-    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord], then: Then | None
-                          ) -> list[JobRecord | StoreError]:
+    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc], then: Then | None
+                          ) -> list[Doc | StoreError]:
         """``_mutate_many``, then ``then(results)``; a store in a transactional database
         runs both in one transaction (and so does the whole work of ``then``)."""
         results = self._mutate_many(pairs, known)
@@ -144,7 +152,7 @@ class CasStatusStore(ABC):
             then(results)
         return results
 
-    def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[Prepared | None]:
+    def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Prepared | None]:
         """Apply each rule to the record the caller knew and encode the result: no I/O, so a
         store can do it before it takes a write lock. None where there is no known record or
         its rule refused it (judged again on a fresh read by ``_write_many``)."""
@@ -158,20 +166,20 @@ class CasStatusStore(ABC):
             if new is None or current is None:
                 out.append(None)
                 continue
-            new.version = current.version + 1
-            out.append(Prepared(new, current.version, self._encode(new)))
+            new["version"] = current["version"] + 1
+            out.append(Prepared(new, current["version"], self._encode(new)))
         return out
 
     def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
-                    ) -> list[JobRecord | StoreError]:
+                    ) -> list[Doc | StoreError]:
         """Swap the prepared records (``_swap_many``); a job whose swap lost, that had none, or
         that comes twice in the batch is read, judged and swapped again, as ``_mutate`` does."""
         firsts: dict[str, tuple[int, Prepared]] = {}  # job id -> its first prepared record
         for pos, pre in enumerate(prepared):
             if pre is not None:
-                firsts.setdefault(pre.record.job_id, (pos, pre))
+                firsts.setdefault(pre.record["job_id"], (pos, pre))
         swapped = self._swap_many(list(firsts.values()))
-        out: list[JobRecord | StoreError] = []
+        out: list[Doc | StoreError] = []
         for pos, (job_id, rule) in enumerate(pairs):
             if pos in swapped:
                 out.append(swapped[pos])
@@ -182,11 +190,11 @@ class CasStatusStore(ABC):
                 out.append(exc)
         return out
 
-    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:
         """Swap each (position, prepared record), all of distinct jobs: position -> the record
         written, or the error the backend refused it with; a swap that lost is left out.
         DynamoDB overrides this to send the puts concurrently."""
-        out: dict[int, JobRecord | StoreError] = {}
+        out: dict[int, Doc | StoreError] = {}
         for pos, pre in prepared:
             try:
                 self._swap(pre.record, pre.expected_version, pre.encoded)
@@ -200,35 +208,54 @@ class CasStatusStore(ABC):
     def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None
                     ) -> list[JobRecord | StoreError]:
         """``begin_step`` for several jobs; ``known`` are records just read (a hint)."""
+        return _records(self.begin_docs(items, known=_docs(known)))
+
+    def begin_docs(self, items: Sequence[BeginItem], *, known: dict[str, Doc] | None = None
+                   ) -> list[Doc | StoreError]:
+        """``begin_steps`` on documents (the controller's path)."""
         now = self.clock.now()
 
         def rule(i: BeginItem) -> Rule:
-            return lambda r: apply_begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
-                                         attempt=i.attempt, now=now, input_body=i.input_body, source=i.source)
+            return lambda r: jobdoc.begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
+                                          attempt=i.attempt, now=now, input_body=i.input_body, source=i.source)
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
     def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None,
-                     then: Then | None = None) -> list[JobRecord | StoreError]:
+                     then: Callable[[list[JobRecord | StoreError]], None] | None = None
+                     ) -> list[JobRecord | StoreError]:
         """``commit_step`` for several jobs, each with its own conditions. ``then(results)``
         runs after the writes; a store in a transactional database runs it inside the same
         transaction, which is how the embedded default makes commit + emit + ack one."""
+        typed: list[JobRecord | StoreError] = []
+
+        def then_typed(results: list[Doc | StoreError]) -> None:
+            typed[:] = _records(results)
+            if then is not None:
+                then(typed)
+
+        results = self.commit_docs(items, known=_docs(known), then=then_typed)
+        return typed if typed else _records(results)
+
+    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None,
+                    then: Then | None = None) -> list[Doc | StoreError]:
+        """``commit_steps`` on documents (the controller's path)."""
         now = self.clock.now()
 
         def rule(i: CommitItem) -> Rule:
-            return lambda r: apply_commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
-                                          status=i.status, fields=i.fields, outbox=i.outbox, now=now)
+            return lambda r: jobdoc.commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
+                                           status=i.status, fields=i.fields, outbox=i.outbox, now=now)
 
         return self._mutate_many_then([(i.job_id, rule(i)) for i in items], known or {}, then)
 
     def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
                    input_body: str | None = None, source: str | None = None) -> JobRecord:
         now = self.clock.now()
-        return self._mutate(
+        return to_record(self._mutate(
             job_id,
-            lambda r: apply_begin(r, stage=stage, message_id=message_id, claim=claim, attempt=attempt, now=now,
-                                  input_body=input_body, source=source),
-        )
+            lambda r: jobdoc.begin(r, stage=stage, message_id=message_id, claim=claim, attempt=attempt, now=now,
+                                   input_body=input_body, source=source),
+        ))
 
     def commit_step(
         self,
@@ -242,37 +269,30 @@ class CasStatusStore(ABC):
         outbox: list[OutMessage],
     ) -> JobRecord:
         now = self.clock.now()
-        return self._mutate(
+        return to_record(self._mutate(
             job_id,
-            lambda r: apply_commit(
-                r, stage=stage, message_id=message_id, claim=claim, status=status,
-                fields=fields, outbox=outbox, now=now,
-            ),
-        )
+            lambda r: jobdoc.commit(r, stage=stage, message_id=message_id, claim=claim, status=status,
+                                    fields=fields, outbox=outbox, now=now),
+        ))
 
     def fail(
         self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool
     ) -> JobRecord:
         now = self.clock.now()
-        return self._mutate(
+        return to_record(self._mutate(
             job_id,
-            lambda r: apply_fail(
-                r, stage=stage, message_id=message_id, claim=claim, reason=reason,
-                dead_letter=dead_letter, now=now,
-            ),
-        )
+            lambda r: jobdoc.fail(r, stage=stage, message_id=message_id, claim=claim, reason=reason,
+                                  dead_letter=dead_letter, now=now),
+        ))
 
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:
         now = self.clock.now()
-        return self._mutate(job_id, lambda r: apply_reset(r, stage=stage, reason=reason, now=now))
+        return to_record(self._mutate(job_id, lambda r: jobdoc.reset(r, stage=stage, reason=reason, now=now)))
 
     def update_fields(self, job_id: str, fields: dict[str, Any]) -> JobRecord:
         now = self.clock.now()
+        return to_record(self._mutate(job_id, lambda r: jobdoc.set_fields(r, fields=fields, now=now)))
 
-        def rule(r: JobRecord) -> JobRecord:
-            out = evolve(r)
-            out.fields.update(fields)
-            out.updated_at = now
-            return out
 
-        return self._mutate(job_id, rule)
+def _docs(known: dict[str, JobRecord] | None) -> dict[str, Doc]:
+    return {k: to_doc(v) for k, v in (known or {}).items()}

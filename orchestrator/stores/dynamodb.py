@@ -19,7 +19,8 @@ from orchestrator.aws_common import DEFAULT_REGION, error_code, resource
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
-from orchestrator.status import HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
+from orchestrator.jobdoc import HISTORY_DEFAULTS, STEP_DEFAULTS, Doc, to_record
+from orchestrator.status import JobRecord, JobStatus
 from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict
 
 BATCH_GET_MAX = 100
@@ -73,6 +74,11 @@ def from_dynamo(value: Any) -> Any:
     if isinstance(value, (list, set)):
         return [from_dynamo(v) for v in value]
     return value
+
+
+def _lean(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` without the entries that hold their default (fewer bytes per item)."""
+    return {k: v for k, v in doc.items() if k not in defaults or v != defaults[k]}
 
 
 class DynamoDBStatusStore(CasStatusStore):
@@ -134,7 +140,7 @@ class DynamoDBStatusStore(CasStatusStore):
                 raise
 
     # -- mapping ----------------------------------------------------------------------------
-    def _record(self, item: dict[str, Any]) -> JobRecord:
+    def _from_item(self, item: dict[str, Any]) -> Doc:
         item = from_dynamo(item)
         own = {self.key_attr, "user_id", self.status_attr, VERSION, STATE, STEPS, HISTORY, CREATED, UPDATED, ORIGIN}
         if item.get(STATE):
@@ -144,41 +150,43 @@ class DynamoDBStatusStore(CasStatusStore):
                      "history": json.loads(item[HISTORY]) if item.get(HISTORY) else [],
                      "created_at": item.get(CREATED, item.get("submit_time", 0)), "updated_at": item.get(UPDATED, 0),
                      "origin": json.loads(item[ORIGIN]) if item.get(ORIGIN) else None}
-        return JobRecord(
-            job_id=str(item[self.key_attr]),
-            user_id=item.get("user_id"),
-            status=JobStatus(self._status_in.get(str(item.get(self.status_attr)), item.get(self.status_attr,
-                                                                                        JobStatus.PENDING.value))),
-            fields={k: v for k, v in item.items() if k not in own},
-            steps={k: StepRecord.model_validate(v) for k, v in state["steps"].items()},
-            history=[HistoryEntry.model_validate(h) for h in state["history"]],
-            created_at=float(state.get("created_at") or 0),
-            updated_at=float(state.get("updated_at") or 0),
-            version=int(item.get(VERSION, 0)),
-            origin=OutMessage.model_validate(state["origin"]) if state.get("origin") else None,
-        )
-
-    def _item(self, rec: JobRecord) -> dict[str, Any]:
-        item: dict[str, Any] = {k: v for k, v in rec.fields.items() if v is not None}
-        state: dict[str, Any] = {
-            "steps": {k: v.model_dump(mode="json", exclude_defaults=True) for k, v in rec.steps.items()},
-            "history": [h.model_dump(mode="json", exclude_defaults=True) for h in rec.history],
-            "created_at": rec.created_at, "updated_at": rec.updated_at,
+        status = item.get(self.status_attr, JobStatus.PENDING.value)
+        return {
+            "job_id": str(item[self.key_attr]),
+            "user_id": item.get("user_id"),
+            # an unknown status (another program's) is refused here, as the typed record would
+            "status": JobStatus(self._status_in.get(str(status), status)).value,
+            "fields": {k: v for k, v in item.items() if k not in own},
+            # steps and history are kept without their defaults (below): filled in again here
+            "steps": {k: {**STEP_DEFAULTS, "outbox": [], **v} for k, v in state["steps"].items()},
+            "history": [{**HISTORY_DEFAULTS, **h} for h in state["history"]],
+            "created_at": float(state.get("created_at") or 0),
+            "updated_at": float(state.get("updated_at") or 0),
+            "origin": state.get("origin") or None,
+            "version": int(item.get(VERSION, 0)),
         }
-        if rec.origin is not None:
-            state["origin"] = rec.origin.model_dump(mode="json")
-        item.update({self.key_attr: rec.job_id, self.status_attr: self._status_out.get(rec.status.value, rec.status.value),
-                     VERSION: rec.version,
+
+    def _item(self, doc: Doc) -> dict[str, Any]:
+        item: dict[str, Any] = {k: v for k, v in doc["fields"].items() if v is not None}
+        state: dict[str, Any] = {
+            "steps": {k: _lean(v, STEP_DEFAULTS) for k, v in doc["steps"].items()},
+            "history": [_lean(h, HISTORY_DEFAULTS) for h in doc["history"]],
+            "created_at": doc["created_at"], "updated_at": doc["updated_at"],
+        }
+        if doc["origin"] is not None:
+            state["origin"] = doc["origin"]
+        item.update({self.key_attr: doc["job_id"], self.status_attr: self._status_out.get(doc["status"], doc["status"]),
+                     VERSION: doc["version"],
                      STATE: json.dumps(state, separators=(",", ":"))})
-        if rec.user_id is not None:
-            item["user_id"] = rec.user_id
+        if doc["user_id"] is not None:
+            item["user_id"] = doc["user_id"]
         return to_dynamo(item)  # type: ignore[no-any-return]
 
     # -- primitives -------------------------------------------------------------------------
-    def _load(self, job_id: str) -> JobRecord | None:
+    def _load(self, job_id: str) -> Doc | None:
         item = self.client.get_item(TableName=self.table_name, Key={self.key_attr: job_id},
                                     ConsistentRead=True).get("Item")
-        return self._record(item) if item else None
+        return self._from_item(item) if item else None
 
     def _condition(self, expected_version: int) -> tuple[str, dict[str, str], dict[str, Any] | None]:
         if expected_version == 0:
@@ -187,13 +195,13 @@ class DynamoDBStatusStore(CasStatusStore):
         # version_unchanged: nobody wrote since we read
         return "#v = :v", {"#v": VERSION}, {":v": expected_version}
 
-    def _put(self, record: JobRecord, cond: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
+    def _put(self, record: Doc, cond: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
         item = self._item(record)
         # Refused here, not by DynamoDB, so the step fails with the reason instead of every
         # redelivery repeating a write that cannot succeed.
         size = sum(len(k.encode()) + item_bytes(v) for k, v in item.items())
         if size > MAX_ITEM_BYTES:
-            raise RecordTooLarge(record.job_id, size, MAX_ITEM_BYTES)
+            raise RecordTooLarge(record["job_id"], size, MAX_ITEM_BYTES)
         kwargs: dict[str, Any] = {"Item": item, "ConditionExpression": cond, "ExpressionAttributeNames": names}
         if values:
             kwargs["ExpressionAttributeValues"] = values
@@ -202,29 +210,29 @@ class DynamoDBStatusStore(CasStatusStore):
         except Exception as exc:
             code = error_code(exc)
             if code == "ConditionalCheckFailedException":
-                raise VersionConflict(record.job_id) from exc
+                raise VersionConflict(record["job_id"]) from exc
             if code == "ValidationException" and "size" in str(exc).lower():
-                raise RecordTooLarge(record.job_id, max(size, MAX_ITEM_BYTES + 1), MAX_ITEM_BYTES) from exc
+                raise RecordTooLarge(record["job_id"], max(size, MAX_ITEM_BYTES + 1), MAX_ITEM_BYTES) from exc
             raise
 
-    def _insert(self, record: JobRecord) -> None:
+    def _insert(self, record: Doc) -> None:
         # job_absent: never overwrite an item another program created
         self._put(record, "attribute_not_exists(#k)", {"#k": self.key_attr})
 
-    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
+    def _swap(self, record: Doc, expected_version: int, encoded: Any = None) -> None:
         self._put(record, *self._condition(expected_version))
 
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+    def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
         ids = list(dict.fromkeys(job_ids))
-        out: dict[str, JobRecord] = {}
+        out: dict[str, Doc] = {}
         for start in range(0, len(ids), BATCH_GET_MAX):
             request: dict[str, Any] | None = {self.table_name: {
                 "Keys": [{self.key_attr: i} for i in ids[start:start + BATCH_GET_MAX]], "ConsistentRead": True}}
             for attempt in range(UNPROCESSED_RETRIES):
                 resp = self.client.batch_get_item(RequestItems=request)
                 for item in resp.get("Responses", {}).get(self.table_name, []):
-                    rec = self._record(item)
-                    out[rec.job_id] = rec
+                    doc = self._from_item(item)
+                    out[doc["job_id"]] = doc
                 request = resp.get("UnprocessedKeys") or None
                 if not request:
                     break
@@ -234,7 +242,7 @@ class DynamoDBStatusStore(CasStatusStore):
                 raise StoreError(f"BatchGetItem still left keys unprocessed after {UNPROCESSED_RETRIES} tries")
         return out
 
-    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:
         """The batch's conditional puts sent concurrently (one round trip of latency for the
         batch) rather than as TransactWriteItems: no all-or-nothing coupling between unrelated
         jobs, and half the write cost. A job whose condition fails is judged again on a fresh
@@ -242,7 +250,7 @@ class DynamoDBStatusStore(CasStatusStore):
         if len(prepared) < 2:
             return super()._swap_many(prepared)
 
-        def put(item: tuple[int, Prepared]) -> tuple[int, JobRecord | StoreError | None]:
+        def put(item: tuple[int, Prepared]) -> tuple[int, Doc | StoreError | None]:
             pos, pre = item
             try:
                 self._swap(pre.record, pre.expected_version)
@@ -278,7 +286,7 @@ class DynamoDBStatusStore(CasStatusStore):
             if "LastEvaluatedKey" not in resp:
                 break
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        recs = [self._record(i) for i in items]
+        recs = [to_record(self._from_item(i)) for i in items]
         return sorted(recs, key=lambda r: (r.created_at, r.job_id))
 
 

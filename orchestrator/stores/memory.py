@@ -1,4 +1,4 @@
-"""In-memory status store: a dict under a lock. Real semantics, no persistence."""
+"""In-memory status store: a dict of job documents under a lock. Real semantics, no persistence."""
 
 from __future__ import annotations
 
@@ -7,35 +7,37 @@ from typing import Any
 
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
-from orchestrator.status import JobRecord, JobStatus, evolve
+from orchestrator.jobdoc import Doc, to_record
+from orchestrator.status import JobRecord, JobStatus
 from orchestrator.stores.cas import CasStatusStore, VersionConflict
 
 
 class MemoryStatusStore(CasStatusStore):
     def __init__(self, *, clock: Clock | None = None) -> None:
         super().__init__(clock=clock)
-        self._jobs: dict[str, JobRecord] = {}
+        self._jobs: dict[str, Doc] = {}
         self._lock = threading.Lock()
 
-    def _load(self, job_id: str) -> JobRecord | None:
+    # Documents are never changed in place (rules copy what they change) and callers get typed
+    # records as copies (``to_record``), so the store keeps and hands out the documents
+    # themselves: no copy per read or write.
+    def _load(self, job_id: str) -> Doc | None:
         with self._lock:
-            rec = self._jobs.get(job_id)
-            # Records are never changed in place (rules evolve a copy); the copy of the
-            # containers only keeps a caller's edits (a handler's ctx.job) out of the store.
-            return evolve(rec) if rec is not None else None
+            return self._jobs.get(job_id)
 
-    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
+    def _swap(self, record: Doc, expected_version: int, encoded: Any = None) -> None:
         with self._lock:
-            current = self._jobs.get(record.job_id)
-            if (current.version if current is not None else 0) != expected_version:
-                raise VersionConflict(record.job_id)
-            self._jobs[record.job_id] = evolve(record)
+            current = self._jobs.get(record["job_id"])
+            if (current["version"] if current is not None else 0) != expected_version:
+                raise VersionConflict(record["job_id"])
+            self._jobs[record["job_id"]] = record
 
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         with self._lock:
-            recs = [evolve(r) for r in self._jobs.values()]
+            docs = list(self._jobs.values())
         return sorted(
-            (r for r in recs if (user_id is None or r.user_id == user_id) and (status is None or r.status == status)),
+            (to_record(d) for d in docs
+             if (user_id is None or d["user_id"] == user_id) and (status is None or d["status"] == status)),
             key=lambda r: (r.created_at, r.job_id),
         )
 

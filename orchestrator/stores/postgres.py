@@ -16,8 +16,8 @@ from typing import Any
 
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
+from orchestrator.jobdoc import Doc
 from orchestrator.postgres_db import PgConn, PostgresDatabase
-from orchestrator.status import JobRecord
 from orchestrator.stores.cas import Prepared
 from orchestrator.stores.sql import SqlStatusStore
 
@@ -26,13 +26,14 @@ class PostgresStatusStore(SqlStatusStore):
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)
 
-    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, JobRecord | StoreError]:
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:
         """The batch's swaps pipelined: one round trip instead of one per job. A job whose
         swap lost is judged again on a fresh read by ``_write_many``."""
         if len(prepared) < 2:
             return super()._swap_many(prepared)
         params: list[tuple[Any, ...]] = [
-            (p.record.status.value, p.record.version, self._doc(p.record, p.encoded), p.record.job_id, p.expected_version)
+            (p.record["status"], p.record["version"], self._doc(p.record, p.encoded), p.record["job_id"],
+             p.expected_version)
             for _, p in prepared]
 
         def tx(c: PgConn) -> set[str]:
@@ -46,4 +47,4 @@ class PostgresStatusStore(SqlStatusStore):
                     return swapped
 
         swapped = self.db.run(tx)
-        return {pos: p.record for pos, p in prepared if p.record.job_id in swapped}
+        return {pos: p.record for pos, p in prepared if p.record["job_id"] in swapped}

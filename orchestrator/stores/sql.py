@@ -16,6 +16,7 @@ from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.database import Conn, Database
 from orchestrator.errors import StoreError
+from orchestrator.jobdoc import Doc, decode, encode, to_record
 from orchestrator.status import JobRecord, JobStatus, OutMessage
 from orchestrator.stores.cas import CasStatusStore, Rule, Then, VersionConflict
 
@@ -25,19 +26,20 @@ class SqlStatusStore(CasStatusStore):
         super().__init__(clock=clock)
         self.db = db
 
-    def _load(self, job_id: str) -> JobRecord | None:
+    def _load(self, job_id: str) -> Doc | None:
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
-        return JobRecord.model_validate_json(rows[0][0]) if rows else None
+        return decode(rows[0][0]) if rows else None
 
-    def _encode(self, record: JobRecord) -> str:
-        return record.model_dump_json()
+    def _encode(self, record: Doc) -> str:
+        return encode(record)
 
-    def _doc(self, record: JobRecord, encoded: Any) -> str:
+    def _doc(self, record: Doc, encoded: Any) -> str:
         """The row's ``doc``: the encoding a caller made before the transaction, or made now."""
         return encoded if encoded is not None else self._encode(record)
 
-    def _swap(self, record: JobRecord, expected_version: int, encoded: Any = None) -> None:
+    def _swap(self, record: Doc, expected_version: int, encoded: Any = None) -> None:
         doc = self._doc(record, encoded)
+        job_id, status, version = record["job_id"], record["status"], record["version"]
 
         def tx(c: Conn) -> None:
             # One statement: the version condition is the compare, the write the swap.
@@ -45,35 +47,34 @@ class SqlStatusStore(CasStatusStore):
                 done = c.execute(
                     "INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES (?,?,?,?,?,?) "
                     "ON CONFLICT DO NOTHING",
-                    (record.job_id, record.user_id, record.status.value, record.version, record.created_at, doc),
+                    (job_id, record["user_id"], status, version, record["created_at"], doc),
                 ).rowcount
             else:
                 # user_id is set once, by the insert: leaving it out spares its index a rewrite
                 done = c.execute(
                     "UPDATE jobs SET status=?, version=?, doc=? WHERE job_id=? AND version=?",
-                    (record.status.value, record.version, doc, record.job_id, expected_version),
+                    (status, version, doc, job_id, expected_version),
                 ).rowcount
             if not done:
-                raise VersionConflict(record.job_id)
+                raise VersionConflict(job_id)
 
         self.db.run(tx)
 
-    def _mutate(self, job_id: str, rule: Callable[[JobRecord], JobRecord], known: JobRecord | None = None
-                ) -> JobRecord:
+    def _mutate(self, job_id: str, rule: Callable[[Doc], Doc], known: Doc | None = None) -> Doc:
         return self.db.run(lambda c: super(SqlStatusStore, self)._mutate(job_id, rule, known))
 
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord]) -> list[JobRecord | StoreError]:
+    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Doc | StoreError]:
         return self._mutate_many_then(pairs, known, None)
 
-    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, JobRecord], then: Then | None
-                          ) -> list[JobRecord | StoreError]:
+    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc], then: Then | None
+                          ) -> list[Doc | StoreError]:
         # Rules and JSON first, outside the write lock: SQLite has one writer at a time, and
         # a batch's Python work held it for most of the batch, so two workers on one file ran
         # little faster than one. Then one write transaction for the batch (and ``then``):
         # conditional updates only, each job that lost its swap judged again inside.
         prepared = self._prepare(pairs, known)
 
-        def tx(c: Conn) -> list[JobRecord | StoreError]:
+        def tx(c: Conn) -> list[Doc | StoreError]:
             results = self._write_many(pairs, prepared)
             if then is not None:
                 then(results)
@@ -81,23 +82,23 @@ class SqlStatusStore(CasStatusStore):
 
         return self.db.run(tx)
 
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+    def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
         ids = list(dict.fromkeys(job_ids))
-        out: dict[str, JobRecord] = {}
+        out: dict[str, Doc] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows = self.db.read(f"SELECT doc FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
-            for (doc,) in rows:
-                rec = JobRecord.model_validate_json(doc)
-                out[rec.job_id] = rec
+            for (text,) in rows:
+                doc = decode(text)
+                out[doc["job_id"]] = doc
         return out
 
-    def create(
+    def create_doc(
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
         origin: OutMessage | None = None,
-    ) -> tuple[JobRecord, bool]:
+    ) -> tuple[Doc, bool]:
         return self.db.run(
-            lambda c: super(SqlStatusStore, self).create(job_id, user_id=user_id, fields=fields, origin=origin))
+            lambda c: super(SqlStatusStore, self).create_doc(job_id, user_id=user_id, fields=fields, origin=origin))
 
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         sql, params = "SELECT doc FROM jobs WHERE 1=1", []
@@ -108,7 +109,7 @@ class SqlStatusStore(CasStatusStore):
             sql += " AND status=?"
             params.append(status.value)
         rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
-        return [JobRecord.model_validate_json(r[0]) for r in rows]
+        return [to_record(decode(r[0])) for r in rows]
 
 
 _: type[StatusStore] = SqlStatusStore

@@ -84,3 +84,15 @@ def test_a_document_written_as_a_record_decodes_to_the_same_record() -> None:
     assert jobdoc.to_record(doc) == rec
     assert jobdoc.commit(doc, stage="s", message_id="m", claim=None, status=JobStatus.COMPLETED, fields={},
                          outbox=[], now=2.0)["status"] == "COMPLETED"
+
+
+def test_fields_of_any_type_pydantic_writes_are_written_as_the_record_writes_them() -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    fields = {"when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "cost": decimal.Decimal("1.50"),
+              "id": uuid.UUID(int=7), "status": JobStatus.FAILED, "huge": 2**70, "inf": float("inf"), "tags": ("a",)}
+    doc = jobdoc.set_fields(jobdoc.new_doc("j", user_id=None, fields={}, now=1.0), fields=fields, now=2.0)
+    assert jobdoc.encode(doc) == jobdoc.to_record(doc).model_dump_json()
+    assert jobdoc.decode(jobdoc.encode(doc))["fields"]["huge"] == 2**70  # not rounded to a float

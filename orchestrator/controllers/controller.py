@@ -137,11 +137,15 @@ class Controller:
 
     # -- entry points -----------------------------------------------------------------------
     def lease(self, delivery: Delivery) -> Lease:
+        return self.leases([delivery])[0]
+
+    def leases(self, deliveries: Sequence[Delivery]) -> list[Lease]:
+        """A heartbeat lease per delivery of a received batch (one timer beats them all)."""
         st = self.stage
-        return Lease(self.backend.transport, delivery, self.backend.clock,
-                     visibility_s=st.visibility_timeout, time_limit_s=st.time_limit_s,
-                     on_extend=lambda d: self.hook("on_lease_extended", st, d),
-                     on_lost=lambda d: self.hook("on_lease_lost", st, d))
+        return Lease.batch(self.backend.transport, deliveries, self.backend.clock,
+                           visibility_s=st.visibility_timeout, time_limit_s=st.time_limit_s,
+                           on_extend=lambda d: self.hook("on_lease_extended", st, d),
+                           on_lost=lambda d: self.hook("on_lease_lost", st, d))
 
     def hook(self, name: str, *args: object) -> None:
         active = self._hooks.get(name)
@@ -159,7 +163,7 @@ class Controller:
         """Run the whole protocol for a received batch (the worker's path); one outcome per
         delivery, in order. Leases made here are stopped here."""
         own = leases is None
-        held = [self.lease(d) for d in deliveries] if leases is None else list(leases)
+        held = self.leases(deliveries) if leases is None else list(leases)
         try:
             return drive(self.process(list(zip(deliveries, held, strict=True)), should_stop=should_stop))
         finally:

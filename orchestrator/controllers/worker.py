@@ -174,7 +174,7 @@ class Worker:
                 continue
             with self._lock:
                 self._busy += len(batch)
-            leases = [ctrl.lease(d) for d in batch]  # prefetched messages stay leased too
+            leases = ctrl.leases(batch)  # prefetched messages stay leased too
             me = threading.current_thread().name
             self._holding[me] = (batch, leases)
             try:

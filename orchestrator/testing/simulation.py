@@ -217,7 +217,7 @@ class Simulation:
             self.received.add((d.queue, d.message_id))
         batches = [got] if got and self.random.random() < self.batch_probability else [[d] for d in got]
         for batch in batches:
-            leases = [ctrl.lease(d) for d in batch]
+            leases = ctrl.leases(batch)
             steps = ctrl.process(list(zip(batch, leases, strict=True)))
             self.flights.append(_Flight(ctrl, batch, leases, steps))
 

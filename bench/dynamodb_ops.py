@@ -87,7 +87,7 @@ def measure(pid: int, n: int) -> dict[str, float]:
                           fields={}, outbox=[OutMessage(kind="queue", target="b", id=f"o-{job_id}",
                                                         body=json.dumps({"v": 1, "id": "a" * 32, "job_id": job_id,
                                                                         "task": "two"}))])
-    items = {job_id: store._item(rec) for job_id, rec in store.get_many(ids).items()}
+    items = {job_id: store._item(doc) for job_id, doc in store.get_docs(ids).items()}
     out: dict[str, float] = {}
 
     def timed(name: str, op: Callable[[int], Any], count: int) -> None:

@@ -56,8 +56,8 @@ Handler = Callable[["Context", Envelope], "Result | None"]
 
 @dataclass
 class Context:
-    #: the job as the status store holds it (a plain document: ``orchestrator.jobdoc``);
-    #: ``job`` is its typed record, made when a handler first asks for it
+    #: the job as the status store holds it (a plain document: ``orchestrator.jobdoc``),
+    #: read-only: stores may share it; ``job`` is its typed copy, made when first asked for
     job_doc: dict[str, Any]
     stage: Stage
     envelope: Envelope

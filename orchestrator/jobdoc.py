@@ -25,7 +25,8 @@ from orchestrator.status import ALLOWED, HistoryEntry, JobRecord, JobStatus, Out
 
 Doc = dict[str, Any]
 
-PENDING, RUNNING, COMPLETED, FAILED = (s.value for s in JobStatus)
+PENDING, RUNNING = JobStatus.PENDING.value, JobStatus.RUNNING.value
+COMPLETED, FAILED = JobStatus.COMPLETED.value, JobStatus.FAILED.value
 TERMINAL = frozenset({COMPLETED, FAILED})
 _ALLOWED = frozenset((a.value, b.value) for a, b in ALLOWED)
 

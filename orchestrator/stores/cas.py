@@ -227,15 +227,16 @@ class CasStatusStore(ABC):
         """``commit_step`` for several jobs, each with its own conditions. ``then(results)``
         runs after the writes; a store in a transactional database runs it inside the same
         transaction, which is how the embedded default makes commit + emit + ack one."""
+        if then is None:  # typed after the write, not inside its transaction
+            return _records(self.commit_docs(items, known=_docs(known)))
         typed: list[JobRecord | StoreError] = []
 
         def then_typed(results: list[Doc | StoreError]) -> None:
             typed[:] = _records(results)
-            if then is not None:
-                then(typed)
+            then(typed)
 
-        results = self.commit_docs(items, known=_docs(known), then=then_typed)
-        return typed if typed else _records(results)
+        self.commit_docs(items, known=_docs(known), then=then_typed)
+        return typed
 
     def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None,
                     then: Then | None = None) -> list[Doc | StoreError]:

@@ -17,7 +17,7 @@ from orchestrator.errors import (
     RecordTooLarge,
     SimulatedCrash,
 )
-from orchestrator.pipeline import Context, Emit, Pipeline, Result, Stage
+from orchestrator.pipeline import Context, Emit, Pipeline, Result, Snooze, Stage
 from orchestrator.status import JobRecord, JobStatus
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Result",
     "SimClock",
     "SimulatedCrash",
+    "Snooze",
     "Stage",
     "SystemClock",
     "Worker",

@@ -40,7 +40,7 @@ def aws_backend(url: str, *, clock: Clock | None = None, **_: Any) -> Backend:
     q = parse_aws_url(url)
     region, prefix = q["region"], q["prefix"]
     clock = clock or SystemClock()
-    transport = SqsTransport(prefix=prefix, region=region)
+    transport = SqsTransport(prefix=prefix, region=region, clock=clock)
     store = DynamoDBStatusStore(f"{prefix}{q.get('table', 'jobs')}", key_attr=q.get("key", "job_id"),
                                 status_attr=q.get("status", "job_status"), region=region, clock=clock)
     objects = S3ObjectStore(f"{prefix}{q.get('bucket', 'objects')}".lower(), region=region)

@@ -17,6 +17,8 @@ from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, Out
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
+#: priorities run from 0 (the default, lowest) to MAX_PRIORITY
+MAX_PRIORITY = 9
 
 
 def default_dead_letter(queue: str) -> str:
@@ -38,6 +40,9 @@ class QueueSpec:
     #: receives after which the queue itself moves a message to its dead-letter queue (SQS
     #: RedrivePolicy); None when only the controller dead-letters
     redrive_after: int | None = None
+    #: priorities that get a queue of their own where the queue cannot order by priority
+    #: (SQS: ``<queue>-p<band>``, polled high to low); SQL and memory queues order natively
+    priority_bands: tuple[int, ...] = ()
 
 
 @dataclass
@@ -58,9 +63,14 @@ class Delivery:
 class Outgoing:
     body: str
     message_id: str | None = None
+    #: seconds before the message may be received; any length (a transport whose queue caps
+    #: a delay chains it)
     delay_s: float = 0.0
     attributes: dict[str, str] = field(default_factory=dict)
     group_id: str | None = None  # FIFO message group (the job id)
+    #: 0 (lowest) .. 9 (highest): a receive hands out higher priorities first, and the oldest
+    #: first within one
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,14 @@ class Transport(Protocol):
     def release(self, delivery: Delivery, delay_s: float) -> bool:
         """Make the message visible again after ``delay_s`` seconds (0: at once).
         Returns False when the receipt is stale."""
+        ...
+
+    def snooze(self, delivery: Delivery, delay_s: float) -> bool:
+        """Make the message visible again after ``delay_s`` seconds, of any length, and take
+        back this receive: the next delivery's ``receive_count`` is this one's (a snooze uses
+        no attempt) and its ``first_received_at`` stays. Returns False when the receipt is
+        stale. Not atomic where the queue cannot change a message in place (SQS: a copy is
+        sent, then the original deleted; a crash between leaves a duplicate, never a loss)."""
         ...
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -271,6 +289,13 @@ class StatusStore(Protocol):
     ) -> JobRecord:
         """Mark the step failed and the job FAILED (a COMPLETED job stays COMPLETED).
         With ``claim=None`` no lease is checked (a message that never began a step)."""
+        ...
+
+    def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
+               until: float) -> JobRecord:
+        """Append a ``snoozed`` history entry (``reason``, and ``until``, a time on the store's
+        clock); status, fields and steps unchanged. Conditions: step_not_finished,
+        lease_still_ours (``claim=None``: none). Raises ``ConflictError``."""
         ...
 
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:

@@ -43,6 +43,11 @@ class InvalidPayload(OrchestratorError, ValueError):
     for any JSON reader): refused at submission, before anything is written."""
 
 
+class InvalidSubmission(OrchestratorError, ValueError):
+    """A submit or emit asks for what cannot be honoured: a negative or unparsable delay, a
+    time long past, a priority outside 0..9."""
+
+
 class DuplicateJob(OrchestratorError):
     """A job id submitted again with a different payload, user or target: the second request
     would be silently dropped (submission is idempotent per job id), so it is refused."""

@@ -73,7 +73,8 @@ def decode(text: str | bytes) -> Doc:
 
 
 def out_doc(m: OutMessage) -> Doc:
-    return {"kind": m.kind, "target": m.target, "id": m.id, "body": m.body}
+    return {"kind": m.kind, "target": m.target, "id": m.id, "body": m.body, "due_at": m.due_at,
+            "priority": m.priority}
 
 
 def out_message(d: Doc) -> OutMessage:
@@ -96,11 +97,12 @@ def _copy(doc: Doc) -> Doc:
 
 def new_doc(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float,
             origin: OutMessage | None = None) -> Doc:
+    """A PENDING job; its ``due_at`` is its first message's (a delayed or scheduled job)."""
     return {
         "job_id": job_id, "user_id": user_id, "status": PENDING, "fields": dict(fields), "steps": {},
         "history": [_history(now, "created", None, None, PENDING)],
         "created_at": now, "updated_at": now, "origin": out_doc(origin) if origin is not None else None,
-        "version": 0,
+        "due_at": origin.due_at if origin is not None else None, "version": 0,
     }
 
 
@@ -201,6 +203,19 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
         out["history"].append(_history(now, "fail", stage, before, FAILED, message_id, reason))
     else:
         out["history"].append(_history(now, "step_failed", stage, before, before, message_id, reason))
+    out["updated_at"] = now
+    return out
+
+
+def snooze(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: str, until: float,
+           now: float) -> Doc:
+    """Record that ``stage`` snoozed this message until ``until``: status, fields and steps
+    stay as they are; the history says why and until when. Conditioned like a commit (the
+    step not finished, the lease still ours), so a holder fenced off records nothing."""
+    _own_running_step(doc, stage, claim)
+    out = dict(doc)
+    out["history"] = [*doc["history"], _history(now, "snoozed", stage, doc["status"], doc["status"], message_id,
+                                                f"{reason} (until {until:.3f})")]
     out["updated_at"] = now
     return out
 

@@ -28,10 +28,13 @@ class Middleware:
 
     def after_handle(self, ctx: Context, outcome: str, seconds: float) -> None:
         """The handler returned or raised; ``outcome`` is what the controller decided
-        (``handled``, ``retried``, ``failed``, ``dead_lettered``, ``discarded``)."""
+        (``handled``, ``retried``, ``snoozed``, ``failed``, ``dead_lettered``, ``discarded``)."""
 
     def on_retry(self, stage: Stage, delivery: Delivery, error: BaseException, delay_s: float) -> None:
         """A transient error: the message comes back after ``delay_s`` seconds."""
+
+    def on_snooze(self, stage: Stage, delivery: Delivery, seconds: float, reason: str) -> None:
+        """The handler returned ``Snooze``: the message comes back after ``seconds``."""
 
     def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
         """The message went to the dead-letter queue."""

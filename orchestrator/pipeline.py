@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from orchestrator.base import Delivery, ObjectStore, QueueSpec, default_dead_letter
+from orchestrator.base import MAX_PRIORITY, Delivery, ObjectStore, QueueSpec, default_dead_letter
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
 from orchestrator.status import JobRecord, JobStatus
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
 DEFAULT_WAIT_S = 1.0
+DEFAULT_MAX_SNOOZE_S = 7 * 24 * 3600.0
 MIN_VISIBILITY_TIMEOUT_S = 1.0
 
 
@@ -39,6 +41,38 @@ class Emit:
     topic: str | None = None
     task: str | None = None
     plain: bool | None = None
+    #: seconds before the message may be received (any length: beyond a queue's own limit the
+    #: transport chains the wait)
+    delay_s: float = 0.0
+    #: 0 (lowest) .. 9 (highest); None: the stage's ``priority``
+    priority: int | None = None
+
+    def __post_init__(self) -> None:
+        check_timing(delay_s=self.delay_s, priority=self.priority)
+
+
+def check_timing(*, delay_s: float = 0.0, priority: int | None = 0) -> None:
+    """Raise ``InvalidSubmission`` for a delay or priority no backend can honour."""
+    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s < float("inf"):
+        raise InvalidSubmission(f"delay must be a finite number of seconds >= 0, got {delay_s!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= MAX_PRIORITY):
+        raise InvalidSubmission(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
+
+
+@dataclass(frozen=True)
+class Snooze:
+    """What a handler returns for "not yet, look again later" (a restore still running, an
+    outside job not finished): the message comes back after ``seconds``, no attempt is used,
+    the job's status is unchanged and its history records the snooze with ``reason``. A
+    stage's ``max_snooze_s`` bounds the total wait (past it the job is FAILED)."""
+
+    seconds: float
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seconds, (int, float)) or not 0 <= self.seconds < float("inf"):
+            raise ValueError(f"Snooze seconds must be a finite number >= 0, got {self.seconds!r}")
 
 
 @dataclass
@@ -51,7 +85,7 @@ class Result:
     emit: Sequence[dict[str, Any] | Emit] = ()
 
 
-Handler = Callable[["Context", Envelope], "Result | None"]
+Handler = Callable[["Context", Envelope], "Result | Snooze | None"]
 
 
 @dataclass
@@ -120,6 +154,11 @@ class Stage:
     #: outbox carry a pointer; without it a body over the queue's limit fails the step.
     #: Consumers of such bodies need a large enough ``max_body_bytes``.
     offload_large_bodies: bool = False
+    #: the longest a message may wait in snoozes, counted from its first receive (past it: the
+    #: job is FAILED with the reason); None: no bound
+    max_snooze_s: float | None = DEFAULT_MAX_SNOOZE_S
+    #: the priority (0..9) of what this stage emits unless an ``Emit`` says otherwise
+    priority: int = 0
 
     @property
     def dead_letter_queue(self) -> str:
@@ -172,6 +211,10 @@ class Stage:
             out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
         if self.batch_size is not None and not 1 <= self.batch_size <= max_batch:
             out.append(f"stage {self.name}: batch_size must be 1..{max_batch} on this backend, got {self.batch_size}")
+        if self.max_snooze_s is not None and not self.max_snooze_s >= 0:
+            out.append(f"stage {self.name}: max_snooze_s must be >= 0 or None, got {self.max_snooze_s}")
+        if not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+            out.append(f"stage {self.name}: priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}")
         if self.claim not in ("eager", "lazy"):
             out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
@@ -252,10 +295,14 @@ class Pipeline:
         user_id: str | None = None,
         task: str | None = None,
         fields: dict[str, Any] | None = None,
+        delay_s: float = 0.0,
+        at: float | datetime | None = None,
+        priority: int = 0,
     ) -> tuple[JobRecord, bool]:
         """Create the job PENDING and enqueue its first message. Idempotent per job id:
-        the first message's id derives from the job id, so a resubmission adds nothing new."""
+        the first message's id derives from the job id, so a resubmission adds nothing new.
+        ``delay_s``/``at`` hold it until then (any length); ``priority`` is 0..9."""
         from orchestrator.controllers.submit import submit
 
         return submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
-                      task=task, fields=fields)
+                      task=task, fields=fields, delay_s=delay_s, at=at, priority=priority)

@@ -31,7 +31,7 @@ T = TypeVar("T")
 log = structlog.get_logger("orchestrator.postgres")
 
 #: the schema this code writes; a database at a newer version is refused
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "orchestrator"
 DEFAULT_POOL_SIZE = 8
 DEFAULT_RECONNECT_TIMEOUT_S = 120.0
@@ -47,8 +47,9 @@ CREATE TABLE IF NOT EXISTS {s}.messages (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{{}}', visible_at DOUBLE PRECISION NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, leased INTEGER NOT NULL DEFAULT 0,
-    first_received_at DOUBLE PRECISION, enqueued_at DOUBLE PRECISION NOT NULL);
-CREATE INDEX IF NOT EXISTS messages_ready ON {s}.messages(queue, visible_at, seq);
+    first_received_at DOUBLE PRECISION, enqueued_at DOUBLE PRECISION NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS messages_ready_p ON {s}.messages(queue, priority, visible_at, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON {s}.messages(queue, message_id);
 CREATE TABLE IF NOT EXISTS {s}.topics (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {s}.subscriptions (
@@ -59,6 +60,13 @@ CREATE TABLE IF NOT EXISTS {s}.jobs (
 CREATE INDEX IF NOT EXISTS jobs_user ON {s}.jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs(status, created_at);
 CREATE TABLE IF NOT EXISTS {s}.objects (key TEXT PRIMARY KEY, data BYTEA NOT NULL);
+"""
+
+#: schema 1 -> 2: messages gain a priority; the ready index becomes per priority
+MIGRATE_TO_2 = """
+ALTER TABLE {s}.messages ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 0;
+DROP INDEX IF EXISTS {s}.messages_ready;
+CREATE INDEX IF NOT EXISTS messages_ready_p ON {s}.messages(queue, priority, visible_at, seq);
 """
 
 
@@ -244,6 +252,9 @@ class PostgresDatabase:
                 raise ConfigError(
                     f"database schema {s!r} is at version {found}, newer than this orchestrator knows "
                     f"({SCHEMA_VERSION}): upgrade orchestrator on this machine before running it against this database")
+            if found < 2:
+                c.conn.execute(MIGRATE_TO_2.format(s=s))
+                c.execute(f"UPDATE {s}.schema_version SET version=?", (SCHEMA_VERSION,))
 
         # Straight to the server, without the pool's retries: a wrong URL or a server that is
         # down fails the command at once, with the reason.

@@ -35,7 +35,7 @@ CHECKPOINT_INTERVAL_S = 0.5
 FILE_CHECK_INTERVAL_S = 0.25
 
 #: the schema this code writes (table ``schema_version``); a newer file is refused
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"})
 
 SCHEMA = """
@@ -46,10 +46,10 @@ CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{}', visible_at REAL NOT NULL,
     receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, leased INTEGER NOT NULL DEFAULT 0,
-    first_received_at REAL, enqueued_at REAL NOT NULL);
--- receive reads the first ready rows of one queue from this index: its cost does not grow
--- with the backlog of leased or delayed messages.
-CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, visible_at, seq);
+    first_received_at REAL, enqueued_at REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0);
+-- receive reads the first ready rows of one queue, one priority at a time, from this index:
+-- its cost does not grow with the backlog of leased or delayed messages.
+CREATE INDEX IF NOT EXISTS messages_ready_p ON messages(queue, priority, visible_at, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages(queue, message_id);
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS subscriptions (
@@ -60,6 +60,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
 """
+
+#: schema 1 -> 2, in the transaction that opens the file
+MIGRATE_TO_2 = (
+    "ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "DROP INDEX IF EXISTS messages_ready",
+    "CREATE INDEX IF NOT EXISTS messages_ready_p ON messages(queue, priority, visible_at, seq)",
+)
 
 
 _CHECKPOINTERS_LOCK = threading.Lock()
@@ -137,6 +144,10 @@ class SqliteDatabase:
             if found is None or found > SCHEMA_VERSION:
                 raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
                                   f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
+            if found < 2:  # messages gain a priority; the ready index becomes per priority
+                for statement in MIGRATE_TO_2:
+                    c.execute(statement)
+                c.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
             return
         ours = tables & OUR_TABLES
         jobs_cols = {r[1] for r in c.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()

@@ -44,6 +44,10 @@ class OutMessage(BaseModel):
     target: str
     id: str
     body: str
+    #: when the message may be received (a time on the backend's clock; None: at once). A
+    #: replay after a crash keeps the time, not the delay.
+    due_at: float | None = None
+    priority: int = 0
 
 
 class StepRecord(BaseModel):
@@ -67,7 +71,7 @@ class StepRecord(BaseModel):
 
 class HistoryEntry(BaseModel):
     at: float
-    event: str  # created | begin | commit | fail | step_failed | reset
+    event: str  # created | begin | commit | fail | step_failed | snoozed | reset
     stage: str | None = None
     from_status: JobStatus | None = None
     to_status: JobStatus | None = None
@@ -86,6 +90,8 @@ class JobRecord(BaseModel):
     updated_at: float = 0.0
     # The job's first message (as submitted), for the sweeper to re-drive.
     origin: OutMessage | None = None
+    # When a delayed or scheduled job's first message comes due (None: at once).
+    due_at: float | None = None
     # Compare-and-swap counter; 0 means "never written by the framework".
     version: int = 0
 

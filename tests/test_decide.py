@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import PermanentError, Result
+from orchestrator import PermanentError, Result, Snooze
 from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
 from orchestrator.errors import ConflictError, InvalidTransition, RecordTooLarge
 
@@ -25,6 +25,12 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     (ConflictError("not ours"), {"lease_lost": True}, Verdict.DISCARD, "commit refused", 0.0),
     (InvalidTransition("COMPLETED -> RUNNING"), {}, Verdict.DEAD_LETTER, "invalid status change", 0.0),
     (RecordTooLarge("j", 500_000, 400_000), {}, Verdict.FAIL, "over the store's", 0.0),
+    # a snooze uses no attempt, so even the last one may snooze
+    (Snooze(60, "restoring"), {"attempt": 3}, Verdict.SNOOZE, "restoring", 60.0),
+    (Snooze(60), {"waited_s": 100.0, "max_snooze_s": 160.0}, Verdict.SNOOZE, "snoozed", 60.0),
+    (Snooze(60, "restoring"), {"waited_s": 101.0, "max_snooze_s": 160.0}, Verdict.FAIL,
+     "gave up waiting after 101s (max_snooze_s 160s): restoring", 0.0),
+    (Snooze(60), {"lease_lost": True}, Verdict.DISCARD, "lease lost", 0.0),
 ])
 def test_decide(outcome: object, overrides: dict[str, object], verdict: Verdict, reason_has: str,
                 delay: float) -> None:

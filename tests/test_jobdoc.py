@@ -33,6 +33,7 @@ ops = st.lists(
                   st.integers(0, 2)),
         st.tuples(st.just("fail"), st.sampled_from(STAGES), st.sampled_from((None, "c1", "c2")), st.booleans()),
         st.tuples(st.just("reset"), st.sampled_from(STAGES)),
+        st.tuples(st.just("snooze"), st.sampled_from(STAGES), st.sampled_from((None, "c1", "c2"))),
         st.tuples(st.just("fields"), st.dictionaries(st.sampled_from(("x", "z")), st.floats(allow_nan=False),
                                                      max_size=2)),
     ),
@@ -54,6 +55,9 @@ def apply(doc: Doc, op: tuple[Any, ...], now: float) -> Doc:
                                now=now)
         case ("reset", stage):
             return jobdoc.reset(doc, stage=stage, reason="redrive", now=now)
+        case ("snooze", stage, claim):
+            return jobdoc.snooze(doc, stage=stage, message_id="m1", claim=claim, reason="later", until=now + 60,
+                                 now=now)
         case ("fields", fields):
             return jobdoc.set_fields(doc, fields=fields, now=now)
     raise AssertionError(op)
@@ -61,7 +65,8 @@ def apply(doc: Doc, op: tuple[Any, ...], now: float) -> Doc:
 
 @given(ops, st.booleans())
 def test_rules_never_change_their_input_and_documents_match_their_records(sequence: list[Any], origin: bool) -> None:
-    first = OutMessage(kind="topic", target="requests", id="o1", body='{"job_id": "j"}') if origin else None
+    first = OutMessage(kind="topic", target="requests", id="o1", body='{"job_id": "j"}', due_at=9.5,
+                       priority=3) if origin else None
     doc = jobdoc.new_doc("j", user_id="u", fields={"input": "f.vcf"}, now=1.0, origin=first)
     for n, op in enumerate(sequence):
         before = copy.deepcopy(doc)

@@ -38,7 +38,7 @@ from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound,
 from orchestrator.jobdoc import FAILED, TERMINAL, Doc, out_message
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
-from orchestrator.pipeline import Context, Pipeline, Result, Stage
+from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import BeginItem, CommitItem, JobStatus, OutMessage
 
 Steps = Generator[str, None, "list[Outcome]"]
@@ -56,6 +56,7 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"  # malformed, unknown, or out of attempts
     DISCARDED = "discarded"  # our lease was lost: result thrown away, message left alone
     RELEASED = "released"  # never started (the worker is stopping): visible again at once
+    SNOOZED = "snoozed"  # the handler said "not yet": visible again later, no attempt used
 
 
 @dataclass
@@ -343,8 +344,11 @@ class Controller:
     def _decide(self, it: _Item, outcome: object) -> Action:
         # only a raised error can be released with a backoff: a result needs no random draw
         backoff = self._backoff(it.delivery) if isinstance(outcome, BaseException) else 0.0
-        return decide(outcome, attempt=it.delivery.receive_count, max_receives=self.stage.max_receives,
-                      lease_lost=it.lease.lost, backoff_s=backoff)
+        d = it.delivery
+        return decide(outcome, attempt=d.receive_count, max_receives=self.stage.max_receives,
+                      lease_lost=it.lease.lost, backoff_s=backoff,
+                      waited_s=max(0.0, self.backend.clock.now() - d.first_received_at) if d.first_received_at else 0.0,
+                      max_snooze_s=self.stage.max_snooze_s)
 
     def _run_handler(self, it: _Item) -> Action:
         """Run the handler (unless the attempts are used up) and decide. On ACK the item
@@ -363,10 +367,13 @@ class Controller:
         outcome: object
         try:
             result = st.handler(ctx, it.env) or Result()
-            if not isinstance(result, Result):  # a programming error: retrying cannot help
-                raise PermanentError(f"handler returned {type(result).__name__}, not Result")
-            it.outbox = outbox.build_outbox(st, self.backend, it.env, result)
-            it.result = outcome = result
+            if isinstance(result, Snooze):
+                outcome = result
+            elif not isinstance(result, Result):  # a programming error: retrying cannot help
+                raise PermanentError(f"handler returned {type(result).__name__}, not Result or Snooze")
+            else:
+                it.outbox = outbox.build_outbox(st, self.backend, it.env, result)
+                it.result = outcome = result
         except Exception as exc:
             it.error = outcome = exc
         action = self._decide(it, outcome)
@@ -392,6 +399,8 @@ class Controller:
                 self.backend.transport.release(d, action.delay_s)
                 self.hook("on_retry", self.stage, d, it.error or RuntimeError(action.reason), action.delay_s)
                 return Outcome.RETRIED
+            case Verdict.SNOOZE:
+                return self._snooze(it, action)
             case _:
                 return self._discard(it, action.reason)
 
@@ -449,6 +458,28 @@ class Controller:
             it.log.error("job step failed", reason=reason)
         return Outcome.DEAD_LETTERED if dead_letter else Outcome.FAILED
 
+    def _snooze(self, it: _Item, action: Action) -> Outcome:
+        """Record the snooze in the job's history, then hand the message back to the queue
+        for ``action.delay_s`` without using an attempt. A crash between the two leaves the
+        message to come back after its visibility timeout: a shorter wait, never a loss."""
+        st, transport, d = self.stage, self.backend.transport, it.delivery
+        until = self.backend.clock.now() + action.delay_s
+
+        def unit() -> None:
+            self.backend.store.snooze(it.job_id, stage=st.name, message_id=it.env.id, claim=self.claim_of(d),
+                                      reason=action.reason, until=until)
+            self._check("after_commit", [it])
+            it.lease.stop()  # a beat after the snooze would find the receipt gone
+            transport.snooze(d, action.delay_s)
+
+        try:
+            self.backend.run_atomic(unit)
+        except ConflictError as exc:
+            return self._discard(it, f"snooze not recorded: {exc}")
+        it.log.info("snoozed", seconds=action.delay_s, reason=action.reason)
+        self.hook("on_snooze", st, d, action.delay_s, action.reason)
+        return Outcome.SNOOZED
+
     def _reject(self, it: _Item, reason: str, job_id: str | None) -> Outcome:
         """Dead-letter a message this stage cannot take; fail its job if there is one."""
         store, st, d = self.backend.store, self.stage, it.delivery
@@ -475,7 +506,7 @@ class Controller:
 
 
 _LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
-           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded"}
+           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed"}
 
 
 def kept_input(body: str) -> str | None:

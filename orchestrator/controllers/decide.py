@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator.errors import InvalidTransition, PermanentError, RecordTooLarge, StoreError
+from orchestrator.pipeline import Snooze
 
 
 class Verdict(StrEnum):
@@ -20,6 +21,7 @@ class Verdict(StrEnum):
     DEAD_LETTER = "dead_letter"  # record the step failed, move the message to the dead-letter queue
     RELEASE = "release"  # transient: make the message visible again after ``delay_s``
     DISCARD = "discard"  # not ours any more: write nothing, leave the message to its current holder
+    SNOOZE = "snooze"  # not yet: visible again after ``delay_s``, no attempt used, status unchanged
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,16 @@ class NoResult(Exception):
 
 
 def decide(
-    outcome: object, *, attempt: int, max_receives: int, lease_lost: bool, backoff_s: float
+    outcome: object, *, attempt: int, max_receives: int, lease_lost: bool, backoff_s: float,
+    waited_s: float = 0.0, max_snooze_s: float | None = None,
 ) -> Action:
-    """The action for ``outcome``: a handler's ``Result`` (any non-exception), the exception
-    it raised, or the ``StoreError`` its commit got.
+    """The action for ``outcome``: a handler's ``Result`` or ``Snooze`` (any non-exception),
+    the exception it raised, or the ``StoreError`` its commit got.
 
     ``attempt`` is the delivery's receive count (1-based); ``backoff_s`` the delay a retry of
-    this attempt waits; ``lease_lost`` whether the heartbeat found the lease taken over.
+    this attempt waits; ``lease_lost`` whether the heartbeat found the lease taken over;
+    ``waited_s`` how long the message has waited since its first receive, which a snooze may
+    extend up to ``max_snooze_s`` (None: without bound).
     """
     match outcome:
         case StoreError() as refused if not isinstance(refused, (InvalidTransition, RecordTooLarge)):
@@ -65,5 +70,10 @@ def decide(
             return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {exc} (attempt {attempt} of {max_receives})")
         case BaseException() as exc:
             return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+        case Snooze() as snooze if max_snooze_s is not None and waited_s + snooze.seconds > max_snooze_s:
+            return Action(Verdict.FAIL, f"gave up waiting after {waited_s:.0f}s (max_snooze_s {max_snooze_s:.0f}s)"
+                                        + (f": {snooze.reason}" if snooze.reason else ""))
+        case Snooze() as snooze:
+            return Action(Verdict.SNOOZE, snooze.reason or "snoozed", delay_s=float(snooze.seconds))
         case _:
             return ACK

@@ -38,7 +38,12 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
         plain = em.plain if em.plain is not None else stage.emit_format == "plain"
         body = _fit(stage, backend, _plain_body(child) if plain else child.to_json(), child.id,
                     via_topic=topic is not None)
-        out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body))
+        if em.delay_s and topic and not getattr(backend.topic, "delays", True):
+            raise PermanentError(f"stage {stage.name} emitted a delayed message to topic {topic!r}, and this "
+                                 "backend's topics cannot delay (emit it to a queue instead)")
+        priority = em.priority if em.priority is not None else stage.priority
+        out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body,
+                              due_at=now + em.delay_s if em.delay_s else None, priority=priority))
     return out
 
 
@@ -77,7 +82,8 @@ def emit(backend: Backend, outboxes: Sequence[tuple[Sequence[OutMessage], str]],
             if on_emit is not None:
                 on_emit(m)
             (by_topic if m.kind == "topic" else by_queue)[m.target].append(
-                Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+                Outgoing(body=m.body, message_id=m.id, group_id=job_id, priority=m.priority,
+                         delay_s=max(0.0, m.due_at - backend.clock.now()) if m.due_at is not None else 0.0))
     for topic, items in by_topic.items():
         backend.topic.publish_batch(topic, items)
     for queue, items in by_queue.items():

@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
 from orchestrator.envelope import Envelope, submit_id
-from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload
+from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
+from orchestrator.pipeline import check_timing
 from orchestrator.status import JobRecord, OutMessage
+
+#: how far in the past ``at=`` may be (a clock a little behind, a request that queued) before
+#: it is refused as a mistake; within it the job runs at once
+AT_GRACE_S = 60.0
+
+
+def due_time(now: float, *, delay_s: float = 0.0, at: float | datetime | None = None) -> float | None:
+    """When a submission comes due (None: at once), from a delay or an absolute time (epoch
+    seconds, or a datetime with its time zone). Raises ``InvalidSubmission``."""
+    if at is not None and delay_s:
+        raise InvalidSubmission("give a delay or a time (at=), not both")
+    if at is None:
+        check_timing(delay_s=delay_s)
+        return now + delay_s if delay_s else None
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise InvalidSubmission(f"at={at.isoformat()} has no time zone (say Z or +01:00)")
+        ts = at.timestamp()
+    elif isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        ts = float(at)
+    else:
+        raise InvalidSubmission(f"at must be a datetime or epoch seconds, got {at!r}")
+    if ts < now - AT_GRACE_S:
+        raise InvalidSubmission(f"at is {now - ts:.0f}s in the past (more than the {AT_GRACE_S:.0f}s grace)")
+    return ts if ts > now else None
 
 
 def submit(
@@ -23,8 +52,15 @@ def submit(
     user_id: str | None = None,
     task: str | None = None,
     fields: dict[str, Any] | None = None,
+    delay_s: float = 0.0,
+    at: float | datetime | None = None,
+    priority: int = 0,
 ) -> tuple[JobRecord, bool]:
     """Create the job PENDING and send its first message; returns (job, created).
+
+    ``delay_s`` or ``at`` (epoch seconds or an aware datetime) hold the first message until
+    then, any length of time; the job shows PENDING with its ``due_at`` meanwhile.
+    ``priority`` (0..9) orders it among the queue's ready messages.
 
     Idempotent: the message id derives from the job id and target, so resubmitting adds no
     second job and the consumer treats a second copy as a duplicate. On the embedded backend
@@ -35,6 +71,8 @@ def submit(
         raise ConfigError("submit needs exactly one of queue= or topic=")
     target = queue or topic
     assert target is not None
+    check_timing(priority=priority)
+    due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
     env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id,
                    payload=payload, created_at=backend.clock.now())
     env = env.model_copy(update={"trace_id": env.id})
@@ -46,17 +84,24 @@ def submit(
     except ValueError as exc:
         raise InvalidPayload(f"job {job_id!r}: the payload cannot travel as JSON: {exc}") from exc
 
-    origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body)
+    origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body,
+                        due_at=due, priority=priority)
+    first = Outgoing(body=body, message_id=env.id, group_id=job_id, priority=priority,
+                     delay_s=max(0.0, due - backend.clock.now()) if due is not None else 0.0)
 
     def unit() -> tuple[JobRecord, bool]:
         rec, created = backend.store.create(job_id, user_id=user_id, fields=fields, origin=origin)
         if not created:
             check_same_request(rec, payload=payload, user_id=user_id, origin=origin)
+        out = first
+        if not created and rec.origin is not None and rec.origin.due_at is not None:
+            # a resubmission keeps the first submission's time, not a new delay from now
+            out = replace(first, delay_s=max(0.0, rec.origin.due_at - backend.clock.now()))
         if queue is not None:
-            backend.transport.send(queue, Outgoing(body=body, message_id=env.id, group_id=job_id))
+            backend.transport.send(queue, out)
         else:
             assert topic is not None
-            backend.topic.publish(topic, body, message_id=env.id, group_id=job_id)
+            backend.topic.publish_batch(topic, [out])
         return rec, created
 
     return backend.run_atomic(unit)

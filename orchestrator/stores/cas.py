@@ -286,6 +286,15 @@ class CasStatusStore(ABC):
                                   dead_letter=dead_letter, now=now),
         ))
 
+    def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
+               until: float) -> JobRecord:
+        now = self.clock.now()
+        return to_record(self._mutate(
+            job_id,
+            lambda r: jobdoc.snooze(r, stage=stage, message_id=message_id, claim=claim, reason=reason, until=until,
+                                    now=now),
+        ))
+
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:
         now = self.clock.now()
         return to_record(self._mutate(job_id, lambda r: jobdoc.reset(r, stage=stage, reason=reason, now=now)))

@@ -19,7 +19,7 @@ from orchestrator.backends import Backend
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, StatusStore, Transport
 from orchestrator.errors import SimulatedCrash
 
-STORE_WRITES = ("create", "begin_step", "commit_step", "fail", "reset", "update_fields", "begin_steps", "commit_steps",
+STORE_WRITES = ("create", "begin_step", "commit_step", "fail", "snooze", "reset", "update_fields", "begin_steps", "commit_steps",
                 "create_doc", "begin_docs", "commit_docs")
 
 
@@ -111,6 +111,9 @@ class ChaosTransport:
 
     def release(self, delivery: Delivery, delay_s: float) -> bool:
         return self.inner.release(delivery, delay_s)
+
+    def snooze(self, delivery: Delivery, delay_s: float) -> bool:
+        return self.inner.snooze(delivery, delay_s)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.inner.dead_letter(delivery, reason)

@@ -25,7 +25,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import MalformedMessage, PermanentError, SimulatedCrash
-from orchestrator.pipeline import Context, Pipeline, Result, Stage
+from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import ALLOWED, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
 from orchestrator.transports.common import DEAD_LETTER_REASON
@@ -113,6 +113,7 @@ class Simulation:
         self.batch_probability = batch_probability
         self.fail_fast = fail_fast
         self.handler_calls: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls
+        self.snoozes: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls that snoozed
         self.handler_errors: list[BaseException] = []
         self.received: set[tuple[str, str]] = set()  # (queue, message id) ever received
         self.crashes: list[tuple[str, str]] = []
@@ -140,13 +141,16 @@ class Simulation:
             copy.add_stage(dataclasses.replace(st, handler=self._wrap(st)))
         return copy
 
-    def _wrap(self, st: Stage) -> Callable[[Context, Envelope], Result | None]:
+    def _wrap(self, st: Stage) -> Callable[[Context, Envelope], Result | Snooze | None]:
         inner = st.handler
 
-        def handler(ctx: Context, env: Envelope) -> Result | None:
+        def handler(ctx: Context, env: Envelope) -> Result | Snooze | None:
             self.handler_calls[(env.job_id, st.name)] += 1
             try:
-                return inner(ctx, env)
+                out = inner(ctx, env)
+                if isinstance(out, Snooze):
+                    self.snoozes[(env.job_id, st.name)] += 1
+                return out
             except PermanentError:
                 raise
             except Exception as exc:
@@ -279,8 +283,10 @@ class Simulation:
                 rep.regressions.append(f"{job_id}: history ends {prev} but status is {job.status.value}")
         for (job_id, stage), calls in self.handler_calls.items():
             limit = self.pipeline.stages[stage].max_receives
-            if calls > limit:
-                rep.poison_over_limit.append(f"{job_id}/{stage}: handler ran {calls} times (max_receives {limit})")
+            attempts = calls - self.snoozes[(job_id, stage)]  # a snooze uses no attempt
+            if attempts > limit:
+                rep.poison_over_limit.append(f"{job_id}/{stage}: handler ran {attempts} times without snoozing "
+                                             f"(max_receives {limit})")
         return rep
 
     def dead_letters(self) -> list[tuple[str, str, str]]:

@@ -38,11 +38,13 @@ class _Msg:
     receipt: str | None = None
     leased: bool = False
     first_received_at: float = 0.0
+    priority: int = 0
 
 
 @dataclass
 class _Queue:
-    """Messages by sequence number and by id, and a heap of (visible_at, seq) entries.
+    """Messages by sequence number and by id; a heap of (visible_at, seq) entries for the
+    messages not yet visible, and a heap of (-priority, visible_at, seq) for those that are.
 
     Every change of a message's ``visible_at`` pushes a new entry; an entry whose time no
     longer matches its message (or whose message is gone) is stale and skipped when it
@@ -52,6 +54,7 @@ class _Queue:
     messages: dict[int, _Msg] = field(default_factory=dict)
     by_id: dict[str, int] = field(default_factory=dict)
     heap: list[tuple[float, int]] = field(default_factory=list)
+    ready: list[tuple[int, float, int]] = field(default_factory=list)
 
     def schedule(self, m: _Msg, at: float) -> None:
         m.visible_at = at
@@ -59,6 +62,12 @@ class _Queue:
         if len(self.heap) > 2 * len(self.messages) + 64:  # drop stale entries now and then
             self.heap = [(m.visible_at, m.seq) for m in self.messages.values()]
             heapq.heapify(self.heap)
+            self.ready = [e for e in self.ready if self._valid(e[1], e[2])]
+            heapq.heapify(self.ready)
+
+    def _valid(self, at: float, seq: int) -> _Msg | None:
+        m = self.messages.get(seq)
+        return m if m is not None and m.visible_at == at else None
 
     def add(self, m: _Msg) -> None:
         self.messages[m.seq] = m
@@ -74,16 +83,38 @@ class _Queue:
         """The message that becomes visible first (stale heap entries are dropped)."""
         while self.heap:
             at, seq = self.heap[0]
-            m = self.messages.get(seq)
-            if m is not None and m.visible_at == at:
+            m = self._valid(at, seq)
+            if m is not None:
                 return m
             heapq.heappop(self.heap)
         return None
+
+    def next_ready(self, now: float) -> _Msg | None:
+        """The visible message to hand out next: highest priority, then oldest visible."""
+        while (m := self.next_visible()) is not None and m.visible_at <= now:
+            heapq.heappop(self.heap)
+            heapq.heappush(self.ready, (-m.priority, m.visible_at, m.seq))
+        while self.ready:
+            _, at, seq = self.ready[0]
+            m = self._valid(at, seq)
+            if m is not None:  # leased or not: a lapsed lease makes a message visible again
+                return m
+            heapq.heappop(self.ready)
+        return None
+
+    def earliest(self) -> _Msg | None:
+        """The message visible first, ready ones included (simulation support)."""
+        ready = self.next_ready(float("-inf"))  # moves nothing: just drops stale ready entries
+        later = self.next_visible()
+        if ready is None or (later is not None and later.visible_at < ready.visible_at):
+            return later
+        return ready
 
     def clear(self) -> None:
         self.messages.clear()
         self.by_id.clear()
         self.heap.clear()
+        self.ready.clear()
 
 
 class MemoryTransport:
@@ -136,8 +167,9 @@ class MemoryTransport:
                 if m.message_id and mid in q.by_id:
                     continue
                 seq = next(self._seq)
-                delay = min(m.delay_s or q.spec.delay_s, self.max_delay_s)
-                q.add(_Msg(seq, mid, m.body, dict(m.attributes), now + delay))
+                # any delay: a queue held in memory has no cap to chain around
+                delay = m.delay_s or q.spec.delay_s
+                q.add(_Msg(seq, mid, m.body, dict(m.attributes), now + delay, priority=m.priority))
             self._cond.notify_all()
         return ids
 
@@ -160,8 +192,8 @@ class MemoryTransport:
         now = self.clock.now()
         out: list[Delivery] = []
         while len(out) < max_messages:
-            m = q.next_visible()
-            if m is None or m.visible_at > now:
+            m = q.next_ready(now)
+            if m is None:
                 break
             m.receive_count += 1
             m.receipt = new_receipt()
@@ -215,6 +247,18 @@ class MemoryTransport:
             self._cond.notify_all()
             return True
 
+    def snooze(self, delivery: Delivery, delay_s: float) -> bool:
+        with self._cond:
+            m = self._held(delivery)
+            if m is None:
+                return False
+            self._queues[delivery.queue].schedule(m, self.clock.now() + delay_s)
+            m.leased = False
+            m.receipt = None
+            m.receive_count -= 1  # a snooze uses no attempt
+            self._cond.notify_all()
+            return True
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self._cond:
             spec = self._queue(delivery.queue).spec
@@ -247,7 +291,7 @@ class MemoryTransport:
     def next_visible_at(self, queue: str) -> float | None:
         """When the next message of ``queue`` becomes visible (simulation support)."""
         with self._cond:
-            m = self._queue(queue).next_visible()
+            m = self._queue(queue).earliest()
             return m.visible_at if m is not None else None
 
     def peek(self, queue: str, limit: int) -> list[Delivery]:
@@ -277,12 +321,14 @@ class MemoryTopic:
 
     def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
         for m in messages:
-            self.publish(topic, m.body, message_id=m.message_id or new_receipt(), group_id=m.group_id)
+            mid = m.message_id or new_receipt()
+            for queue, raw in self.subscriptions(topic):
+                payload = m.body if raw else sns_wrap(topic, m.body, mid)
+                self.transport.send(queue, Outgoing(body=payload, message_id=mid, group_id=m.group_id,
+                                                    delay_s=m.delay_s, priority=m.priority))
 
     def publish(self, topic: str, body: str, *, message_id: str, group_id: str | None = None) -> None:
-        for queue, raw in self.subscriptions(topic):
-            payload = body if raw else sns_wrap(topic, body, message_id)
-            self.transport.send(queue, Outgoing(body=payload, message_id=message_id, group_id=group_id))
+        self.publish_batch(topic, [Outgoing(body=body, message_id=message_id, group_id=group_id)])
 
 
 _t: type[Transport] = MemoryTransport

@@ -8,10 +8,12 @@ at once: they neither busy-poll nor sleep a full poll interval.
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.database import Conn
 from orchestrator.postgres_db import PostgresDatabase
-from orchestrator.transports.sql import SqlTopic, SqlTransport
+from orchestrator.transports.sql import PRIORITIES, SqlTopic, SqlTransport
 
 #: an idle receiver looks again at least this often, notification or not (a listener that
 #: reconnects can miss one)
@@ -19,8 +21,19 @@ MAX_IDLE_WAIT_S = 1.0
 
 
 class PostgresTransport(SqlTransport):
-    claim_lock = " FOR UPDATE SKIP LOCKED"
     single_statement_claims = True
+
+    def _ready_sql(self) -> str:
+        # A lateral probe per priority, highest first, each locking FOR UPDATE SKIP LOCKED
+        # (PostgreSQL allows no row lock inside a UNION): concurrent receivers pass over each
+        # other's rows, and the outer LIMIT stops the probes (and their locks) once it is full.
+        prios = ",".join(f"({p})" for p in PRIORITIES)
+        return (f"SELECT r.seq FROM (VALUES {prios}) AS p(pr) CROSS JOIN LATERAL (SELECT seq FROM messages "
+                "WHERE queue=? AND priority=p.pr AND visible_at<=? ORDER BY visible_at, seq LIMIT ? "
+                "FOR UPDATE SKIP LOCKED) AS r LIMIT ?")
+
+    def _ready_params(self, queue: str, now: float, limit: int) -> tuple[Any, ...]:
+        return (queue, now, limit, limit)
 
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)

@@ -10,13 +10,14 @@ from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client
 from orchestrator.base import Outgoing, Topic
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport, attribute_bytes, size_chunks
 
 PUBLISH_RETRIES = 5
 
 
 class SnsTopic:
+    delays = False  # SNS delivers at once: a delayed emit must go to a queue
     def __init__(self, transport: SqsTransport, *, prefix: str = "", region: str = DEFAULT_REGION,
                  sns_client: Any = None) -> None:
         self.transport = transport
@@ -99,7 +100,10 @@ class SnsTopic:
 
     def publish_batch(self, topic: str, messages: Sequence[Outgoing]) -> None:
         """PublishBatch: up to ten messages and 256 KiB per call; entries that fail on SNS's
-        side are sent again, a refused one (sender fault) raises."""
+        side are sent again, a refused one (sender fault) raises. SNS delivers at once: a
+        delayed message is refused (``delays`` is False)."""
+        if any(m.delay_s for m in messages):
+            raise ConfigError(f"topic {topic!r}: SNS cannot delay a message; send a delayed one to a queue")
         arn, entries = self.arn(topic), []
         for i, m in enumerate(messages):
             mid = m.message_id or uuid.uuid4().hex

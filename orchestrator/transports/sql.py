@@ -14,7 +14,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
+from orchestrator.base import (
+    MAX_PRIORITY,
+    Delivery,
+    Outgoing,
+    QueueDepth,
+    QueueSpec,
+    Topic,
+    Transport,
+    default_dead_letter,
+)
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.database import Conn, Database
 from orchestrator.errors import LeaseLostError
@@ -31,6 +40,14 @@ from orchestrator.transports.common import (
 )
 
 POLL_INTERVAL_S = 0.05  # how often an empty long poll looks again
+PRIORITIES = tuple(range(MAX_PRIORITY, -1, -1))  # highest first
+
+
+def _per_priority(select: str) -> str:
+    """``select`` (with ``{p}`` for the priority) once per priority, highest first, as one
+    UNION ALL: each branch is a range probe of the (queue, priority, visible_at, seq) index,
+    so neither a backlog of delayed rows nor many priorities make a probe scan."""
+    return " UNION ALL ".join(f"SELECT * FROM ({select.format(p=p)}) AS b{p}" for p in PRIORITIES)
 
 
 def _attrs_out(attributes: dict[str, str]) -> str:
@@ -47,12 +64,10 @@ def _split(receipt: str) -> tuple[int, str]:
 
 
 class SqlTransport:
-    max_delay_s = DEFAULT_MAX_DELAY_S
+    max_delay_s = DEFAULT_MAX_DELAY_S  # of a retry's release; a send or a snooze takes any delay
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
     max_batch = DEFAULT_MAX_BATCH
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
-    #: what a claim's row selection adds to lock its rows (PostgreSQL: skip rows others lock)
-    claim_lock = ""
     #: PostgreSQL claims in one autocommit statement (atomic alone; locks nothing when idle).
     #: SQLite first looks for a ready row outside a transaction, so that an idle worker never
     #: takes the file's one write lock.
@@ -102,7 +117,8 @@ class SqlTransport:
             check_size(m.body, self.max_body_bytes)
         ids = [m.message_id or uuid.uuid4().hex for m in messages]
         # encoded before the transaction (see ``_claim``)
-        encoded = [(mid, m.body, _attrs_out(m.attributes), m.delay_s) for mid, m in zip(ids, messages, strict=True)]
+        encoded = [(mid, m.body, _attrs_out(m.attributes), m.delay_s, m.priority)
+                   for mid, m in zip(ids, messages, strict=True)]
 
         def tx(c: Conn) -> None:
             now = self.clock.now()
@@ -114,10 +130,10 @@ class SqlTransport:
             # DO NOTHING: a message already waiting under the same id is not enqueued twice, so
             # an outbox replay does not double the queue.
             c.executemany(
-                "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT DO NOTHING",
-                [(queue, mid, body, attrs, now + min(delay or default_delay, self.max_delay_s), now)
-                 for mid, body, attrs, delay in encoded],
+                "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                [(queue, mid, body, attrs, now + (delay or default_delay), now, prio)
+                 for mid, body, attrs, delay, prio in encoded],
             )
             self._sent(c, queue)
 
@@ -138,17 +154,15 @@ class SqlTransport:
         now = self.clock.now()
         token = new_receipt()
         # Cheap check outside a write transaction: an idle worker must not hold the write lock.
-        if not self.single_statement_claims and not self.db.read(
-                "SELECT 1 FROM messages WHERE queue=? AND visible_at<=? LIMIT 1", (queue, now)):
+        if not self.single_statement_claims and not self.db.read(_ANY_READY, (queue, now)):
             return []
 
         def tx(c: Conn) -> list[Any]:
             return list(c.execute(
                 "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
-                "visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ("
-                f"SELECT seq FROM messages WHERE queue=? AND visible_at<=? ORDER BY visible_at, seq LIMIT ?{self.claim_lock}) "
+                f"visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ({self._ready_sql()}) "
                 "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at",
-                (token, now + visibility_s, now, queue, now, max_messages),
+                (token, now + visibility_s, now, *self._ready_params(queue, now, max_messages)),
             ).fetchall())
 
         # The deliveries are built after the transaction: on SQLite the write lock is the
@@ -160,6 +174,16 @@ class SqlTransport:
                      message_id=mid, attributes=_attrs_in(attrs))
             for _seq, mid, body, attrs, rc, receipt, fr in rows
         ]
+
+    def _ready_sql(self) -> str:
+        """The seqs of the first ready rows of a queue: highest priority first, then the
+        oldest visible (parameters: ``_ready_params``)."""
+        return ("SELECT seq FROM (" + _per_priority(
+            "SELECT seq, {p} AS pr, visible_at FROM messages WHERE queue=? AND priority={p} AND visible_at<=? "
+            "ORDER BY visible_at, seq LIMIT ?") + ") AS ready ORDER BY pr DESC, visible_at, seq LIMIT ?")
+
+    def _ready_params(self, queue: str, now: float, limit: int) -> tuple[Any, ...]:
+        return (*(queue, now, limit) * len(PRIORITIES), limit)
 
     def ack(self, delivery: Delivery) -> bool:
         seq, _ = _split(delivery.receipt)
@@ -201,6 +225,17 @@ class SqlTransport:
             ).rowcount
         ))
 
+    def snooze(self, delivery: Delivery, delay_s: float) -> bool:
+        seq, _ = _split(delivery.receipt)
+        at = self.clock.now() + delay_s
+        # receive_count-1: the claim counted this receive; a snooze takes it back
+        return bool(self.db.run(
+            lambda c: c.execute(
+                "UPDATE messages SET visible_at=?, leased=0, receipt=NULL, receive_count=receive_count-1 "
+                "WHERE seq=? AND receipt=?", (at, seq, delivery.receipt),
+            ).rowcount
+        ))
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         seq, _ = _split(delivery.receipt)
 
@@ -229,7 +264,9 @@ class SqlTransport:
 
     def next_visible_at(self, queue: str) -> float | None:
         """When the earliest message of ``queue`` is (or was) ready; None when it is empty."""
-        rows = self.db.read("SELECT MIN(visible_at) FROM messages WHERE queue=?", (queue,))
+        rows = self.db.read("SELECT MIN(v) FROM (" + _per_priority(
+            "SELECT MIN(visible_at) AS v FROM messages WHERE queue=? AND priority={p}") + ") AS firsts",
+            (queue,) * len(PRIORITIES))
         return None if rows[0][0] is None else float(rows[0][0])
 
     def queues(self) -> list[str]:
@@ -246,6 +283,11 @@ class SqlTransport:
         )
         return [Delivery(queue=queue, body=b, receipt="", receive_count=rc, first_received_at=fr or 0.0,
                          message_id=mid, attributes=json.loads(a)) for mid, b, a, rc, fr in rows]
+
+
+#: whether any row of a queue is ready: one index probe per priority
+_ANY_READY = "SELECT 1 FROM messages WHERE queue=? AND priority IN ({}) AND visible_at<=? LIMIT 1".format(
+    ",".join(map(str, PRIORITIES)))
 
 
 class SqlTopic:
@@ -279,7 +321,8 @@ class SqlTopic:
                 mid = m.message_id or new_receipt()
                 for queue, raw in subs:
                     payload = m.body if raw else sns_wrap(topic, m.body, mid)
-                    self.transport.send(queue, Outgoing(body=payload, message_id=mid, group_id=m.group_id))
+                    self.transport.send(queue, Outgoing(body=payload, message_id=mid, group_id=m.group_id,
+                                                        delay_s=m.delay_s, priority=m.priority))
 
         self.db.run(tx)
 

@@ -4,6 +4,19 @@ Receipt handles change on every receive; ``ApproximateReceiveCount`` is the rece
 Batch calls (send, delete) retry the entries that failed and never drop one. SQS may accept a
 stale receipt handle (moto always does), so lease fencing does not rely on the queue: the
 status store's claim is what keeps a stale holder from committing.
+
+SQS caps a message's delay at 15 minutes. A longer delay (a delayed submit, a long snooze)
+is chained: the message is sent with the longest delay SQS takes and an ``orch_due_at``
+attribute; a receive that finds it not yet due sends it on again with what is left and deletes
+the copy it got, never handing it to the controller. A snooze is a copy sent with the delay and
+the receives it had used so far (``orch_receives``), then the original deleted: SQS cannot
+take back a receive count, so the copy carries it. On a FIFO queue (no per-message delays) a
+snooze and a not-yet-due message are held by their visibility timeout instead (at most 12 h a
+receive), and such a receive counts towards the queue's redrive policy.
+
+Priorities: a queue with priority bands has a queue per band, ``<queue>-p<band>`` (made by
+``ensure_queue`` from ``QueueSpec.priority_bands``); a message of priority p goes to the
+highest band at most p (else the queue itself), and a receive polls the bands high to low.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport, default_dead_letter
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
@@ -32,6 +46,12 @@ SQS_MAX_DELAY_S = 900.0
 SQS_MAX_VISIBILITY_S = 43200.0
 BATCH_RETRIES = 5
 MESSAGE_ID_ATTR = "message_id"
+DUE_AT_ATTR = "orch_due_at"  # when a chained delay ends (epoch seconds on the transport's clock)
+PRIOR_RECEIVES_ATTR = "orch_receives"  # receives the message had used before this copy was sent
+FIRST_RECEIVED_ATTR = "orch_first_received"  # the first receive of the message this copy continues
+INTERNAL_ATTRS = frozenset({DUE_AT_ATTR, PRIOR_RECEIVES_ATTR, FIRST_RECEIVED_ATTR})
+#: a message due within this many seconds is handed out (SQS's delays are whole seconds)
+DUE_SLACK_S = 1.0
 # SQS moves a message to the DLQ by itself after this many receives beyond the stage's own
 # limit: the controller dead-letters first (and marks the job FAILED); this is the backstop.
 REDRIVE_SLACK = 2
@@ -79,11 +99,16 @@ class SqsTransport:
     max_batch = SQS_MAX_BATCH
     max_body_bytes = SQS_MAX_BODY_BYTES
 
-    def __init__(self, *, prefix: str = "", region: str = DEFAULT_REGION, sqs_client: Any = None) -> None:
+    def __init__(self, *, prefix: str = "", region: str = DEFAULT_REGION, sqs_client: Any = None,
+                 clock: Clock | None = None, max_delay_s: float = SQS_MAX_DELAY_S) -> None:
         self.prefix = prefix
         self.sqs = sqs_client or client("sqs", region=region)
+        self.clock: Clock = clock or SystemClock()
+        #: the longest delay one SQS hop carries (SQS's cap; tests on moto set it lower)
+        self.hop_delay_s = max_delay_s
         self._urls: dict[str, str] = {}
         self._dlq: dict[str, str] = {}
+        self._bands: dict[str, list[int]] = {}  # queue -> its priority bands, highest first
 
     # -- names ------------------------------------------------------------------------------
     def _name(self, queue: str) -> str:
@@ -120,6 +145,29 @@ class SqsTransport:
                                                  "maxReceiveCount": spec.max_receives + REDRIVE_SLACK})
             self._dlq[spec.name] = spec.dead_letter
         self._create(spec.name, attrs)
+        for band in spec.priority_bands:
+            if band > 0:
+                self._create(band_queue(spec.name, band), attrs)
+                if spec.dead_letter:
+                    self._dlq[band_queue(spec.name, band)] = spec.dead_letter
+        self._bands.pop(spec.name, None)
+
+    def bands(self, queue: str) -> list[int]:
+        """The priority bands of ``queue`` that exist, highest first (looked up once)."""
+        found = self._bands.get(queue)
+        if found is None:
+            base = self._name(queue)
+            urls = self.sqs.list_queues(QueueNamePrefix=f"{base}-p").get("QueueUrls", [])
+            names = [u.rsplit("/", 1)[-1].removeprefix(base) for u in urls]
+            found = self._bands[queue] = sorted((int(n[2:]) for n in names if n[2:].isdigit() and n[:2] == "-p"),
+                                                reverse=True)
+        return found
+
+    def _route(self, queue: str, priority: int) -> str:
+        """The queue a message of ``priority`` goes to: the highest band at most ``priority``."""
+        if priority <= 0 or queue.endswith(".fifo"):
+            return queue
+        return next((band_queue(queue, b) for b in self.bands(queue) if b <= priority), queue)
 
     def _create(self, queue: str, attrs: dict[str, str]) -> None:
         name = self._name(queue)
@@ -163,6 +211,8 @@ class SqsTransport:
             raise BodyTooLarge(size, self.max_body_bytes)
         mid = m.message_id or uuid.uuid4().hex
         attrs = {MESSAGE_ID_ATTR: mid, **m.attributes}
+        if m.delay_s > self.hop_delay_s or (m.delay_s and queue.endswith(".fifo")):
+            attrs[DUE_AT_ATTR] = repr(self.clock.now() + m.delay_s)  # chained: see the module's docstring
         entry: dict[str, Any] = {
             "Id": str(i), "MessageBody": m.body,
             "MessageAttributes": {k: {"DataType": "String", "StringValue": str(v)} for k, v in attrs.items()},
@@ -172,7 +222,7 @@ class SqsTransport:
             entry["MessageGroupId"] = m.group_id or mid
             entry["MessageDeduplicationId"] = mid
         elif m.delay_s:
-            entry["DelaySeconds"] = int(min(m.delay_s, self.max_delay_s))
+            entry["DelaySeconds"] = int(min(m.delay_s, self.hop_delay_s))
         if (wire := message_bytes(entry)) > SQS_MAX_MESSAGE_BYTES:
             raise BodyTooLarge(wire, SQS_MAX_MESSAGE_BYTES)
         return entry
@@ -181,6 +231,15 @@ class SqsTransport:
         return self.send_batch(queue, [message])[0]
 
     def send_batch(self, queue: str, messages: Sequence[Outgoing]) -> list[str]:
+        if any(m.priority > 0 for m in messages):
+            by_route: dict[str, list[Outgoing]] = {}
+            for m in messages:
+                by_route.setdefault(self._route(queue, m.priority), []).append(m)
+            ids: dict[int, str] = {}
+            for target, ms in by_route.items():
+                ids.update(zip((id(m) for m in ms), self._send_entries(
+                    target, [self._entry(target, i, m) for i, m in enumerate(ms)]), strict=True))
+            return [ids[id(m)] for m in messages]
         return self._send_entries(queue, [self._entry(queue, i, m) for i, m in enumerate(messages)])
 
     def _send_entries(self, queue: str, entries: list[dict[str, Any]]) -> list[str]:
@@ -207,25 +266,65 @@ class SqsTransport:
 
     # -- receiving --------------------------------------------------------------------------
     def receive(self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        for band in self.bands(queue) if not queue.endswith(".fifo") else []:  # high to low, without waiting
+            out += self._receive(band_queue(queue, band), max_messages - len(out), 0, visibility_s)
+            if len(out) >= max_messages:
+                return out
+        return out + self._receive(queue, max_messages - len(out), 0 if out else wait_s, visibility_s)
+
+    def _receive(self, queue: str, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
         resp = self.sqs.receive_message(
             QueueUrl=self.url(queue), MaxNumberOfMessages=max(1, min(SQS_MAX_BATCH, max_messages)),
             WaitTimeSeconds=int(max(0, min(SQS_MAX_WAIT_S, wait_s))),
             VisibilityTimeout=math.ceil(visibility_s),
-            AttributeNames=["ApproximateReceiveCount"],
+            AttributeNames=["ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp"],
             MessageAttributeNames=["All"],  # our message id and, in a DLQ, the reason
         )
-        return [self._delivery(queue, m) for m in resp.get("Messages", [])]
+        due: list[Delivery] = []
+        now = self.clock.now()
+        for m in resp.get("Messages", []):
+            d, due_at = self._delivery(queue, m)
+            if due_at is not None and due_at > now + DUE_SLACK_S:
+                self._hold(d, due_at - now)
+            else:
+                due.append(d)
+        return due
+
+    def _hold(self, d: Delivery, left_s: float) -> None:
+        """A chained delay is not over: pass the message on for what is left, unseen."""
+        if d.queue.endswith(".fifo"):  # no per-message delay: hold it by its visibility timeout
+            self.release(d, min(left_s, self.max_visibility_s - 60))
+        else:
+            self._resend(d, left_s, receives=d.receive_count - 1)
+
+    def _resend(self, d: Delivery, delay_s: float, *, receives: int) -> None:
+        """Send a copy of ``d`` delayed by ``delay_s`` (chained past SQS's cap) that counts
+        ``receives`` as already used, then delete ``d``: a crash between leaves a duplicate
+        (the status store recognises it), never a loss."""
+        attrs = {k: v for k, v in d.attributes.items() if k != MESSAGE_ID_ATTR}
+        attrs[PRIOR_RECEIVES_ATTR] = str(receives)
+        attrs[FIRST_RECEIVED_ATTR] = repr(d.first_received_at)
+        self._send_entries(d.queue, [self._entry(d.queue, 0, Outgoing(
+            body=d.body, message_id=d.message_id, delay_s=delay_s, attributes=attrs), verbatim=True)])
+        self.ack(d)
 
     @staticmethod
-    def _delivery(queue: str, m: dict[str, Any]) -> Delivery:
+    def _delivery(queue: str, m: dict[str, Any]) -> tuple[Delivery, float | None]:
+        """The delivery (our attributes taken out of its ``attributes``) and when a chained
+        delay ends (None: not chained)."""
         attrs = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
         sys_attrs = m.get("Attributes", {})
-        return Delivery(
+        due_at, prior, first = attrs.pop(DUE_AT_ATTR, None), attrs.pop(PRIOR_RECEIVES_ATTR, None), \
+            attrs.pop(FIRST_RECEIVED_ATTR, None)
+        delivery = Delivery(
             queue=queue, body=m["Body"], receipt=m["ReceiptHandle"],
-            receive_count=int(sys_attrs.get("ApproximateReceiveCount", 1)),
-            first_received_at=int(sys_attrs.get("ApproximateFirstReceiveTimestamp", 0)) / 1000.0,
+            receive_count=int(sys_attrs.get("ApproximateReceiveCount", 1)) + int(prior or 0),
+            first_received_at=float(first) if first else
+            int(sys_attrs.get("ApproximateFirstReceiveTimestamp", 0)) / 1000.0,
             message_id=attrs.get(MESSAGE_ID_ATTR) or m["MessageId"], attributes=attrs,
         )
+        return delivery, float(due_at) if due_at else None
 
     def ack(self, delivery: Delivery) -> bool:
         try:
@@ -265,6 +364,16 @@ class SqsTransport:
             if error_code(exc) in LEASE_LOST_CODES:
                 return False
             raise
+
+    def snooze(self, delivery: Delivery, delay_s: float) -> bool:
+        if delivery.queue.endswith(".fifo"):  # see the module's docstring
+            return self.release(delivery, min(delay_s, self.max_visibility_s - 60))
+        try:  # still ours? A stale holder must not make a second copy
+            self.extend(delivery, 30)
+        except LeaseLostError:
+            return False
+        self._resend(delivery, delay_s, receives=delivery.receive_count - 1)
+        return True
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         dlq = self._dlq.get(delivery.queue) or (self.spec(delivery.queue) or QueueSpec(delivery.queue)).dead_letter \
@@ -324,10 +433,15 @@ class SqsTransport:
             if not new:
                 break
             for m in new:
-                out[m["MessageId"]] = self._delivery(queue, m)
+                out[m["MessageId"]] = self._delivery(queue, m)[0]
             if len(out) >= limit:
                 break
         return list(out.values())[:limit]
+
+
+def band_queue(queue: str, band: int) -> str:
+    """The queue of ``queue``'s priority band ``band``."""
+    return f"{queue}-p{band}"
 
 
 _: type[Transport] = SqsTransport

@@ -1,0 +1,95 @@
+"""Snooze: "not yet, look again later", without using an attempt, on every backend."""
+
+from __future__ import annotations
+
+from orchestrator import Controller, JobStatus, Pipeline, Result, Snooze
+from orchestrator.backends import Backend
+from orchestrator.clock import SimClock
+from orchestrator.controllers.controller import Outcome
+
+
+def waiting_pipeline(ready_after: float, *, max_receives: int = 2, max_snooze_s: float | None = 3600.0) -> Pipeline:
+    """One stage whose handler snoozes 60 s at a time until the clock passes ``ready_after``."""
+    p = Pipeline("w")
+
+    @p.stage("restore", source="restores", max_receives=max_receives, visibility_timeout=30,
+             max_snooze_s=max_snooze_s)
+    def restore(ctx, msg):  # type: ignore[no-untyped-def]
+        if ctx.clock.now() < ready_after:
+            return Snooze(60, reason="archive still restoring")
+        return Result(status=JobStatus.COMPLETED, fields={"restored_at_attempt": ctx.attempt})
+
+    return p
+
+
+def step(backend: Backend, p: Pipeline) -> list[Outcome]:
+    st = p.get("restore")
+    got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout)
+    return Controller(p, st, backend, seed=1).handle_batch(got) if got else []
+
+
+def test_a_snoozed_message_comes_back_after_its_delay_with_no_attempt_used(backend: Backend) -> None:
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    # Given a stage allowing only 2 receives, and a restore that needs 5 snoozes
+    p = waiting_pipeline(ready_after=clock.now() + 290, max_receives=2)
+    p.setup(backend)
+    p.submit(backend, job_id="j1", payload={}, queue="restores")
+    outcomes: list[Outcome] = []
+    for _ in range(5):
+        outcomes += step(backend, p)
+        # Then it is not back before its 60 s
+        clock.advance(59)
+        assert step(backend, p) == []
+        assert backend.transport.depth("restores").delayed == 1
+        clock.advance(1)
+    outcomes += step(backend, p)
+    # When it finally runs, it is on its first attempt still, and the job is COMPLETED
+    assert outcomes == [Outcome.SNOOZED] * 5 + [Outcome.COMMITTED]
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    assert job.fields["restored_at_attempt"] == 1
+    snoozes = [h for h in job.history if h.event == "snoozed"]
+    assert len(snoozes) == 5 and all("archive still restoring" in (h.reason or "") for h in snoozes)
+    assert all(h.from_status == h.to_status == JobStatus.RUNNING for h in snoozes)
+    assert backend.transport.depth("restores").total == 0
+
+
+def test_a_snooze_past_max_snooze_s_fails_the_job_with_the_reason(backend: Backend) -> None:
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    p = waiting_pipeline(ready_after=clock.now() + 10_000, max_snooze_s=150)
+    p.setup(backend)
+    p.submit(backend, job_id="j1", payload={}, queue="restores")
+    outcomes: list[Outcome] = []
+    for _ in range(4):
+        outcomes += step(backend, p)
+        clock.advance(60)
+    # 0 s and 60 s waited: snoozed; at 120 s another 60 s would pass 150 s: FAILED
+    assert outcomes == [Outcome.SNOOZED, Outcome.SNOOZED, Outcome.FAILED]
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.FAILED
+    assert "gave up waiting after 120s (max_snooze_s 150s): archive still restoring" in (job.history[-1].reason or "")
+    assert backend.transport.depth("restores").total == 0
+
+
+def test_a_long_snooze_past_the_queues_delay_cap_is_kept(backend: Backend) -> None:
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    p = Pipeline("w")
+    seen: list[float] = []
+
+    @p.stage("restore", source="restores", max_snooze_s=None)
+    def restore(ctx, msg):  # type: ignore[no-untyped-def]
+        seen.append(ctx.clock.now())
+        return Snooze(6 * 3600) if len(seen) == 1 else Result(status=JobStatus.COMPLETED)
+
+    p.setup(backend)
+    p.submit(backend, job_id="j1", payload={}, queue="restores")
+    start = clock.now()
+    assert step(backend, p) == [Outcome.SNOOZED]
+    clock.advance(6 * 3600 - 1)
+    assert step(backend, p) == []
+    clock.advance(1)
+    assert step(backend, p) == [Outcome.COMMITTED]
+    assert seen == [start, start + 6 * 3600]

@@ -23,18 +23,21 @@ from typing import Any
 import structlog
 
 from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
+from orchestrator.base import MAX_PRIORITY
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
+from orchestrator.durations import parse_duration, parse_time
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 from orchestrator.pipeline import Pipeline
+from orchestrator.schedules import describe
 from orchestrator.settings import apply_settings, load_settings
 from orchestrator.status import JobRecord, JobStatus
 
 # commands that only make sense on a backend another process can see
 ONE_SHOT_COMMANDS = ("submit", "status")
 #: commands that only read: they never create a database
-READ_ONLY_COMMANDS = ("status", "queues", "doctor")
+READ_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules")
 
 
 class UsageError(Exception):
@@ -49,6 +52,33 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def duration_arg(text: str) -> float:
+    """argparse type: a duration (``90s``, ``15m``, ``1h30m``, ``2d`` or seconds), >= 0."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def time_arg(text: str) -> datetime:
+    """argparse type: an ISO 8601 time with its zone."""
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def priority_arg(text: str) -> int:
+    """argparse type: a priority 0..9."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0..{MAX_PRIORITY}, got {text!r}") from None
+    if not 0 <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"must be 0..{MAX_PRIORITY}, got {value}")
     return value
 
 
@@ -167,13 +197,16 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
     if (args.job_id is None) == (args.jobs is None):
         raise UsageError("submit needs --job-id (one job) or --jobs FILE.jsonl (many)")
     check_target(pipeline, args.queue, args.topic)
+    if args.delay is not None and args.at is not None:
+        raise UsageError("submit takes --delay or --at, not both")
+    timing: dict[str, Any] = {"delay_s": args.delay or 0.0, "at": args.at, "priority": args.priority}
     if args.jobs is not None:
         jobs = read_jobs(args.jobs)
         pipeline.setup(backend)
 
         def unit() -> list[bool]:  # one transaction on the SQL backends: all or none
             return [pipeline.submit(backend, job_id=j, payload=p, queue=args.queue, topic=args.topic,
-                                    user_id=u or args.user)[1] for j, p, u in jobs]
+                                    user_id=u or args.user, **timing)[1] for j, p, u in jobs]
 
         created = backend.run_atomic(unit)
         print(f"{sum(created)} submitted, {len(created) - sum(created)} already submitted")
@@ -181,8 +214,9 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
     payload = read_payload(args.payload)
     pipeline.setup(backend)
     rec, was_new = pipeline.submit(backend, job_id=args.job_id, payload=payload, queue=args.queue,
-                                   topic=args.topic, user_id=args.user)
-    print(f"{rec.job_id} {'submitted' if was_new else 'already submitted'} ({rec.status.value})")
+                                   topic=args.topic, user_id=args.user, **timing)
+    due = f", due {when(rec.due_at)}" if rec.due_at is not None else ""
+    print(f"{rec.job_id} {'submitted' if was_new else 'already submitted'} ({rec.status.value}{due})")
     return 0
 
 
@@ -274,8 +308,11 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"{'JOB':<24} {'STATUS':<10} {'USER':<12} STEPS")
+    now = backend.clock.now()
     for r in recs:
         steps = " ".join(f"{name}={s.state}" for name, s in r.steps.items())
+        if r.status == JobStatus.PENDING and r.due_at is not None and r.due_at > now:
+            steps = f"due {when(r.due_at)}" + (f" {steps}" if steps else "")
         print(f"{r.job_id:<24} {r.status.value:<10} {r.user_id or '-':<12} {steps}")
         if args.job_id:
             for h in r.history:
@@ -285,6 +322,21 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
     for r in recs:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1
     print("total", len(recs), " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace, backend: Backend) -> int:
+    pipeline = pipeline_from(args)
+    rows = describe(pipeline, backend)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"pipeline {pipeline.name} has no schedules")
+        return 0
+    print(f"{'SCHEDULE':<24} {'WHEN':<18} {'MISSED':<7} {'LAST':<25} NEXT")
+    for r in rows:
+        print(f"{r['name']:<24} {r['when']:<18} {r['missed']:<7} {r['last'] or '-':<25} {r['next']}")
     return 0
 
 
@@ -326,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='many jobs, one {"job_id": ..., "payload": {...}, "user_id": ...} per line, in one '
                         "transaction on the SQL backends (- reads standard input)")
     s.add_argument("--user")
+    s.add_argument("--delay", type=duration_arg, metavar="DURATION",
+                   help="hold the job's first message this long (90s, 15m, 2h, 1d...; any length)")
+    s.add_argument("--at", type=time_arg, metavar="TIME",
+                   help="hold it until this ISO 8601 time with its zone (2026-12-05T09:00:00Z)")
+    s.add_argument("--priority", type=priority_arg, default=0,
+                   help="0 (default, lowest) .. 9 (highest): higher priorities are received first")
     s.set_defaults(fn=cmd_submit)
 
     w = sub.add_parser("worker", help="run one stage's controller")
@@ -359,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--status", choices=[s.value for s in JobStatus])
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
+
+    sc = sub.add_parser("schedules", help="list the pipeline's schedules with their last and next firing")
+    sc.add_argument("pipeline", metavar="MODULE:PIPELINE")
+    backend_arg(sc)
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(fn=cmd_schedules)
 
     qu = sub.add_parser("queues", help="show queue depths (visible, in flight, delayed, dead-lettered)")
     backend_arg(qu)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,6 +13,7 @@ from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
+from orchestrator.schedules import DEFAULT_MAX_CATCH_UP, Missed, Schedule
 from orchestrator.status import JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -159,6 +160,10 @@ class Stage:
     max_snooze_s: float | None = DEFAULT_MAX_SNOOZE_S
     #: the priority (0..9) of what this stage emits unless an ``Emit`` says otherwise
     priority: int = 0
+    #: on SQS, the priorities that get a queue of their own (``<source>-p<band>``, polled high
+    #: to low; a message goes to the highest band at most its priority). SQLite, PostgreSQL
+    #: and memory order by exact priority without them.
+    priority_bands: tuple[int, ...] = ()
 
     @property
     def dead_letter_queue(self) -> str:
@@ -181,7 +186,7 @@ class Stage:
     def queue_spec(self) -> QueueSpec:
         return QueueSpec(
             self.source, visibility_timeout_s=self.visibility_timeout, max_receives=self.max_receives,
-            dead_letter=self.dead_letter_queue, delay_s=self.delay_s,
+            dead_letter=self.dead_letter_queue, delay_s=self.delay_s, priority_bands=tuple(self.priority_bands),
         )
 
     def backoff_s(self, attempt: int) -> float:
@@ -215,6 +220,9 @@ class Stage:
             out.append(f"stage {self.name}: max_snooze_s must be >= 0 or None, got {self.max_snooze_s}")
         if not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
             out.append(f"stage {self.name}: priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}")
+        if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
+            out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "
+                       f"{self.priority_bands!r}")
         if self.claim not in ("eager", "lazy"):
             out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
         if self.emit_to and self.publish_to:
@@ -234,6 +242,7 @@ class Pipeline:
         self.name = name
         self.stages: dict[str, Stage] = {}
         self.middleware: list[Middleware] = list(middleware or [])
+        self.schedules: dict[str, Schedule] = {}
 
     def stage(
         self, name: str, *, source: str, emit_to: str | None = None, **options: Any
@@ -253,6 +262,25 @@ class Pipeline:
         self.stages[stage.name] = stage
         return stage
 
+    def schedule(
+        self, name: str, *, cron: str | None = None, every: float | timedelta | None = None,
+        queue: str | None = None, topic: str | None = None, payload: dict[str, Any] | None = None,
+        timezone: str = "UTC", missed: Missed = "skip", priority: int = 0, user_id: str | None = None,
+        grace_s: float | None = None, max_catch_up: int = DEFAULT_MAX_CATCH_UP,
+    ) -> Schedule:
+        """Submit a job to ``queue`` (or ``topic``) at every tick of ``cron`` (in ``timezone``)
+        or ``every`` interval. The pipeline's workers fire it; each tick is one job, whose id
+        is ``NAME@TICK``. ``missed`` says what happens to ticks that found every worker down:
+        ``skip`` them, fire the ``latest``, or fire ``all`` (see ``orchestrator.schedules``)."""
+        if name in self.schedules:
+            raise ConfigError(f"pipeline {self.name}: schedule {name} is defined twice")
+        every_s = every.total_seconds() if isinstance(every, timedelta) else every
+        sch = Schedule(name=name, payload=dict(payload or {}), queue=queue, topic=topic, cron=cron, every_s=every_s,
+                       timezone=timezone, missed=missed, priority=priority, user_id=user_id, grace_s=grace_s,
+                       max_catch_up=max_catch_up)
+        self.schedules[name] = sch
+        return sch
+
     def get(self, name: str) -> Stage:
         try:
             return self.stages[name]
@@ -266,6 +294,13 @@ class Pipeline:
         for st in self.stages.values():
             problems += st.problems(max_visibility_s=backend.transport.max_visibility_s,
                                     max_delay_s=backend.transport.max_delay_s, max_batch=backend.transport.max_batch)
+        sources = {st.source for st in self.stages.values()}
+        topics = {t for st in self.stages.values() for t in st.subscribe}
+        for sch in self.schedules.values():
+            if sch.queue is not None and sch.queue not in sources:
+                problems.append(f"schedule {sch.name}: no stage takes queue {sch.queue!r}")
+            if sch.topic is not None and sch.topic not in topics:
+                problems.append(f"schedule {sch.name}: no stage subscribes to topic {sch.topic!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -44,6 +44,8 @@ class TransportContract:
     fences_stale_receipts = True
     #: whether concurrent receives never hand out one message twice
     exclusive_concurrent_receive = True
+    #: whether receives follow exact priorities, oldest first within one (SQS: bands, unordered)
+    orders_within_priority = True
 
     def test_a_sent_message_is_received_once_with_its_body(self, transport: Transport) -> None:
         q = make_queue(transport)
@@ -120,6 +122,61 @@ class TransportContract:
         assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
         advance_clock(2.5)
         one(transport, q)
+
+    def test_a_snooze_brings_the_message_back_after_its_delay_with_its_receive_taken_back(
+            self, transport: Transport, advance_clock: Advance) -> None:
+        # Given a message received once
+        q = make_queue(transport)
+        transport.send(q, Outgoing(body="x", message_id="m1"))
+        d = one(transport, q)
+        first_seen = d.first_received_at
+        for _ in range(3):
+            # When it is snoozed for 5 s
+            assert transport.snooze(d, 5) is True
+            # Then it is not there before, and then it is, its receive taken back
+            advance_clock(3)
+            assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
+            advance_clock(3)
+            d = one(transport, q)
+            assert (d.body, d.message_id, d.receive_count) == ("x", "m1", 1)
+            assert d.first_received_at == pytest.approx(first_seen, abs=1.0)
+        transport.ack(d)
+        assert transport.depth(q).total == 0
+
+    def test_a_delay_past_the_queues_own_cap_is_kept_to_the_second(self, transport: Transport,
+                                                                     advance_clock: Advance) -> None:
+        # Given a message delayed by twice the longest delay SQS takes, and a half minute
+        q = make_queue(transport)
+        delay = 2 * 900 + 30
+        transport.send(q, Outgoing(body="later", message_id="m1", delay_s=delay))
+        waited = 0.0
+        # Then every look before its time finds nothing
+        while waited + 300 < delay:
+            advance_clock(300)
+            waited += 300
+            assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == [], f"early at {waited}s"
+        advance_clock(delay - waited - 2)
+        assert transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS) == []
+        # And it is there right after, on its first receive
+        advance_clock(3)
+        d = one(transport, q)
+        assert (d.body, d.receive_count) == ("later", 1)
+
+    def test_higher_priorities_are_received_first_and_the_oldest_first_within_one(
+            self, transport: Transport, advance_clock: Advance) -> None:
+        q = make_queue(transport, priority_bands=(5, 9))
+        sent = [("a", 0), ("b", 9), ("c", 5), ("d", 0), ("e", 9), ("f", 7)]
+        for body, prio in sent:
+            transport.send(q, Outgoing(body=body, message_id=body, priority=prio))
+            advance_clock(0.01)
+        got = []
+        while batch := transport.receive(q, max_messages=1, wait_s=0, visibility_s=VIS):
+            got += [d.body for d in batch]
+        # SQS keeps a queue per band (7 goes to band 5) and orders none within one
+        band = {b: (9 if p >= 9 else 5 if p >= 5 else 0) for b, p in sent}
+        assert [band[b] for b in got] == [9, 9, 5, 5, 0, 0]
+        if self.orders_within_priority:
+            assert got == ["b", "e", "f", "c", "a", "d"]
 
     def test_dead_letter_keeps_the_body_and_the_reason(self, transport: Transport) -> None:
         q = make_queue(transport)

@@ -98,9 +98,21 @@ class StrictSqs:
         return self.inner.delete_message_batch(**kw)
 
 
+class MotoClock:
+    """moto's clock (which ``advance_clock`` moves) as the transport's: a chained delay's due
+    time and moto's own delays then run on one time line the test controls."""
+
+    def now(self) -> float:
+        return moto.core.utils.utcnow().replace(tzinfo=datetime.UTC).timestamp()
+
+    def sleep(self, seconds: float) -> None:
+        raise AssertionError("the SQS adapter must not sleep on its clock")
+
+
 @pytest.fixture
 def transport() -> SqsTransport:
-    return SqsTransport(prefix="t-", region=REGION, sqs_client=StrictSqs(boto3.client("sqs", region_name=REGION)))
+    return SqsTransport(prefix="t-", region=REGION, sqs_client=StrictSqs(boto3.client("sqs", region_name=REGION)),
+                        clock=MotoClock())  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -114,6 +126,8 @@ class TestSqs(TransportContract):
     fences_stale_receipts = False
     # moto's concurrent receives occasionally hand out one message twice.
     exclusive_concurrent_receive = False
+    # a queue per priority band; SQS orders no queue
+    orders_within_priority = False
 
 
 class TestSns(TopicContract):

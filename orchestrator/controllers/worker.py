@@ -18,6 +18,7 @@ from orchestrator.controllers.lease import Lease
 from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
 from orchestrator.middleware import Middleware
 from orchestrator.pipeline import Pipeline, Stage
+from orchestrator.schedules import Scheduler
 
 IDLE_CHECK_INTERVAL_S = 0.1
 RECEIVE_ERROR_BACKOFF_S = 1.0
@@ -51,8 +52,12 @@ class Worker:
         middleware: list[Middleware] | None = None,
         grace_s: float = DEFAULT_GRACE_S,
         idle_queues: list[str] | None = None,
+        fire_schedules: bool = True,
     ) -> None:
         self.pipeline = pipeline
+        #: whether this worker also fires the pipeline's schedules (any worker may: firing a
+        #: tick twice is an idempotent submit)
+        self.fire_schedules = fire_schedules
         self.grace_s = grace_s
         #: what must be empty for ``run(until_idle=True)`` to end: the stage's source by
         #: default; a chain of stages passes every queue of the chain, so that a later stage
@@ -88,6 +93,8 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         self.backend.transport.ensure_queue(self.stage.queue_spec())
+        if self.fire_schedules:
+            Scheduler(self.pipeline, self.backend).start(self._stopping)
         for i in range(self.concurrency):
             t = threading.Thread(target=self._loop, name=f"worker-{self.stage.name}-{i}", daemon=True)
             t.start()

@@ -161,18 +161,18 @@ class SqlTransport:
             return list(c.execute(
                 "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
                 f"visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ({self._ready_sql()}) "
-                "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at",
+                "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at, priority",
                 (token, now + visibility_s, now, *self._ready_params(queue, now, max_messages)),
             ).fetchall())
 
         # The deliveries are built after the transaction: on SQLite the write lock is the
         # resource every process of every stage queues for, so it covers the statement only.
         rows = self.db.run(tx, begin=not self.single_statement_claims)
-        rows.sort(key=lambda r: r[0])
+        rows.sort(key=lambda r: (-r[7], r[0]))  # the batch in the order it was chosen
         return [
             Delivery(queue=queue, body=body, receipt=receipt, receive_count=rc, first_received_at=fr,
                      message_id=mid, attributes=_attrs_in(attrs))
-            for _seq, mid, body, attrs, rc, receipt, fr in rows
+            for _seq, mid, body, attrs, rc, receipt, fr, _prio in rows
         ]
 
     def _ready_sql(self) -> str:

@@ -1,10 +1,12 @@
 """The invariants of DESIGN.md, checked on random pipelines, crash plans and interleavings.
 
 Given a random pipeline of 1-3 stages, 1-30 jobs whose handlers sometimes fail (transient or
-permanent), a crash plan over every crash point, random visibility timeouts, stalls and
-controller interleavings; when the simulation runs until idle; then no job is lost, no step
-is committed twice, status never goes backwards, poison is bounded by max receives, and
-every committed outbox reached its queue.
+permanent) or snooze (more times than max receives allows attempts), submitted and emitted
+with random delays (past SQS's 15 minutes too) and priorities, a crash plan over every crash
+point, random visibility timeouts, stalls and controller interleavings; when the simulation
+runs until idle; then no job is lost, no step is committed twice, status never goes
+backwards, poison is bounded by max receives, snoozes use no attempt, no message is received
+before its time, and every committed outbox reached its queue.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from pg import drop_schema, new_schema, with_schema
 
-from orchestrator import CRASH_POINTS, Fault, FaultPlan, JobStatus, PermanentError, Pipeline, Result
+from orchestrator import CRASH_POINTS, Emit, Fault, FaultPlan, JobStatus, PermanentError, Pipeline, Result, Snooze
 from orchestrator.backends import Backend, postgres_backend, sqlite_backend
 from orchestrator.clock import SimClock
 from orchestrator.testing.simulation import Simulation
 
-BEHAVIOURS = ("ok", "flaky", "permanent", "poison", "slow")
+BEHAVIOURS = ("ok", "flaky", "permanent", "poison", "slow", "snoozer")
+DELAYS = (0.0, 0.0, 0.0, 4.0, 45.0, 2000.0)  # seconds; 2000 s is past SQS's 900 s cap
 
 
 class Transient(Exception):
@@ -45,6 +48,10 @@ class Scenario:
     via_topic: bool
     batch_probability: float
     claim: str
+    snoozes: int  # how many times a "snoozer" handler says "not yet" before it does its work
+    submit_delay: dict[int, float]  # job -> seconds its first message waits
+    emit_delay: dict[int, float]  # stage -> seconds what it emits waits
+    priority: dict[int, int]  # job -> priority
 
 
 @st.composite
@@ -66,12 +73,19 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         faults=faults, seed=draw(st.integers(0, 2**32)), stall_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
         via_topic=draw(st.booleans()), batch_probability=draw(st.sampled_from([0.0, 0.5, 1.0])),
         claim=draw(st.sampled_from(["eager", "lazy"])),
+        snoozes=draw(st.integers(1, 7)),
+        submit_delay=draw(st.dictionaries(st.integers(0, n_jobs - 1), st.sampled_from(DELAYS), max_size=6)),
+        emit_delay=draw(st.dictionaries(st.integers(0, n_stages - 1), st.sampled_from(DELAYS), max_size=2)),
+        priority=draw(st.dictionaries(st.integers(0, n_jobs - 1), st.integers(0, 9), max_size=8)),
     )
 
 
-def build(sc: Scenario) -> Pipeline:
+def build(sc: Scenario, early: list[str] | None = None) -> Pipeline:
+    """The scenario's pipeline; a message received before its time is appended to ``early``."""
     p = Pipeline("prop")
     attempts: dict[tuple[str, int], int] = {}
+    snoozed: dict[tuple[str, int], int] = {}
+    early = early if early is not None else []
     for i in range(sc.stages):
         last = i == sc.stages - 1
 
@@ -79,6 +93,11 @@ def build(sc: Scenario) -> Pipeline:
             job = int(msg.job_id.split("-")[1])
             how = sc.behaviour.get((job, i), "ok")
             key = (msg.job_id, i)
+            if ctx.clock.now() < msg.payload.get("not_before", 0.0):
+                early.append(f"{msg.job_id}/s{i} at {ctx.clock.now()}, due {msg.payload['not_before']}")
+            if how == "snoozer" and snoozed.get(key, 0) < sc.snoozes:
+                snoozed[key] = snoozed.get(key, 0) + 1
+                return Snooze(sc.visibility * 1.5, reason=f"not yet ({snoozed[key]})")
             attempts[key] = attempts.get(key, 0) + 1
             if how == "permanent":
                 raise PermanentError(f"job {job} cannot be done at s{i}")
@@ -91,15 +110,18 @@ def build(sc: Scenario) -> Pipeline:
             total = msg.payload["total"] + i + 1
             if last:
                 return Result(status=JobStatus.COMPLETED, fields={f"s{i}": total})
-            return Result(status=JobStatus.RUNNING, fields={f"s{i}": total}, emit=[{"total": total}])
+            delay = sc.emit_delay.get(i, 0.0)
+            out = {"total": total, "not_before": ctx.clock.now() + delay}
+            return Result(status=JobStatus.RUNNING, fields={f"s{i}": total},
+                          emit=[Emit(out, delay_s=delay, priority=sc.priority.get(job, 0))])
 
         opts: dict[str, object] = {}
         if not last:
-            if sc.via_topic:
+            if sc.via_topic and not sc.emit_delay.get(i):  # a delayed emit goes to a queue
                 opts["publish_to"] = f"t{i}"
             else:
                 opts["emit_to"] = f"q{i + 1}"
-        if i > 0 and sc.via_topic:
+        if i > 0 and sc.via_topic and not sc.emit_delay.get(i - 1):
             opts["subscribe"] = (f"t{i - 1}",)
             opts["raw_subscription"] = i % 2 == 0  # odd stages get SNS-wrapped bodies
         p.stage(f"s{i}", source=f"q{i}", max_receives=sc.max_receives, visibility_timeout=sc.visibility,
@@ -146,16 +168,20 @@ def test_invariants_hold_on_the_database_backends(kind: str, request: pytest.Fix
 
 def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
     # Given
-    sim = Simulation(build(sc), seed=sc.seed, faults=FaultPlan.of(sc.faults), stall_probability=sc.stall_probability,
-                     batch_probability=sc.batch_probability, backend=backend)
+    early: list[str] = []
+    sim = Simulation(build(sc, early), seed=sc.seed, faults=FaultPlan.of(sc.faults),
+                     stall_probability=sc.stall_probability, batch_probability=sc.batch_probability, backend=backend)
     for j in range(sc.jobs):
-        sim.submit(f"job-{j}", {"total": 0}, queue="q0")
+        delay = sc.submit_delay.get(j, 0.0)
+        sim.submit(f"job-{j}", {"total": 0, "not_before": sim.clock.now() + delay}, queue="q0", delay_s=delay,
+                   priority=sc.priority.get(j, 0))
     # When
     sim.run_until_idle()
     # Then
     report = sim.check_invariants()
     note(f"crashes={sim.crashes} outcomes={sim.outcomes}")
     assert report.ok, str(report)
+    assert not early, f"received before their time: {early}"
     for j in range(sc.jobs):
         job = sim.backend.store.get(f"job-{j}")
         assert job is not None

@@ -163,10 +163,12 @@ class Simulation:
 
     # -- driving ----------------------------------------------------------------------------
     def submit(self, job_id: str, payload: dict[str, Any], *, queue: str | None = None,
-               topic: str | None = None, user_id: str | None = None) -> None:
+               topic: str | None = None, user_id: str | None = None, delay_s: float = 0.0,
+               priority: int = 0) -> None:
         if queue is None and topic is None:
             queue = next(iter(self.pipeline.stages.values())).source
-        self.pipeline.submit(self.memory, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)
+        self.pipeline.submit(self.memory, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
+                             delay_s=delay_s, priority=priority)
         self.submitted.append(job_id)
 
     def _ready_stages(self) -> list[str]:

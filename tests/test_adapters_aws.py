@@ -16,7 +16,7 @@ from contract import BatchStoreContract, StatusStoreContract, TopicContract, Tra
 from moto import mock_aws
 
 from orchestrator.base import Outgoing, QueueSpec
-from orchestrator.clock import SimClock
+from orchestrator.clock import SimClock, SystemClock
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.errors import BodyTooLarge, InvalidKey, ObjectNotFound
@@ -98,21 +98,18 @@ class StrictSqs:
         return self.inner.delete_message_batch(**kw)
 
 
-class MotoClock:
+class MotoClock(SystemClock):
     """moto's clock (which ``advance_clock`` moves) as the transport's: a chained delay's due
     time and moto's own delays then run on one time line the test controls."""
 
     def now(self) -> float:
         return moto.core.utils.utcnow().replace(tzinfo=datetime.UTC).timestamp()
 
-    def sleep(self, seconds: float) -> None:
-        raise AssertionError("the SQS adapter must not sleep on its clock")
-
 
 @pytest.fixture
 def transport() -> SqsTransport:
     return SqsTransport(prefix="t-", region=REGION, sqs_client=StrictSqs(boto3.client("sqs", region_name=REGION)),
-                        clock=MotoClock())  # type: ignore[arg-type]
+                        clock=MotoClock())
 
 
 @pytest.fixture

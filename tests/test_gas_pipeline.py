@@ -87,6 +87,20 @@ def test_every_sample_is_annotated_notified_and_archived_by_tier(gas: app.Gas) -
         assert rec.status == JobStatus.COMPLETED
 
 
+def test_premium_users_jobs_are_annotated_before_a_free_backlog(gas: app.Gas) -> None:
+    # Given a backlog of free users' requests, then one premium user's
+    free = [app.submit(gas, SAMPLES / "test.vcf", user_id=f"free{i}", tier="free") for i in range(5)]
+    premium = app.submit(gas, SAMPLES / "test.vcf", user_id="pat", tier="premium")
+    # When the annotate stage takes its next message
+    st = gas.pipeline.get("annotate")
+    got = gas.backend.transport.receive(st.source, max_messages=1, wait_s=0, visibility_s=30)
+    # Then it is the premium user's
+    assert [st.codec.decode(d.body).job_id for d in got] == [premium]
+    gas.backend.transport.release(got[0], 0)
+    run(gas, "annotate")
+    assert all(gas.backend.store.get(j).status == JobStatus.COMPLETED for j in [*free, premium])  # type: ignore[union-attr]
+
+
 def test_a_free_user_cannot_submit_over_150_kb(gas: app.Gas) -> None:
     with pytest.raises(app.GasError, match="free users may upload up to 153,600 bytes"):
         app.submit(gas, SAMPLES / "premium_1.vcf", user_id="fay", tier="free")

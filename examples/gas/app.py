@@ -21,6 +21,9 @@ from orchestrator.base import Outgoing
 from orchestrator.envelope import derive_id
 from orchestrator.errors import ConfigError, ObjectNotFound, OrchestratorError
 
+#: the priority of a premium user's annotation request (free users': 0)
+PREMIUM_PRIORITY = 9
+
 DEFAULT_GAS_BACKEND = "sqlite:///gas.db"
 STAGES = ("annotate", "notify", "archive", "thaw", "restore")
 
@@ -115,9 +118,13 @@ def submit_bytes(gas: Gas, name: str, data: bytes, *, user_id: str, tier: str | 
     fields = {k: v for k, v in request.items() if k not in ("job_id", "job_status")}
     fields.update(user_tier=prof["tier"], user_email=prof.get("email") or f"{user_id}@users.example.org")
 
+    # premium users' jobs go first (SQLite, PostgreSQL: exact priorities; SNS carries none)
+    priority = PREMIUM_PRIORITY if prof["tier"] == "premium" else 0
+
     def unit() -> None:
         gas.backend.store.create(job_id, user_id=user_id, fields=fields)
-        gas.backend.topic.publish(JOB_REQUESTS, json.dumps(request), message_id=derive_id("gas-request", job_id))
+        gas.backend.topic.publish_batch(JOB_REQUESTS, [Outgoing(body=json.dumps(request), priority=priority,
+                                                                message_id=derive_id("gas-request", job_id))])
 
     gas.backend.run_atomic(unit)
     return job_id

@@ -11,9 +11,10 @@ from typing import Any
 from orchestrator.aws_common import DEFAULT_REGION, client
 from orchestrator.base import Outgoing, Topic
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport, attribute_bytes, size_chunks
+from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport, attribute_bytes, band_queue, size_chunks
 
 PUBLISH_RETRIES = 5
+PRIORITY_ATTR = "orch_priority"
 
 
 class SnsTopic:
@@ -37,6 +38,21 @@ class SnsTopic:
         self.arn(topic)
 
     def subscribe(self, topic: str, queue: str, *, raw: bool = True, filter_policy: dict[str, Any] | None = None) -> None:
+        """Subscribe ``queue``; a queue with priority bands (``SqsTransport.bands``) has each
+        band subscribed too, with a filter policy on the message's ``orch_priority`` so that a
+        message lands in the band of its priority (one without it in the queue itself)."""
+        bands = sorted(self.transport.bands(queue)) if not queue.endswith(".fifo") else []
+        if not bands:
+            self._subscribe(topic, queue, raw, filter_policy)
+            return
+        self._subscribe(topic, queue, raw, {**(filter_policy or {}), PRIORITY_ATTR: [
+            {"exists": False}, {"numeric": ["<", bands[0]]}]})
+        for low, high in zip(bands, [*bands[1:], None], strict=True):
+            rule = [">=", low] if high is None else [">=", low, "<", high]
+            self._subscribe(topic, band_queue(queue, low), raw,
+                            {**(filter_policy or {}), PRIORITY_ATTR: [{"numeric": rule}]})
+
+    def _subscribe(self, topic: str, queue: str, raw: bool, filter_policy: dict[str, Any] | None) -> None:
         topic_arn, queue_arn = self.arn(topic), self.transport.arn(queue)
         self._allow(queue, queue_arn, topic_arn)
         existing = [s for s in self._subs(topic_arn) if s["Endpoint"] == queue_arn]
@@ -109,6 +125,8 @@ class SnsTopic:
             mid = m.message_id or uuid.uuid4().hex
             entry: dict[str, Any] = {"Id": str(i), "Message": m.body, "MessageAttributes": {
                 MESSAGE_ID_ATTR: {"DataType": "String", "StringValue": mid}}}
+            if m.priority > 0:  # routes it to a subscribed queue's priority band (see ``subscribe``)
+                entry["MessageAttributes"][PRIORITY_ATTR] = {"DataType": "Number", "StringValue": str(m.priority)}
             if topic.endswith(".fifo"):
                 # as for FIFO queues: one group per job, the message id dedups a replayed outbox
                 entry.update(MessageGroupId=m.group_id or mid, MessageDeduplicationId=mid)

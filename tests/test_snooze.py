@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from orchestrator import Controller, JobStatus, Pipeline, Result, Snooze
-from orchestrator.backends import Backend
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import Controller, JobStatus, Pipeline, Result, Snooze, Worker
+from orchestrator.backends import Backend, open_backend
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Outcome
 
@@ -93,3 +98,31 @@ def test_a_long_snooze_past_the_queues_delay_cap_is_kept(backend: Backend) -> No
     clock.advance(1)
     assert step(backend, p) == [Outcome.COMMITTED]
     assert seen == [start, start + 6 * 3600]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_delayed_job_runs_within_a_second_of_its_time_under_a_real_worker(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else f"sqlite:///{tmp_path / 'd.db'}"
+    backend = open_backend(url)
+    started: list[float] = []
+    p = Pipeline("delayed")
+
+    @p.stage("run", source="runs", wait_s=1.0)
+    def run(ctx, msg):  # type: ignore[no-untyped-def]
+        started.append(time.time())
+        return Result(status=JobStatus.COMPLETED)
+
+    try:
+        p.setup(backend)
+        worker = Worker(p, "run", backend)
+        worker.start()
+        due = time.time() + 2.5
+        p.submit(backend, job_id="j1", payload={}, queue="runs", at=due)
+        deadline = time.time() + 10
+        while not started and time.time() < deadline:
+            time.sleep(0.05)
+        worker.stop()
+        assert started and due <= started[0] <= due + 1.0, (started, due)
+    finally:
+        backend.close()

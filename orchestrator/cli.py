@@ -131,6 +131,7 @@ def _json_arg(text: str, what: str) -> dict[str, Any]:
 
 def job_json(rec: JobRecord) -> dict[str, Any]:
     doc = rec.model_dump(mode="json", exclude={"version"})
+    doc["due_at"] = rec.due_at
     return doc
 
 

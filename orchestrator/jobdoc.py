@@ -73,8 +73,12 @@ def decode(text: str | bytes) -> Doc:
 
 
 def out_doc(m: OutMessage) -> Doc:
-    return {"kind": m.kind, "target": m.target, "id": m.id, "body": m.body, "due_at": m.due_at,
-            "priority": m.priority}
+    d: Doc = {"kind": m.kind, "target": m.target, "id": m.id, "body": m.body}
+    if m.due_at is not None:  # defaults left out, as ``OutMessage`` serialises itself
+        d["due_at"] = m.due_at
+    if m.priority:
+        d["priority"] = m.priority
+    return d
 
 
 def out_message(d: Doc) -> OutMessage:
@@ -97,12 +101,12 @@ def _copy(doc: Doc) -> Doc:
 
 def new_doc(job_id: str, *, user_id: str | None, fields: dict[str, Any], now: float,
             origin: OutMessage | None = None) -> Doc:
-    """A PENDING job; its ``due_at`` is its first message's (a delayed or scheduled job)."""
+    """A PENDING job; a delayed or scheduled job's due time is its ``origin``'s ``due_at``."""
     return {
         "job_id": job_id, "user_id": user_id, "status": PENDING, "fields": dict(fields), "steps": {},
         "history": [_history(now, "created", None, None, PENDING)],
         "created_at": now, "updated_at": now, "origin": out_doc(origin) if origin is not None else None,
-        "due_at": origin.due_at if origin is not None else None, "version": 0,
+        "version": 0,
     }
 
 

@@ -42,7 +42,8 @@ TABLES = ("queues", "messages", "topics", "subscriptions", "jobs", "objects", "s
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {s}.queues (
     name TEXT PRIMARY KEY, visibility_s DOUBLE PRECISION NOT NULL, max_receives INTEGER NOT NULL,
-    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s DOUBLE PRECISION NOT NULL DEFAULT 0);
+    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+    priorities INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS {s}.messages (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{{}}', visible_at DOUBLE PRECISION NOT NULL,
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS {s}.objects (key TEXT PRIMARY KEY, data BYTEA NOT NUL
 #: schema 1 -> 2: messages gain a priority; the ready index becomes per priority
 MIGRATE_TO_2 = """
 ALTER TABLE {s}.messages ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS priorities INTEGER NOT NULL DEFAULT 1;
 DROP INDEX IF EXISTS {s}.messages_ready;
 CREATE INDEX IF NOT EXISTS messages_ready_p ON {s}.messages(queue, priority, visible_at, seq);
 """

@@ -41,7 +41,8 @@ OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY, visibility_s REAL NOT NULL, max_receives INTEGER NOT NULL,
-    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s REAL NOT NULL DEFAULT 0);
+    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s REAL NOT NULL DEFAULT 0,
+    priorities INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, message_id TEXT NOT NULL,
     body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{}', visible_at REAL NOT NULL,
@@ -64,6 +65,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
 #: schema 1 -> 2, in the transaction that opens the file
 MIGRATE_TO_2 = (
     "ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE queues ADD COLUMN priorities INTEGER NOT NULL DEFAULT 1",
     "DROP INDEX IF EXISTS messages_ready",
     "CREATE INDEX IF NOT EXISTS messages_ready_p ON messages(queue, priority, visible_at, seq)",
 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class JobStatus(StrEnum):
@@ -48,6 +48,17 @@ class OutMessage(BaseModel):
     #: replay after a crash keeps the time, not the delay.
     due_at: float | None = None
     priority: int = 0
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Most messages are due at once at priority 0: a job record carries every outbox, so
+        # those defaults are left out (each job row is rewritten on every step)
+        out: dict[str, Any] = handler(self)
+        if out.get("due_at") is None:
+            out.pop("due_at", None)
+        if not out.get("priority"):
+            out.pop("priority", None)
+        return out
 
 
 class StepRecord(BaseModel):
@@ -90,10 +101,13 @@ class JobRecord(BaseModel):
     updated_at: float = 0.0
     # The job's first message (as submitted), for the sweeper to re-drive.
     origin: OutMessage | None = None
-    # When a delayed or scheduled job's first message comes due (None: at once).
-    due_at: float | None = None
     # Compare-and-swap counter; 0 means "never written by the framework".
     version: int = 0
+
+    @property
+    def due_at(self) -> float | None:
+        """When a delayed or scheduled job's first message comes due (None: at once)."""
+        return self.origin.due_at if self.origin is not None else None
 
     def commits(self, stage: str) -> int:
         """How many commit events the history holds for ``stage`` (exactly one, or a bug)."""

@@ -23,16 +23,17 @@ MAX_IDLE_WAIT_S = 1.0
 class PostgresTransport(SqlTransport):
     single_statement_claims = True
 
-    def _ready_sql(self) -> str:
+    def _ready_sql(self, prios: tuple[int, ...] = PRIORITIES) -> str:
         # A lateral probe per priority, highest first, each locking FOR UPDATE SKIP LOCKED
         # (PostgreSQL allows no row lock inside a UNION): concurrent receivers pass over each
         # other's rows, and the outer LIMIT stops the probes (and their locks) once it is full.
-        prios = ",".join(f"({p})" for p in PRIORITIES)
-        return (f"SELECT r.seq FROM (VALUES {prios}) AS p(pr) CROSS JOIN LATERAL (SELECT seq FROM messages "
+        values = ",".join(f"({p})" for p in prios)
+        return (f"SELECT r.seq FROM (VALUES {values}) AS p(pr) CROSS JOIN LATERAL (SELECT seq FROM messages "
                 "WHERE queue=? AND priority=p.pr AND visible_at<=? ORDER BY visible_at, seq LIMIT ? "
                 "FOR UPDATE SKIP LOCKED) AS r LIMIT ?")
 
-    def _ready_params(self, queue: str, now: float, limit: int) -> tuple[Any, ...]:
+    def _ready_params(self, queue: str, now: float, limit: int, prios: tuple[int, ...] = PRIORITIES
+                      ) -> tuple[Any, ...]:
         return (queue, now, limit, limit)
 
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:

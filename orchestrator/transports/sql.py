@@ -9,6 +9,7 @@ wake-up of an idle receiver.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -43,11 +44,11 @@ POLL_INTERVAL_S = 0.05  # how often an empty long poll looks again
 PRIORITIES = tuple(range(MAX_PRIORITY, -1, -1))  # highest first
 
 
-def _per_priority(select: str) -> str:
+def _per_priority(select: str, prios: tuple[int, ...] = PRIORITIES) -> str:
     """``select`` (with ``{p}`` for the priority) once per priority, highest first, as one
     UNION ALL: each branch is a range probe of the (queue, priority, visible_at, seq) index,
     so neither a backlog of delayed rows nor many priorities make a probe scan."""
-    return " UNION ALL ".join(f"SELECT * FROM ({select.format(p=p)}) AS b{p}" for p in PRIORITIES)
+    return " UNION ALL ".join(f"SELECT * FROM ({select.format(p=p)}) AS b{p}" for p in prios)
 
 
 def _attrs_out(attributes: dict[str, str]) -> str:
@@ -120,13 +121,19 @@ class SqlTransport:
         encoded = [(mid, m.body, _attrs_out(m.attributes), m.delay_s, m.priority)
                    for mid, m in zip(ids, messages, strict=True)]
 
+        mask = 1
+        for m in messages:
+            mask |= 1 << m.priority
+
         def tx(c: Conn) -> None:
             now = self.clock.now()
-            row = c.execute("SELECT delay_s FROM queues WHERE name=?", (queue,)).fetchone()
+            row = c.execute("SELECT delay_s, priorities FROM queues WHERE name=?", (queue,)).fetchone()
             default_delay = row[0] if row else 0.0
             if row is None:  # sending creates the queue, as publishing to a fresh subscription does
-                c.execute("INSERT INTO queues(name, visibility_s, max_receives) VALUES (?,?,?) ON CONFLICT DO NOTHING",
-                          (queue, 30.0, 5))
+                c.execute("INSERT INTO queues(name, visibility_s, max_receives, priorities) VALUES (?,?,?,?) "
+                          "ON CONFLICT DO NOTHING", (queue, 30.0, 5, mask))
+            elif mask & ~row[1]:  # a first message of this priority: receives probe it from now on
+                c.execute("UPDATE queues SET priorities = priorities | ? WHERE name=?", (mask, queue))
             # DO NOTHING: a message already waiting under the same id is not enqueued twice, so
             # an outbox replay does not double the queue.
             c.executemany(
@@ -154,15 +161,20 @@ class SqlTransport:
         now = self.clock.now()
         token = new_receipt()
         # Cheap check outside a write transaction: an idle worker must not hold the write lock.
-        if not self.single_statement_claims and not self.db.read(_ANY_READY, (queue, now)):
-            return []
+        prios = PRIORITIES
+        if not self.single_statement_claims:
+            mask, ready = self.db.read(_ANY_READY, (queue, queue, now))[0]
+            if not ready:
+                return []
+            if mask is not None:  # only the priorities this queue was ever sent
+                prios = tuple(p for p in PRIORITIES if mask >> p & 1)
 
         def tx(c: Conn) -> list[Any]:
             return list(c.execute(
                 "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
-                f"visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ({self._ready_sql()}) "
+                f"visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ({self._ready_sql(prios)}) "
                 "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at, priority",
-                (token, now + visibility_s, now, *self._ready_params(queue, now, max_messages)),
+                (token, now + visibility_s, now, *self._ready_params(queue, now, max_messages, prios)),
             ).fetchall())
 
         # The deliveries are built after the transaction: on SQLite the write lock is the
@@ -175,15 +187,14 @@ class SqlTransport:
             for _seq, mid, body, attrs, rc, receipt, fr, _prio in rows
         ]
 
-    def _ready_sql(self) -> str:
-        """The seqs of the first ready rows of a queue: highest priority first, then the
-        oldest visible (parameters: ``_ready_params``)."""
-        return ("SELECT seq FROM (" + _per_priority(
-            "SELECT seq, {p} AS pr, visible_at FROM messages WHERE queue=? AND priority={p} AND visible_at<=? "
-            "ORDER BY visible_at, seq LIMIT ?") + ") AS ready ORDER BY pr DESC, visible_at, seq LIMIT ?")
+    def _ready_sql(self, prios: tuple[int, ...] = PRIORITIES) -> str:
+        """The seqs of the first ready rows of a queue among priorities ``prios`` (highest
+        first): highest priority first, then the oldest visible (parameters: ``_ready_params``)."""
+        return _ready_select(prios)
 
-    def _ready_params(self, queue: str, now: float, limit: int) -> tuple[Any, ...]:
-        return (*(queue, now, limit) * len(PRIORITIES), limit)
+    def _ready_params(self, queue: str, now: float, limit: int, prios: tuple[int, ...] = PRIORITIES
+                      ) -> tuple[Any, ...]:
+        return (*(queue, now, limit) * len(prios), limit) if len(prios) > 1 else (queue, now, limit)
 
     def ack(self, delivery: Delivery) -> bool:
         seq, _ = _split(delivery.receipt)
@@ -285,9 +296,20 @@ class SqlTransport:
                          message_id=mid, attributes=json.loads(a)) for mid, b, a, rc, fr in rows]
 
 
-#: whether any row of a queue is ready: one index probe per priority
-_ANY_READY = "SELECT 1 FROM messages WHERE queue=? AND priority IN ({}) AND visible_at<=? LIMIT 1".format(
-    ",".join(map(str, PRIORITIES)))
+@functools.cache
+def _ready_select(prios: tuple[int, ...]) -> str:
+    one = ("SELECT seq{pr} FROM messages WHERE queue=? AND priority={p} AND visible_at<=? "
+           "ORDER BY visible_at, seq LIMIT ?")
+    if len(prios) == 1:  # the common queue: one probe, no union
+        return one.format(pr="", p=prios[0])
+    return ("SELECT seq FROM (" + _per_priority(one.format(pr=", {p} AS pr, visible_at", p="{p}"), prios)
+            + ") AS ready ORDER BY pr DESC, visible_at, seq LIMIT ?")
+
+
+#: the priorities a queue was ever sent (a bit each; NULL: unknown), and whether any of its rows
+#: is ready (one index probe per priority)
+_ANY_READY = ("SELECT (SELECT priorities FROM queues WHERE name=?), EXISTS(SELECT 1 FROM messages WHERE queue=? "
+              "AND priority IN ({}) AND visible_at<=?)".format(",".join(map(str, PRIORITIES))))
 
 
 class SqlTopic:

@@ -292,9 +292,9 @@ class StatusStore(Protocol):
         ...
 
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
-               until: float) -> JobRecord:
+               until: float, fields: dict[str, Any] | None = None) -> JobRecord:
         """Append a ``snoozed`` history entry (``reason``, and ``until``, a time on the store's
-        clock); status, fields and steps unchanged. Conditions: step_not_finished,
+        clock) and merge ``fields``; status and steps unchanged. Conditions: step_not_finished,
         lease_still_ours (``claim=None``: none). Raises ``ConflictError``."""
         ...
 

@@ -212,12 +212,14 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
 
 
 def snooze(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: str, until: float,
-           now: float) -> Doc:
-    """Record that ``stage`` snoozed this message until ``until``: status, fields and steps
-    stay as they are; the history says why and until when. Conditioned like a commit (the
-    step not finished, the lease still ours), so a holder fenced off records nothing."""
+           now: float, fields: dict[str, Any] | None = None) -> Doc:
+    """Record that ``stage`` snoozed this message until ``until``: status and steps stay as
+    they are, ``fields`` are merged; the history says why and until when. Conditioned like a
+    commit (the step not finished, the lease still ours), so a holder fenced off records nothing."""
     _own_running_step(doc, stage, claim)
     out = dict(doc)
+    if fields:
+        out["fields"] = {**doc["fields"], **fields}
     out["history"] = [*doc["history"], _history(now, "snoozed", stage, doc["status"], doc["status"], message_id,
                                                 f"{reason} (until {until:.3f})")]
     out["updated_at"] = now
@@ -225,12 +227,22 @@ def snooze(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: 
 
 
 def reset(doc: Doc, *, stage: str, reason: str, now: float) -> Doc:
-    """Operator redrive: a FAILED job goes back to PENDING and the failed step is forgotten."""
-    if doc["status"] == COMPLETED:
-        raise InvalidTransition(f"job {doc['job_id']} is COMPLETED; refusing to reset it", current=doc)
+    """Operator redrive: a FAILED job goes back to PENDING and the failed step is forgotten.
+
+    A COMPLETED job keeps its status: only a post-completion stage's failed step (notify,
+    archive, restore failed after the job completed) is forgotten, so its message can run
+    again; anything else of a COMPLETED job is refused."""
+    step = doc["steps"].get(stage)
+    if doc["status"] == COMPLETED and (step is None or step["state"] != "failed"):
+        raise InvalidTransition(f"job {doc['job_id']} is COMPLETED and its step {stage} did not fail; "
+                                "refusing to reset it", current=doc)
     out = _copy(doc)
     out["steps"].pop(stage, None)
     before = out["status"]
+    if before == COMPLETED:
+        out["history"].append(_history(now, "reset", stage, before, before, reason=reason))
+        out["updated_at"] = now
+        return out
     out["status"] = PENDING
     out["history"].append(_history(now, "reset", stage, before, PENDING, reason=reason))
     out["updated_at"] = now

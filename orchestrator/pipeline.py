@@ -70,6 +70,9 @@ class Snooze:
 
     seconds: float
     reason: str = ""
+    #: fields merged into the job with the snooze's history entry (a "restoring" state for the
+    #: job's pages, say), in the same conditional write
+    fields: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.seconds, (int, float)) or not 0 <= self.seconds < float("inf"):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import boto3
+import moto.core.utils
 import pytest
 from moto import mock_aws
 
 from examples.gas import app
 from examples.gas.config import GasConfig
 from examples.gas.samples import samples_dir
-from orchestrator import JobStatus, Worker
+from orchestrator import Controller, JobStatus, Worker
+from orchestrator.clock import SystemClock
 
 SAMPLES = samples_dir()
 URL = "aws://?region=us-east-1&prefix=gas-"
@@ -114,3 +117,127 @@ def test_free_results_go_to_glacier_and_come_back_on_upgrade(gas: app.Gas) -> No
     rec = gas.backend.store.get(job)
     assert rec is not None and "results_file_archive_id" not in rec.fields
     assert s3.head_object(Bucket="gas-gas-results", Key=rec.fields["s3_key_result_file"])
+
+
+class SlowGlacier:
+    """An S3 client whose Glacier restores take ``restore_s`` on the test's clock (moto's restore
+    is instant): until then a read of the object says InvalidObjectState, as S3 does."""
+
+    def __init__(self, inner: object, clock: object, restore_s: float) -> None:
+        self.inner, self.clock, self.restore_s = inner, clock, restore_s
+        self.requested: dict[str, float] = {}
+        self.tiers: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def restore_object(self, **kw: object) -> object:
+        self.tiers.append(kw["RestoreRequest"]["GlacierJobParameters"]["Tier"])  # type: ignore[index]
+        self.requested.setdefault(str(kw["Key"]), self.clock.now())  # type: ignore[attr-defined]
+        return self.inner.restore_object(**kw)  # type: ignore[attr-defined]
+
+    def get_object(self, **kw: object) -> object:
+        since = self.requested.get(str(kw["Key"]))
+        if since is not None and self.clock.now() < since + self.restore_s:  # type: ignore[attr-defined]
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "InvalidObjectState", "Message": "restore in progress"}}, "GetObject")
+        return self.inner.get_object(**kw)  # type: ignore[attr-defined]
+
+
+class MotoClock(SystemClock):
+    """moto's time, which the test moves (SQS's delays and visibility follow it)."""
+
+    def now(self) -> float:
+        return moto.core.utils.utcnow().replace(tzinfo=datetime.UTC).timestamp()
+
+
+@pytest.fixture
+def glacier(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[app.Gas, SlowGlacier, str]]]:
+    """GAS on moto with Glacier restores of ``restore_s`` on a clock the test moves, and one
+    free user's result archived; yields a maker (config overrides) -> (gas, glacier, job id)."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "GAS_RESTORE_TIER": "Standard"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    real = moto.core.utils.utcnow
+    monkeypatch.setattr(moto.core.utils, "utcnow", lambda: real() + datetime.timedelta(seconds=OFFSET[0]))
+    OFFSET[0] = 0.0
+
+    def make(restore_s: float, **cfg: object) -> tuple[app.Gas, SlowGlacier, str]:
+        gas = app.open_gas(URL, config=GasConfig(**{"retention_s": 1.0, "visibility_timeout": 10.0,  # type: ignore[arg-type]
+                                                     "retry_base_s": 0.1, "max_receives": 2, **cfg}),
+                           clock=MotoClock())
+        app.setup(gas)
+        slow = SlowGlacier(gas.resources.archive.s3, gas.backend.clock, restore_s=restore_s)  # type: ignore[attr-defined]
+        gas.resources.archive.s3 = slow  # type: ignore[attr-defined]
+        job = app.submit(gas, SAMPLES / "test.vcf", user_id="fay", tier="free")
+        for stage in ("annotate", "archive"):
+            OFFSET[0] += 2
+            take(gas, stage)
+        return gas, slow, job
+
+    with mock_aws():
+        yield make
+
+
+OFFSET = [0.0]
+
+
+def take(gas: app.Gas, stage: str) -> list[str]:
+    st = gas.pipeline.get(stage)
+    got = gas.backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=30)
+    return [str(o) for o in Controller(gas.pipeline, st, gas.backend).handle_batch(got)] if got else []
+
+
+def restore_until_settled(gas: app.Gas, job: str, *, step_s: float = 5, looks: int = 400) -> list[str]:
+    """Run the restore stage whenever its message is back (the clock moving ``step_s`` between
+    looks) until it ends otherwise than snoozed; every snooze must show the restoring state."""
+    table = boto3.resource("dynamodb").Table("gas-annotations")
+    outcomes: list[str] = []
+    for _ in range(looks):
+        outcomes += take(gas, "restore")
+        if outcomes and outcomes[-1] != "snoozed":
+            return outcomes
+        if outcomes:
+            assert table.get_item(Key={"job_id": job})["Item"]["restore_status"] == "RESTORING"
+        OFFSET[0] += step_s
+    return outcomes
+
+
+def test_a_restore_that_takes_minutes_snoozes_without_using_attempts_and_shows_restoring(
+        glacier: Callable[..., tuple[app.Gas, SlowGlacier, str]]) -> None:
+    # Given a free user's archived result, and Glacier restores that take 7 minutes
+    gas, slow, job = glacier(7 * 60)
+    table = boto3.resource("dynamodb").Table("gas-annotations")
+    assert table.get_item(Key={"job_id": job})["Item"]["results_file_archive_id"]
+    # When the user upgrades and the restore stage looks every time its message comes back
+    assert app.upgrade(gas, "fay") == [job]
+    outcomes = restore_until_settled(gas, job)
+    # Then it snoozed 30 s, 60 s, 120 s, 240 s (7.5 minutes in all), then restored, on its first attempt
+    assert outcomes == ["snoozed"] * 4 + ["committed"], outcomes
+    item = table.get_item(Key={"job_id": job})["Item"]
+    assert item["restore_status"] == "RESTORED" and "results_file_archive_id" not in item
+    assert boto3.client("s3").head_object(Bucket="gas-gas-results", Key=item["s3_key_result_file"])
+    rec = gas.backend.store.get(job)
+    assert rec is not None and rec.steps["restore"].attempt == 1
+    assert [h.event for h in rec.history].count("snoozed") == 4
+    assert set(slow.tiers) == {"Standard"}
+
+
+def test_a_restore_that_waited_too_long_fails_and_upgrading_again_restores_it(
+        glacier: Callable[..., tuple[app.Gas, SlowGlacier, str]]) -> None:
+    # Given restores that take an hour, and a stage that waits at most five minutes
+    gas, slow, job = glacier(3600, restore_max_wait_s=300)
+    assert app.upgrade(gas, "fay") == [job]
+    # When the wait runs out, the job's restore step FAILS with the reason; the job stays COMPLETED
+    assert restore_until_settled(gas, job)[-1] == "failed"
+    rec = gas.backend.store.get(job)
+    assert rec is not None and rec.status == JobStatus.COMPLETED and rec.steps["restore"].state == "failed"
+    assert "gave up waiting" in str(rec.steps["restore"].reason)
+    # Then upgrading again restores it once Glacier is done
+    OFFSET[0] += 3600
+    assert app.upgrade(gas, "fay") == [job]
+    assert restore_until_settled(gas, job) == ["committed"]
+    rec = gas.backend.store.get(job)
+    assert rec is not None and rec.status == JobStatus.COMPLETED and rec.steps["restore"].state == "committed"

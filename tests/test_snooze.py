@@ -126,3 +126,39 @@ def test_a_delayed_job_runs_within_a_second_of_its_time_under_a_real_worker(
         assert started and due <= started[0] <= due + 1.0, (started, due)
     finally:
         backend.close()
+
+
+def test_a_post_completion_stage_that_gave_up_can_be_redriven_and_the_job_stays_completed(backend: Backend) -> None:
+    from helpers import drain
+
+    from orchestrator.ops.dlq import redrive
+
+    # Given a job COMPLETED by its first stage, whose notify step was dead-lettered
+    down = [True]
+    p = Pipeline("post")
+    p.stage("work", source="work", emit_to="notify")(
+        lambda ctx, msg: Result(status=JobStatus.COMPLETED, emit=[{"n": 1}]))
+
+    @p.stage("notify", source="notify", max_receives=1)
+    def notify(ctx, msg):  # type: ignore[no-untyped-def]
+        if down[0]:
+            raise RuntimeError("mail server down")
+        return Result(fields={"notified": True})
+
+    p.setup(backend)
+    p.submit(backend, job_id="j1", payload={}, queue="work")
+    drain(backend, p, "work")
+    assert drain(backend, p, "notify") == [Outcome.DEAD_LETTERED]
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.steps["notify"].state == "failed"
+    # When the mail server is back and the dead letter is redriven
+    down[0] = False
+    done = redrive(backend, p, "notify-dlq")
+    assert len(done.redriven) == 1 and not done.refused
+    assert drain(backend, p, "notify") == [Outcome.COMMITTED]
+    # Then the step ran again, and the job never left COMPLETED
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.fields["notified"] is True
+    assert [h.to_status for h in job.history if h.event == "reset"] == [JobStatus.COMPLETED]
+    assert all(h.to_status == JobStatus.COMPLETED for h in job.history[job.history.index(
+        next(h for h in job.history if h.event == "commit")):])

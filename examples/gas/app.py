@@ -18,6 +18,7 @@ from examples.gas.stages import JOB_REQUESTS, JOB_RESTORES, build_pipeline
 from orchestrator import JobRecord, JobStatus, Pipeline, Worker
 from orchestrator.backends import Backend, open_backend
 from orchestrator.base import Outgoing
+from orchestrator.clock import Clock
 from orchestrator.envelope import derive_id
 from orchestrator.errors import ConfigError, ObjectNotFound, OrchestratorError
 
@@ -43,15 +44,15 @@ class Gas:
         self.backend.close()
 
 
-def open_gas(url: str | None = None, *, config: GasConfig | None = None) -> Gas:
+def open_gas(url: str | None = None, *, config: GasConfig | None = None, clock: Clock | None = None) -> Gas:
     url = url or DEFAULT_GAS_BACKEND
     cfg = config or GasConfig()
     if url.startswith("aws://"):
         from examples.gas.aws import aws_gas
 
-        backend, res = aws_gas(url, cfg)
+        backend, res = aws_gas(url, cfg, clock=clock)
     else:
-        backend = open_backend(url)
+        backend = open_backend(url, clock=clock)
         root = getattr(backend.objects, "root", None)
         if root is not None:
             res = local_resources(Path(root), sender=cfg.mail_sender)
@@ -138,7 +139,10 @@ def upgrade(gas: Gas, user_id: str) -> list[str]:
     restored = []
     for job in gas.backend.store.query(user_id=user_id):
         gas.backend.store.update_fields(job.job_id, {"user_tier": "premium"})
-        if job.fields.get("results_file_archive_id"):
+        if job.fields.get(gas.config.attr("results_file_archive_id")):
+            restore = job.steps.get("restore")
+            if restore is not None and restore.state == "failed":  # an earlier restore gave up: try again
+                gas.backend.store.reset(job.job_id, stage="restore", reason="upgrade: restore again")
             body = json.dumps({"job_id": job.job_id, "user_id": user_id})
             gas.backend.transport.send(JOB_RESTORES, Outgoing(body=body, message_id=derive_id("gas-restore", job.job_id)))
             restored.append(job.job_id)

@@ -16,7 +16,7 @@ from examples.gas.mailer import SENDER
 from orchestrator.aws import parse_aws_url
 from orchestrator.aws_common import client
 from orchestrator.backends import Backend
-from orchestrator.clock import SystemClock
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.objects.s3 import S3ObjectStore
 from orchestrator.stores.dynamodb import DynamoDBStatusStore
 from orchestrator.transports.sns import SnsTopic
@@ -52,7 +52,7 @@ class SesMailer:
         return sorted(k["Key"].removeprefix("sent-mail/") for k in keys)
 
 
-def aws_gas(url: str, cfg: GasConfig) -> tuple[Backend, GasResources]:
+def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Backend, GasResources]:
     q = parse_aws_url(url)
     region, prefix = q["region"], q["prefix"]
     # fixed names from GAS_*_BUCKET where the deployment set them, else <prefix>gas-*
@@ -60,18 +60,20 @@ def aws_gas(url: str, cfg: GasConfig) -> tuple[Backend, GasResources]:
     cfg.results_bucket = os.environ.get("GAS_RESULTS_BUCKET") or f"{prefix}gas-results".lower()
     cfg.archive_bucket = os.environ.get("GAS_ARCHIVE_BUCKET") or f"{prefix}gas-archive".lower()
     check_bucket_names(cfg)  # before anything is created
-    transport = SqsTransport(prefix=prefix, region=region)
+    clock = clock or SystemClock()
+    transport = SqsTransport(prefix=prefix, region=region, clock=clock)
     store = DynamoDBStatusStore(q.get("table", f"{prefix}annotations"), key_attr="job_id", status_attr="job_status",
-                                region=region, status_names={"FAILED": cfg.failed_status})
+                                region=region, status_names={"FAILED": cfg.failed_status}, clock=clock)
     backend = Backend(transport=transport, topic=SnsTopic(transport, prefix=prefix, region=region), store=store,
-                      clock=SystemClock(), url=url)
+                      clock=clock, url=url)
     state = S3ObjectStore(f"{prefix}gas-state".lower(), region=region)
     mailer = SesMailer(state, region=region, sender=cfg.mail_sender)
     mailer.ensure_sender()
     res = GasResources(
         inputs=S3ObjectStore(cfg.inputs_bucket, region=region),
         results=S3ObjectStore(cfg.results_bucket, region=region),
-        archive=S3ObjectStore(cfg.archive_bucket, region=region, storage_class="GLACIER"),
+        archive=S3ObjectStore(cfg.archive_bucket, region=region, storage_class="GLACIER",
+                              restore_tier=cfg.restore_tier),
         profiles=ProfilesStore(state),
         mailer=mailer,
         other_bucket=lambda name: S3ObjectStore(name, region=region, create=False),

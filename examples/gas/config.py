@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from examples.gas.accounts import Accounts
 from orchestrator.base import ObjectStore
+from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
 from orchestrator.objects.local import LocalObjectStore
 
@@ -39,6 +40,14 @@ def _env_json(name: str, default: Any) -> Any:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def _env_duration(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return parse_duration(raw) if raw else default
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 @dataclass
@@ -76,12 +85,27 @@ class GasConfig:
     #: templates over the result ("{job_id}", "{s3_key_result_file}", "{link}", ...)
     results_template: dict[str, Any] | None = field(
         default_factory=lambda: _env_json("GAS_RESULTS_MESSAGE", None))
+    #: the Glacier retrieval tier of a restore: Expedited (minutes), Standard (hours), Bulk
+    restore_tier: str = field(default_factory=lambda: os.environ.get("GAS_RESTORE_TIER", "Expedited"))
+    #: how long the restore stage waits for Glacier before the restore FAILS (then an upgrade
+    #: or a redrive tries again)
+    restore_max_wait_s: float = field(default_factory=lambda: _env_duration("GAS_RESTORE_MAX_WAIT", 48 * 3600.0))
+    #: the restore stage looks again after this, doubling each time up to 15 minutes
+    restore_poll_s: float = field(default_factory=lambda: _env_duration("GAS_RESTORE_POLL", 30.0))
+    #: what the item's ``restore_status`` says while the restore waits and once it is done
+    restore_states: dict[str, str] = field(default_factory=lambda: _env_json(
+        "GAS_RESTORE_STATES", {"restoring": "RESTORING", "restored": "RESTORED"}))
 
     def attr(self, name: str) -> str:
         """The item attribute the deployment uses for our ``name``."""
         return self.attribute_names.get(name, name)
 
     def __post_init__(self) -> None:
+        if self.restore_tier not in ("Expedited", "Standard", "Bulk"):
+            raise ConfigError(f"GAS_RESTORE_TIER {self.restore_tier!r}: one of Expedited, Standard, Bulk")
+        if set(self.restore_states) != {"restoring", "restored"}:
+            raise ConfigError('GAS_RESTORE_STATES must name "restoring" and "restored", got '
+                              f"{sorted(self.restore_states)}")
         self.inputs_bucket = os.environ.get("GAS_INPUTS_BUCKET", self.inputs_bucket)
         self.results_bucket = os.environ.get("GAS_RESULTS_BUCKET", self.results_bucket)
         self.archive_bucket = os.environ.get("GAS_ARCHIVE_BUCKET", self.archive_bucket)

@@ -12,13 +12,15 @@ from typing import Any
 from examples.gas.accounts import open_accounts
 from examples.gas.annotator import EXIT_MALFORMED
 from examples.gas.config import REQUEST_KEYS, ROOT, GasConfig, GasResources
-from orchestrator import Context, Emit, Envelope, JobStatus, PermanentError, Pipeline, Result
+from orchestrator import Context, Emit, Envelope, JobStatus, PermanentError, Pipeline, Result, Snooze
 from orchestrator.envelope import derive_id
-from orchestrator.errors import ObjectNotFound
+from orchestrator.errors import ObjectArchived, ObjectNotFound
 
 JOB_REQUESTS = "job_requests"
 JOB_RESULTS = "job_results"
 JOB_RESTORES = "job_restores"
+#: the longest the restore stage waits between looks at a Glacier restore
+RESTORE_POLL_MAX_S = 15 * 60.0
 RESULT_KEYS = ("job_id", "user_id", "s3_results_bucket", "s3_key_result_file", "s3_key_log_file", "complete_time")
 
 
@@ -159,8 +161,12 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
             ids = list(dict.fromkeys(str(e["job_id"]) for e in named if isinstance(e, dict) and e.get("job_id")))
             return Result(emit=[Emit({"job_id": j}, to=JOB_RESTORES, plain=True) for j in ids])
 
-    @p.stage("restore", source=JOB_RESTORES, required_fields=("job_id",), **common)
-    def restore(ctx: Context, msg: Envelope) -> Result:
+    # Glacier takes minutes (Expedited) to hours (Standard, Bulk): the stage snoozes while S3
+    # restores, looking again after restore_poll_s, doubling up to 15 minutes, for at most
+    # restore_max_wait_s. A snooze uses no attempt, and the item says "restoring" meanwhile.
+    @p.stage("restore", source=JOB_RESTORES, required_fields=("job_id",), max_snooze_s=cfg.restore_max_wait_s,
+             **common)
+    def restore(ctx: Context, msg: Envelope) -> Result | Snooze:
         job = ctx.job.fields
         archive_id = job.get(cfg.attr("results_file_archive_id"))
         if not archive_id:
@@ -171,7 +177,12 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
                 res.results.put(key, res.archive.get(str(archive_id)))
             except ObjectNotFound:
                 raise PermanentError(f"archive {archive_id} of job {msg.job_id} is missing") from None
-        return Result(fields={cfg.attr("results_file_archive_id"): None, cfg.attr("restore_time"): int(ctx.clock.now())})
+            except ObjectArchived as exc:
+                waits = sum(1 for h in ctx.job.history if h.event == "snoozed" and h.stage == "restore")
+                return Snooze(min(RESTORE_POLL_MAX_S, cfg.restore_poll_s * 2 ** min(waits, 20)), reason=str(exc),
+                              fields={cfg.attr("restore_status"): cfg.restore_states["restoring"]})
+        return Result(fields={cfg.attr("results_file_archive_id"): None, cfg.attr("restore_time"): int(ctx.clock.now()),
+                              cfg.attr("restore_status"): cfg.restore_states["restored"]})
 
     return p
 

@@ -73,6 +73,7 @@ class _Item:
     outbox: list[OutMessage] = field(default_factory=list)
     status: JobStatus | None = None
     error: BaseException | None = None  # what the handler raised, for the on_retry hook
+    snooze: Snooze | None = None  # what the handler returned to snooze
 
     @property
     def job_id(self) -> str:
@@ -368,7 +369,7 @@ class Controller:
         try:
             result = st.handler(ctx, it.env) or Result()
             if isinstance(result, Snooze):
-                outcome = result
+                it.snooze = outcome = result
             elif not isinstance(result, Result):  # a programming error: retrying cannot help
                 raise PermanentError(f"handler returned {type(result).__name__}, not Result or Snooze")
             else:
@@ -467,7 +468,8 @@ class Controller:
 
         def unit() -> None:
             self.backend.store.snooze(it.job_id, stage=st.name, message_id=it.env.id, claim=self.claim_of(d),
-                                      reason=action.reason, until=until)
+                                      reason=action.reason, until=until,
+                                      fields=it.snooze.fields if it.snooze is not None else None)
             self._check("after_commit", [it])
             it.lease.stop()  # a beat after the snooze would find the receipt gone
             transport.snooze(d, action.delay_s)

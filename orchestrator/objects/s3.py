@@ -6,18 +6,23 @@ from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import ObjectStore
-from orchestrator.errors import ObjectArchived, ObjectNotFound
+from orchestrator.errors import ConfigError, ObjectArchived, ObjectNotFound
 from orchestrator.objects.keys import validate_key
 
 NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
 
 MAX_PRESIGN_S = 7 * 24 * 3600
+RESTORE_TIERS = ("Expedited", "Standard", "Bulk")
 
 
 class S3ObjectStore:
     def __init__(self, bucket: str, *, prefix: str = "", region: str = DEFAULT_REGION, s3_client: Any = None,
-                 storage_class: str | None = None, create: bool = True) -> None:
+                 storage_class: str | None = None, create: bool = True, restore_tier: str | None = None) -> None:
+        if restore_tier is not None and restore_tier not in RESTORE_TIERS:
+            raise ConfigError(f"restore tier {restore_tier!r}: one of {', '.join(RESTORE_TIERS)}")
+        #: the Glacier retrieval tier a restore asks for (None: Expedited, else Standard)
+        self.restore_tier = restore_tier
         self.bucket = bucket
         self.prefix = prefix
         self.region = region
@@ -73,6 +78,8 @@ class S3ObjectStore:
         # Expedited (minutes) where S3 offers it; Deep Archive has no expedited tier, and
         # expedited capacity can run out (503): then the standard tier (hours).
         tiers = ["Standard"] if self.storage_class == "DEEP_ARCHIVE" else ["Expedited", "Standard"]
+        if self.restore_tier is not None:  # as configured; Expedited still falls back when S3 has none
+            tiers = [self.restore_tier, "Standard"] if self.restore_tier == "Expedited" else [self.restore_tier]
         for tier in tiers:
             try:
                 self.s3.restore_object(Bucket=self.bucket, Key=self._key(key),

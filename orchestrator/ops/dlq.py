@@ -50,7 +50,9 @@ def _stage_for(pipeline: Pipeline, source: str) -> Stage | None:
 
 def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 100) -> RedriveResult:
     """Send dead letters back to their source queue, resetting their jobs to PENDING with a
-    history entry. Jobs that are COMPLETED are refused (their message stays dead-lettered)."""
+    history entry. A COMPLETED job's dead letter is redriven only for a stage whose step failed
+    after the job completed (its status stays COMPLETED); any other is refused (it stays
+    dead-lettered)."""
     store, transport = backend.store, backend.transport
     done = RedriveResult([], [])
     seen: set[str] = set()
@@ -72,7 +74,10 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
                 except MalformedMessage as exc:
                     job_id = exc.job_id
             job = store.get(job_id) if job_id else None
-            if job is not None and job.status == JobStatus.COMPLETED:
+            step = job.steps.get(stage.name) if job is not None and stage is not None else None
+            if job is not None and job.status == JobStatus.COMPLETED and (step is None or step.state != "failed"):
+                # a COMPLETED job's message is redriven only for a post-completion stage whose
+                # step failed (notify, archive, restore): the job's status stays COMPLETED
                 transport.release(d, 0)
                 done.refused.append(f"{d.message_id}: job {job_id} is COMPLETED")
                 continue

@@ -287,12 +287,12 @@ class CasStatusStore(ABC):
         ))
 
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
-               until: float) -> JobRecord:
+               until: float, fields: dict[str, Any] | None = None) -> JobRecord:
         now = self.clock.now()
         return to_record(self._mutate(
             job_id,
             lambda r: jobdoc.snooze(r, stage=stage, message_id=message_id, claim=claim, reason=reason, until=until,
-                                    now=now),
+                                    now=now, fields=fields),
         ))
 
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:

@@ -228,7 +228,7 @@ def test_a_restore_that_takes_minutes_snoozes_without_using_attempts_and_shows_r
 def test_a_restore_that_waited_too_long_fails_and_upgrading_again_restores_it(
         glacier: Callable[..., tuple[app.Gas, SlowGlacier, str]]) -> None:
     # Given restores that take an hour, and a stage that waits at most five minutes
-    gas, slow, job = glacier(3600, restore_max_wait_s=300)
+    gas, _, job = glacier(3600, restore_max_wait_s=300)
     assert app.upgrade(gas, "fay") == [job]
     # When the wait runs out, the job's restore step FAILS with the reason; the job stays COMPLETED
     assert restore_until_settled(gas, job)[-1] == "failed"

@@ -162,3 +162,24 @@ def test_a_post_completion_stage_that_gave_up_can_be_redriven_and_the_job_stays_
     assert [h.to_status for h in job.history if h.event == "reset"] == [JobStatus.COMPLETED]
     assert all(h.to_status == JobStatus.COMPLETED for h in job.history[job.history.index(
         next(h for h in job.history if h.event == "commit")):])
+
+
+def test_the_sweeper_leaves_a_delayed_job_alone_until_its_time_has_passed(backend: Backend) -> None:
+    from orchestrator.ops.sweep import sweep
+
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    p = Pipeline("sw")
+    p.stage("run", source="runs")(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.setup(backend)
+    p.submit(backend, job_id="later", payload={}, queue="runs", delay_s=3600)
+    # Given a job an hour out, long past the sweeper's age threshold
+    clock.advance(1800)
+    # Then its waiting message is not taken for lost (a re-send would run it early)
+    assert sweep(p, backend, older_than_s=300).actions == []
+    assert backend.transport.depth("runs").delayed == 1
+    assert backend.transport.receive("runs", max_messages=10, wait_s=0, visibility_s=30) == []
+    # and once it is overdue and gone, it is re-sent
+    clock.advance(1800 + 301)
+    backend.transport.purge("runs")
+    assert [a for a in sweep(p, backend, older_than_s=300).actions if "re-sent its first message" in a]

@@ -6,7 +6,9 @@ It looks at state, not events: every job that is not terminal and has not change
   has its outbox emitted again (same ids: consumers treat copies as duplicates);
 - a begun step (its message lost while in flight) gets its input message back on its queue;
 - a job with no step at all gets its first message again.
-Re-sending is idempotent by design, so a sweep that races live work costs only duplicates.
+Re-sending is idempotent by design, so a sweep that races live work costs only duplicates. A
+message due later (a delayed submit or emit) is waiting in its queue, not missing: it is left
+alone until its time has passed, and re-sent no earlier than that.
 """
 
 from __future__ import annotations
@@ -34,17 +36,27 @@ def _consumers(pipeline: Pipeline, backend: Backend, m: OutMessage) -> list[str]
 
 
 def _send(backend: Backend, m: OutMessage, job_id: str) -> None:
+    out = Outgoing(body=m.body, message_id=m.id, group_id=job_id, priority=m.priority)
     if m.kind == "topic":
-        backend.topic.publish(m.target, m.body, message_id=m.id, group_id=job_id)
+        backend.topic.publish_batch(m.target, [out])
     else:
-        backend.transport.send(m.target, Outgoing(body=m.body, message_id=m.id, group_id=job_id))
+        backend.transport.send(m.target, out)
 
 
-def sweep_job(pipeline: Pipeline, backend: Backend, job: JobRecord, *, dry_run: bool = False) -> list[str]:
+def _waiting(m: OutMessage, now: float, older_than_s: float) -> bool:
+    """A delayed message that is not yet overdue: still in its queue, not lost."""
+    return m.due_at is not None and now < m.due_at + older_than_s
+
+
+def sweep_job(pipeline: Pipeline, backend: Backend, job: JobRecord, *, dry_run: bool = False,
+              older_than_s: float = 0.0) -> list[str]:
     actions = []
+    now = backend.clock.now()
     for name, step in job.steps.items():
         if step.state == "committed":
             for m in step.outbox:
+                if _waiting(m, now, older_than_s):
+                    continue
                 missing = [c for c in _consumers(pipeline, backend, m) if c not in job.steps]
                 if missing:
                     actions.append(f"{job.job_id}: re-emitted {m.id} from {name} to {m.target} ({', '.join(missing)})")
@@ -56,6 +68,8 @@ def sweep_job(pipeline: Pipeline, backend: Backend, job: JobRecord, *, dry_run: 
                 backend.transport.send(step.source, Outgoing(body=step.input, message_id=step.message_id,
                                                              group_id=job.job_id))
     if not job.steps and job.origin is not None:
+        if _waiting(job.origin, now, older_than_s):
+            return actions
         if not _consumers(pipeline, backend, job.origin):
             # re-sending would only strand it again (and create the topic or queue)
             actions.append(f"{job.job_id}: NOT re-sent: no stage consumes {job.origin.kind} {job.origin.target} "
@@ -76,5 +90,5 @@ def sweep(pipeline: Pipeline, backend: Backend, *, older_than_s: float = DEFAULT
             if now - job.updated_at < older_than_s:
                 continue
             report.checked += 1
-            report.actions += sweep_job(pipeline, backend, job, dry_run=dry_run)
+            report.actions += sweep_job(pipeline, backend, job, dry_run=dry_run, older_than_s=older_than_s)
     return report

@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/postgres.py --jobs 1500 --rounds 3 --out bench/RESULTS.md --append
 	$(BIN)/python bench/sqs_vs_handwritten.py --jobs 100 --repeat 3 --out bench/RESULTS.md
 	$(BIN)/python bench/dynamodb_ops.py --out bench/RESULTS.md
+	$(BIN)/python bench/time_features.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/targets.py
 
 clean:

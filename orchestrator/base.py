@@ -298,6 +298,19 @@ class StatusStore(Protocol):
         lease_still_ours (``claim=None``: none). Raises ``ConflictError``."""
         ...
 
+    def cancel(self, job_id: str, *, reason: str) -> JobRecord:
+        """PENDING or RUNNING -> CANCELLED, with ``reason`` in the history. Idempotent (a
+        CANCELLED job is returned unchanged). Raises ``InvalidTransition`` for a COMPLETED or
+        FAILED job, ``JobNotFound``."""
+        ...
+
+    def retry(self, job_id: str, *, stage: str, message_id: str, input_body: str, source: str,
+              reason: str) -> JobRecord:
+        """FAILED -> PENDING: ``stage``'s failed step becomes a running step holding its input
+        (``message_id``, to be sent on ``source``), with a ``retry`` history entry. Raises
+        ``InvalidTransition`` for a job that is not FAILED, ``JobNotFound``."""
+        ...
+
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:
         """Operator redrive: FAILED -> PENDING, forgetting ``stage``'s failed step."""
         ...

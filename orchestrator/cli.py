@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import getpass
 import importlib
 import json
 import os
@@ -35,9 +36,9 @@ from orchestrator.settings import apply_settings, load_settings
 from orchestrator.status import JobRecord, JobStatus
 
 # commands that only make sense on a backend another process can see
-ONE_SHOT_COMMANDS = ("submit", "status")
-#: commands that only read: they never create a database
-READ_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules")
+ONE_SHOT_COMMANDS = ("submit", "status", "cancel", "retry")
+#: commands that act on jobs and queues that exist: they never create a database
+EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry")
 
 
 class UsageError(Exception):
@@ -326,6 +327,33 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace, backend: Backend) -> int:
+    if backend.store.get(args.job_id) is None:
+        raise UsageError(f"no job {args.job_id!r}")
+    rec = backend.store.cancel(args.job_id, reason=args.reason or f"cancelled by {_who()}")
+    print(f"{rec.job_id} {rec.status.value}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, backend: Backend) -> int:
+    from orchestrator.controllers.retry import retry
+
+    pipeline = pipeline_from(args) if args.pipeline else None
+    if backend.store.get(args.job_id) is None:
+        raise UsageError(f"no job {args.job_id!r}")
+    rec = retry(pipeline, backend, args.job_id, by=_who(), reason=args.reason)
+    step = rec.history[-1].stage
+    print(f"{rec.job_id} {rec.status.value}: stage {step} sent its input again")
+    return 0
+
+
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment (a container's uid)
+        return f"uid {os.getuid()}"
+
+
 def cmd_schedules(args: argparse.Namespace, backend: Backend) -> int:
     pipeline = pipeline_from(args)
     rows = describe(pipeline, backend)
@@ -419,6 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
 
+    ca = sub.add_parser("cancel", help="cancel a PENDING or RUNNING job (idempotent)")
+    ca.add_argument("job_id", metavar="JOB", type=job_id_arg)
+    backend_arg(ca)
+    ca.add_argument("--reason", help="kept in the job's history")
+    ca.set_defaults(fn=cmd_cancel)
+
+    rt = sub.add_parser("retry", help="send a FAILED job's failed stage its input again (back to PENDING)")
+    rt.add_argument("job_id", metavar="JOB", type=job_id_arg)
+    backend_arg(rt)
+    rt.add_argument("--pipeline", metavar="MODULE:PIPELINE",
+                    help="the job's pipeline, to find an input that was only kept in a dead-letter queue")
+    rt.add_argument("--reason", help="kept in the job's history")
+    rt.set_defaults(fn=cmd_retry)
+
     sc = sub.add_parser("schedules", help="list the pipeline's schedules with their last and next firing")
     sc.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(sc)
@@ -458,9 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the in-memory backend dies with this process: a job submitted here is gone at exit
             raise UsageError(f"{args.command} with {url} would act on a backend that vanishes when this command "
                              "exits; use sqlite:///PATH (or aws://) to share it with workers")
-        # Reading commands never create a database: a mistyped path is an error, not a new file.
-        read_only = args.command in READ_ONLY_COMMANDS or getattr(args, "dlq_command", None) in ("list", "show")
-        backend = open_backend(url, create=not read_only)
+        # Commands on what exists never create a database: a mistyped path is an error, not a new file.
+        existing = args.command in EXISTING_ONLY_COMMANDS or getattr(args, "dlq_command", None) in ("list", "show")
+        backend = open_backend(url, create=not existing)
         try:
             return int(args.fn(args, backend))
         finally:

@@ -95,6 +95,14 @@ class ConflictError(StoreError):
     """A conditional write lost: the step is committed already or the claim is not ours."""
 
 
+class JobCancelled(ConflictError):
+    """The job was cancelled: nothing more is begun, committed or failed for it."""
+
+
+class RetryImpossible(OrchestratorError):
+    """A FAILED job cannot be retried: the input of its failed stage is nowhere to be found."""
+
+
 class JobNotFound(StoreError):
     """The job does not exist in the status store."""
 

@@ -20,14 +20,15 @@ from typing import Any
 import orjson
 import pydantic_core
 
-from orchestrator.errors import ConflictError, InvalidTransition
+from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled
 from orchestrator.status import ALLOWED, HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
 
 Doc = dict[str, Any]
 
 PENDING, RUNNING = JobStatus.PENDING.value, JobStatus.RUNNING.value
 COMPLETED, FAILED = JobStatus.COMPLETED.value, JobStatus.FAILED.value
-TERMINAL = frozenset({COMPLETED, FAILED})
+CANCELLED = JobStatus.CANCELLED.value
+TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 _ALLOWED = frozenset((a.value, b.value) for a, b in ALLOWED)
 
 
@@ -123,6 +124,7 @@ def begin(doc: Doc, *, stage: str, message_id: str, claim: str, attempt: int, no
     job is FAILED: the caller replays the recorded outcome instead of running the handler.
     """
     step = doc["steps"].get(stage)
+    _not_cancelled(doc)
     if step is not None and step["state"] != "running":
         raise ConflictError(f"step {stage} of job {doc['job_id']} is already {step['state']}", current=doc)
     if doc["status"] == FAILED:
@@ -147,7 +149,14 @@ def begin(doc: Doc, *, stage: str, message_id: str, claim: str, attempt: int, no
     return out
 
 
+def _not_cancelled(doc: Doc) -> None:
+    # job_not_cancelled: after a cancel nothing is begun, committed, failed or snoozed
+    if doc["status"] == CANCELLED:
+        raise JobCancelled(f"job {doc['job_id']} is CANCELLED", current=doc)
+
+
 def _own_running_step(doc: Doc, stage: str, claim: str | None) -> Doc | None:
+    _not_cancelled(doc)
     step: Doc | None = doc["steps"].get(stage)
     # step_not_finished: the first committer wins; anyone later gets a conflict.
     if step is not None and step["state"] != "running":
@@ -200,6 +209,8 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
         **STEP_DEFAULTS, "stage": stage, "message_id": message_id, "state": "failed", "claim": claim,
         "attempt": prev["attempt"] if prev else 0, "started_at": prev["started_at"] if prev else now,
         "finished_at": now, "outbox": [], "reason": reason, "dead_letter": dead_letter,
+        # kept for a retry: the input the step was begun with, and its queue
+        "input": prev["input"] if prev else None, "source": prev["source"] if prev else None,
     }
     before = out["status"]
     if before not in TERMINAL:
@@ -245,6 +256,44 @@ def reset(doc: Doc, *, stage: str, reason: str, now: float) -> Doc:
         return out
     out["status"] = PENDING
     out["history"].append(_history(now, "reset", stage, before, PENDING, reason=reason))
+    out["updated_at"] = now
+    return out
+
+
+def cancel(doc: Doc, *, reason: str, now: float) -> Doc:
+    """PENDING or RUNNING -> CANCELLED. A CANCELLED job is returned as it is (the very same
+    document: nothing to write); a COMPLETED or FAILED one is refused."""
+    if doc["status"] == CANCELLED:
+        return doc
+    if doc["status"] in TERMINAL:
+        raise InvalidTransition(f"job {doc['job_id']} is {doc['status']}; only a PENDING or RUNNING job can be "
+                                "cancelled", current=doc)
+    out = _copy(doc)
+    out["history"].append(_history(now, "cancelled", None, doc["status"], CANCELLED, reason=reason))
+    out["status"] = CANCELLED
+    out["updated_at"] = now
+    return out
+
+
+def failed_stage(doc: Doc) -> str | None:
+    """The stage whose failure made the job FAILED (its last ``fail`` history entry)."""
+    return next((h["stage"] for h in reversed(doc["history"]) if h["event"] == "fail"), None)
+
+
+def retry(doc: Doc, *, stage: str, message_id: str, input_body: str, source: str, reason: str, now: float) -> Doc:
+    """FAILED -> PENDING: the failed ``stage`` becomes a step waiting for its input again
+    (``message_id`` on ``source``; the sweeper re-sends it should the send be lost), with a
+    history entry. Refused for a job that is not FAILED."""
+    if doc["status"] != FAILED:
+        raise InvalidTransition(f"job {doc['job_id']} is {doc['status']}; only a FAILED job can be retried",
+                                current=doc)
+    out = _copy(doc)
+    out["steps"][stage] = {**STEP_DEFAULTS, "stage": stage, "message_id": message_id, "state": "running",
+                           "started_at": now, "input": input_body, "source": source}
+    for key in [k for k in out["steps"] if k.startswith(f"{stage}!")]:  # its rejected copies too
+        del out["steps"][key]
+    out["history"].append(_history(now, "retry", stage, FAILED, PENDING, message_id, reason))
+    out["status"] = PENDING
     out["updated_at"] = now
     return out
 

@@ -104,6 +104,23 @@ class Context:
     log: FilteringBoundLogger
     objects: ObjectStore | None
     lease: Lease
+    #: reads whether the job was cancelled (the controller's; None: never)
+    cancel_check: Callable[[], bool] | None = None
+    _cancelled: bool = field(default=False, init=False, repr=False)
+    _next_cancel_check: float = field(default=float("-inf"), init=False, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled since this handler started (looked up at most once
+        per heartbeat interval, a third of the visibility timeout): a long handler may stop
+        early. Whatever it returns for a cancelled job is fenced off (no commit, no emit)."""
+        if self._cancelled or self.cancel_check is None:
+            return self._cancelled
+        now = self.clock.now()
+        if now >= self._next_cancel_check:
+            self._next_cancel_check = now + self.stage.visibility_timeout / 3
+            self._cancelled = self.cancel_check()
+        return self._cancelled
 
     @cached_property
     def job(self) -> JobRecord:
@@ -321,6 +338,23 @@ class Pipeline:
         for st in self.stages.values():
             if st.emit_to and st.emit_to not in sources:  # a queue consumed outside this pipeline
                 backend.transport.ensure_queue(QueueSpec(st.emit_to))
+
+    def cancel(self, backend: Backend, job_id: str, *, reason: str | None = None) -> JobRecord:
+        """PENDING or RUNNING -> CANCELLED. Its messages are then acked without running a
+        handler, and a handler running now is fenced off. Idempotent; raises
+        ``InvalidTransition`` for a COMPLETED or FAILED job, ``JobNotFound``."""
+        return backend.store.cancel(job_id, reason=reason or "cancelled")
+
+    def retry(self, backend: Backend, job_id: str, *, by: str | None = None, reason: str | None = None) -> JobRecord:
+        """Send a FAILED job's failed stage its input again (from the step record, the job's
+        first message, or the stage's dead-letter queue, which is then cleared of it); the job
+        goes back to PENDING with a history entry (who, why). Raises ``InvalidTransition``
+        for a job that is not FAILED, ``JobNotFound``, ``RetryImpossible`` when the input is
+        nowhere to be found."""
+        from orchestrator.controllers.retry import retry
+
+        rec: JobRecord = retry(self, backend, job_id, by=by, reason=reason)
+        return rec
 
     def submit(
         self,

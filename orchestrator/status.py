@@ -20,21 +20,27 @@ class JobStatus(StrEnum):
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-# COMPLETED only from RUNNING, as in the original GAS run.py; nothing leaves a terminal state.
+# COMPLETED only from RUNNING, as in the original GAS run.py; nothing leaves a terminal state
+# (but an operator's retry of a FAILED job, and a redrive: logged ways back to PENDING).
 ALLOWED: frozenset[tuple[JobStatus, JobStatus]] = frozenset(
     {
         (JobStatus.PENDING, JobStatus.RUNNING),
         (JobStatus.PENDING, JobStatus.FAILED),
         (JobStatus.RUNNING, JobStatus.COMPLETED),
         (JobStatus.RUNNING, JobStatus.FAILED),
+        (JobStatus.PENDING, JobStatus.CANCELLED),
+        (JobStatus.RUNNING, JobStatus.CANCELLED),
     }
 )
+#: the history events that may move a job back to PENDING from a terminal status
+WAYS_BACK = frozenset({"retry", "reset"})
 
 
 class OutMessage(BaseModel):
@@ -82,7 +88,7 @@ class StepRecord(BaseModel):
 
 class HistoryEntry(BaseModel):
     at: float
-    event: str  # created | begin | commit | fail | step_failed | snoozed | reset
+    event: str  # created | begin | commit | fail | step_failed | snoozed | cancelled | retry | reset
     stage: str | None = None
     from_status: JobStatus | None = None
     to_status: JobStatus | None = None

@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator import PermanentError, Result, Snooze
 from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
-from orchestrator.errors import ConflictError, InvalidTransition, RecordTooLarge
+from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled, RecordTooLarge
 
 A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
 
@@ -31,6 +31,9 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     (Snooze(60, "restoring"), {"waited_s": 101.0, "max_snooze_s": 160.0}, Verdict.FAIL,
      "gave up waiting after 101s (max_snooze_s 160s): restoring", 0.0),
     (Snooze(60), {"lease_lost": True}, Verdict.DISCARD, "lease lost", 0.0),
+    # the job was cancelled while the handler ran: whatever it returned is dropped with its message
+    (JobCancelled("job j is CANCELLED"), {}, Verdict.DROP, "job cancelled", 0.0),
+    (JobCancelled("job j is CANCELLED"), {"lease_lost": True}, Verdict.DROP, "job cancelled", 0.0),
 ])
 def test_decide(outcome: object, overrides: dict[str, object], verdict: Verdict, reason_has: str,
                 delay: float) -> None:

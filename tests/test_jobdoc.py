@@ -34,6 +34,8 @@ ops = st.lists(
         st.tuples(st.just("fail"), st.sampled_from(STAGES), st.sampled_from((None, "c1", "c2")), st.booleans()),
         st.tuples(st.just("reset"), st.sampled_from(STAGES)),
         st.tuples(st.just("snooze"), st.sampled_from(STAGES), st.sampled_from((None, "c1", "c2"))),
+        st.tuples(st.just("cancel")),
+        st.tuples(st.just("retry"), st.sampled_from(STAGES)),
         st.tuples(st.just("fields"), st.dictionaries(st.sampled_from(("x", "z")), st.floats(allow_nan=False),
                                                      max_size=2)),
     ),
@@ -55,6 +57,11 @@ def apply(doc: Doc, op: tuple[Any, ...], now: float) -> Doc:
                                now=now)
         case ("reset", stage):
             return jobdoc.reset(doc, stage=stage, reason="redrive", now=now)
+        case ("cancel",):
+            return jobdoc.cancel(doc, reason="stop", now=now)
+        case ("retry", stage):
+            return jobdoc.retry(doc, stage=stage, message_id="m3", input_body="{}", source="q", reason="again",
+                                now=now)
         case ("snooze", stage, claim):
             return jobdoc.snooze(doc, stage=stage, message_id="m1", claim=claim, reason="later", until=now + 60,
                                  now=now)

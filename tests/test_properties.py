@@ -52,6 +52,8 @@ class Scenario:
     submit_delay: dict[int, float]  # job -> seconds its first message waits
     emit_delay: dict[int, float]  # stage -> seconds what it emits waits
     priority: dict[int, int]  # job -> priority
+    cancel_probability: float  # per simulation step: an operator cancels a random job
+    retry_probability: float  # per step: an operator retries a random FAILED job
 
 
 @st.composite
@@ -77,6 +79,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         submit_delay=draw(st.dictionaries(st.integers(0, n_jobs - 1), st.sampled_from(DELAYS), max_size=6)),
         emit_delay=draw(st.dictionaries(st.integers(0, n_stages - 1), st.sampled_from(DELAYS), max_size=2)),
         priority=draw(st.dictionaries(st.integers(0, n_jobs - 1), st.integers(0, 9), max_size=8)),
+        cancel_probability=draw(st.sampled_from([0.0, 0.0, 0.01, 0.05])),
+        retry_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
     )
 
 
@@ -170,7 +174,8 @@ def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
     # Given
     early: list[str] = []
     sim = Simulation(build(sc, early), seed=sc.seed, faults=FaultPlan.of(sc.faults),
-                     stall_probability=sc.stall_probability, batch_probability=sc.batch_probability, backend=backend)
+                     stall_probability=sc.stall_probability, batch_probability=sc.batch_probability, backend=backend,
+                     cancel_probability=sc.cancel_probability, retry_probability=sc.retry_probability)
     for j in range(sc.jobs):
         delay = sc.submit_delay.get(j, 0.0)
         sim.submit(f"job-{j}", {"total": 0, "not_before": sim.clock.now() + delay}, queue="q0", delay_s=delay,
@@ -186,6 +191,9 @@ def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
         job = sim.backend.store.get(f"job-{j}")
         assert job is not None
         bad = {sc.behaviour.get((j, i), "ok") for i in range(sc.stages)} & {"permanent", "poison"}
+        if job.status == JobStatus.CANCELLED:
+            assert f"job-{j}" in sim.cancels, f"job-{j} CANCELLED by nobody"
+            continue
         if job.status == JobStatus.COMPLETED:
             assert not bad, f"job-{j} completed although a stage always fails"
             assert job.fields[f"s{sc.stages - 1}"] == sum(range(1, sc.stages + 1))
@@ -208,7 +216,7 @@ def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
     for j in range(sc.jobs):
         if any(sc.behaviour.get((j, i)) == "poison" for i in range(sc.stages)):
             job = sim.backend.store.get(f"job-{j}")
-            assert job is not None and job.status == JobStatus.FAILED
+            assert job is not None and job.status in (JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @given(n_jobs=st.integers(1, 20), visibility=st.sampled_from([3.0, 9.0, 30.0]), seed=st.integers(0, 2**32),

@@ -35,7 +35,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
-from orchestrator.jobdoc import FAILED, TERMINAL, Doc, out_message
+from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
@@ -57,6 +57,7 @@ class Outcome(StrEnum):
     DISCARDED = "discarded"  # our lease was lost: result thrown away, message left alone
     RELEASED = "released"  # never started (the worker is stopping): visible again at once
     SNOOZED = "snoozed"  # the handler said "not yet": visible again later, no attempt used
+    CANCELLED = "cancelled"  # the job was cancelled: message acked, nothing run or written
 
 
 @dataclass
@@ -362,7 +363,7 @@ class Controller:
             return self._decide(it, NoResult(
                 f"gave up after {st.max_receives} attempts without a result (receive {d.receive_count})"))
         ctx = Context(job_doc=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
-                      log=it.log, objects=self.backend.objects, lease=it.lease)
+                      log=it.log, objects=self.backend.objects, lease=it.lease, cancel_check=self._cancel_check(it))
         self.hook("before_handle", ctx)
         started = time.monotonic()
         outcome: object
@@ -390,6 +391,15 @@ class Controller:
             it.status = status
         return action
 
+    def _cancel_check(self, it: _Item) -> Callable[[], bool]:
+        store, job_id = self.backend.store, it.job_id
+
+        def check() -> bool:
+            job = store.get_docs([job_id]).get(job_id)
+            return job is not None and job["status"] == CANCELLED
+
+        return check
+
     def _act(self, it: _Item, action: Action) -> Outcome:
         """Carry out a verdict other than ACK for one delivery."""
         d = it.delivery
@@ -402,11 +412,22 @@ class Controller:
                 return Outcome.RETRIED
             case Verdict.SNOOZE:
                 return self._snooze(it, action)
+            case Verdict.DROP:
+                return self._drop(it)
             case _:
                 return self._discard(it, action.reason)
 
+    def _drop(self, it: _Item) -> Outcome:
+        """The job is CANCELLED: the message has nothing left to do (and a committed step's
+        outbox is not replayed: nothing is emitted for a cancelled job)."""
+        self.backend.transport.ack(it.delivery)
+        it.log.info("job cancelled; message dropped")
+        return Outcome.CANCELLED
+
     def _replay(self, job: Doc, it: _Item) -> Outcome | None:
         """If this stage's step is finished, settle the delivery by its recorded outcome."""
+        if job["status"] == CANCELLED:
+            return self._drop(it)
         step = job["steps"].get(self.stage.name)
         transport, d = self.backend.transport, it.delivery
         if step is not None and step["state"] == "committed":
@@ -508,7 +529,8 @@ class Controller:
 
 
 _LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
-           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed"}
+           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed",
+           Verdict.DROP: "cancelled"}
 
 
 def kept_input(body: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from orchestrator.errors import InvalidTransition, PermanentError, RecordTooLarge, StoreError
+from orchestrator.errors import InvalidTransition, JobCancelled, PermanentError, RecordTooLarge, StoreError
 from orchestrator.pipeline import Snooze
 
 
@@ -22,6 +22,7 @@ class Verdict(StrEnum):
     RELEASE = "release"  # transient: make the message visible again after ``delay_s``
     DISCARD = "discard"  # not ours any more: write nothing, leave the message to its current holder
     SNOOZE = "snooze"  # not yet: visible again after ``delay_s``, no attempt used, status unchanged
+    DROP = "drop"  # the job was cancelled: delete the message, write nothing
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ def decide(
     extend up to ``max_snooze_s`` (None: without bound).
     """
     match outcome:
+        case JobCancelled():
+            # job_not_cancelled failed: the job was cancelled while the handler ran. Whatever
+            # it returned is fenced off; its message has nothing left to do.
+            return Action(Verdict.DROP, "job cancelled")
         case StoreError() as refused if not isinstance(refused, (InvalidTransition, RecordTooLarge)):
             # step_not_finished / lease_still_ours failed: someone else committed or holds the
             # step. Their result stands; ours is thrown away.

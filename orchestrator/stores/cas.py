@@ -117,6 +117,10 @@ class CasStatusStore(ABC):
                 if fresh:
                     raise
                 continue  # judged on a record that may be stale: judge again on a fresh read
+            if new is current:
+                if fresh:
+                    return current  # the rule changes nothing (an idempotent cancel): no write
+                continue  # judged on a record that may be stale: judge again on a fresh read
             new["version"] = current["version"] + 1
             try:
                 self._swap(new, current["version"], self._encode(new))
@@ -294,6 +298,16 @@ class CasStatusStore(ABC):
             lambda r: jobdoc.snooze(r, stage=stage, message_id=message_id, claim=claim, reason=reason, until=until,
                                     now=now, fields=fields),
         ))
+
+    def cancel(self, job_id: str, *, reason: str) -> JobRecord:
+        now = self.clock.now()
+        return to_record(self._mutate(job_id, lambda r: jobdoc.cancel(r, reason=reason, now=now)))
+
+    def retry(self, job_id: str, *, stage: str, message_id: str, input_body: str, source: str,
+              reason: str) -> JobRecord:
+        now = self.clock.now()
+        return to_record(self._mutate(job_id, lambda r: jobdoc.retry(
+            r, stage=stage, message_id=message_id, input_body=input_body, source=source, reason=reason, now=now)))
 
     def reset(self, job_id: str, *, stage: str, reason: str) -> JobRecord:
         now = self.clock.now()

@@ -26,7 +26,8 @@ from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
 from orchestrator.errors import MalformedMessage, PermanentError, SimulatedCrash
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
-from orchestrator.status import ALLOWED, JobStatus
+from orchestrator.errors import InvalidTransition, RetryImpossible
+from orchestrator.status import ALLOWED, WAYS_BACK, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
@@ -68,11 +69,13 @@ class Report:
     regressions: list[str] = field(default_factory=list)
     poison_over_limit: list[str] = field(default_factory=list)
     outbox_never_emitted: list[str] = field(default_factory=list)
+    #: a step begun, committed, failed or snoozed after the job was CANCELLED
+    written_after_cancel: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.lost or self.committed_twice or self.regressions or self.poison_over_limit
-                    or self.outbox_never_emitted)
+                    or self.outbox_never_emitted or self.written_after_cancel)
 
     def __str__(self) -> str:
         parts = [f"{name}: {vals}" for name, vals in dataclasses.asdict(self).items() if vals]
@@ -88,6 +91,8 @@ class Simulation:
         faults: FaultPlan | None = None,
         controllers_per_stage: int = 2,
         stall_probability: float = 0.0,
+        cancel_probability: float = 0.0,
+        retry_probability: float = 0.0,
         tick_probability: float = 0.05,
         batch_probability: float = 0.0,
         fail_fast: bool = False,
@@ -108,6 +113,11 @@ class Simulation:
         self.backend: Backend = chaos_backend(self.memory, seed=seed, odds=chaos) if chaos else self.memory
         self.faults = faults
         self.stall_probability = stall_probability
+        #: odds per step that an operator cancels a random job, or retries a random FAILED one
+        self.cancel_probability = cancel_probability
+        self.retry_probability = retry_probability
+        self.cancels: list[str] = []  # jobs cancelled (by this simulation's operator)
+        self.retries: list[str] = []  # jobs retried
         self.tick_probability = tick_probability
         # share of receives processed as one batch; the others are split into batches of one
         self.batch_probability = batch_probability
@@ -190,6 +200,12 @@ class Simulation:
         if r < self.tick_probability:
             self.clock.advance(self.random.uniform(0.1, 5.0))
             return True
+        if self.submitted and self.random.random() < self.cancel_probability:
+            self._operator(self.random.choice(self.submitted), cancel=True)
+            return True
+        if self.submitted and self.random.random() < self.retry_probability:
+            self._operator(self.random.choice(self.submitted), cancel=False)
+            return True
         ready = self._ready_stages()
         choices: list[Callable[[], None]] = [lambda f=f: self._advance(f) for f in live]  # type: ignore[misc]
         choices += [lambda s=s: self._receive(s) for s in ready]  # type: ignore[misc]
@@ -213,6 +229,18 @@ class Simulation:
             if not self.step():
                 return
         raise SimulationStuck(f"not idle after {max_steps} steps; flights={len(self.flights)}")
+
+    def _operator(self, job_id: str, *, cancel: bool) -> None:
+        """An operator's cancel, or retry, of ``job_id`` at this moment (refusals are fine)."""
+        try:
+            if cancel:
+                self.pipeline.cancel(self.memory, job_id, reason="simulated operator")
+                self.cancels.append(job_id)
+            else:
+                self.pipeline.retry(self.memory, job_id, by="simulated operator")
+                self.retries.append(job_id)
+        except (InvalidTransition, RetryImpossible):
+            pass
 
     def _receive(self, stage: str) -> None:
         st = self.pipeline.stages[stage]
@@ -262,11 +290,18 @@ class Simulation:
             if job is None or not job.status.terminal:
                 rep.lost.append(f"{job_id}: {job.status.value if job else 'missing'}")
                 continue
+            events = [h.event for h in job.history]
+            if "cancelled" in events:
+                after = [e for e in events[events.index("cancelled") + 1:]
+                         if e in ("begin", "commit", "fail", "step_failed", "snoozed")]
+                if after:
+                    rep.written_after_cancel.append(f"{job_id}: {after}")
             for stage, step in job.steps.items():
                 n = job.commits(stage)
                 if n > 1:
                     rep.committed_twice.append(f"{job_id}/{stage}: {n} commits")
-                if step.state == "committed":
+                if step.state == "committed" and job.status != JobStatus.CANCELLED:
+                    # (a cancelled job's outbox may stay unsent: nothing is replayed for it)
                     for m in step.outbox:
                         queues = ([q for q, _ in self.memory.topic.subscriptions(m.target)]
                                   if m.kind == "topic" else [m.target])
@@ -278,7 +313,8 @@ class Simulation:
             for h in job.history:
                 if h.to_status is None:
                     continue
-                if prev is not None and h.to_status != prev and (prev, h.to_status) not in ALLOWED:
+                if prev is not None and h.to_status != prev and (prev, h.to_status) not in ALLOWED \
+                        and h.event not in WAYS_BACK:
                     rep.regressions.append(f"{job_id}: {prev.value} -> {h.to_status.value}")
                 prev = h.to_status
             if prev != job.status:
@@ -286,6 +322,7 @@ class Simulation:
         for (job_id, stage), calls in self.handler_calls.items():
             limit = self.pipeline.stages[stage].max_receives
             attempts = calls - self.snoozes[(job_id, stage)]  # a snooze uses no attempt
+            limit *= 1 + self.retries.count(job_id)  # an operator's retry gives a fresh set
             if attempts > limit:
                 rep.poison_over_limit.append(f"{job_id}/{stage}: handler ran {attempts} times without snoozing "
                                              f"(max_receives {limit})")

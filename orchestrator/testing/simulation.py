@@ -24,9 +24,8 @@ from orchestrator.controllers.controller import Controller, Outcome, Steps
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
-from orchestrator.errors import MalformedMessage, PermanentError, SimulatedCrash
+from orchestrator.errors import InvalidTransition, MalformedMessage, PermanentError, RetryImpossible, SimulatedCrash
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
-from orchestrator.errors import InvalidTransition, RetryImpossible
 from orchestrator.status import ALLOWED, WAYS_BACK, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
 from orchestrator.transports.common import DEAD_LETTER_REASON

@@ -259,3 +259,101 @@ def test_a_concurrent_cancel_and_commit_leave_the_job_either_cancelled_or_comple
         events = [h.event for h in job.history]
         if "cancelled" in events:
             assert "commit" not in events[events.index("cancelled"):]
+
+
+def test_cancel_and_retry_through_sqs_and_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto import mock_aws
+
+    from orchestrator.aws import aws_backend
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        backend = aws_backend("aws://?region=us-east-1&prefix=ctl-")
+        calls: list[str] = []
+        p = two_stage(calls)
+        for st in p.stages.values():
+            st.wait_s, st.retry_base_s, st.retry_max_s = 0, 0, 0
+        p.setup(backend)
+        p.submit(backend, job_id="gone", payload={}, queue="a")
+        p.submit(backend, job_id="flaky-1", payload={}, queue="a")
+        p.cancel(backend, "gone", reason="not needed")
+
+        def run(stage: str) -> list[Outcome]:
+            out: list[Outcome] = []
+            st = p.get(stage)
+            for _ in range(20):
+                got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=30)
+                if not got and backend.transport.depth(st.source).total == 0:
+                    break
+                out += Controller(p, stage, backend).handle_batch(got) if got else []
+            return out
+
+        assert sorted(run("first")) == sorted([Outcome.CANCELLED, Outcome.COMMITTED])
+        assert run("second") == [Outcome.RETRIED, Outcome.DEAD_LETTERED]
+        assert calls == ["first:flaky-1", "second:flaky-1", "second:flaky-1"]
+        backend.store.update_fields("flaky-1", {"broken": False})
+        assert p.retry(backend, "flaky-1").status == JobStatus.PENDING
+        assert backend.transport.depth("b-dlq").total == 0
+        assert run("second") == [Outcome.COMMITTED]
+        done = backend.store.get("flaky-1")
+        gone = backend.store.get("gone")
+        assert done is not None and done.status == JobStatus.COMPLETED
+        assert gone is not None and gone.status == JobStatus.CANCELLED
+
+
+CANCEL_PIPELINE = """
+import time
+from orchestrator import Pipeline, Result, JobStatus
+
+pipeline = Pipeline("cancelme")
+
+@pipeline.stage("slow", source="slow", emit_to="after", visibility_timeout=3, wait_s=0.05)
+def slow(ctx, msg):
+    for _ in range(100):           # up to 10 s, looking whether the job was cancelled
+        if ctx.cancelled:
+            break
+        time.sleep(0.1)
+    return Result(status=JobStatus.RUNNING, fields={"finished": True}, emit=[{"n": 1}])
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_cancelling_a_job_while_its_handler_runs_in_another_process_commits_nothing(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.backends import open_backend
+
+    url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else f"sqlite:///{tmp_path / 'c.db'}"
+    (tmp_path / "cancelme.py").write_text(CANCEL_PIPELINE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    assert subprocess.run([sys.executable, "-m", "orchestrator", "submit", "cancelme:pipeline", "--queue", "slow",
+                           "--job-id", "j1", "--backend", url], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "cancelme:pipeline", "--stage", "slow",
+                               "--backend", url, "--log-level", "error"], env=env, cwd=tmp_path)
+    backend = open_backend(url)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the handler is running once the job is RUNNING
+            job = backend.store.get("j1")
+            if job is not None and job.status == JobStatus.RUNNING:
+                break
+            time.sleep(0.05)
+        assert subprocess.run([sys.executable, "-m", "orchestrator", "cancel", "j1", "--backend", url],
+                              env=env, cwd=tmp_path, capture_output=True).returncode == 0
+        while time.time() < deadline and backend.transport.depth("slow").total:
+            time.sleep(0.1)
+        job = backend.store.get("j1")
+        assert job is not None and job.status == JobStatus.CANCELLED
+        assert "finished" not in job.fields and "commit" not in [h.event for h in job.history]
+        assert backend.transport.depth("slow").total == 0 and backend.transport.depth("after").total == 0
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        backend.close()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.envelope import Envelope
 from orchestrator.errors import StoreError
-from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
@@ -286,8 +286,11 @@ class StatusStore(Protocol):
         claim: str | None,
         reason: str,
         dead_letter: bool,
+        join: JoinTrigger | None = None,
     ) -> JobRecord:
-        """Mark the step failed and the job FAILED (a COMPLETED job stays COMPLETED).
+        """Mark the step failed and the job FAILED (a COMPLETED job stays COMPLETED; a part
+        whose ``join`` allows failures leaves the job as it is, and carries the join's message
+        in its outbox when it is the last part to finish).
         With ``claim=None`` no lease is checked (a message that never began a step)."""
         ...
 

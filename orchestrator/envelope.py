@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 SCHEMA_VERSION = 1
 
@@ -40,20 +40,34 @@ class Envelope(BaseModel):
     parent_id: str | None = None
     trace_id: str | None = None
     created_at: float = 0.0
+    #: a part of a job's fan-out (``Result(parts=...)``): its index, and how many there are
+    part: int | None = Field(default=None, ge=0)
+    parts: int | None = Field(default=None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("part") is None:  # most messages are no part: their bodies stay as they were
+            out.pop("part", None)
+            out.pop("parts", None)
+        return out
 
     def to_json(self) -> str:
         return self.model_dump_json()
 
-    def child(self, *, stage: str, index: int, task: str, payload: dict[str, Any], now: float) -> Envelope:
+    def child(self, *, stage: str, index: int, task: str, payload: dict[str, Any], now: float,
+              part: int | None = None, parts: int | None = None) -> Envelope:
         """The envelope a step emits: deterministic id, same job and trace."""
         return Envelope(
-            id=derive_id(self.id, stage, index),
+            id=derive_id(self.id, stage, index) if part is None else derive_id(self.id, stage, "part", part),
             task=task,
             job_id=self.job_id,
             payload=payload,
             parent_id=self.id,
             trace_id=self.trace_id or self.id,
             created_at=now,
+            part=part,
+            parts=parts,
         )
 
 

@@ -21,7 +21,7 @@ import orjson
 import pydantic_core
 
 from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled
-from orchestrator.status import ALLOWED, HistoryEntry, JobRecord, JobStatus, OutMessage, StepRecord
+from orchestrator.status import ALLOWED, HistoryEntry, JobRecord, JobStatus, JoinTrigger, OutMessage, StepRecord
 
 Doc = dict[str, Any]
 
@@ -39,7 +39,7 @@ def _defaults(model: type[StepRecord] | type[HistoryEntry]) -> Doc:
 
 #: a step's and a history entry's fields with their defaults (None where required), in the
 #: models' order
-STEP_DEFAULTS: Doc = _defaults(StepRecord)
+STEP_DEFAULTS: Doc = {k: v for k, v in _defaults(StepRecord).items() if k != "result"}  # see StepRecord
 HISTORY_DEFAULTS: Doc = _defaults(HistoryEntry)
 
 
@@ -167,8 +167,23 @@ def _own_running_step(doc: Doc, stage: str, claim: str | None) -> Doc | None:
     return step
 
 
+def part_key(stage: str, part: int) -> str:
+    """The step of part ``part`` of ``stage``: each part is committed once, on its own."""
+    return f"{stage}#{part}"
+
+
+def _join_due(out: Doc, join: JoinTrigger | None) -> bool:
+    """Whether every part of ``join`` is now finished (committed; or failed, where allowed)."""
+    if join is None:
+        return False
+    done = ("committed", "failed") if join.allow_failed else ("committed",)
+    steps = out["steps"]
+    return all((s := steps.get(part_key(join.stage, i))) is not None and s["state"] in done for i in range(join.parts))
+
+
 def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: str | None,
-           fields: dict[str, Any], outbox: list[OutMessage], now: float) -> Doc:
+           fields: dict[str, Any], outbox: list[OutMessage], now: float, result: dict[str, Any] | None = None,
+           join: JoinTrigger | None = None) -> Doc:
     """Record the step's result, its fields and its outbox; optionally move the status.
 
     ``claim=None`` is a lazy claim (a stage with ``claim="lazy"`` writes no begin): the step
@@ -186,7 +201,12 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
     step = dict(prev) if prev is not None else {**STEP_DEFAULTS, "stage": stage, "message_id": message_id,
                                                  "started_at": now}
     step["state"], step["finished_at"], step["outbox"] = "committed", now, [out_doc(m) for m in outbox]
+    if result is not None:
+        step["result"] = result
     out["steps"][stage] = step
+    if _join_due(out, join):  # the last part: the join's message goes out with this commit
+        assert join is not None
+        step["outbox"] = [*step["outbox"], out_doc(join.message)]
     out["fields"].update(fields)
     before = out["status"]
     if status is not None:
@@ -197,7 +217,7 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
 
 
 def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool,
-         now: float) -> Doc:
+         now: float, join: JoinTrigger | None = None) -> Doc:
     """Mark the step failed; the job becomes FAILED unless it is already terminal.
 
     A post-completion stage (notify, archive) that fails leaves a COMPLETED job COMPLETED:
@@ -213,7 +233,13 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
         "input": prev["input"] if prev else None, "source": prev["source"] if prev else None,
     }
     before = out["status"]
-    if before not in TERMINAL:
+    if join is not None and join.allow_failed:
+        # a part that may fail: the join gets the failure; the job goes on (and if this was
+        # the last part to finish, the join's message goes out with this write)
+        out["history"].append(_history(now, "step_failed", stage, before, before, message_id, reason))
+        if _join_due(out, join):
+            out["steps"][stage]["outbox"] = [out_doc(join.message)]
+    elif before not in TERMINAL:
         out["status"] = FAILED
         out["history"].append(_history(now, "fail", stage, before, FAILED, message_id, reason))
     else:

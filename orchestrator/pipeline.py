@@ -87,6 +87,9 @@ class Result:
     status: JobStatus | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     emit: Sequence[dict[str, Any] | Emit] = ()
+    #: fan-out: each payload goes to the stage's ``emit_to``/``publish_to`` as a part of its own
+    #: (``ctx.part`` there); a join stage runs once every part has committed
+    parts: Sequence[dict[str, Any]] = ()
 
 
 Handler = Callable[["Context", Envelope], "Result | Snooze | None"]
@@ -108,6 +111,30 @@ class Context:
     cancel_check: Callable[[], bool] | None = None
     _cancelled: bool = field(default=False, init=False, repr=False)
     _next_cancel_check: float = field(default=float("-inf"), init=False, repr=False)
+
+    @property
+    def part(self) -> int | None:
+        """Which part of its job's fan-out this message is (None: not a part)."""
+        return self.envelope.part
+
+    @property
+    def parts(self) -> list[dict[str, Any] | None]:
+        """In a join stage: every part's result (its handler's ``Result.fields``), in order;
+        None for a part that failed (see ``part_failures``)."""
+        steps = self.job_doc["steps"]
+        return [s.get("result") if s["state"] == "committed" else None for s in self._part_steps(steps)]
+
+    @property
+    def part_failures(self) -> dict[int, str]:
+        """In a join stage that allows failed parts: part index -> its failure's reason."""
+        return {i: s["reason"] or "failed" for i, s in enumerate(self._part_steps(self.job_doc["steps"]))
+                if s["state"] == "failed"}
+
+    def _part_steps(self, steps: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.stage.parts_of is None:
+            raise AttributeError(f"stage {self.stage.name} is no join: it has no parts")
+        n = int(self.envelope.payload.get("parts", 0))
+        return [steps[f"{self.stage.parts_of}#{i}"] for i in range(n)]
 
     @property
     def cancelled(self) -> bool:
@@ -180,6 +207,11 @@ class Stage:
     max_snooze_s: float | None = DEFAULT_MAX_SNOOZE_S
     #: the priority (0..9) of what this stage emits unless an ``Emit`` says otherwise
     priority: int = 0
+    #: a join stage: the stage whose parts it waits for (set by ``Pipeline.join``)
+    parts_of: str | None = None
+    #: a join stage: whether a part that FAILED is handed to it (``ctx.part_failures``) rather
+    #: than failing the job
+    allow_failed: bool = False
     #: on SQS, the priorities that get a queue of their own (``<source>-p<band>``, polled high
     #: to low; a message goes to the highest band at most its priority). SQLite, PostgreSQL
     #: and memory order by exact priority without them.
@@ -282,6 +314,27 @@ class Pipeline:
         self.stages[stage.name] = stage
         return stage
 
+    def join(self, name: str, *, parts_of: str, source: str | None = None, allow_failed: bool = False,
+             **options: Any) -> Callable[[Handler], Handler]:
+        """Register the decorated function as a join: it runs **once per job**, when every
+        part of stage ``parts_of`` has committed, and reads their results in order from
+        ``ctx.parts``. A part that FAILS fails the job with its reason (the join never runs),
+        unless ``allow_failed``: then the join runs once every part has finished either way,
+        and finds the failures in ``ctx.part_failures``. Its queue is ``source`` (default: its
+        name); the last part's commit sends its one message (in the same transaction on SQLite
+        and PostgreSQL)."""
+
+        def register(fn: Handler) -> Handler:
+            self.add_stage(Stage(name=name, handler=fn, source=source or name, parts_of=parts_of,
+                                 allow_failed=allow_failed, **options))
+            return fn
+
+        return register
+
+    def join_of(self, stage: str) -> Stage | None:
+        """The join stage waiting for ``stage``'s parts, if any."""
+        return next((st for st in self.stages.values() if st.parts_of == stage), None)
+
     def schedule(
         self, name: str, *, cron: str | None = None, every: float | timedelta | None = None,
         queue: str | None = None, topic: str | None = None, payload: dict[str, Any] | None = None,
@@ -316,6 +369,11 @@ class Pipeline:
                                     max_delay_s=backend.transport.max_delay_s, max_batch=backend.transport.max_batch)
         sources = {st.source for st in self.stages.values()}
         topics = {t for st in self.stages.values() for t in st.subscribe}
+        for st in self.stages.values():
+            if st.parts_of is not None and st.parts_of not in self.stages:
+                problems.append(f"join {st.name}: parts_of names no stage ({st.parts_of!r})")
+            if st.parts_of is not None and sum(1 for o in self.stages.values() if o.parts_of == st.parts_of) > 1:
+                problems.append(f"join {st.name}: stage {st.parts_of} has more than one join")
         for sch in self.schedules.values():
             if sch.queue is not None and sch.queue not in sources:
                 problems.append(f"schedule {sch.name}: no stage takes queue {sch.queue!r}")

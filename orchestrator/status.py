@@ -84,6 +84,16 @@ class StepRecord(BaseModel):
     # was lost (queue purged, retention expired).
     input: str | None = None
     source: str | None = None
+    # A part's result (its handler's fields), kept for the join rather than merged into the
+    # job's fields, where the parts would overwrite each other.
+    result: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("result") is None:  # only parts have one: the other steps stay as they were
+            out.pop("result", None)
+        return out
 
 
 class HistoryEntry(BaseModel):
@@ -132,6 +142,18 @@ class BeginItem:
 
 
 @dataclass(frozen=True)
+class JoinTrigger:
+    """What a part's commit (or failure) carries: when it is the last of the job's ``parts``
+    steps ``<stage>#0 .. #parts-1`` to finish, ``message`` (the join's one message) joins its
+    outbox. The job's compare-and-swap makes exactly one part the last."""
+
+    stage: str
+    parts: int
+    message: OutMessage
+    allow_failed: bool = False
+
+
+@dataclass(frozen=True)
 class CommitItem:
     job_id: str
     stage: str
@@ -140,3 +162,6 @@ class CommitItem:
     status: JobStatus | None
     fields: dict[str, Any] = field(default_factory=dict)
     outbox: list[OutMessage] = field(default_factory=list)
+    #: a part's result, kept in its step (None: not a part)
+    result: dict[str, Any] | None = None
+    join: JoinTrigger | None = None

@@ -33,13 +33,13 @@ from orchestrator.controllers import outbox
 from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
-from orchestrator.envelope import Envelope
+from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
-from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message
+from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message, part_key
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
-from orchestrator.status import BeginItem, CommitItem, JobStatus, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobStatus, JoinTrigger, OutMessage
 
 Steps = Generator[str, None, "list[Outcome]"]
 
@@ -79,6 +79,10 @@ class _Item:
     @property
     def job_id(self) -> str:
         return self.env.job_id
+
+    def key(self, stage: str) -> str:
+        """The step this delivery writes: the stage's, or a part's own (``stage#i``)."""
+        return stage if self.env.part is None else part_key(stage, self.env.part)
 
 
 def _rejected_step(stage: str) -> str:
@@ -235,7 +239,7 @@ class Controller:
         if st.claim == "eager" and live:
             started = []
             begun = store.begin_docs(
-                [BeginItem(it.job_id, st.name, it.env.id, it.delivery.receipt, it.delivery.receive_count,
+                [BeginItem(it.job_id, it.key(st.name), it.env.id, it.delivery.receipt, it.delivery.receive_count,
                            kept_input(it.delivery.body), st.source) for it in live], known=jobs)
             for it, res in zip(live, begun, strict=True):
                 if isinstance(res, StoreError):
@@ -271,8 +275,7 @@ class Controller:
             return
 
         # 5-7. commit, emit, ack
-        items_to_commit = [CommitItem(it.job_id, st.name, it.env.id, self.claim_of(it.delivery), it.status,
-                                      it.result.fields if it.result else {}, it.outbox) for it in ready]
+        items_to_commit = [self._commit_item(it) for it in ready]
         won: list[_Item] = []
         if self.backend.atomic is not None:
             # Queue and store in one database: commit + emit + ack are one transaction, and a
@@ -280,7 +283,7 @@ class Controller:
             # The store opens it after applying its rules, so ``then`` and the writes are all
             # the write lock covers.
             def then(results: list[Doc | StoreError]) -> None:
-                won[:] = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
+                won[:] = self._won(ready, results)
                 self._check("after_commit", won)
                 self._emit(won)
                 self._check("after_emit", won)
@@ -290,7 +293,7 @@ class Controller:
             results = store.commit_docs(items_to_commit, known=jobs, then=then)
         else:
             results = store.commit_docs(items_to_commit, known=jobs)
-            won = [it for it, r in zip(ready, results, strict=True) if not isinstance(r, StoreError)]
+            won = self._won(ready, results)
             yield from self._crash("after_commit", won)
             self._emit(won)
             yield from self._crash("after_emit", won)
@@ -306,6 +309,40 @@ class Controller:
             self._finish(it, Outcome.COMMITTED, outcomes)
 
     # -- pieces -----------------------------------------------------------------------------
+    def _commit_item(self, it: _Item) -> CommitItem:
+        fields = it.result.fields if it.result else {}
+        part = it.env.part is not None
+        # a part keeps its fields in its own step, for the join (the parts would overwrite
+        # each other's in the job's fields)
+        return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it.delivery), it.status,
+                          {} if part else fields, it.outbox, result=dict(fields) if part else None,
+                          join=self._join(it))
+
+    def _join(self, it: _Item) -> JoinTrigger | None:
+        """For a part of a stage that has a join: the join's one message, which the commit
+        (or failure) of the last part to finish sends."""
+        join = self.pipeline.join_of(self.stage.name)
+        if join is None or it.env.part is None or it.env.parts is None:
+            return None
+        env = Envelope(id=derive_id("join", it.job_id, join.name), task=join.name, job_id=it.job_id,
+                       payload={"parts": it.env.parts, "parts_of": self.stage.name}, parent_id=it.env.id,
+                       trace_id=it.env.trace_id, created_at=self.backend.clock.now())
+        return JoinTrigger(self.stage.name, it.env.parts, OutMessage(kind="queue", target=join.source, id=env.id,
+                                                                     body=env.to_json()),
+                           allow_failed=join.allow_failed)
+
+    def _won(self, ready: list[_Item], results: list[Doc | StoreError]) -> list[_Item]:
+        """The items whose commit won; a part sends what its committed step's outbox holds
+        (the join's message too, when it was the last part)."""
+        won = []
+        for it, res in zip(ready, results, strict=True):
+            if isinstance(res, StoreError):
+                continue
+            if it.env.part is not None:
+                it.outbox = [out_message(m) for m in res["steps"][it.key(self.stage.name)]["outbox"]]
+            won.append(it)
+        return won
+
     def _finish(self, it: _Item, outcome: Outcome, outcomes: dict[int, Outcome]) -> None:
         # The delivery is settled: stop its heartbeat now, not when the whole batch is done
         # (a beat after the ack would find the message gone and report a lost lease).
@@ -428,7 +465,7 @@ class Controller:
         """If this stage's step is finished, settle the delivery by its recorded outcome."""
         if job["status"] == CANCELLED:
             return self._drop(it)
-        step = job["steps"].get(self.stage.name)
+        step = job["steps"].get(it.key(self.stage.name))
         transport, d = self.backend.transport, it.delivery
         if step is not None and step["state"] == "committed":
             if step["message_id"] != it.env.id:
@@ -446,6 +483,8 @@ class Controller:
             it.log.info("duplicate delivery; recorded outcome replayed")
             return Outcome.DUPLICATE
         if step is not None and step["state"] == "failed":
+            if step["outbox"] and self.backend.atomic is None:  # a failed last part: the join's message
+                outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
             if step["dead_letter"]:
                 transport.dead_letter(d, step["reason"] or "failed")
                 return Outcome.DEAD_LETTERED
@@ -461,9 +500,13 @@ class Controller:
         st, transport, d = self.stage, self.backend.transport, it.delivery
 
         def unit() -> None:
-            self.backend.store.fail(it.job_id, stage=st.name, message_id=it.env.id, claim=self.claim_of(d),
-                                    reason=reason, dead_letter=dead_letter)
+            rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
+                                          claim=self.claim_of(d), reason=reason, dead_letter=dead_letter,
+                                          join=self._join(it))
             self._check("after_commit", [it])
+            step = rec.steps[it.key(st.name)]
+            if step.outbox:  # the last part of a join that takes failures: the join's message
+                outbox.emit(self.backend, [(step.outbox, it.job_id)])
             if dead_letter:
                 transport.dead_letter(d, reason)
             else:
@@ -488,7 +531,7 @@ class Controller:
         until = self.backend.clock.now() + action.delay_s
 
         def unit() -> None:
-            self.backend.store.snooze(it.job_id, stage=st.name, message_id=it.env.id, claim=self.claim_of(d),
+            self.backend.store.snooze(it.job_id, stage=it.key(st.name), message_id=it.env.id, claim=self.claim_of(d),
                                       reason=action.reason, until=until,
                                       fields=it.snooze.fields if it.snooze is not None else None)
             self._check("after_commit", [it])

@@ -27,6 +27,17 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
     a re-run after a crash emits the same ids. Raises ``PermanentError`` for a message with
     nowhere to go or too large for its queue."""
     now, out = backend.clock.now(), []
+    if result.parts:
+        target_topic, target_queue = stage.publish_to, stage.emit_to
+        target = target_topic or target_queue
+        if target is None:
+            raise PermanentError(f"stage {stage.name} returned parts but has no emit_to/publish_to")
+        n = len(result.parts)
+        for i, payload in enumerate(result.parts):
+            part = env.child(stage=stage.name, index=i, task=target, payload=dict(payload), now=now, part=i, parts=n)
+            body = _fit(stage, backend, part.to_json(), part.id, via_topic=target_topic is not None)
+            out.append(OutMessage(kind="topic" if target_topic else "queue", target=target, id=part.id, body=body,
+                                  priority=stage.priority))
     for i, item in enumerate(result.emit):
         em = item if isinstance(item, Emit) else Emit(payload=dict(item))
         topic = em.topic if em.topic is not None else (None if em.to else stage.publish_to)

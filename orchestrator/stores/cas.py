@@ -17,7 +17,7 @@ from orchestrator import jobdoc
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.jobdoc import Doc, to_doc, to_record
-from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
 
 MAX_CAS_RETRIES = 50
 
@@ -249,7 +249,8 @@ class CasStatusStore(ABC):
 
         def rule(i: CommitItem) -> Rule:
             return lambda r: jobdoc.commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
-                                           status=i.status, fields=i.fields, outbox=i.outbox, now=now)
+                                           status=i.status, fields=i.fields, outbox=i.outbox, now=now,
+                                           result=i.result, join=i.join)
 
         return self._mutate_many_then([(i.job_id, rule(i)) for i in items], known or {}, then)
 
@@ -281,13 +282,14 @@ class CasStatusStore(ABC):
         ))
 
     def fail(
-        self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool
+        self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool,
+        join: JoinTrigger | None = None,
     ) -> JobRecord:
         now = self.clock.now()
         return to_record(self._mutate(
             job_id,
             lambda r: jobdoc.fail(r, stage=stage, message_id=message_id, claim=claim, reason=reason,
-                                  dead_letter=dead_letter, now=now),
+                                  dead_letter=dead_letter, now=now, join=join),
         ))
 
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,3 +241,105 @@ def test_heartbeat_keeps_live_long_handlers_from_redelivery(n_jobs: int, visibil
     assert sim.check_invariants().ok
     assert all(calls == 1 for calls in sim.handler_calls.values()), sim.handler_calls
     assert sim.outcomes == {"committed": n_jobs}
+
+
+@dataclass
+class JoinScenario:
+    jobs: int
+    parts: int
+    faults: list[Fault]
+    seed: int
+    stall_probability: float
+    batch_probability: float
+    cancel_probability: float
+    claim: str
+    visibility: float
+
+
+@st.composite
+def join_scenarios(draw: st.DrawFn) -> JoinScenario:
+    n_jobs = draw(st.integers(1, 8))
+    return JoinScenario(
+        jobs=n_jobs, parts=draw(st.integers(1, 6)),
+        faults=draw(st.lists(st.builds(
+            Fault, point=st.sampled_from(CRASH_POINTS), stage=st.sampled_from(["split", "part", "merge"]) | st.none(),
+            job_id=st.sampled_from([f"job-{j}" for j in range(n_jobs)]) | st.none(),
+            attempt=st.integers(1, 3) | st.none(), times=st.integers(1, 2)), max_size=5)),
+        seed=draw(st.integers(0, 2**32)), stall_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
+        batch_probability=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        cancel_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
+        claim=draw(st.sampled_from(["eager", "lazy"])), visibility=draw(st.sampled_from([3.0, 10.0])))
+
+
+def build_join(sc: JoinScenario, joins: Counter[str]) -> Pipeline:
+    p = Pipeline("joinprop")
+    opts = {"max_receives": 8, "visibility_timeout": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
+            "claim": sc.claim}
+    p.stage("split", source="split", emit_to="parts", **opts)(  # type: ignore[arg-type]
+        lambda ctx, msg: Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(sc.parts)]))
+    p.stage("part", source="parts", **opts)(  # type: ignore[arg-type]
+        lambda ctx, msg: Result(fields={"v": msg.payload["i"] * 10}))
+
+    def merge(ctx, msg):  # type: ignore[no-untyped-def]
+        joins[msg.job_id] += 1
+        return Result(status=JobStatus.COMPLETED, fields={"vs": [p["v"] for p in ctx.parts]})
+
+    p.join("merge", parts_of="part", **opts)(merge)  # type: ignore[arg-type]
+    return p
+
+
+@given(join_scenarios())
+def test_each_part_commits_once_and_each_join_runs_once_under_crashes(sc: JoinScenario) -> None:
+    check_join_scenario(sc)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_joins_hold_on_the_database_backends(kind: str, request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("pg_server") if kind == "postgres" else ""
+
+    @settings(max_examples=SQL_EXAMPLES)
+    @given(join_scenarios())
+    def run(sc: JoinScenario) -> None:
+        clock = SimClock()
+        if kind == "sqlite":
+            with tempfile.TemporaryDirectory() as tmp:
+                backend = sqlite_backend(Path(tmp) / "j.db", clock=clock)
+                try:
+                    check_join_scenario(sc, backend)
+                finally:
+                    backend.close()
+            return
+        schema = new_schema()
+        backend = postgres_backend(with_schema(server, schema), clock=clock)
+        try:
+            check_join_scenario(sc, backend)
+        finally:
+            backend.close()
+            drop_schema(server, schema)
+
+    run()
+
+
+def check_join_scenario(sc: JoinScenario, backend: Backend | None = None) -> None:
+    joins: Counter[str] = Counter()
+    sim = Simulation(build_join(sc, joins), seed=sc.seed, faults=FaultPlan.of(sc.faults),
+                     stall_probability=sc.stall_probability, batch_probability=sc.batch_probability,
+                     cancel_probability=sc.cancel_probability, backend=backend)
+    for j in range(sc.jobs):
+        sim.submit(f"job-{j}", {}, queue="split")
+    sim.run_until_idle()
+    report = sim.check_invariants()
+    note(f"crashes={sim.crashes} outcomes={sim.outcomes} joins={joins}")
+    assert report.ok, str(report)
+    merge_crashes = sum(1 for point, stage in sim.crashes if stage == "merge")
+    for j in range(sc.jobs):
+        job = sim.backend.store.get(f"job-{j}")
+        assert job is not None
+        if job.status == JobStatus.CANCELLED:
+            continue
+        assert job.status == JobStatus.COMPLETED, f"job-{j} {job.status.value}: {job.history[-1]}"
+        assert job.fields["vs"] == [10 * i for i in range(sc.parts)]
+        assert all(job.commits(f"part#{i}") == 1 for i in range(sc.parts))
+        assert job.commits("merge") == 1
+        # the join's handler runs once, but for a crash or stall of its own before it committed
+        assert joins[f"job-{j}"] <= 1 + merge_crashes + sim.stalled_jobs[f"job-{j}"], joins

@@ -121,8 +121,9 @@ class Simulation:
         # share of receives processed as one batch; the others are split into batches of one
         self.batch_probability = batch_probability
         self.fail_fast = fail_fast
-        self.handler_calls: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls
-        self.snoozes: Counter[tuple[str, str]] = Counter()  # (job_id, stage) -> calls that snoozed
+        #: (job_id, step) -> calls; a step is a stage, or a part of one (``stage#i``)
+        self.handler_calls: Counter[tuple[str, str]] = Counter()
+        self.snoozes: Counter[tuple[str, str]] = Counter()  # (job_id, step) -> calls that snoozed
         self.handler_errors: list[BaseException] = []
         self.received: set[tuple[str, str]] = set()  # (queue, message id) ever received
         self.crashes: list[tuple[str, str]] = []
@@ -154,11 +155,12 @@ class Simulation:
         inner = st.handler
 
         def handler(ctx: Context, env: Envelope) -> Result | Snooze | None:
-            self.handler_calls[(env.job_id, st.name)] += 1
+            step = st.name if env.part is None else f"{st.name}#{env.part}"
+            self.handler_calls[(env.job_id, step)] += 1
             try:
                 out = inner(ctx, env)
                 if isinstance(out, Snooze):
-                    self.snoozes[(env.job_id, st.name)] += 1
+                    self.snoozes[(env.job_id, step)] += 1
                 return out
             except PermanentError:
                 raise
@@ -319,7 +321,7 @@ class Simulation:
             if prev != job.status:
                 rep.regressions.append(f"{job_id}: history ends {prev} but status is {job.status.value}")
         for (job_id, stage), calls in self.handler_calls.items():
-            limit = self.pipeline.stages[stage].max_receives
+            limit = self.pipeline.stages[stage.split("#")[0]].max_receives
             attempts = calls - self.snoozes[(job_id, stage)]  # a snooze uses no attempt
             limit *= 1 + self.retries.count(job_id)  # an operator's retry gives a fresh set
             if attempts > limit:

@@ -3,6 +3,9 @@ and committed once per job, with the parts' results in order."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from helpers import drain
 
 from orchestrator import JobStatus, PermanentError, Pipeline, Result
@@ -97,3 +100,109 @@ def test_a_join_that_allows_failed_parts_gets_them(backend: Backend) -> None:
     assert job is not None and job.status == JobStatus.COMPLETED
     assert job.fields["squares"] == [0, None, 4, None]
     assert job.fields["failures"] == {"1": "part 1 is unreadable", "3": "part 3 is unreadable"}
+
+
+JOINPIPE = """
+import os
+from orchestrator import Pipeline, Result, JobStatus
+
+pipeline = Pipeline("joinproc")
+
+@pipeline.stage("split", source="split", emit_to="parts", wait_s=0.05, visibility_timeout=2)
+def split(ctx, msg):
+    return Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(msg.payload["parts"])])
+
+@pipeline.stage("part", source="parts", wait_s=0.05, visibility_timeout=2, batch_size=1)
+def part(ctx, msg):
+    return Result(fields={"v": msg.payload["i"] + 1})
+
+@pipeline.join("merge", parts_of="part", wait_s=0.05, visibility_timeout=2)
+def merge(ctx, msg):
+    with open(os.environ["JOIN_LOG"], "a") as log:   # every run of the join's handler
+        log.write(msg.job_id + "\\n")
+    return Result(status=JobStatus.COMPLETED, fields={"total": sum(p["v"] for p in ctx.parts)})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize(("stage", "point"), [("part", "after_handle"), ("part", "after_commit"),
+                                              ("part", "after_emit"), ("part", "after_ack"),
+                                              ("merge", "after_begin"), ("merge", "after_commit")])
+def test_a_worker_killed_at_a_crash_point_around_a_join_leaves_the_join_run_once(
+        kind: str, stage: str, point: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.backends import open_backend
+
+    # Given a job split into one part (so the part that crashes is the last: its commit sends the join)
+    url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else f"sqlite:///{tmp_path / 'j.db'}"
+    (tmp_path / "joinproc.py").write_text(JOINPIPE)
+    log = tmp_path / "joins.log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]), JOIN_LOG=str(log))
+
+    def worker(name: str, faults: str | None = None) -> int:
+        e = dict(env, ORCHESTRATOR_FAULTS=faults) if faults else env
+        return subprocess.run([sys.executable, "-m", "orchestrator", "worker", "joinproc:pipeline", "--backend", url,
+                               "--stage", name, "--log-level", "error", "--wait", "0.05", "--until-idle"],
+                              cwd=tmp_path, env=e, timeout=120).returncode
+
+    assert subprocess.run([sys.executable, "-m", "orchestrator", "submit", "joinproc:pipeline", "--queue", "split",
+                           "--job-id", "j", "--payload", '{"parts": 1}', "--backend", url], cwd=tmp_path, env=env,
+                          capture_output=True).returncode == 0
+    assert worker("split") == 0
+    # When a worker is killed at the crash point (on its first attempt), then healthy workers run
+    faults = f'[{{"point": "{point}", "stage": "{stage}", "attempt": 1}}]'
+    if stage == "merge":
+        assert worker("part") == 0
+    assert worker(stage, faults) == 137
+    for name in ("part", "merge") if stage == "part" else ("merge",):
+        assert worker(name) == 0
+    # Then the join was committed once, and its handler ran once (twice only when it was the one
+    # killed before its commit took)
+    backend = open_backend(url)
+    try:
+        job = backend.store.get("j")
+        assert job is not None and job.status == JobStatus.COMPLETED and job.fields["total"] == 1
+        assert job.commits("part#0") == 1 and job.commits("merge") == 1
+        # (killed at after_commit, inside the one transaction of commit, emit and ack: the commit
+        # is rolled back, so the next worker runs the handler again and commits)
+        runs = log.read_text().split()
+        assert len(runs) == (2 if (stage, point) == ("merge", "after_commit") else 1), runs
+    finally:
+        backend.close()
+
+
+def test_a_join_of_ten_parts_through_sqs_and_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto import mock_aws
+
+    from orchestrator import Controller
+    from orchestrator.aws import aws_backend
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        backend = aws_backend("aws://?region=us-east-1&prefix=join-")
+        runs: list[str] = []
+        p = fan(10, runs=runs)
+        for st in p.stages.values():
+            st.wait_s = 0
+        p.setup(backend)
+        p.submit(backend, job_id="j1", payload={}, queue="split")
+
+        def run(stage: str) -> list[Outcome]:
+            st, out = p.get(stage), []
+            while got := backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=30):
+                out += Controller(p, stage, backend).handle_batch(got)
+            return out
+
+        assert run("split") == [Outcome.COMMITTED]
+        assert run("annotate_part") == [Outcome.COMMITTED] * 10
+        assert run("merge") == [Outcome.COMMITTED]
+        job = backend.store.get("j1")
+        assert job is not None and job.status == JobStatus.COMPLETED
+        assert job.fields["squares"] == [i * i for i in range(10)] and runs.count("merge") == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 from examples.gas.samples import samples_dir
 from examples.vcfsplit import pipeline, submit_file

@@ -25,3 +25,14 @@ def drain(backend: Backend, pipeline: Pipeline, stage: str, *, max_rounds: int =
             continue
         outcomes += ctrl.handle_batch(got)
     raise AssertionError(f"{stage} did not drain")
+
+
+def aws_test_env(monkeypatch: object) -> None:
+    """What a moto test needs in the environment: fake credentials, a region, no endpoint."""
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import drain
+from helpers import aws_test_env, drain
 
 from orchestrator import Controller, Emit, JobStatus, PermanentError, Pipeline, Result, jobdoc
 from orchestrator.backends import Backend
@@ -266,10 +266,7 @@ def test_cancel_and_retry_through_sqs_and_dynamodb(monkeypatch: pytest.MonkeyPat
 
     from orchestrator.aws import aws_backend
 
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
+    aws_test_env(monkeypatch)
     with mock_aws():
         backend = aws_backend("aws://?region=us-east-1&prefix=ctl-")
         calls: list[str] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import drain
+from helpers import aws_test_env, drain
 
 from orchestrator import JobStatus, PermanentError, Pipeline, Result
 from orchestrator.backends import Backend
@@ -181,10 +181,7 @@ def test_a_join_of_ten_parts_through_sqs_and_dynamodb(monkeypatch: pytest.Monkey
     from orchestrator import Controller
     from orchestrator.aws import aws_backend
 
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
+    aws_test_env(monkeypatch)
     with mock_aws():
         backend = aws_backend("aws://?region=us-east-1&prefix=join-")
         runs: list[str] = []

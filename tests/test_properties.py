@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,24 +152,29 @@ def test_invariants_hold_on_the_database_backends(kind: str, request: pytest.Fix
     @settings(max_examples=SQL_EXAMPLES)
     @given(scenarios())
     def run(sc: Scenario) -> None:
-        clock = SimClock()
-        if kind == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                backend = sqlite_backend(Path(tmp) / "p.db", clock=clock)
-                try:
-                    check_scenario(sc, backend)
-                finally:
-                    backend.close()
-            return
-        schema = new_schema()
-        backend = postgres_backend(with_schema(server, schema), clock=clock)
-        try:
-            check_scenario(sc, backend)
-        finally:
-            backend.close()
-            drop_schema(server, schema)
+        on_database(kind, server, lambda backend: check_scenario(sc, backend))
 
     run()
+
+
+def on_database(kind: str, server: str, check: Callable[[Backend], None]) -> None:
+    """Run ``check`` on a fresh SQLite file or PostgreSQL schema, on a simulated clock."""
+    clock = SimClock()
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            backend = sqlite_backend(Path(tmp) / "p.db", clock=clock)
+            try:
+                check(backend)
+            finally:
+                backend.close()
+        return
+    schema = new_schema()
+    backend = postgres_backend(with_schema(server, schema), clock=clock)
+    try:
+        check(backend)
+    finally:
+        backend.close()
+        drop_schema(server, schema)
 
 
 def check_scenario(sc: Scenario, backend: Backend | None = None) -> None:
@@ -300,22 +306,7 @@ def test_joins_hold_on_the_database_backends(kind: str, request: pytest.FixtureR
     @settings(max_examples=SQL_EXAMPLES)
     @given(join_scenarios())
     def run(sc: JoinScenario) -> None:
-        clock = SimClock()
-        if kind == "sqlite":
-            with tempfile.TemporaryDirectory() as tmp:
-                backend = sqlite_backend(Path(tmp) / "j.db", clock=clock)
-                try:
-                    check_join_scenario(sc, backend)
-                finally:
-                    backend.close()
-            return
-        schema = new_schema()
-        backend = postgres_backend(with_schema(server, schema), clock=clock)
-        try:
-            check_join_scenario(sc, backend)
-        finally:
-            backend.close()
-            drop_schema(server, schema)
+        on_database(kind, server, lambda backend: check_join_scenario(sc, backend))
 
     run()
 

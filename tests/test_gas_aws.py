@@ -28,7 +28,8 @@ def gas(monkeypatch: pytest.MonkeyPatch) -> Iterator[app.Gas]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
-        g = app.open_gas(URL, config=GasConfig(retention_s=1.0, visibility_timeout=10.0, retry_base_s=0.1))
+        g = app.open_gas(URL, config=GasConfig(retention_s=1.0, visibility_timeout=10.0, retry_base_s=0.1,
+                                               restore_poll_s=0.2))  # moto restores at once
         app.setup(g)
         yield g
 

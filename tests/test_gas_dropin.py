@@ -37,7 +37,9 @@ def open_gas(monkeypatch: pytest.MonkeyPatch) -> Iterator[Open]:
         monkeypatch.setenv(k, v)
     with mock_aws():
         def make(**cfg: object) -> app.Gas:
-            base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout": 10.0, "retry_base_s": 0.1}
+            # a restore looks again at Glacier after 0.2 s, not the default 30 s: moto restores at once
+            base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout": 10.0, "retry_base_s": 0.1,
+                                       "restore_poll_s": 0.2}
             g = app.open_gas(URL, config=GasConfig(**{**base, **cfg}))  # type: ignore[arg-type]
             app.setup(g)
             return g

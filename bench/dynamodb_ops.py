@@ -2,7 +2,7 @@
 
     python bench/dynamodb_ops.py [--jobs N] [--out FILE]
 
-Issue 9 proposed a read-less lazy commit for DynamoDB: instead of reading the batch's records
+A read-less lazy commit for DynamoDB was proposed: instead of reading the batch's records
 (one BatchGetItem per receive) and writing each back with a conditional PutItem, write each
 step with one conditional UpdateItem and read the record only when the condition fails
 (``ReturnValuesOnConditionCheckFailure=ALL_OLD``). On the moto server the SQS benchmark runs

@@ -6,7 +6,7 @@ another worker has it, and until the job completes?
 For each (visibility timeout, handler seconds): worker A takes the job and starts its handler
 (heartbeat on: the lease is extended every third of the visibility timeout); worker B is
 running and idle; A is SIGKILLed. We time, from the kill, B's begin of the step (the
-redelivery) and the job's completion. Target (issue 9): redelivery within the visibility
+redelivery) and the job's completion. Target: redelivery within the visibility
 timeout + 2 s, whatever the handler's length (the heartbeat must not leave a dead holder's
 lease longer than one timeout).
 """

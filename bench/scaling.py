@@ -7,7 +7,7 @@ transaction, before the clock starts); then one process handles ``--measure`` me
 them (batch 10, the no-op two-stage pipeline's first stage: commit + emit + ack) and we report
 microseconds per message. A receive reads the first ready rows from the ``(queue,
 visible_at, seq)`` index, and every other statement goes by primary key, so the cost should not
-grow with the backlog. Target (issue 9): at 1M within 1.5x of the cost at 1k.
+grow with the backlog. Target: at 1M within 1.5x of the cost at 1k.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 9's targets against the tables ``make bench`` just wrote to RESULTS.md.
+"""The benchmark targets against the tables ``make bench`` just wrote to RESULTS.md.
 
     python bench/targets.py [--results bench/RESULTS.md] [--why bench/why.md]
 
@@ -64,7 +64,7 @@ def main() -> None:
         cost = re.search(r"\(([0-9.]+)x now\)", readless[-1])
         checks.append(("SQS: the read-less lazy commit on DynamoDB (server CPU per message vs the read + put now)",
                        f"{cost.group(1) if cost else '?'}x", False, "not built: it costs more on moto than it saves"))
-    lines = ["", "Issue 9's targets, from the tables above (`bench/targets.py`)", "",
+    lines = ["", "The targets, from the tables above (`bench/targets.py`)", "",
              "| target | this run | verdict |", "|---|---|---|"]
     lines += [f"| {name} | {got} | {'met' if ok else 'missed' + (f' ({short})' if short else '')} |"
               for name, got, ok, short in checks]

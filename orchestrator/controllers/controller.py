@@ -134,6 +134,7 @@ class Controller:
         self.middleware = [LoggingMiddleware(), *pipeline.middleware, *(middleware or [])]
         self._hooks: dict[str, list[Middleware]] = {}  # hook name -> the middleware that has it
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
+        self._join_stage = pipeline.join_of(self.stage.name)  # the join waiting for this stage's parts
         self.backend = backend
         self.faults = faults
         self.random = random.Random(seed)
@@ -321,7 +322,7 @@ class Controller:
     def _join(self, it: _Item) -> JoinTrigger | None:
         """For a part of a stage that has a join: the join's one message, which the commit
         (or failure) of the last part to finish sends."""
-        join = self.pipeline.join_of(self.stage.name)
+        join = self._join_stage
         if join is None or it.env.part is None or it.env.parts is None:
             return None
         env = Envelope(id=derive_id("join", it.job_id, join.name), task=join.name, job_id=it.job_id,

@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
@@ -41,16 +41,10 @@ class Envelope(BaseModel):
     trace_id: str | None = None
     created_at: float = 0.0
     #: a part of a job's fan-out (``Result(parts=...)``): its index, and how many there are
-    part: int | None = Field(default=None, ge=0)
-    parts: int | None = Field(default=None, ge=1)
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if out.get("part") is None:  # most messages are no part: their bodies stay as they were
-            out.pop("part", None)
-            out.pop("parts", None)
-        return out
+    #: (left out of the JSON when unset: most messages are no part, and their bodies stay as
+    #: they were)
+    part: int | None = Field(default=None, ge=0, exclude_if=lambda v: v is None)
+    parts: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
 
     def to_json(self) -> str:
         return self.model_dump_json()

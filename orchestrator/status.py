@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field
 
 
 class JobStatus(StrEnum):
@@ -51,20 +51,11 @@ class OutMessage(BaseModel):
     id: str
     body: str
     #: when the message may be received (a time on the backend's clock; None: at once). A
-    #: replay after a crash keeps the time, not the delay.
-    due_at: float | None = None
-    priority: int = 0
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Most messages are due at once at priority 0: a job record carries every outbox, so
-        # those defaults are left out (each job row is rewritten on every step)
-        out: dict[str, Any] = handler(self)
-        if out.get("due_at") is None:
-            out.pop("due_at", None)
-        if not out.get("priority"):
-            out.pop("priority", None)
-        return out
+    #: replay after a crash keeps the time, not the delay. Most messages are due at once at
+    #: priority 0, and a job record carries every outbox (rewritten on every step): those
+    #: defaults are left out of the JSON.
+    due_at: float | None = Field(default=None, exclude_if=lambda v: v is None)
+    priority: int = Field(default=0, exclude_if=lambda v: v == 0)
 
 
 class StepRecord(BaseModel):
@@ -85,15 +76,8 @@ class StepRecord(BaseModel):
     input: str | None = None
     source: str | None = None
     # A part's result (its handler's fields), kept for the join rather than merged into the
-    # job's fields, where the parts would overwrite each other.
-    result: dict[str, Any] | None = None
-
-    @model_serializer(mode="wrap")
-    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if out.get("result") is None:  # only parts have one: the other steps stay as they were
-            out.pop("result", None)
-        return out
+    # job's fields, where the parts would overwrite each other (left out of other steps' JSON).
+    result: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class HistoryEntry(BaseModel):

@@ -203,3 +203,27 @@ def test_a_join_of_ten_parts_through_sqs_and_dynamodb(monkeypatch: pytest.Monkey
         job = backend.store.get("j1")
         assert job is not None and job.status == JobStatus.COMPLETED
         assert job.fields["squares"] == [i * i for i in range(10)] and runs.count("merge") == 1
+
+
+def test_a_job_failed_by_one_part_is_retried_and_its_dropped_sibling_parts_run_too(backend: Backend) -> None:
+    # Given a job whose part 1 failed: the job FAILED, and part 2, behind it, was dropped unrun
+    broken = {1}
+    runs: list[str] = []
+    p = fan(3, bad=broken, runs=runs)
+    p.setup(backend)
+    p.submit(backend, job_id="j1", payload={}, queue="split")
+    drain(backend, p, "split")
+    drain(backend, p, "annotate_part")
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.FAILED
+    unrun = [i for i in range(3) if f"part{i}" not in runs]
+    # When the part is fixed and the job retried
+    broken.clear()
+    assert p.retry(backend, "j1").status == JobStatus.PENDING
+    drain(backend, p, "annotate_part")
+    assert drain(backend, p, "merge") == [Outcome.COMMITTED]
+    # Then every part committed once, the dropped ones included, and the join ran once
+    job = backend.store.get("j1")
+    assert job is not None and job.status == JobStatus.COMPLETED and job.fields["squares"] == [0, 1, 4]
+    assert all(job.commits(f"annotate_part#{i}") == 1 for i in range(3)) and runs.count("merge") == 1
+    assert all(f"part{i}" in runs for i in unrun)

@@ -34,7 +34,14 @@ from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope, derive_id
-from orchestrator.errors import ConflictError, MalformedMessage, ObjectNotFound, PermanentError, StoreError
+from orchestrator.errors import (
+    ConflictError,
+    JobCancelled,
+    MalformedMessage,
+    ObjectNotFound,
+    PermanentError,
+    StoreError,
+)
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message, part_key
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
@@ -515,6 +522,8 @@ class Controller:
 
         try:
             self.backend.run_atomic(unit)
+        except JobCancelled:
+            return self._drop(it)
         except ConflictError as exc:
             it.log.warning("failure not recorded: step no longer ours", reason=str(exc))
             return Outcome.DISCARDED
@@ -541,6 +550,8 @@ class Controller:
 
         try:
             self.backend.run_atomic(unit)
+        except JobCancelled:
+            return self._drop(it)
         except ConflictError as exc:
             return self._discard(it, f"snooze not recorded: {exc}")
         it.log.info("snoozed", seconds=action.delay_s, reason=action.reason)

@@ -14,7 +14,7 @@ from orchestrator import jobdoc
 from orchestrator.backends import Backend
 from orchestrator.base import Delivery, Outgoing, default_dead_letter
 from orchestrator.codec import Codec
-from orchestrator.envelope import derive_id
+from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import InvalidTransition, JobNotFound, MalformedMessage, RetryImpossible
 from orchestrator.jobdoc import FAILED, Doc
 from orchestrator.pipeline import Pipeline, Stage
@@ -36,8 +36,9 @@ def retry(pipeline: Pipeline | None, backend: Backend, job_id: str, *, by: str |
     if failed is None:
         raise RetryImpossible(f"job {job_id} is FAILED but its history names no failed stage")
     name = failed.split("!")[0]  # a rejected copy ("stage!rejected") is the stage's
-    stage = pipeline.stages.get(name) if pipeline is not None else None
-    body, source, held = _input(backend, doc, failed, stage)
+    stage_name, _, part = name.partition("#")  # a part's step is "stage#i"
+    stage = pipeline.stages.get(stage_name) if pipeline is not None else None
+    body, source, held = _input(backend, doc, failed, stage, int(part) if part.isdigit() else None)
     if body is None or source is None:
         where = stage.dead_letter_queue if stage is not None else "its dead-letter queue"
         raise RetryImpossible(f"job {job_id}: the input of stage {name} was not kept, and is not in {where}")
@@ -45,10 +46,16 @@ def retry(pipeline: Pipeline | None, backend: Backend, job_id: str, *, by: str |
     message_id = derive_id("retry", job_id, name, str(n))
     why = f"retried by {by or 'an operator'}" + (f": {reason}" if reason else "")
 
+    # A failed part made the job FAILED, and its sibling parts still queued were then dropped
+    # unrun: they go out again too, from the outbox that sent them (same ids), or the join
+    # would wait for them for ever.
+    siblings = _unfinished_parts(doc, stage_name, source, skip=name) if part else []
+
     def unit() -> JobRecord:
         rec = backend.store.retry(job_id, stage=name, message_id=message_id, input_body=body, source=source,
                                   reason=why)
-        backend.transport.send(source, Outgoing(body=body, message_id=message_id, group_id=job_id))
+        backend.transport.send_batch(source, [Outgoing(body=body, message_id=message_id, group_id=job_id),
+                                              *(Outgoing(body=b, message_id=m, group_id=job_id) for m, b in siblings)])
         return rec
 
     rec = backend.run_atomic(unit)
@@ -57,7 +64,7 @@ def retry(pipeline: Pipeline | None, backend: Backend, job_id: str, *, by: str |
     return rec
 
 
-def _input(backend: Backend, doc: Doc, failed: str, stage: Stage | None
+def _input(backend: Backend, doc: Doc, failed: str, stage: Stage | None, part: int | None
            ) -> tuple[str | None, str | None, Delivery | None]:
     """(body, queue, the dead letter it came from if it did)."""
     step = doc["steps"].get(failed) or {}
@@ -65,19 +72,40 @@ def _input(backend: Backend, doc: Doc, failed: str, stage: Stage | None
     if step.get("input") is not None and source:
         return step["input"], source, None
     origin = doc.get("origin")
-    if origin is not None and stage is not None and (
+    if origin is not None and stage is not None and part is None and (
             (origin["kind"] == "queue" and origin["target"] == stage.source)
             or (origin["kind"] == "topic" and origin["target"] in stage.subscribe)):
         return origin["body"], stage.source, None
     if source is None:
         return None, None, None
     dlq = stage.dead_letter_queue if stage is not None else default_dead_letter(source)
-    held = _take_dead_letter(backend, dlq, doc["job_id"], stage.codec if stage is not None else Codec())
+    held = _take_dead_letter(backend, dlq, doc["job_id"], part, stage.codec if stage is not None else Codec())
     return (held.body, source, held) if held is not None else (None, source, None)
 
 
-def _take_dead_letter(backend: Backend, dlq: str, job_id: str, codec: Codec) -> Delivery | None:
-    """Lease the job's message in ``dlq`` (others are handed back at once), or None."""
+def _unfinished_parts(doc: Doc, stage: str, source: str, *, skip: str) -> list[tuple[str, str]]:
+    """(message id, body) of every part of ``stage`` sent to ``source`` by a committed step
+    whose own step (``stage#i``) is not committed, but ``skip``'s."""
+    out = []
+    for step in doc["steps"].values():
+        if step["state"] != "committed":
+            continue
+        for m in step["outbox"]:
+            if m["kind"] != "queue" or m["target"] != source:
+                continue
+            try:
+                env = Envelope.model_validate_json(m["body"])
+            except ValueError:
+                continue
+            key = f"{stage}#{env.part}"
+            if env.part is not None and key != skip and doc["steps"].get(key, {}).get("state") != "committed":
+                out.append((m["id"], m["body"]))
+    return out
+
+
+def _take_dead_letter(backend: Backend, dlq: str, job_id: str, part: int | None, codec: Codec) -> Delivery | None:
+    """Lease the job's message (its ``part``'s, for a part) in ``dlq`` (others are handed back
+    at once), or None."""
     t = backend.transport
     seen: set[str] = set()
     while len(seen) < MAX_DLQ_SCAN:
@@ -86,11 +114,14 @@ def _take_dead_letter(backend: Backend, dlq: str, job_id: str, codec: Codec) -> 
         found = None
         for d in batch:
             seen.add(d.message_id)
+            jid: str | None
+            its_part: int | None
             try:
-                jid: str | None = codec.decode(d.body).job_id
+                env = codec.decode(d.body)
+                jid, its_part = env.job_id, env.part
             except MalformedMessage as exc:
-                jid = exc.job_id
-            if found is None and jid == job_id:
+                jid, its_part = exc.job_id, None
+            if found is None and jid == job_id and its_part == part:
                 found = d
             else:
                 t.release(d, 0)

@@ -218,3 +218,33 @@ def test_worker_all_until_idle_waits_for_the_whole_chain(tmp_path: Path) -> None
     assert sum("results_file_archive_id" in j.fields for j in jobs) == 2
     assert out.stderr.count("worker started") == len(gas.pipeline.stages)
     gas.close()
+
+
+def test_every_gas_setting_is_listed_in_help_and_the_readme_and_none_is_read_unlisted() -> None:
+    import re
+    import subprocess
+    import sys
+
+    from examples.gas.config import ROOT, SETTINGS
+
+    listed = {name for name, _, _ in SETTINGS}
+    code = "\n".join(p.read_text() for p in (ROOT / "examples" / "gas").glob("*.py"))
+    read = set(re.findall(r"""(?:environ(?:\.get)?\(|_env_\w+\(|environ\[)\s*["'](GAS_[A-Z_]+)["']""", code))
+    assert read and read <= listed, f"read but not listed: {sorted(read - listed)}"
+    readme = (ROOT / "README.md").read_text()
+    assert not [n for n in listed if f"`{n}`" not in readme], "settings missing from the README's table"
+    helped = subprocess.run([sys.executable, "-m", "examples.gas", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, check=True).stdout
+    assert all(n in helped for n in listed)
+
+
+def test_the_state_bucket_takes_its_name_from_gas_state_bucket_and_is_checked(open_gas: Open,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import ConfigError
+
+    monkeypatch.setenv("GAS_STATE_BUCKET", "acme-gas-state")
+    open_gas()
+    assert "acme-gas-state" in [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+    monkeypatch.setenv("GAS_STATE_BUCKET", "acme_gas_state")
+    with pytest.raises(ConfigError, match="'acme_gas_state' has '_'"):
+        open_gas()

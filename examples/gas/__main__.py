@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 from examples.gas import app
+from examples.gas.config import settings_help
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m examples.gas", description="Genomics Annotation Service")
+    ap = argparse.ArgumentParser(prog="python -m examples.gas", description="Genomics Annotation Service",
+                                 epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log-level", default=os.environ.get("GAS_LOG_LEVEL", "info"))
     sub = ap.add_subparsers(dest="cmd", required=True)
 

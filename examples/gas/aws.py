@@ -59,6 +59,7 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Ba
     cfg.inputs_bucket = os.environ.get("GAS_INPUTS_BUCKET") or f"{prefix}gas-inputs".lower()
     cfg.results_bucket = os.environ.get("GAS_RESULTS_BUCKET") or f"{prefix}gas-results".lower()
     cfg.archive_bucket = os.environ.get("GAS_ARCHIVE_BUCKET") or f"{prefix}gas-archive".lower()
+    cfg.state_bucket = os.environ.get("GAS_STATE_BUCKET") or f"{prefix}gas-state".lower()
     check_bucket_names(cfg)  # before anything is created
     clock = clock or SystemClock()
     transport = SqsTransport(prefix=prefix, region=region, clock=clock)
@@ -66,7 +67,7 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Ba
                                 region=region, status_names={"FAILED": cfg.failed_status}, clock=clock)
     backend = Backend(transport=transport, topic=SnsTopic(transport, prefix=prefix, region=region), store=store,
                       clock=clock, url=url)
-    state = S3ObjectStore(f"{prefix}gas-state".lower(), region=region)
+    state = S3ObjectStore(cfg.state_bucket, region=region)
     mailer = SesMailer(state, region=region, sender=cfg.mail_sender)
     mailer.ensure_sender()
     res = GasResources(

@@ -50,12 +50,55 @@ def _env_duration(name: str, default: float) -> float:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+#: every GAS_* environment variable GAS reads: (name, default, what). ``python -m examples.gas
+#: --help`` lists them; a test checks that the code reads no other and the README names each.
+SETTINGS: tuple[tuple[str, str, str], ...] = (
+    ("GAS_BACKEND", "sqlite:///gas.db", "the backend URL (sqlite:///PATH, postgresql://..., aws://?region=R&prefix=P)"),
+    ("GAS_LOG_LEVEL", "info", "debug, info, warning or error"),
+    ("GAS_INPUTS_BUCKET", "<prefix>gas-inputs", "the inputs bucket (S3 refuses '_': checked at setup)"),
+    ("GAS_RESULTS_BUCKET", "<prefix>gas-results", "the results bucket"),
+    ("GAS_ARCHIVE_BUCKET", "<prefix>gas-archive", "the Glacier archive bucket"),
+    ("GAS_STATE_BUCKET", "<prefix>gas-state", "our own bucket: user profiles, sent-email markers"),
+    ("GAS_RETENTION_S", str(DEFAULT_RETENTION_S), "seconds a free user's results stay before they are archived"),
+    ("GAS_MAX_RECEIVES", "3", "handler attempts per message before FAILED and a dead letter"),
+    ("GAS_RETRY_BASE_S", "2.0", "the first retry's delay, doubled each attempt (at most 60 s)"),
+    ("GAS_VISIBILITY_TIMEOUT_S", "60.0", "each stage's lease on a message, seconds"),
+    ("GAS_ANNOTATOR_CMD", "python -m examples.gas.annotator", "the annotator command (INPUT.vcf OUT_DIR appended)"),
+    ("GAS_ANNOTATOR_TIMEOUT_S", str(DEFAULT_ANNOTATOR_TIMEOUT_S), "seconds an annotation may run"),
+    ("GAS_ATTRIBUTE_NAMES", "{}", 'item attributes we write, renamed: {"complete_time": "completion_time"}'),
+    ("GAS_FAILED_STATUS", "FAILED", "the status value written for a failed job"),
+    ("GAS_ACCOUNTS", "item", "who is premium, and their email: item, dynamodb:TABLE?..., sql:URL#QUERY, "
+                             "python:MODULE:FUNCTION"),
+    ("GAS_MAIL_SENDER", DEFAULT_SENDER, "the notification email's sender"),
+    ("GAS_LINK_BASE", "https://gas.example.org", "the link base in emails ({base}/annotations/{job_id})"),
+    ("GAS_MAIL_SUBJECT", "Results available for job {job_id}", "the email's subject"),
+    ("GAS_THAW_TOPIC", "job_thaws", "the web app's restore topic on upgrade ('' for none)"),
+    ("GAS_RESULTS_MESSAGE", "ours", "the job_results message as a JSON template"),
+    ("GAS_RESTORE_TIER", "Expedited", "the Glacier retrieval tier: Expedited, Standard or Bulk"),
+    ("GAS_RESTORE_POLL", "30s", "how long a restore waits before it looks again (doubling, at most 15 min)"),
+    ("GAS_RESTORE_MAX_WAIT", "48h", "how long a restore waits for Glacier before it FAILS"),
+    ("GAS_RESTORE_STATES", '{"restoring": "RESTORING", "restored": "RESTORED"}',
+     "what the item's restore_status says while a restore waits, and once it is done"),
+    ("GAS_OPERATORS", "admin", "the web front end's operators (comma-separated user names)"),
+    ("GAS_WEB_SECRET", "(random per start)", "the web front end's session signing key"),
+    ("GAS_SAMPLES_DIR", "(the bundled samples)", "where the demo finds its VCF samples"),
+)
+
+
+def settings_help() -> str:
+    """The ``--help`` text of every GAS_* setting."""
+    width = max(len(name) for name, _, _ in SETTINGS)
+    return "settings (environment variables):\n" + "\n".join(
+        f"  {name:<{width}}  {what} (default: {default})" for name, default, what in SETTINGS)
+
+
 @dataclass
 class GasConfig:
     prefix: str = "gas"  # key prefix inside the buckets (the original GAS used the CNetID)
     inputs_bucket: str = "gas-inputs"
     results_bucket: str = "gas-results"
     archive_bucket: str = "gas-archive"
+    state_bucket: str = "gas-state"
     retention_s: float = field(default_factory=lambda: _env_float("GAS_RETENTION_S", DEFAULT_RETENTION_S))
     annotator_timeout_s: float = field(
         default_factory=lambda: _env_float("GAS_ANNOTATOR_TIMEOUT_S", DEFAULT_ANNOTATOR_TIMEOUT_S))
@@ -141,7 +184,7 @@ class GasResources:
 
 
 def check_bucket_names(cfg: GasConfig) -> None:
-    for name in (cfg.inputs_bucket, cfg.results_bucket, cfg.archive_bucket):
+    for name in (cfg.inputs_bucket, cfg.results_bucket, cfg.archive_bucket, cfg.state_bucket):
         if "_" in name:
             # moto accepts it; AWS refuses (bucket names: lower-case letters, digits, '.' and '-')
             raise ConfigError(f"bucket name {name!r} has '_', which S3 refuses: use '-' instead")

@@ -183,3 +183,62 @@ def test_the_sweeper_leaves_a_delayed_job_alone_until_its_time_has_passed(backen
     clock.advance(1800 + 301)
     backend.transport.purge("runs")
     assert [a for a in sweep(p, backend, older_than_s=300).actions if "re-sent its first message" in a]
+
+
+def test_a_database_from_before_priorities_is_migrated_in_place_and_keeps_its_messages(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orchestrator.backends import sqlite_backend
+    from orchestrator.base import Outgoing
+
+    # Given a database at schema 1 (no priorities) holding a queued message
+    path = tmp_path / "old.db"
+    sqlite_backend(path).close()
+    c = sqlite3.connect(path)
+    c.executescript("""
+        DROP INDEX messages_ready_p;
+        ALTER TABLE messages DROP COLUMN priority;
+        ALTER TABLE queues DROP COLUMN priorities;
+        CREATE INDEX messages_ready ON messages(queue, visible_at, seq);
+        UPDATE schema_version SET version = 1;
+        INSERT INTO queues(name, visibility_s, max_receives) VALUES ('q', 30, 5);
+        INSERT INTO messages(queue, message_id, body, visible_at, enqueued_at) VALUES ('q', 'old', 'x', 0, 0);
+    """)
+    c.commit()
+    c.close()
+    # When this version opens it
+    b = sqlite_backend(path)
+    try:
+        # Then the old message is there at priority 0, and priorities work from now on
+        b.transport.send("q", Outgoing(body="urgent", message_id="new", priority=9))
+        got = b.transport.receive("q", max_messages=10, wait_s=0, visibility_s=30)
+        assert [d.message_id for d in got] == ["new", "old"]
+        version = b.transport.db.read("SELECT MAX(version) FROM schema_version")[0][0]  # type: ignore[attr-defined]
+        assert version == 2
+    finally:
+        b.close()
+
+
+def test_a_postgres_schema_from_before_priorities_is_migrated_in_place(pg_url: str) -> None:
+    import psycopg
+
+    from orchestrator.backends import open_backend
+    from orchestrator.base import Outgoing
+
+    open_backend(pg_url).close()
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
+        conn.execute(f"DROP INDEX {schema}.messages_ready_p")
+        conn.execute(f"ALTER TABLE {schema}.messages DROP COLUMN priority")
+        conn.execute(f"ALTER TABLE {schema}.queues DROP COLUMN priorities")
+        conn.execute(f"CREATE INDEX messages_ready ON {schema}.messages(queue, visible_at, seq)")
+        conn.execute(f"UPDATE {schema}.schema_version SET version = 1")
+        conn.execute(f"INSERT INTO {schema}.messages(queue, message_id, body, visible_at, enqueued_at) "
+                     "VALUES ('q', 'old', 'x', 0, 0)")
+    b = open_backend(pg_url)
+    try:
+        b.transport.send("q", Outgoing(body="urgent", message_id="new", priority=9))
+        got = b.transport.receive("q", max_messages=10, wait_s=0, visibility_s=30)
+        assert sorted(d.message_id for d in got) == ["new", "old"] and got[0].message_id == "new"
+    finally:
+        b.close()

@@ -248,3 +248,25 @@ def test_the_state_bucket_takes_its_name_from_gas_state_bucket_and_is_checked(op
     monkeypatch.setenv("GAS_STATE_BUCKET", "acme_gas_state")
     with pytest.raises(ConfigError, match="'acme_gas_state' has '_'"):
         open_gas()
+
+
+def test_the_settings_catalogue_states_the_defaults_gas_really_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json as _json
+
+    from examples.gas.config import SETTINGS, GasConfig
+    from orchestrator.durations import parse_duration
+
+    for name, _, _ in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    cfg, stated = GasConfig(), {name: default for name, default, _ in SETTINGS}
+    assert float(stated["GAS_RETENTION_S"]) == cfg.retention_s
+    assert int(stated["GAS_MAX_RECEIVES"]) == cfg.max_receives
+    assert float(stated["GAS_RETRY_BASE_S"]) == cfg.retry_base_s
+    assert float(stated["GAS_VISIBILITY_TIMEOUT_S"]) == cfg.visibility_timeout
+    assert float(stated["GAS_ANNOTATOR_TIMEOUT_S"]) == cfg.annotator_timeout_s
+    assert stated["GAS_FAILED_STATUS"] == cfg.failed_status and stated["GAS_ACCOUNTS"] == cfg.accounts
+    assert stated["GAS_THAW_TOPIC"] == cfg.thaw_topic and stated["GAS_RESTORE_TIER"] == cfg.restore_tier
+    assert parse_duration(stated["GAS_RESTORE_POLL"]) == cfg.restore_poll_s
+    assert parse_duration(stated["GAS_RESTORE_MAX_WAIT"]) == cfg.restore_max_wait_s
+    assert _json.loads(stated["GAS_RESTORE_STATES"]) == cfg.restore_states
+    assert stated["GAS_LINK_BASE"] == cfg.web_url and stated["GAS_MAIL_SUBJECT"] == cfg.mail_subject

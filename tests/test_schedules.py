@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import runpy
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from orchestrator import ConfigError, JobStatus, Pipeline, Result
 from orchestrator.backends import Backend, memory_backend, open_backend
 from orchestrator.clock import SimClock
+from orchestrator.controllers.worker import Worker
 from orchestrator.schedules import Schedule, Scheduler, due_ticks, tick_text
 
 
@@ -188,9 +190,12 @@ def test_three_worker_processes_killed_at_random_fire_each_tick_once(tmp_path: P
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
-    # Then every tick between the first and the end has one job, each COMPLETED once
+    # Then every tick between the first and the end has one job, and once what the killed
+    # workers held has come back and been handled, each is COMPLETED once
     backend = open_backend(db)
     try:
+        pipeline = runpy.run_path(str(tmp_path / "tickpipe.py"))["pipeline"]
+        Worker(pipeline, "tick", backend, fire_schedules=False, wait_s=0.05).run(until_idle=True)
         jobs = backend.store.query()
         ticks = sorted(datetime.fromisoformat(j.job_id.split("@")[1]).timestamp() for j in jobs)
         assert kills >= 15

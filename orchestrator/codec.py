@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from orchestrator.envelope import Envelope, canonical_json, derive_id
 from orchestrator.errors import MalformedMessage
+from orchestrator.storable import id_problem, value_problem
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's limit; bigger bodies belong in the object store
 
@@ -36,13 +37,31 @@ class Codec:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def decode(self, body: str) -> Envelope:
-        size = len(body.encode())
+        try:
+            size = len(body.encode())
+        except UnicodeEncodeError as exc:  # bytes another program wrote, read with surrogateescape
+            raise MalformedMessage(f"body is not valid UTF-8 (at character {exc.start})") from None
         if size > self.max_body_bytes:
             raise MalformedMessage(f"body is {size} bytes, over the {self.max_body_bytes}-byte limit")
+        env = self._envelope(body)
+        # Ids become keys in every store, and the payload travels on to stores and queues:
+        # what some backend cannot store (see ``orchestrator.storable``) would fail the write
+        # of the whole batch the message came in, so it is refused here, message by message.
+        problem = id_problem(env.job_id)
+        if problem is not None:
+            raise MalformedMessage(problem)
+        for name, value in (("id", env.id), ("task", env.task)):
+            if _text_or_none(value) is None:
+                raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
+        problem = value_problem(env.payload, "payload") or id_problem(user_of(env), "payload.user_id", optional=True)
+        if problem is not None:
+            raise MalformedMessage(problem, job_id=env.job_id)
+        return env
+
+    def _envelope(self, body: str) -> Envelope:
         if body.startswith('{"v":'):
             # Our own envelope, as we write it: parsed and validated in one pass (a third of
-            # a decode). Anything it refuses is judged again below, for the full reason. Its
-            # parser refuses a lone surrogate, so the ids need no check here.
+            # a decode). Anything it refuses is judged again below, for the full reason.
             try:
                 return Envelope.model_validate_json(body)
             except ValidationError:
@@ -67,11 +86,6 @@ class Codec:
             raise MalformedMessage("not an orchestrator envelope (no 'v' field) and this queue takes no plain JSON")
         else:
             env = self._plain(doc, sns_id)
-        # Ids become keys in every store: a lone surrogate (valid in JSON, not in UTF-8) would
-        # make the store's encoder fail for the whole batch the message came in.
-        for name, value in (("job_id", env.job_id), ("id", env.id), ("task", env.task)):
-            if _text_or_none(value) is None:
-                raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
         return env
 
     def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
@@ -85,6 +99,12 @@ class Codec:
         # The same body redelivered gets the same id, so the step record spots duplicates.
         msg_id = derive_id("plain", sns_id or canonical_json(doc))
         return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
+
+
+def user_of(env: Envelope) -> str | None:
+    """Who owns a job created from this message: its payload's ``user_id``, if any."""
+    user = env.payload.get("user_id")
+    return str(user) if user is not None else None
 
 
 def _at(doc: Any, path: str) -> Any:

@@ -38,6 +38,12 @@ class DatabaseGone(FatalBackendError, ConfigError):
     pass
 
 
+class BackendUnavailable(OrchestratorError):
+    """The backend could not be reached (or kept refusing for being busy) past its retry
+    deadline: an outage, not a problem with the data. A batch that meets it is left whole for
+    redelivery."""
+
+
 class InvalidPayload(OrchestratorError, ValueError):
     """A payload that cannot travel as a message (not JSON-serialisable, or an integer too large
     for any JSON reader): refused at submission, before anything is written."""

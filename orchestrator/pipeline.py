@@ -216,6 +216,11 @@ class Stage:
     #: to low; a message goes to the highest band at most its priority). SQLite, PostgreSQL
     #: and memory order by exact priority without them.
     priority_bands: tuple[int, ...] = ()
+    #: whether a message for a job that does not exist creates it (owned by the payload's
+    #: ``user_id``). None: only on an entry stage, one that no stage of the pipeline emits
+    #: to. Elsewhere such a message is dead-lettered as an unknown job: whoever can write to
+    #: a later stage's queue cannot make up jobs there.
+    takes_submissions: bool | None = None
 
     @property
     def dead_letter_queue(self) -> str:
@@ -330,6 +335,16 @@ class Pipeline:
             return fn
 
         return register
+
+    def takes_submissions(self, stage: Stage) -> bool:
+        """Whether a message may create its job on ``stage`` (see ``Stage.takes_submissions``)."""
+        if stage.takes_submissions is not None:
+            return stage.takes_submissions
+        if stage.parts_of is not None:
+            return False
+        fed = any(o.emit_to == stage.source or (o.publish_to is not None and o.publish_to in stage.subscribe)
+                  for o in self.stages.values())
+        return not fed
 
     def join_of(self, stage: str) -> Stage | None:
         """The join stage waiting for ``stage``'s parts, if any."""

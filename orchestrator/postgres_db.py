@@ -25,7 +25,8 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import BackendUnavailable, ConfigError
+from orchestrator.outage import is_outage
 
 T = TypeVar("T")
 log = structlog.get_logger("orchestrator.postgres")
@@ -94,9 +95,11 @@ class PgConn:
 
 
 def _retryable(exc: BaseException) -> bool:
-    # OperationalError covers a lost or refused connection, a killed backend (AdminShutdown),
-    # lost deadlocks and serialization failures, and the pool's timeout waiting to connect.
-    return isinstance(exc, psycopg.OperationalError)
+    # A lost or refused connection, a killed backend (AdminShutdown), lost deadlocks and
+    # serialization failures, the pool's timeout waiting to connect. Not the data errors
+    # psycopg also files under OperationalError (an index row over the size limit, SQLSTATE
+    # 54000): those fail the same way on every try, and are the caller's to isolate.
+    return isinstance(exc, psycopg.OperationalError) and is_outage(exc)
 
 
 class PostgresDatabase:
@@ -152,9 +155,13 @@ class PostgresDatabase:
             try:
                 result = attempt()
             except psycopg.OperationalError as exc:
+                if not _retryable(exc):
+                    raise
                 failures += 1
                 if time.monotonic() > deadline:
-                    raise
+                    raise BackendUnavailable(f"PostgreSQL unavailable for {self.reconnect_timeout_s:.0f}s: "
+                                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                                             ) from exc
                 # Deadlocks and serialization failures are routine under contention: retry quietly.
                 if not isinstance(exc, psycopg.errors.TransactionRollback):
                     outage = True

@@ -143,7 +143,7 @@ def test_a_huge_integer_payload_is_refused_before_anything_is_written(pipe_dir: 
     backend = sqlite_backend(db)
     pipeline = Pipeline("q")
     pipeline.stage("s", source="in")(lambda ctx, msg: Result())
-    with pytest.raises(InvalidPayload, match="4300 digits"):
+    with pytest.raises(InvalidPayload, match="beyond 64 bits"):
         pipeline.submit(backend, job_id="big", payload={"x": 10**5000}, queue="in")
     assert backend.store.get("big") is None and backend.transport.depth("in").total == 0
     backend.close()

@@ -23,12 +23,13 @@ import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from orchestrator.backends import Backend
 from orchestrator.base import Delivery
+from orchestrator.codec import user_of
 from orchestrator.controllers import outbox
 from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
 from orchestrator.controllers.faults import FaultPlan
@@ -45,10 +46,13 @@ from orchestrator.errors import (
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message, part_key
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
+from orchestrator.outage import is_outage
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import BeginItem, CommitItem, JobStatus, JoinTrigger, OutMessage
+from orchestrator.storable import check_fields
 
 Steps = Generator[str, None, "list[Outcome]"]
+R = TypeVar("R")
 
 # Step records keep their input for the sweeper only up to this size.
 MAX_KEPT_INPUT_BYTES = 16 * 1024
@@ -142,6 +146,7 @@ class Controller:
         self._hooks: dict[str, list[Middleware]] = {}  # hook name -> the middleware that has it
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self._join_stage = pipeline.join_of(self.stage.name)  # the join waiting for this stage's parts
+        self._takes_new_jobs = pipeline.takes_submissions(self.stage)
         self.backend = backend
         self.faults = faults
         self.random = random.Random(seed)
@@ -226,14 +231,20 @@ class Controller:
                ) -> Generator[str, None, None]:
         st, store, transport = self.stage, self.backend.store, self.backend.transport
 
-        # 2. lookup: one read for the round; a message for a job nobody created is adopted
-        jobs = store.get_docs([it.job_id for it in items])
+        # 2. lookup: one read for the round (a job that cannot be read settles its message
+        # alone); a message for a job nobody created is adopted where the stage takes new jobs
+        jobs: dict[str, Doc] = {}
+        read = self._isolate(items, lambda sub: _in_order(sub, store.get_docs([it.job_id for it in sub])))
         live: list[_Item] = []
-        for it in items:
-            job = jobs.get(it.job_id)
-            if job is None:
-                job, _ = store.create_doc(it.job_id, user_id=_user_of(it.env))
-                jobs[it.job_id] = job
+        for it, found in zip(items, read, strict=True):
+            if isinstance(found, Exception):
+                self._finish(it, self._poisoned(it, found, "reading its job"), outcomes)
+                continue
+            job = found or self._adopt(it)
+            if isinstance(job, Outcome):
+                self._finish(it, job, outcomes)
+                continue
+            jobs[it.job_id] = job
             replayed = self._replay(job, it)
             if replayed is not None:
                 self._finish(it, replayed, outcomes)
@@ -246,15 +257,17 @@ class Controller:
         started = live
         if st.claim == "eager" and live:
             started = []
-            begun = store.begin_docs(
+            begun = self._isolate(live, lambda sub: store.begin_docs(
                 [BeginItem(it.job_id, it.key(st.name), it.env.id, it.delivery.receipt, it.delivery.receive_count,
-                           kept_input(it.delivery.body), st.source) for it in live], known=jobs)
+                           kept_input(it.delivery.body), st.source) for it in sub], known=jobs))
             for it, res in zip(live, begun, strict=True):
                 if isinstance(res, StoreError):
                     current = res.current_doc if isinstance(res, ConflictError) else None
                     replayed = self._replay(current, it) if current is not None else None
                     # Not finished but not ours either: a newer delivery holds the step.
                     self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
+                elif isinstance(res, Exception):
+                    self._finish(it, self._poisoned(it, res, "its begin"), outcomes)
                 else:
                     it.job = jobs[it.job_id] = res
                     started.append(it)
@@ -283,24 +296,33 @@ class Controller:
             return
 
         # 5-7. commit, emit, ack
-        items_to_commit = [self._commit_item(it) for it in ready]
         won: list[_Item] = []
-        if self.backend.atomic is not None:
+        atomic = self.backend.atomic is not None
+
+        def commit(sub: list[_Item]) -> list[Doc | StoreError]:
+            items_to_commit = [self._commit_item(it) for it in sub]
+            if not atomic:
+                return store.commit_docs(items_to_commit, known=jobs)
             # Queue and store in one database: commit + emit + ack are one transaction, and a
             # crash anywhere inside rolls all three back (so no crash point can yield in it).
             # The store opens it after applying its rules, so ``then`` and the writes are all
             # the write lock covers.
-            def then(results: list[Doc | StoreError]) -> None:
-                won[:] = self._won(ready, results)
-                self._check("after_commit", won)
-                self._emit(won)
-                self._check("after_emit", won)
-                if won:
-                    transport.ack_batch([it.delivery for it in won])
+            sub_won: list[_Item] = []
 
-            results = store.commit_docs(items_to_commit, known=jobs, then=then)
-        else:
-            results = store.commit_docs(items_to_commit, known=jobs)
+            def then(results: list[Doc | StoreError]) -> None:
+                sub_won[:] = self._won(sub, results)
+                self._check("after_commit", sub_won)
+                self._emit(sub_won)
+                self._check("after_emit", sub_won)
+                if sub_won:
+                    transport.ack_batch([it.delivery for it in sub_won])
+
+            done = store.commit_docs(items_to_commit, known=jobs, then=then)
+            won.extend(sub_won)  # only now: the transaction that acked them has committed
+            return done
+
+        results = self._isolate(ready, commit)
+        if not atomic:
             won = self._won(ready, results)
             yield from self._crash("after_commit", won)
             self._emit(won)
@@ -310,11 +332,61 @@ class Controller:
         for it, res in zip(ready, results, strict=True):
             if isinstance(res, StoreError):
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
+            elif isinstance(res, Exception):
+                self._finish(it, self._poisoned(it, res, "its commit"), outcomes)
         yield from self._crash("after_ack", won)
         for it in won:
             it.log.info("step committed")
             self.hook("on_commit", st, it.delivery)
             self._finish(it, Outcome.COMMITTED, outcomes)
+
+    # -- isolation --------------------------------------------------------------------------
+    def _isolate(self, items: list[_Item], write: Callable[[list[_Item]], Sequence[R]]) -> list[R | Exception]:
+        """``write`` for the batch, one result per item. When it raises for a reason that is
+        not an outage, the batch is halved until the failure is pinned on the items that fail
+        alone: their result is the exception, and their batch-mates' writes go through in the
+        same round. An outage is raised as it is: the whole batch is redelivered later."""
+        try:
+            return list(write(items))
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            if len(items) == 1:
+                return [exc]
+            self.log.warning("a batch write was refused; isolating the message it fails for",
+                             error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+        mid = len(items) // 2
+        return self._isolate(items[:mid], write) + self._isolate(items[mid:], write)
+
+    def _poisoned(self, it: _Item, exc: Exception, what: str) -> Outcome:
+        """Settle a message whose own write (or read) the backend refused: dead-letter it
+        with the reason, failing its job where the job can still be written."""
+        reason = f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000]
+        it.log.error("message poisons its writes; dead-lettered", reason=reason)
+        if it.job is not None:
+            try:
+                # a refused begin recorded no claim of ours: the failure is written without one
+                return self._fail(it, reason, dead_letter=True, begun=what != "its begin")
+            except Exception as again:  # the failure cannot be written either: the message alone
+                if is_outage(again):
+                    raise
+        self.backend.transport.dead_letter(it.delivery, reason)
+        self.hook("on_dead_letter", self.stage, it.delivery, reason)
+        return Outcome.DEAD_LETTERED
+
+    def _adopt(self, it: _Item) -> Doc | Outcome:
+        """The job for a message whose job nobody created: created from the message (owned by
+        its payload's ``user_id``) on a stage that takes new jobs; elsewhere dead-lettered."""
+        if not self._takes_new_jobs:
+            return self._reject(it, f"unknown job {it.job_id!r}: stage {self.stage.name} only continues jobs that "
+                                    "exist (mark it takes_submissions=True to let messages create them)", None)
+        try:
+            job, _ = self.backend.store.create_doc(it.job_id, user_id=user_of(it.env))
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            return self._poisoned(it, exc, "creating its job")
+        return job
 
     # -- pieces -----------------------------------------------------------------------------
     def _commit_item(self, it: _Item) -> CommitItem:
@@ -339,12 +411,12 @@ class Controller:
                                                                      body=env.to_json()),
                            allow_failed=join.allow_failed)
 
-    def _won(self, ready: list[_Item], results: list[Doc | StoreError]) -> list[_Item]:
+    def _won(self, ready: list[_Item], results: Sequence[Doc | Exception]) -> list[_Item]:
         """The items whose commit won; a part sends what its committed step's outbox holds
         (the join's message too, when it was the last part)."""
         won = []
         for it, res in zip(ready, results, strict=True):
-            if isinstance(res, StoreError):
+            if isinstance(res, Exception):  # refused (StoreError), or its write failed alone
                 continue
             if it.env.part is not None:
                 it.outbox = [out_message(m) for m in res["steps"][it.key(self.stage.name)]["outbox"]]
@@ -415,10 +487,13 @@ class Controller:
         try:
             result = st.handler(ctx, it.env) or Result()
             if isinstance(result, Snooze):
+                check_fields(result.fields, "snooze fields")
                 it.snooze = outcome = result
             elif not isinstance(result, Result):  # a programming error: retrying cannot help
                 raise PermanentError(f"handler returned {type(result).__name__}, not Result or Snooze")
             else:
+                # what no store could write fails this job, not the batch's shared commit
+                check_fields(result.fields)
                 it.outbox = outbox.build_outbox(st, self.backend, it.env, result)
                 it.result = outcome = result
         except Exception as exc:
@@ -504,12 +579,13 @@ class Controller:
             return Outcome.SKIPPED
         return None
 
-    def _fail(self, it: _Item, reason: str, *, dead_letter: bool) -> Outcome:
+    def _fail(self, it: _Item, reason: str, *, dead_letter: bool, begun: bool = True) -> Outcome:
         st, transport, d = self.stage, self.backend.transport, it.delivery
 
         def unit() -> None:
             rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
-                                          claim=self.claim_of(d), reason=reason, dead_letter=dead_letter,
+                                          claim=self.claim_of(d) if begun else None, reason=reason,
+                                          dead_letter=dead_letter,
                                           join=self._join(it))
             self._check("after_commit", [it])
             step = rec.steps[it.key(st.name)]
@@ -593,9 +669,8 @@ def kept_input(body: str) -> str | None:
     return body if len(body) <= MAX_KEPT_INPUT_BYTES else None
 
 
-def _user_of(env: Envelope) -> str | None:
-    user = env.payload.get("user_id")
-    return str(user) if user is not None else None
+def _in_order(items: Sequence[_Item], found: dict[str, Doc]) -> list[Doc | None]:
+    return [found.get(it.job_id) for it in items]
 
 
 def _last_reason(job: Doc) -> str | None:

@@ -15,6 +15,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.objects.claim_check import offload_body
 from orchestrator.pipeline import Emit, Result, Stage
 from orchestrator.status import OutMessage
+from orchestrator.storable import check_value
 from orchestrator.transports.common import sns_wrapped_bytes
 
 # Outbox bodies above this go by claim check when the stage allows it, keeping job records
@@ -34,12 +35,14 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
             raise PermanentError(f"stage {stage.name} returned parts but has no emit_to/publish_to")
         n = len(result.parts)
         for i, payload in enumerate(result.parts):
+            check_value(payload, f"parts[{i}]")
             part = env.child(stage=stage.name, index=i, task=target, payload=dict(payload), now=now, part=i, parts=n)
             body = _fit(stage, backend, part.to_json(), part.id, via_topic=target_topic is not None)
             out.append(OutMessage(kind="topic" if target_topic else "queue", target=target, id=part.id, body=body,
                                   priority=stage.priority))
     for i, item in enumerate(result.emit):
         em = item if isinstance(item, Emit) else Emit(payload=dict(item))
+        check_value(em.payload, f"emit[{i}]")
         topic = em.topic if em.topic is not None else (None if em.to else stage.publish_to)
         queue = em.to if em.to is not None else (None if em.topic else stage.emit_to)
         target = topic or queue

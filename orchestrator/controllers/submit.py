@@ -15,6 +15,7 @@ from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.pipeline import check_timing
 from orchestrator.status import JobRecord, OutMessage
+from orchestrator.storable import id_problem, value_problem
 
 #: how far in the past ``at=`` may be (a clock a little behind, a request that queued) before
 #: it is refused as a mistake; within it the job runs at once
@@ -72,6 +73,12 @@ def submit(
     target = queue or topic
     assert target is not None
     check_timing(priority=priority)
+    problem = id_problem(job_id) or id_problem(user_id, "user id", optional=True)
+    if problem is not None:
+        raise InvalidSubmission(problem)
+    problem = value_problem(payload, "payload") or (value_problem(fields, "fields") if fields else None)
+    if problem is not None:
+        raise InvalidPayload(f"job {job_id!r}: {problem}")
     due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
     env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id,
                    payload=payload, created_at=backend.clock.now())

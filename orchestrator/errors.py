@@ -54,6 +54,10 @@ class InvalidSubmission(OrchestratorError, ValueError):
     time long past, a priority outside 0..9."""
 
 
+class NotADeadLetterQueue(OrchestratorError, ValueError):
+    """A dead-letter operation (show, redrive) named a queue that is not a dead-letter queue."""
+
+
 class DuplicateJob(OrchestratorError):
     """A job id submitted again with a different payload, user or target: the second request
     would be silently dropped (submission is idempotent per job id), so it is refused."""

@@ -25,7 +25,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from examples.gas import app as gas_app
 from orchestrator import JobRecord
-from orchestrator.errors import ObjectNotFound
+from orchestrator.errors import NotADeadLetterQueue, ObjectNotFound
 from orchestrator.ops import dlq
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -233,8 +233,14 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     @api.post("/api/ops/redrive", tags=["operators"])
     def api_redrive(request: Request, queue: str, u: Operator) -> dict[str, Any]:
         check_csrf(request, request.headers.get("x-csrf-token"))
-        result = dlq.redrive(gas.backend, gas.pipeline, queue)
+        result = redrive(queue)
         return {"redriven": result.redriven, "refused": result.refused}
+
+    def redrive(queue: str) -> dlq.RedriveResult:
+        try:
+            return dlq.redrive(gas.backend, gas.pipeline, queue)
+        except NotADeadLetterQueue as exc:  # a live queue's messages are its workers'
+            raise HTTPException(400, str(exc)) from None
 
     # -- pages --------------------------------------------------------------------------------
     def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
@@ -318,7 +324,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     def ops_redrive(request: Request, queue: Annotated[str, Form()], csrf: Annotated[str, Form()],
                     u: Operator) -> Response:
         check_csrf(request, csrf)
-        dlq.redrive(gas.backend, gas.pipeline, queue)
+        redrive(queue)
         return RedirectResponse("/ops", status_code=303)
 
     return api

@@ -24,11 +24,8 @@ def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
                 print(f"{r['queue']:<40} {r['messages']:>8}")
         return 0
     if args.dlq_command in ("show", "redrive"):
-        known = dlq.dead_letter_queues(backend)
-        if args.queue not in known:
-            exists = args.queue in backend.transport.queues()
-            raise UsageError(f"{args.queue!r} is {'not a dead-letter queue' if exists else 'no queue'}; "
-                             f"dead-letter queues: {', '.join(known) or 'none'}")
+        named = getattr(args, "pipeline", None)
+        dlq.check_dead_letter_queue(backend, pipeline_from(args) if named else None, args.queue)
     if args.dlq_command == "show":
         msgs = dlq.show(backend, args.queue, limit=args.limit)
         if args.json:

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
-from orchestrator.errors import MalformedMessage
+from orchestrator.errors import MalformedMessage, NotADeadLetterQueue
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.status import JobStatus
 from orchestrator.transports.common import DEAD_LETTER_REASON
@@ -48,11 +48,25 @@ def _stage_for(pipeline: Pipeline, source: str) -> Stage | None:
     return next((st for st in pipeline.stages.values() if st.source == source), None)
 
 
+def check_dead_letter_queue(backend: Backend, pipeline: Pipeline | None, queue: str) -> None:
+    """Raise ``NotADeadLetterQueue`` unless ``queue`` is a dead-letter queue (never a queue a
+    stage consumes: redriving it would take live messages out of their workers' hands)."""
+    sources = {st.source for st in pipeline.stages.values()} if pipeline is not None else set()
+    known = [q for q in dead_letter_queues(backend, pipeline) if q not in sources]
+    if queue not in known:
+        exists = queue in backend.transport.queues() or queue in sources
+        raise NotADeadLetterQueue(f"{queue!r} is {'not a dead-letter queue' if exists else 'no queue'}; "
+                                  f"dead-letter queues: {', '.join(known) or 'none'}")
+
+
 def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 100) -> RedriveResult:
-    """Send dead letters back to their source queue, resetting their jobs to PENDING with a
-    history entry. A COMPLETED job's dead letter is redriven only for a stage whose step failed
-    after the job completed (its status stays COMPLETED); any other is refused (it stays
-    dead-lettered)."""
+    """Send dead letters back to their source queue. A FAILED job goes back to PENDING with
+    a history entry; a COMPLETED job's dead letter is redriven only for a stage whose step
+    failed after the job completed (its status stays COMPLETED); a PENDING or RUNNING job is
+    left as it is (never moved backwards: a copy that is no longer needed is settled as a
+    duplicate); a CANCELLED job's is refused. Refused ones stay dead-lettered. Raises
+    ``NotADeadLetterQueue`` for any other queue."""
+    check_dead_letter_queue(backend, pipeline, queue)
     store, transport = backend.store, backend.transport
     done = RedriveResult([], [])
     seen: set[str] = set()
@@ -81,7 +95,11 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
                 transport.release(d, 0)
                 done.refused.append(f"{d.message_id}: job {job_id} is COMPLETED")
                 continue
-            if job is not None and stage is not None:
+            if job is not None and job.status == JobStatus.CANCELLED:
+                transport.release(d, 0)
+                done.refused.append(f"{d.message_id}: job {job_id} is CANCELLED")
+                continue
+            if job is not None and stage is not None and job.status in (JobStatus.FAILED, JobStatus.COMPLETED):
                 # FAILED -> PENDING with a history entry; a misrouted or malformed copy was
                 # recorded under its own step key, forgotten too
                 store.reset(job.job_id, stage=stage.name, reason=f"redriven from {queue}")

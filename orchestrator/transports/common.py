@@ -46,6 +46,8 @@ def check_size(body: str, limit: int) -> None:
 
 
 TRUNCATED_FROM = "truncated_from_bytes"
+#: set on a dead letter whose body was not UTF-8: its invalid bytes are replaced by U+FFFD
+INVALID_UTF8 = "invalid_utf8"
 
 
 def dead_letter_body(body: str, limit: int) -> tuple[str, dict[str, str]]:
@@ -53,10 +55,15 @@ def dead_letter_body(body: str, limit: int) -> tuple[str, dict[str, str]]:
     the limit can already sit in a queue (written before the limit was lowered, or by another
     producer); refusing its dead letter would leave it blocking its batch forever, so it is
     kept truncated, with its original size."""
-    raw = body.encode()
+    try:
+        raw = body.encode()
+        cut: dict[str, str] = {}
+    except UnicodeEncodeError:  # bytes that were not UTF-8 (read with surrogateescape)
+        body = body.encode(errors="surrogateescape").decode(errors="replace")
+        raw, cut = body.encode(), {INVALID_UTF8: "replaced"}
     if len(raw) <= limit:
-        return body, {}
-    return raw[:limit].decode(errors="ignore"), {TRUNCATED_FROM: str(len(raw))}
+        return body, cut
+    return raw[:limit].decode(errors="ignore"), {**cut, TRUNCATED_FROM: str(len(raw))}
 
 
 def new_receipt() -> str:

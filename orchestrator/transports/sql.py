@@ -55,6 +55,12 @@ def _attrs_out(attributes: dict[str, str]) -> str:
     return json.dumps(attributes) if attributes else "{}"  # most messages have none
 
 
+def _text(body: str | bytes) -> str:
+    """A body as text; bytes that are not UTF-8 are kept (as lone surrogates) for the codec
+    to refuse, so the message is dead-lettered with the reason instead of failing the receive."""
+    return body if isinstance(body, str) else body.decode("utf-8", "surrogateescape")
+
+
 def _attrs_in(attrs: str) -> dict[str, str]:
     return json.loads(attrs) if attrs != "{}" else {}
 
@@ -73,6 +79,9 @@ class SqlTransport:
     #: SQLite first looks for a ready row outside a transaction, so that an idle worker never
     #: takes the file's one write lock.
     single_statement_claims = False
+    #: how a body is read: SQLite reads it as bytes, since another program may have written
+    #: a row that is not valid UTF-8 (PostgreSQL's text cannot hold one)
+    body_column = "body"
 
     def __init__(self, db: Database, *, clock: Clock | None = None) -> None:
         self.db = db
@@ -173,7 +182,8 @@ class SqlTransport:
             return list(c.execute(
                 "UPDATE messages SET receive_count=receive_count+1, receipt=seq || ':' || ?, leased=1, "
                 f"visible_at=?, first_received_at=COALESCE(first_received_at, ?) WHERE seq IN ({self._ready_sql(prios)}) "
-                "RETURNING seq, message_id, body, attrs, receive_count, receipt, first_received_at, priority",
+                f"RETURNING seq, message_id, {self.body_column}, attrs, receive_count, receipt, first_received_at, "
+                "priority",
                 (token, now + visibility_s, now, *self._ready_params(queue, now, max_messages, prios)),
             ).fetchall())
 
@@ -182,7 +192,7 @@ class SqlTransport:
         rows = self.db.run(tx, begin=not self.single_statement_claims)
         rows.sort(key=lambda r: (-r[7], r[0]))  # the batch in the order it was chosen
         return [
-            Delivery(queue=queue, body=body, receipt=receipt, receive_count=rc, first_received_at=fr,
+            Delivery(queue=queue, body=_text(body), receipt=receipt, receive_count=rc, first_received_at=fr,
                      message_id=mid, attributes=_attrs_in(attrs))
             for _seq, mid, body, attrs, rc, receipt, fr, _prio in rows
         ]
@@ -289,10 +299,10 @@ class SqlTransport:
 
     def peek(self, queue: str, limit: int) -> list[Delivery]:
         rows = self.db.read(
-            "SELECT message_id, body, attrs, receive_count, first_received_at FROM messages WHERE queue=? ORDER BY seq LIMIT ?",
-            (queue, limit),
+            f"SELECT message_id, {self.body_column}, attrs, receive_count, first_received_at FROM messages "
+            "WHERE queue=? ORDER BY seq LIMIT ?", (queue, limit),
         )
-        return [Delivery(queue=queue, body=b, receipt="", receive_count=rc, first_received_at=fr or 0.0,
+        return [Delivery(queue=queue, body=_text(b), receipt="", receive_count=rc, first_received_at=fr or 0.0,
                          message_id=mid, attributes=json.loads(a)) for mid, b, a, rc, fr in rows]
 
 

@@ -12,6 +12,8 @@ from orchestrator.transports.sql import SqlTopic, SqlTransport
 
 
 class SqliteTransport(SqlTransport):
+    body_column = "CAST(body AS BLOB)"
+
     def __init__(self, db: SqliteDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from examples.gas.samples import samples_dir
 from examples.gas.stages import JOB_REQUESTS
 from orchestrator import JobStatus, Worker
 from orchestrator.cli import main as cli_main
-from orchestrator.errors import InvalidKey
+from orchestrator.errors import InvalidKey, ObjectNotFound
 from orchestrator.objects.local import LocalObjectStore
 
 SAMPLE = samples_dir() / "test.vcf"
@@ -44,6 +46,56 @@ def test_a_symbolic_link_inside_the_root_is_refused_not_followed(tmp_path: Path)
     # and ordinary keys still work
     store.put("a/b.txt", b"x")
     assert store.get("a/b.txt") == b"x"
+
+
+def test_a_link_swapped_in_while_reading_never_lets_a_read_leave_the_root(tmp_path: Path) -> None:
+    # Given a store with d/f.txt inside its root, and a directory outside it holding its own f.txt
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_bytes(b"outside")
+    root = tmp_path / "root"
+    store = LocalObjectStore(root)
+    store.put("d/f.txt", b"inside")
+    stop = threading.Event()
+    swaps = 0
+
+    def swapper() -> None:
+        # swap root/d between the real directory and a link to the outside one, as fast as it can
+        nonlocal swaps
+        (root / "link").symlink_to(outside, target_is_directory=True)
+        while not stop.is_set():
+            os.replace(root / "d", root / "real")
+            os.replace(root / "link", root / "d")
+            os.replace(root / "d", root / "link")
+            os.replace(root / "real", root / "d")
+            swaps += 1
+
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    # When thousands of reads race the swaps
+    reads = {"inside": 0, "refused": 0}
+    try:
+        for _ in range(5000):
+            try:
+                got = store.get("d/f.txt")
+            except (InvalidKey, ObjectNotFound):
+                reads["refused"] += 1
+                continue
+            # Then no read ever returns the file outside the root
+            assert got == b"inside", "a read followed a link out of the root"
+            reads["inside"] += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert swaps > 100 and reads["inside"] > 0 and reads["refused"] > 0, (swaps, reads)
+
+
+def test_the_store_makes_its_directories_and_files_private(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "root")
+    store.put("a/b/c.txt", b"x")
+    for d in (tmp_path / "root", tmp_path / "root" / "a", tmp_path / "root" / "a" / "b"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert stat.S_IMODE((tmp_path / "root" / "a" / "b" / "c.txt").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("key", ["x/", "a//b", "/x"])

@@ -21,7 +21,7 @@ from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.errors import BodyTooLarge, InvalidKey, ObjectNotFound
 from orchestrator.objects.s3 import S3ObjectStore
-from orchestrator.status import JobStatus
+from orchestrator.status import CommitItem, JobStatus
 from orchestrator.stores.dynamodb import DynamoDBStatusStore
 from orchestrator.transports.sns import SnsTopic
 from orchestrator.transports.sqs import SqsTransport
@@ -270,6 +270,33 @@ def test_dynamodb_adopts_items_written_by_another_program() -> None:
     got = store.get("web-1")
     assert got is not None and got.fields["ratio"] == 0.25 and got.fields["nested"] == {"a": [1, 2.5]}
     assert [r.job_id for r in store.query(user_id="u")] == ["web-1"]
+
+
+def test_attributes_another_program_writes_between_our_read_and_our_commit_survive() -> None:
+    # Given a job the GAS web app created, begun by our worker, and read by it before its commit
+    store = DynamoDBStatusStore("gas-annotations", region=REGION)
+    table = boto3.resource("dynamodb", region_name=REGION).Table("gas-annotations")
+    table.put_item(Item={"job_id": "web-1", "user_id": "u", "job_status": "PENDING", "thaw_status": "none"})
+    store.begin_step("web-1", stage="restore", message_id="m", claim="c", attempt=1)
+    known = store.get_docs(["web-1"])
+    # When the app's own thaw script writes its attributes in between (not touching our version)
+    table.update_item(Key={"job_id": "web-1"}, UpdateExpression="SET thaw_id = :i, thaw_status = :s",
+                      ExpressionAttributeValues={":i": "t-1", ":s": "IN_PROGRESS"})
+    # and our commit goes through on the version it read (no second read: the window is real)
+    [done] = store.commit_docs([CommitItem("web-1", "restore", "m", "c", JobStatus.COMPLETED,
+                                           {"restored": True})], known=known)
+    assert not isinstance(done, Exception)
+    # Then the app's attributes survive beside ours, its newer value too
+    item = table.get_item(Key={"job_id": "web-1"})["Item"]
+    assert item["thaw_id"] == "t-1" and item["thaw_status"] == "IN_PROGRESS"
+    assert item["restored"] is True and item["job_status"] == "COMPLETED"
+    rec = store.get("web-1")
+    assert rec is not None and rec.steps["restore"].state == "committed" and rec.fields["thaw_id"] == "t-1"
+    # and a field our rule drops is removed, while theirs stay
+    store.commit_step("web-1", stage="notify", message_id="m2", claim=None, status=None, fields={"restored": None},
+                      outbox=[])
+    item = table.get_item(Key={"job_id": "web-1"})["Item"]
+    assert "restored" not in item and item["thaw_id"] == "t-1"
 
 
 def test_dynamodb_reads_items_in_the_earlier_layout_and_rewrites_them_in_the_current_one() -> None:

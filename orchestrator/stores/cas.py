@@ -60,9 +60,10 @@ class CasStatusStore(ABC):
         ``expected_version`` (0: the job must not exist yet). Raise ``VersionConflict``.
         ``encoded`` is ``_encode(record)`` when the caller made it already."""
 
-    def _encode(self, record: Doc) -> Any:
+    def _encode(self, record: Doc, previous: Doc | None = None) -> Any:
         """The document as the backend writes it, made before any lock is taken (None: the
-        backend encodes in ``_swap``)."""
+        backend encodes in ``_swap``). ``previous`` is the document the write replaces, for a
+        backend that writes only what changed (DynamoDB)."""
         return None
 
     def _insert(self, record: Doc) -> None:
@@ -123,7 +124,7 @@ class CasStatusStore(ABC):
                 continue  # judged on a record that may be stale: judge again on a fresh read
             new["version"] = current["version"] + 1
             try:
-                self._swap(new, current["version"], self._encode(new))
+                self._swap(new, current["version"], self._encode(new, current))
                 return new
             except VersionConflict:
                 continue  # someone wrote in between: judge the rule again on the fresh record
@@ -171,7 +172,7 @@ class CasStatusStore(ABC):
                 out.append(None)
                 continue
             new["version"] = current["version"] + 1
-            out.append(Prepared(new, current["version"], self._encode(new)))
+            out.append(Prepared(new, current["version"], self._encode(new, current)))
         return out
 
     def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +35,7 @@ VERSION = "orc_version"  # its own attribute: every write is conditional on it
 # cheaper to (de)serialise. Items written before kept them apart; they are still read.
 STATE = "orc_state"
 STEPS, HISTORY, CREATED, UPDATED, ORIGIN = "orc_steps", "orc_history", "orc_created_at", "orc_updated_at", "orc_origin"
+LEGACY = (STEPS, HISTORY, CREATED, UPDATED, ORIGIN)
 USER_INDEX = "user_id_index"
 
 
@@ -74,6 +76,17 @@ def from_dynamo(value: Any) -> Any:
     if isinstance(value, (list, set)):
         return [from_dynamo(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class _Update:
+    """An UpdateItem for one write: its expression, names and values, and the whole item
+    as a put would write it (for the size check)."""
+
+    expression: str
+    names: dict[str, str]
+    values: dict[str, Any]
+    item: dict[str, Any]
 
 
 def _lean(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -195,18 +208,47 @@ class DynamoDBStatusStore(CasStatusStore):
         # version_unchanged: nobody wrote since we read
         return "#v = :v", {"#v": VERSION}, {":v": expected_version}
 
-    def _put(self, record: Doc, cond: str, names: dict[str, str], values: dict[str, Any] | None = None) -> None:
+    def _encode(self, record: Doc, previous: Doc | None = None) -> Any:
+        """An update of what this write changes (None without ``previous``: a whole put).
+
+        Only the store's own attributes and the fields the rule set or dropped are written
+        (``SET``/``REMOVE``), so an attribute another program wrote to the item since we read
+        it (a GAS web app's ``thaw_id``) survives, and so does a field we read and left alone."""
+        if previous is None:
+            return None
         item = self._item(record)
+        own = {self.status_attr, VERSION, STATE, "user_id"}
+        before, after = previous["fields"], record["fields"]
+        changed = [k for k, v in after.items() if v is not None and (k not in before or before[k] != v)]
+        dropped = [k for k in before if after.get(k) is None and k not in own and k != self.key_attr]
+        dropped += LEGACY  # an item in the earlier layout moves to the current one
+        sets = [k for k in item if k in own] + [k for k in changed if k not in own and k != self.key_attr]
+        names = {f"#a{i}": k for i, k in enumerate(sets + dropped)}
+        values = {f":a{i}": item[k] for i, k in enumerate(sets)}
+        expr = "SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(sets)))
+        if dropped:
+            expr += " REMOVE " + ", ".join(f"#a{i}" for i in range(len(sets), len(sets) + len(dropped)))
+        return _Update(expr, names, values, item)
+
+    def _put(self, record: Doc, cond: str, names: dict[str, str], values: dict[str, Any] | None = None,
+             update: _Update | None = None) -> None:
+        item = update.item if update is not None else self._item(record)
         # Refused here, not by DynamoDB, so the step fails with the reason instead of every
         # redelivery repeating a write that cannot succeed.
         size = sum(len(k.encode()) + item_bytes(v) for k, v in item.items())
         if size > MAX_ITEM_BYTES:
             raise RecordTooLarge(record["job_id"], size, MAX_ITEM_BYTES)
-        kwargs: dict[str, Any] = {"Item": item, "ConditionExpression": cond, "ExpressionAttributeNames": names}
+        kwargs: dict[str, Any] = {"ConditionExpression": cond, "ExpressionAttributeNames": dict(names)}
         if values:
-            kwargs["ExpressionAttributeValues"] = values
+            kwargs["ExpressionAttributeValues"] = dict(values)
         try:
-            self.client.put_item(TableName=self.table_name, **kwargs)
+            if update is None:
+                self.client.put_item(TableName=self.table_name, Item=item, **kwargs)
+            else:
+                kwargs["ExpressionAttributeNames"].update(update.names)
+                kwargs["ExpressionAttributeValues"] = {**kwargs.get("ExpressionAttributeValues", {}), **update.values}
+                self.client.update_item(TableName=self.table_name, Key={self.key_attr: record["job_id"]},
+                                        UpdateExpression=update.expression, **kwargs)
         except Exception as exc:
             code = error_code(exc)
             if code == "ConditionalCheckFailedException":
@@ -220,7 +262,7 @@ class DynamoDBStatusStore(CasStatusStore):
         self._put(record, "attribute_not_exists(#k)", {"#k": self.key_attr})
 
     def _swap(self, record: Doc, expected_version: int, encoded: Any = None) -> None:
-        self._put(record, *self._condition(expected_version))
+        self._put(record, *self._condition(expected_version), update=encoded)
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
         ids = list(dict.fromkeys(job_ids))
@@ -253,7 +295,7 @@ class DynamoDBStatusStore(CasStatusStore):
         def put(item: tuple[int, Prepared]) -> tuple[int, Doc | StoreError | None]:
             pos, pre = item
             try:
-                self._swap(pre.record, pre.expected_version)
+                self._swap(pre.record, pre.expected_version, pre.encoded)
                 return pos, pre.record
             except VersionConflict:
                 return pos, None

@@ -30,7 +30,7 @@ class SqlStatusStore(CasStatusStore):
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
         return decode(rows[0][0]) if rows else None
 
-    def _encode(self, record: Doc) -> str:
+    def _encode(self, record: Doc, previous: Doc | None = None) -> str:
         return encode(record)
 
     def _doc(self, record: Doc, encoded: Any) -> str:

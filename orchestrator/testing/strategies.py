@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from orchestrator.controllers.faults import CRASH_POINTS, Fault, FaultPlan
 from orchestrator.envelope import Envelope
 from orchestrator.pipeline import Pipeline
+from orchestrator.storable import MAX_INT
 from orchestrator.testing.simulation import Simulation
 
 
@@ -66,10 +67,11 @@ def envelopes(
     *, task: str | st.SearchStrategy[str] = "task", job_ids: st.SearchStrategy[str] | None = None,
     payloads: st.SearchStrategy[dict[str, Any]] | None = None,
 ) -> st.SearchStrategy[Envelope]:
-    """Envelopes with valid ids, for codec and handler tests."""
+    """Envelopes with valid ids and payloads every backend stores (``orchestrator.storable``),
+    for codec and handler tests."""
     tasks = st.just(task) if isinstance(task, str) else task
     ids = st.text("abcdef0123456789", min_size=8, max_size=32)
-    values = st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+    values = st.none() | st.booleans() | st.integers(-MAX_INT, MAX_INT) | st.text(max_size=20)
     return st.builds(
         Envelope,
         id=ids,

@@ -24,10 +24,23 @@ from typing import Any
 import structlog
 
 from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
-from orchestrator.base import MAX_PRIORITY
+from orchestrator.cli_args import (
+    OneLineParser,
+    UsageError,
+    concurrency_arg,
+    duration_arg,
+    job_id_arg,
+    port_arg,
+    positive_seconds_arg,
+    priority_arg,
+    seconds_arg,
+    text_arg,
+    time_arg,
+    user_arg,
+    wait_arg,
+)
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
-from orchestrator.durations import parse_duration, parse_time
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 from orchestrator.pipeline import Pipeline
@@ -39,60 +52,6 @@ from orchestrator.status import JobRecord, JobStatus
 ONE_SHOT_COMMANDS = ("submit", "status", "cancel", "retry")
 #: commands that act on jobs and queues that exist: they never create a database
 EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry")
-
-
-class UsageError(Exception):
-    """A mistake on the command line: exit 2 with the message."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def duration_arg(text: str) -> float:
-    """argparse type: a duration (``90s``, ``15m``, ``1h30m``, ``2d`` or seconds), >= 0."""
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def time_arg(text: str) -> datetime:
-    """argparse type: an ISO 8601 time with its zone."""
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def priority_arg(text: str) -> int:
-    """argparse type: a priority 0..9."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number 0..{MAX_PRIORITY}, got {text!r}") from None
-    if not 0 <= value <= MAX_PRIORITY:
-        raise argparse.ArgumentTypeError(f"must be 0..{MAX_PRIORITY}, got {value}")
-    return value
-
-
-def job_id_arg(text: str) -> str:
-    """argparse type: a non-empty job id that is valid text (argv bytes that are not UTF-8
-    arrive as lone surrogates, which no store can key on)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("a job id cannot be empty")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"job id {text!r} is not valid UTF-8") from None
-    return text
 
 
 def load_pipeline(spec: str) -> Pipeline:
@@ -123,8 +82,8 @@ def pipeline_from(args: argparse.Namespace) -> Pipeline:
 def _json_arg(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError, and an integer of more than 4,300 digits
-        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # also an integer of over 4,300 digits, or deep nesting
+        raise UsageError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
     return value
@@ -170,7 +129,7 @@ def read_jobs(path: str) -> list[tuple[str, dict[str, Any], str | None]]:
         if user is not None and not isinstance(user, str):
             raise UsageError(f"--jobs {path} line {n}: \"user_id\" must be a string")
         try:
-            jobs.append((job_id_arg(job_id), payload, user))
+            jobs.append((job_id_arg(job_id), payload, None if user is None else user_arg(user)))
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"--jobs {path} line {n}: {exc}") from None
     return jobs
@@ -386,7 +345,7 @@ def cmd_queues(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orchestrator", description="Controller-pattern pipelines on message queues.")
+    p = OneLineParser(prog="orchestrator", description="Controller-pattern pipelines on message queues.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def backend_arg(sp: argparse.ArgumentParser) -> None:
@@ -399,14 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("submit", help="create a job PENDING and enqueue its first message (idempotent)")
     s.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(s)
-    s.add_argument("--queue")
-    s.add_argument("--topic")
+    s.add_argument("--queue", type=text_arg)
+    s.add_argument("--topic", type=text_arg)
     s.add_argument("--job-id", type=job_id_arg)
     s.add_argument("--payload", default="{}", help="JSON object, @FILE.json, or - (read from standard input)")
     s.add_argument("--jobs", metavar="FILE.jsonl",
                    help='many jobs, one {"job_id": ..., "payload": {...}, "user_id": ...} per line, in one '
                         "transaction on the SQL backends (- reads standard input)")
-    s.add_argument("--user")
+    s.add_argument("--user", type=user_arg)
     s.add_argument("--delay", type=duration_arg, metavar="DURATION",
                    help="hold the job's first message this long (90s, 15m, 2h, 1d...; any length)")
     s.add_argument("--at", type=time_arg, metavar="TIME",
@@ -418,19 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one stage's controller")
     w.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(w)
-    w.add_argument("--stage", required=True)
-    w.add_argument("--concurrency", type=positive_int, default=1)
+    w.add_argument("--stage", required=True, type=text_arg)
+    w.add_argument("--concurrency", type=concurrency_arg, default=1)
     w.add_argument("--until-idle", action="store_true", help="exit 0 once the source queue is empty and nothing is in flight")
-    w.add_argument("--wait", type=float, default=None, help="long-poll wait in seconds")
-    w.add_argument("--metrics-port", type=int, default=None,
+    w.add_argument("--wait", type=wait_arg, default=None, help="long-poll wait in seconds (0..20)")
+    w.add_argument("--metrics-port", type=port_arg, default=None,
                    help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port)")
-    w.add_argument("--metrics-host", default="127.0.0.1")
-    w.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
+    w.add_argument("--metrics-host", default="127.0.0.1", type=text_arg)
+    w.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_S,
                    help="on SIGTERM, seconds to let running handlers finish before their messages are handed "
                         "back to the queue and the worker exits (default %(default)s)")
-    w.add_argument("--sweep-every", type=float, default=None,
+    w.add_argument("--sweep-every", type=positive_seconds_arg, default=None,
                    help="also run the sweeper every this many seconds (see `orchestrator sweep`)")
-    w.add_argument("--sweep-older-than", type=float, default=300.0,
+    w.add_argument("--sweep-older-than", type=seconds_arg, default=300.0,
                    help="the sweeper's --older-than, seconds (default %(default)s)")
     w.set_defaults(fn=cmd_worker)
 
@@ -441,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show jobs")
     backend_arg(st)
-    st.add_argument("job_id", nargs="?")
-    st.add_argument("--user")
+    st.add_argument("job_id", nargs="?", type=job_id_arg)
+    st.add_argument("--user", type=user_arg)
     st.add_argument("--status", choices=[s.value for s in JobStatus])
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
@@ -450,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cancel", help="cancel a PENDING or RUNNING job (idempotent)")
     ca.add_argument("job_id", metavar="JOB", type=job_id_arg)
     backend_arg(ca)
-    ca.add_argument("--reason", help="kept in the job's history")
+    ca.add_argument("--reason", type=text_arg, help="kept in the job's history")
     ca.set_defaults(fn=cmd_cancel)
 
     rt = sub.add_parser("retry", help="send a FAILED job's failed stage its input again (back to PENDING)")
@@ -458,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     backend_arg(rt)
     rt.add_argument("--pipeline", metavar="MODULE:PIPELINE",
                     help="the job's pipeline, to find an input that was only kept in a dead-letter queue")
-    rt.add_argument("--reason", help="kept in the job's history")
+    rt.add_argument("--reason", type=text_arg, help="kept in the job's history")
     rt.set_defaults(fn=cmd_retry)
 
     sc = sub.add_parser("schedules", help="list the pipeline's schedules with their last and next firing")

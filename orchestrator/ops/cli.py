@@ -8,12 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.backends import Backend
+from orchestrator.cli_args import positive_int, positive_seconds_arg, seconds_arg, text_arg
 from orchestrator.ops import dlq, doctor, sweep
 from orchestrator.ops.chaos import ChaosRun
 
 
 def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import UsageError, pipeline_from
+    from orchestrator.cli import pipeline_from
+    from orchestrator.cli_args import UsageError
 
     if args.dlq_command == "list":
         rows = dlq.summary(backend)
@@ -88,14 +90,14 @@ def register(sub: Any, backend_arg: Callable[[argparse.ArgumentParser], None]) -
     dl.add_argument("--json", action="store_true")
     ds = dsub.add_parser("show", help="messages of a dead-letter queue with their reasons")
     backend_arg(ds)
-    ds.add_argument("queue")
-    ds.add_argument("--limit", type=int, default=20)
+    ds.add_argument("queue", type=text_arg)
+    ds.add_argument("--limit", type=positive_int, default=20)
     ds.add_argument("--json", action="store_true")
     dr = dsub.add_parser("redrive", help="send dead letters back to their source queue (jobs reset to PENDING)")
     dr.add_argument("pipeline", metavar="MODULE:PIPELINE", nargs="?")
     backend_arg(dr)
-    dr.add_argument("queue")
-    dr.add_argument("--limit", type=int, default=100)
+    dr.add_argument("queue", type=text_arg)
+    dr.add_argument("--limit", type=positive_int, default=100)
     for p in (dl, ds, dr):
         p.set_defaults(fn=cmd_dlq)
 
@@ -108,7 +110,7 @@ def register(sub: Any, backend_arg: Callable[[argparse.ArgumentParser], None]) -
     sw = sub.add_parser("sweep", help="re-drive jobs whose messages went missing")
     sw.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(sw)
-    sw.add_argument("--older-than", type=float, default=sweep.DEFAULT_OLDER_THAN_S,
+    sw.add_argument("--older-than", type=seconds_arg, default=sweep.DEFAULT_OLDER_THAN_S,
                     help="only jobs unchanged for this many seconds (default %(default)s)")
     sw.add_argument("--dry-run", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
@@ -116,12 +118,12 @@ def register(sub: Any, backend_arg: Callable[[argparse.ArgumentParser], None]) -
     ch = sub.add_parser("chaos", help="run every stage as processes, SIGKILL them at random, report")
     ch.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(ch)
-    ch.add_argument("--jobs", type=int, default=1000)
-    ch.add_argument("--kill-interval", type=float, default=1.0, help="mean seconds between kills")
-    ch.add_argument("--duration", type=float, default=10.0, help="seconds of killing before the drain")
-    ch.add_argument("--workers-per-stage", type=int, default=2)
-    ch.add_argument("--queue", help="queue of the first message (default: the first stage's source)")
-    ch.add_argument("--topic", help="topic of the first message instead of a queue")
+    ch.add_argument("--jobs", type=positive_int, default=1000)
+    ch.add_argument("--kill-interval", type=positive_seconds_arg, default=1.0, help="mean seconds between kills")
+    ch.add_argument("--duration", type=seconds_arg, default=10.0, help="seconds of killing before the drain")
+    ch.add_argument("--workers-per-stage", type=positive_int, default=2)
+    ch.add_argument("--queue", type=text_arg, help="queue of the first message (default: the first stage's source)")
+    ch.add_argument("--topic", type=text_arg, help="topic of the first message instead of a queue")
     ch.add_argument("--payload", default="{}", help="JSON payload of every job")
     ch.add_argument("--seed", type=int, default=None)
     ch.add_argument("--json", action="store_true")

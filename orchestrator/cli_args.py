@@ -1,0 +1,158 @@
+"""The command line's argument types and its parser: every mistake is one line and exit 2.
+
+Arguments arrive as text the user typed (or bytes that are not UTF-8, which Python hands over
+as lone surrogates): each type checks what its option can hold before anything runs, so a
+bad value is a one-line error, never a traceback from deep inside a store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from datetime import datetime
+from typing import NoReturn
+
+from orchestrator.base import MAX_PRIORITY
+from orchestrator.durations import parse_duration, parse_time
+from orchestrator.storable import id_problem
+
+
+class UsageError(Exception):
+    """A mistake on the command line: exit 2 with the message."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``orchestrator submit: error: ...``) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+#: threads per worker process: beyond this, start more processes (each thread holds a batch)
+MAX_CONCURRENCY = 1024
+#: the longest long poll a receive may wait (SQS's limit; the others follow it)
+MAX_WAIT_S = 20.0
+
+
+def concurrency_arg(text: str) -> int:
+    """argparse type: threads per worker, 1..MAX_CONCURRENCY."""
+    value = positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY} threads per process, got {value} "
+                                         "(run more worker processes instead)")
+    return value
+
+
+def wait_arg(text: str) -> float:
+    """argparse type: a long-poll wait, 0..MAX_WAIT_S seconds."""
+    value = seconds_arg(text)
+    if value > MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WAIT_S:.0f} seconds, got {text}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) .. 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
+    return value
+
+
+def positive_seconds_arg(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    value = seconds_arg(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def duration_arg(text: str) -> float:
+    """argparse type: a duration (``90s``, ``15m``, ``1h30m``, ``2d`` or seconds), >= 0."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def time_arg(text: str) -> datetime:
+    """argparse type: an ISO 8601 time with its zone."""
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def priority_arg(text: str) -> int:
+    """argparse type: a priority 0..9."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number 0..{MAX_PRIORITY}, got {text!r}") from None
+    if not 0 <= value <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"must be 0..{MAX_PRIORITY}, got {value}")
+    return value
+
+
+def job_id_arg(text: str) -> str:
+    """argparse type: a job id every store can key on (``orchestrator.storable``): not blank,
+    valid UTF-8 (argv bytes that are not arrive as lone surrogates), no NUL, <= 512 bytes."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a job id cannot be empty")
+    problem = id_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.replace(repr(text), repr(_shown(text))))
+    return text
+
+
+def user_arg(text: str) -> str:
+    """argparse type: a user id, by the job id's rules."""
+    problem = id_problem(text, "user")
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem.replace(repr(text), repr(_shown(text))))
+    return text
+
+
+def text_arg(text: str) -> str:
+    """argparse type: text a store or queue can hold (valid UTF-8, no NUL)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)!r} is not valid UTF-8") from None
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError("contains a NUL character")
+    return text
+
+
+def _shown(text: str) -> str:
+    """``text`` printable on any terminal: undecodable bytes as \\x escapes, cut to 80."""
+    try:
+        shown = text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no byte stands for (from JSON, not argv)
+        shown = text.encode(errors="backslashreplace").decode()
+    return shown if len(shown) <= 80 else shown[:77] + "..."

@@ -272,3 +272,30 @@ def test_gas_runs_on_postgres_from_its_command_line(pg_url: str, tmp_path: Path)
 def test_a_schema_url_is_a_plain_identifier(pg_server: str) -> None:
     with pytest.raises(ConfigError, match="schema name"):
         open_backend(with_schema(pg_server, "bad;drop"))
+
+
+def test_data_errors_are_refused_at_once_and_never_taken_for_an_outage(pg_url: str,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # Given a PostgreSQL store that retries an outage for 30 s
+    import random as _random
+
+    from orchestrator.outage import is_outage
+
+    backend = open_backend(pg_url)
+    try:
+        # When a write carries what PostgreSQL refuses whatever the moment: a NUL in a text
+        # column, or a key too large for its index (random text does not compress under the limit)
+        huge = "".join(_random.Random(1).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=5000))
+        for job_id in ("nul\x00id", huge):
+            started = time.monotonic()
+            with pytest.raises(psycopg.Error) as refused:
+                backend.store.create_doc(job_id)
+            # Then it fails at once, as a data error, not an outage to wait out
+            assert time.monotonic() - started < 5
+            assert not is_outage(refused.value), refused.value
+        # while a server that cannot be reached is one
+        with pytest.raises(psycopg.OperationalError) as down:
+            psycopg.connect("postgresql://nobody@127.0.0.1:1/x", connect_timeout=1)
+        assert is_outage(down.value)
+    finally:
+        backend.close()

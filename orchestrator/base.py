@@ -287,11 +287,24 @@ class StatusStore(Protocol):
         reason: str,
         dead_letter: bool,
         join: JoinTrigger | None = None,
+        error: dict[str, Any] | None = None,
     ) -> JobRecord:
         """Mark the step failed and the job FAILED (a COMPLETED job stays COMPLETED; a part
         whose ``join`` allows failures leaves the job as it is, and carries the join's message
-        in its outbox when it is the last part to finish).
+        in its outbox when it is the last part to finish). ``error`` (a ``StepError`` as a
+        dict) is the exception that failed it, kept on the step.
         With ``claim=None`` no lease is checked (a message that never began a step)."""
+        ...
+
+    def retried(self, job_id: str, *, stage: str, message_id: str, claim: str | None, error: dict[str, Any],
+                delay_s: float) -> JobRecord:
+        """A failed attempt that will be retried in ``delay_s``: the step keeps ``error`` (a
+        ``StepError`` as a dict), the history a ``retried`` entry. Conditions: step_not_finished,
+        lease_still_ours. Raises ``ConflictError``."""
+        ...
+
+    def note(self, job_id: str, *, event: str, stage: str | None, message_id: str | None, reason: str) -> JobRecord:
+        """Append a history entry (``released``, ``lease_lost``) that changes nothing else."""
         ...
 
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,

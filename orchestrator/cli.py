@@ -279,6 +279,11 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
             for h in r.history:
                 reason = f" ({h.reason})" if h.reason else ""
                 print(f"  {when(h.at)} {h.event:<12} {h.stage or '':<10} {h.to_status or ''}{reason}")
+            for name, step in r.steps.items():
+                if step.error is not None:  # the last failed attempt, in full
+                    e = step.error
+                    print(f"  step {name}: attempt {e.attempt} raised {e.type}: {e.message}")
+                    print("    " + e.traceback.rstrip().replace("\n", "\n    "))
     counts: dict[str, int] = {}
     for r in recs:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1

@@ -39,7 +39,7 @@ def _defaults(model: type[StepRecord] | type[HistoryEntry]) -> Doc:
 
 #: a step's and a history entry's fields with their defaults (None where required), in the
 #: models' order
-STEP_DEFAULTS: Doc = {k: v for k, v in _defaults(StepRecord).items() if k != "result"}  # see StepRecord
+STEP_DEFAULTS: Doc = {k: v for k, v in _defaults(StepRecord).items() if k not in ("result", "error")}  # see StepRecord
 HISTORY_DEFAULTS: Doc = _defaults(HistoryEntry)
 
 
@@ -142,9 +142,14 @@ def begin(doc: Doc, *, stage: str, message_id: str, claim: str, attempt: int, no
         "started_at": now, "finished_at": None, "outbox": [], "reason": None, "dead_letter": False,
         "input": input_body, "source": source,
     }
+    if step is not None and step.get("error") is not None:
+        out["steps"][stage]["error"] = step["error"]  # the last failure stays in view until a commit
     if out["status"] == PENDING:
         out["status"] = RUNNING
         out["history"].append(_history(now, "begin", stage, PENDING, RUNNING, message_id))
+    elif attempt > 1:  # a retry, a redelivery after a crash: every attempt shows in the history
+        out["history"].append(_history(now, "claimed", stage, out["status"], out["status"], message_id,
+                                       f"attempt {attempt}"))
     out["updated_at"] = now
     return out
 
@@ -217,7 +222,7 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
 
 
 def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool,
-         now: float, join: JoinTrigger | None = None) -> Doc:
+         now: float, join: JoinTrigger | None = None, error: Doc | None = None) -> Doc:
     """Mark the step failed; the job becomes FAILED unless it is already terminal.
 
     A post-completion stage (notify, archive) that fails leaves a COMPLETED job COMPLETED:
@@ -232,6 +237,9 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
         # kept for a retry: the input the step was begun with, and its queue
         "input": prev["input"] if prev else None, "source": prev["source"] if prev else None,
     }
+    last_error = error or (prev.get("error") if prev else None)
+    if last_error is not None:
+        out["steps"][stage]["error"] = last_error
     before = out["status"]
     if join is not None and join.allow_failed:
         # a part that may fail: the join gets the failure; the job goes on (and if this was
@@ -244,6 +252,32 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
         out["history"].append(_history(now, "fail", stage, before, FAILED, message_id, reason))
     else:
         out["history"].append(_history(now, "step_failed", stage, before, before, message_id, reason))
+    out["updated_at"] = now
+    return out
+
+
+def retried(doc: Doc, *, stage: str, message_id: str, claim: str | None, error: Doc, delay_s: float,
+            now: float) -> Doc:
+    """Record a failed attempt that will be retried: the step keeps the exception (type,
+    message, traceback), the history says what failed and when it runs again. Status and the
+    step's state are unchanged. Conditioned like a commit (a fenced-off holder records nothing)."""
+    step = _own_running_step(doc, stage, claim)
+    out = dict(doc)
+    out["steps"] = dict(doc["steps"])
+    if step is not None:
+        out["steps"][stage] = {**step, "error": error}
+    out["history"] = [*doc["history"], _history(
+        now, "retried", stage, doc["status"], doc["status"], message_id,
+        f"{error['type']}: {error['message']} (attempt {error['attempt']}); again in {delay_s:.3g}s")]
+    out["updated_at"] = now
+    return out
+
+
+def note(doc: Doc, *, event: str, stage: str | None, message_id: str | None, reason: str, now: float) -> Doc:
+    """A history entry and nothing else (a message released at shutdown, a lease lost): it
+    changes no state, so it needs no claim."""
+    out = dict(doc)
+    out["history"] = [*doc["history"], _history(now, event, stage, doc["status"], doc["status"], message_id, reason)]
     out["updated_at"] = now
     return out
 

@@ -65,7 +65,7 @@ class LoggingMiddleware(Middleware):
 
     def on_retry(self, stage: Stage, delivery: Delivery, error: BaseException, delay_s: float) -> None:
         self._log(stage, delivery).warning("handler failed; retrying", error=f"{type(error).__name__}: {error}",
-                                           retry_in_s=round(delay_s, 3))
+                                           retry_in_s=round(delay_s, 3), exc_info=error)
 
     def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
         self._log(stage, delivery).error("message dead-lettered", reason=reason, queue=delivery.queue)

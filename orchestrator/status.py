@@ -58,6 +58,17 @@ class OutMessage(BaseModel):
     priority: int = Field(default=0, exclude_if=lambda v: v == 0)
 
 
+class StepError(BaseModel):
+    """What a step's last failed attempt raised: kept on the step, so ``status JOB``, the
+    dead-letter view and the API show why without digging through logs."""
+
+    type: str
+    message: str
+    traceback: str = ""  # the last 8 KB of the formatted traceback
+    attempt: int = 0
+    at: float = 0.0
+
+
 class StepRecord(BaseModel):
     stage: str
     message_id: str
@@ -78,11 +89,15 @@ class StepRecord(BaseModel):
     # A part's result (its handler's fields), kept for the join rather than merged into the
     # job's fields, where the parts would overwrite each other (left out of other steps' JSON).
     result: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+    # The last failed attempt's exception (left out of the JSON while there is none).
+    error: StepError | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class HistoryEntry(BaseModel):
     at: float
-    event: str  # created | begin | commit | fail | step_failed | snoozed | cancelled | retry | reset
+    # created | begin | claimed | retried | released | lease_lost | snoozed | commit | fail |
+    # step_failed | cancelled | retry | reset
+    event: str
     stage: str | None = None
     from_status: JobStatus | None = None
     to_status: JobStatus | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ R = TypeVar("R")
 
 # Step records keep their input for the sweeper only up to this size.
 MAX_KEPT_INPUT_BYTES = 16 * 1024
+# A step keeps the end of its last failure's traceback, up to this many characters.
+MAX_TRACEBACK_CHARS = 8 * 1024
 
 
 class Outcome(StrEnum):
@@ -278,6 +281,7 @@ class Controller:
         for it in started:
             if should_stop():  # never started: make it visible again at once
                 transport.release(it.delivery, 0)
+                self._note(it, "released", "the worker stopped before the handler started")
                 self._finish(it, Outcome.RELEASED, outcomes)
                 continue
             action = self._run_handler(it)
@@ -361,12 +365,12 @@ class Controller:
     def _poisoned(self, it: _Item, exc: Exception, what: str) -> Outcome:
         """Settle a message whose own write (or read) the backend refused: dead-letter it
         with the reason, failing its job where the job can still be written."""
-        reason = f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000]
+        reason = _storable_text(f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000])
         it.log.error("message poisons its writes; dead-lettered", reason=reason)
         if it.job is not None:
             try:
                 # a refused begin recorded no claim of ours: the failure is written without one
-                return self._fail(it, reason, dead_letter=True, begun=what != "its begin")
+                return self._fail(it, reason, dead_letter=True, begun=what != "its begin", error=exc)
             except Exception as again:  # the failure cannot be written either: the message alone
                 if is_outage(again):
                     raise
@@ -522,20 +526,46 @@ class Controller:
 
     def _act(self, it: _Item, action: Action) -> Outcome:
         """Carry out a verdict other than ACK for one delivery."""
-        d = it.delivery
         match action.verdict:
             case Verdict.FAIL | Verdict.DEAD_LETTER:
                 return self._fail(it, action.reason, dead_letter=action.verdict == Verdict.DEAD_LETTER)
             case Verdict.RELEASE:
-                self.backend.transport.release(d, action.delay_s)
-                self.hook("on_retry", self.stage, d, it.error or RuntimeError(action.reason), action.delay_s)
-                return Outcome.RETRIED
+                return self._retry_later(it, action)
             case Verdict.SNOOZE:
                 return self._snooze(it, action)
             case Verdict.DROP:
                 return self._drop(it)
             case _:
                 return self._discard(it, action.reason)
+
+    def _retry_later(self, it: _Item, action: Action) -> Outcome:
+        """Keep the failed attempt's exception on the step and a ``retried`` entry in the
+        history, then hand the message back for ``action.delay_s``. A crash between the two
+        leaves the message to come back after its visibility timeout: a later retry, no loss."""
+        d, error = it.delivery, it.error or RuntimeError(action.reason)
+        if it.job is not None:  # None: released before its job was looked up (a claim check unreadable)
+            try:
+                self.backend.store.retried(it.job_id, stage=it.key(self.stage.name), message_id=it.env.id,
+                                           claim=self.claim_of(d), delay_s=action.delay_s,
+                                           error=step_error(error, d.receive_count, self.backend.clock.now()))
+            except JobCancelled:
+                return self._drop(it)
+            except ConflictError as exc:
+                return self._discard(it, f"retry not recorded: {exc}")
+        self.backend.transport.release(d, action.delay_s)
+        self.hook("on_retry", self.stage, d, error, action.delay_s)
+        return Outcome.RETRIED
+
+    def _note(self, it: _Item, event: str, reason: str) -> None:
+        """Best effort: a history entry for what happened to this attempt (the outcome stands
+        without it, so a store that cannot take it now is only logged)."""
+        if it.job is None:
+            return
+        try:
+            self.backend.store.note(it.job_id, event=event, stage=it.key(self.stage.name), message_id=it.env.id,
+                                    reason=reason)
+        except Exception as exc:
+            it.log.warning("history entry not written", history_event=event, error=f"{type(exc).__name__}: {exc}")
 
     def _drop(self, it: _Item) -> Outcome:
         """The job is CANCELLED: the message has nothing left to do (and a committed step's
@@ -579,13 +609,17 @@ class Controller:
             return Outcome.SKIPPED
         return None
 
-    def _fail(self, it: _Item, reason: str, *, dead_letter: bool, begun: bool = True) -> Outcome:
+    def _fail(self, it: _Item, reason: str, *, dead_letter: bool, begun: bool = True,
+              error: BaseException | None = None) -> Outcome:
         st, transport, d = self.stage, self.backend.transport, it.delivery
+        reason = _storable_text(reason)  # it may quote what the handler raised
+        error = error or it.error
+        failure = step_error(error, d.receive_count, self.backend.clock.now()) if error is not None else None
 
         def unit() -> None:
             rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
                                           claim=self.claim_of(d) if begun else None, reason=reason,
-                                          dead_letter=dead_letter,
+                                          dead_letter=dead_letter, error=failure,
                                           join=self._join(it))
             self._check("after_commit", [it])
             step = rec.steps[it.key(st.name)]
@@ -603,9 +637,11 @@ class Controller:
         except ConflictError as exc:
             it.log.warning("failure not recorded: step no longer ours", reason=str(exc))
             return Outcome.DISCARDED
+        if error is not None:  # the whole story once, with the traceback
+            it.log.error("handler failed for good", reason=reason, exc_info=error)
         if dead_letter:
             self.hook("on_dead_letter", st, d, reason)
-        else:
+        elif error is None:
             it.log.error("job step failed", reason=reason)
         return Outcome.DEAD_LETTERED if dead_letter else Outcome.FAILED
 
@@ -615,10 +651,11 @@ class Controller:
         message to come back after its visibility timeout: a shorter wait, never a loss."""
         st, transport, d = self.stage, self.backend.transport, it.delivery
         until = self.backend.clock.now() + action.delay_s
+        reason = _storable_text(action.reason)
 
         def unit() -> None:
             self.backend.store.snooze(it.job_id, stage=it.key(st.name), message_id=it.env.id, claim=self.claim_of(d),
-                                      reason=action.reason, until=until,
+                                      reason=reason, until=until,
                                       fields=it.snooze.fields if it.snooze is not None else None)
             self._check("after_commit", [it])
             it.lease.stop()  # a beat after the snooze would find the receipt gone
@@ -637,6 +674,7 @@ class Controller:
     def _reject(self, it: _Item, reason: str, job_id: str | None) -> Outcome:
         """Dead-letter a message this stage cannot take; fail its job if there is one."""
         store, st, d = self.backend.store, self.stage, it.delivery
+        reason = _storable_text(reason)
 
         def unit() -> None:
             if job_id and store.get(job_id) is not None:
@@ -652,6 +690,8 @@ class Controller:
 
     def _discard(self, it: _Item, why: str) -> Outcome:
         it.log.warning("result discarded", why=why)
+        if it.lease.lost:
+            self._note(it, "lease_lost", f"attempt {it.delivery.receive_count}: {why}")
         return Outcome.DISCARDED
 
     def _emit(self, items: Sequence[_Item]) -> None:
@@ -662,6 +702,21 @@ class Controller:
 _LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
            Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed",
            Verdict.DROP: "cancelled"}
+
+
+def step_error(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
+    """A ``StepError`` (as a dict) for ``exc``: its type, message and the last
+    ``MAX_TRACEBACK_CHARS`` of its traceback, as text every store can hold."""
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > MAX_TRACEBACK_CHARS:
+        tb = "...\n" + tb[-MAX_TRACEBACK_CHARS:]
+    return {"type": type(exc).__name__, "message": _storable_text(str(exc))[:2000],
+            "traceback": _storable_text(tb), "attempt": attempt, "at": now}
+
+
+def _storable_text(text: str) -> str:
+    # an exception may quote a value no store takes (a lone surrogate, a NUL): shown escaped
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
 
 
 def kept_input(body: str) -> str | None:

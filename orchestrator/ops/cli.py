@@ -29,13 +29,15 @@ def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
         named = getattr(args, "pipeline", None)
         dlq.check_dead_letter_queue(backend, pipeline_from(args) if named else None, args.queue)
     if args.dlq_command == "show":
-        msgs = dlq.show(backend, args.queue, limit=args.limit)
+        msgs = dlq.show(backend, args.queue, limit=args.limit, pipeline=pipeline_from(args) if named else None)
         if args.json:
             print(json.dumps(msgs, indent=2))
         else:
             for m in msgs:
                 body = m["body"] if len(m["body"]) <= 200 else m["body"][:200] + "..."
                 print(f"{m['message_id']}  from {m['source_queue']}\n  reason: {m['reason']}\n  body:   {body}")
+                if m["error"]:
+                    print("  raised: " + m["error"]["traceback"].rstrip().replace("\n", "\n          "))
         return 0
     if args.pipeline is None:
         raise UsageError("dlq redrive needs MODULE:PIPELINE")

@@ -7,6 +7,7 @@ from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
+from orchestrator.codec import Codec
 from orchestrator.errors import MalformedMessage, NotADeadLetterQueue
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.status import JobStatus
@@ -30,12 +31,29 @@ def summary(backend: Backend, pipeline: Pipeline | None = None) -> list[dict[str
     return rows
 
 
-def show(backend: Backend, queue: str, *, limit: int = 20) -> list[dict[str, Any]]:
-    return [
-        {"message_id": d.message_id, "reason": d.attributes.get(DEAD_LETTER_REASON, ""),
-         "source_queue": d.attributes.get("source_queue", queue.removesuffix("-dlq")), "body": d.body}
-        for d in backend.transport.peek(queue, limit)
-    ]
+def show(backend: Backend, queue: str, *, limit: int = 20, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
+    """The dead letters of ``queue``, each with its reason and, where its job keeps one, the
+    exception its last attempt raised (``error``: type, message, traceback)."""
+    out = []
+    for d in backend.transport.peek(queue, limit):
+        source = d.attributes.get("source_queue", queue.removesuffix("-dlq"))
+        out.append({"message_id": d.message_id, "reason": d.attributes.get(DEAD_LETTER_REASON, ""),
+                    "source_queue": source, "body": d.body, "error": _last_error(backend, d.body, source, pipeline)})
+    return out
+
+
+def _last_error(backend: Backend, body: str, source: str, pipeline: Pipeline | None) -> dict[str, Any] | None:
+    stage = _stage_for(pipeline, source) if pipeline is not None else None
+    codec = stage.codec if stage is not None else Codec()
+    try:
+        env = codec.decode(body)
+    except MalformedMessage:
+        return None
+    job = backend.store.get(env.job_id)
+    if job is None:
+        return None
+    steps = [s for s in job.steps.values() if s.error is not None and s.message_id == env.id]
+    return steps[-1].error.model_dump() if steps and steps[-1].error is not None else None
 
 
 @dataclass

@@ -284,14 +284,25 @@ class CasStatusStore(ABC):
 
     def fail(
         self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool,
-        join: JoinTrigger | None = None,
+        join: JoinTrigger | None = None, error: dict[str, Any] | None = None,
     ) -> JobRecord:
         now = self.clock.now()
         return to_record(self._mutate(
             job_id,
             lambda r: jobdoc.fail(r, stage=stage, message_id=message_id, claim=claim, reason=reason,
-                                  dead_letter=dead_letter, now=now, join=join),
+                                  dead_letter=dead_letter, now=now, join=join, error=error),
         ))
+
+    def retried(self, job_id: str, *, stage: str, message_id: str, claim: str | None, error: dict[str, Any],
+                delay_s: float) -> JobRecord:
+        now = self.clock.now()
+        return to_record(self._mutate(job_id, lambda r: jobdoc.retried(
+            r, stage=stage, message_id=message_id, claim=claim, error=error, delay_s=delay_s, now=now)))
+
+    def note(self, job_id: str, *, event: str, stage: str | None, message_id: str | None, reason: str) -> JobRecord:
+        now = self.clock.now()
+        return to_record(self._mutate(job_id, lambda r: jobdoc.note(
+            r, event=event, stage=stage, message_id=message_id, reason=reason, now=now)))
 
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
                until: float, fields: dict[str, Any] | None = None) -> JobRecord:

@@ -1,0 +1,113 @@
+"""Failures with their context: every attempt in the job's history, the last exception and its
+traceback on the step, in ``status``, ``dlq show`` and the log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import drain
+
+from orchestrator import JobStatus, Pipeline, Result
+from orchestrator.backends import Backend, sqlite_backend
+from orchestrator.cli import main
+from orchestrator.clock import SimClock
+from orchestrator.controllers.controller import Controller, Outcome
+from orchestrator.logging import configure_logging
+from orchestrator.ops.dlq import show
+
+
+def flaky(fail_times: int, *, max_receives: int = 5) -> Pipeline:
+    p = Pipeline("t")
+    tries: dict[str, int] = {}
+
+    @p.stage("charge", source="in", max_receives=max_receives, retry_base_s=1, retry_max_s=2)
+    def charge(ctx, msg):  # type: ignore[no-untyped-def]
+        tries[msg.job_id] = tries.get(msg.job_id, 0) + 1
+        if tries[msg.job_id] <= fail_times:
+            raise_card_declined(tries[msg.job_id])
+        return Result(status=JobStatus.COMPLETED)
+
+    return p
+
+
+def raise_card_declined(n: int) -> None:
+    raise RuntimeError(f"card declined (try {n})")
+
+
+def test_a_job_that_took_three_attempts_shows_each_of_them(backend: Backend) -> None:
+    # Given a handler that fails twice, then succeeds
+    p = flaky(2)
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    # When the stage runs until the queue is empty
+    assert drain(backend, p, "charge") == [Outcome.RETRIED, Outcome.RETRIED, Outcome.COMMITTED]
+    # Then the history holds every attempt: its claim, what it raised, when it ran again
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    events = [(h.event, h.reason) for h in job.history if h.event not in ("created",)]
+    assert [e for e, _ in events] == ["begin", "retried", "claimed", "retried", "claimed", "commit"]
+    retried = [r for e, r in events if e == "retried"]
+    assert retried[0] is not None and retried[0].startswith("RuntimeError: card declined (try 1) (attempt 1); again in")
+    assert retried[1] is not None and "(try 2) (attempt 2)" in retried[1]
+    assert [r for e, r in events if e == "claimed"] == ["attempt 2", "attempt 3"]
+
+
+def test_a_job_that_gave_up_keeps_the_last_traceback_for_status_and_the_dead_letter(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a handler that always fails, on the embedded backend
+    db = tmp_path / "o.db"
+    backend = sqlite_backend(db, clock=SimClock())
+    p = flaky(99, max_receives=3)
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    # When its attempts run out
+    assert drain(backend, p, "charge") == [Outcome.RETRIED, Outcome.RETRIED, Outcome.DEAD_LETTERED]
+    # Then the step keeps the last attempt's exception, with the handler's frames
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.FAILED
+    err = job.steps["charge"].error
+    assert err is not None and (err.type, err.message, err.attempt) == ("RuntimeError", "card declined (try 3)", 3)
+    assert "Traceback (most recent call last)" in err.traceback and "in raise_card_declined" in err.traceback
+    # and the dead-letter view shows it beside the reason
+    [dead] = show(backend, "in-dlq", pipeline=p)
+    assert dead["error"]["type"] == "RuntimeError" and "raise_card_declined" in dead["error"]["traceback"]
+    backend.close()
+    # and `status JOB` prints it
+    assert main(["status", "j", "--backend", f"sqlite:///{db}"]) == 0
+    out = capsys.readouterr().out
+    assert "step charge: attempt 3 raised RuntimeError: card declined (try 3)" in out
+    assert "in raise_card_declined" in out and out.count("retried") == 2
+    assert main(["dlq", "show", "in-dlq", "--backend", f"sqlite:///{db}", "--json"]) == 0
+    [shown] = json.loads(capsys.readouterr().out)
+    assert "raise_card_declined" in shown["error"]["traceback"]
+
+
+def test_a_traceback_is_bounded_and_storable_whatever_the_exception_says(backend: Backend) -> None:
+    p = Pipeline("t")
+
+    @p.stage("s", source="in", max_receives=1)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        raise ValueError("bad value \udcff\x00 " + "x" * 50_000)
+
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    assert drain(backend, p, "s") == [Outcome.DEAD_LETTERED]
+    job = backend.store.get("j")
+    assert job is not None and job.steps["s"].error is not None
+    err = job.steps["s"].error
+    assert len(err.traceback) <= 8 * 1024 + 4 and len(err.message) <= 2000
+    assert "\\udcff\\x00" in err.message
+
+
+def test_a_retried_handlers_traceback_is_logged(backend: Backend, capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(json=True, level="info")
+    p = flaky(1)
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    [got] = backend.transport.receive("in", max_messages=1, wait_s=0, visibility_s=30)
+    assert Controller(p, "charge", backend).handle(got) == Outcome.RETRIED
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    [retry] = [line for line in lines if line["event"] == "handler failed; retrying"]
+    assert "Traceback (most recent call last)" in retry["exception"] and "raise_card_declined" in retry["exception"]

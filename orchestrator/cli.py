@@ -33,6 +33,7 @@ from orchestrator.cli_args import (
     port_arg,
     positive_seconds_arg,
     priority_arg,
+    processes_arg,
     seconds_arg,
     text_arg,
     time_arg,
@@ -183,6 +184,8 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
 
 def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     pipeline = pipeline_from(args)
+    if args.stage == "all" or args.processes > 1:
+        return _supervise(args, pipeline, backend)
     stage = pipeline.get(args.stage)
     pipeline.setup(backend)
     middleware: list[Any] = []
@@ -221,6 +224,37 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     worker.run(until_idle=args.until_idle)
     print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
     return 0
+
+
+def _supervise(args: argparse.Namespace, pipeline: Pipeline, backend: Backend) -> int:
+    """``--stage all`` or ``--processes N``: a process per stage (N each), restarted when one
+    dies; SIGTERM stops them all within the grace period."""
+    from orchestrator.supervisor import Supervisor
+
+    stages = list(pipeline.stages) if args.stage == "all" else [pipeline.get(args.stage).name]
+    if args.metrics_port is not None:
+        raise UsageError("--metrics-port serves one worker process; run stages one by one to give each a port")
+    if backend.url.startswith("memory:"):
+        raise UsageError("worker processes cannot share memory://; use sqlite:///PATH, postgresql:// or aws://")
+    pipeline.setup(backend)
+    common = ["--backend", backend.url, "--concurrency", str(args.concurrency), "--grace", str(args.grace)]
+    for flag, value in (("--wait", args.wait), ("--log-level", args.log_level), ("--config", args.config),
+                        ("--sweep-every", args.sweep_every)):
+        if value is not None:
+            common += [flag, str(value)]
+
+    def argv_for(stage: str) -> list[str]:
+        return [sys.executable, "-m", "orchestrator", "worker", args.pipeline, "--stage", stage, *common]
+
+    sources = sorted({st.source for st in pipeline.stages.values()})
+
+    def idle() -> bool:
+        return all(backend.transport.depth(q).total == 0 for q in sources)
+
+    sup = Supervisor(argv_for, stages, processes=args.processes, grace_s=args.grace,
+                     idle=idle if args.until_idle else None)
+    sup.install_signals()
+    return sup.run()
 
 
 def _start_sweeper(pipeline: Pipeline, backend: Backend, *, every_s: float, older_than_s: float,
@@ -382,7 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run one stage's controller")
     w.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(w)
-    w.add_argument("--stage", required=True, type=text_arg)
+    w.add_argument("--stage", required=True, type=text_arg,
+                   help="the stage to run, or all: a process per stage, restarted when one dies")
+    w.add_argument("--processes", type=processes_arg, default=1,
+                   help="worker processes per stage (supervised, like --stage all)")
     w.add_argument("--concurrency", type=concurrency_arg, default=1)
     w.add_argument("--until-idle", action="store_true", help="exit 0 once the source queue is empty and nothing is in flight")
     w.add_argument("--wait", type=wait_arg, default=None, help="long-poll wait in seconds (0..20)")
@@ -450,7 +487,10 @@ def _extensions(sub: Any, backend_arg: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad argument (2, its one line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.settings = load_settings(args.config)
         configure_logging(level=args.log_level or args.settings.log_level or "info")

@@ -54,6 +54,18 @@ def concurrency_arg(text: str) -> int:
     return value
 
 
+#: worker processes per stage under one supervisor
+MAX_PROCESSES = 64
+
+
+def processes_arg(text: str) -> int:
+    """argparse type: worker processes per stage, 1..MAX_PROCESSES."""
+    value = positive_int(text)
+    if value > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PROCESSES} processes per stage, got {value}")
+    return value
+
+
 def wait_arg(text: str) -> float:
     """argparse type: a long-poll wait, 0..MAX_WAIT_S seconds."""
     value = seconds_arg(text)

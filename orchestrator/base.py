@@ -307,6 +307,10 @@ class StatusStore(Protocol):
         """Append a history entry (``released``, ``lease_lost``) that changes nothing else."""
         ...
 
+    def delete(self, job_id: str, *, version: int) -> bool:
+        """Remove the job if it is still at ``version``; False when it changed or is gone."""
+        ...
+
     def snooze(self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str,
                until: float, fields: dict[str, Any] | None = None) -> JobRecord:
         """Append a ``snoozed`` history entry (``reason``, and ``until``, a time on the store's

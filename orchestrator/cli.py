@@ -30,11 +30,13 @@ from orchestrator.cli_args import (
     concurrency_arg,
     duration_arg,
     job_id_arg,
+    limit_arg,
     port_arg,
     positive_seconds_arg,
     priority_arg,
     processes_arg,
     seconds_arg,
+    since_arg,
     text_arg,
     time_arg,
     user_arg,
@@ -52,7 +54,7 @@ from orchestrator.status import JobRecord, JobStatus
 # commands that only make sense on a backend another process can see
 ONE_SHOT_COMMANDS = ("submit", "status", "cancel", "retry")
 #: commands that act on jobs and queues that exist: they never create a database
-EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry")
+EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry", "purge")
 
 
 def load_pipeline(spec: str) -> Pipeline:
@@ -297,10 +299,21 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
         recs = [rec]
     else:
         status = JobStatus(args.status) if args.status else None
-        recs = store.query(user_id=args.user, status=status)
+        recs = [r for r in store.query(user_id=args.user, status=status)
+                if (args.since is None or r.created_at >= args.since)
+                and (args.stage is None or any(k == args.stage or k.startswith(f"{args.stage}#") for k in r.steps))]
+    matched = len(recs)
+    if not args.job_id and args.limit and matched > args.limit:
+        recs = recs[-args.limit:]  # the latest, oldest first
     if args.json:
-        out: Any = job_json(recs[0]) if args.job_id else [job_json(r) for r in recs]
-        print(json.dumps(out, indent=2))
+        if args.job_id:
+            print(json.dumps(job_json(recs[0]), indent=2))
+            return 0
+        # streamed one job at a time: a million jobs need not be one string in memory
+        sys.stdout.write("[")
+        for n, r in enumerate(recs):
+            sys.stdout.write(("," if n else "") + "\n" + json.dumps(job_json(r)))
+        sys.stdout.write("\n]\n" if recs else "]\n")
         return 0
     print(f"{'JOB':<24} {'STATUS':<10} {'USER':<12} STEPS")
     now = backend.clock.now()
@@ -322,6 +335,8 @@ def cmd_status(args: argparse.Namespace, backend: Backend) -> int:
     for r in recs:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1
     print("total", len(recs), " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    if matched > len(recs):
+        print(f"(the latest {len(recs)} of {matched} jobs; --limit N shows more, --limit 0 all)")
     return 0
 
 
@@ -445,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("job_id", nargs="?", type=job_id_arg)
     st.add_argument("--user", type=user_arg)
     st.add_argument("--status", choices=[s.value for s in JobStatus])
+    st.add_argument("--stage", type=text_arg, help="only jobs with a step of this stage")
+    st.add_argument("--since", type=since_arg, metavar="TIME",
+                    help="only jobs created since this ISO 8601 time, or this long ago (2h, 7d)")
+    st.add_argument("--limit", type=limit_arg, default=50, help="show the latest N (default 50; 0: all)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from datetime import datetime
 from typing import NoReturn
 
@@ -129,6 +130,31 @@ def priority_arg(text: str) -> int:
     if not 0 <= value <= MAX_PRIORITY:
         raise argparse.ArgumentTypeError(f"must be 0..{MAX_PRIORITY}, got {value}")
     return value
+
+
+def limit_arg(text: str) -> int:
+    """argparse type: a count >= 0 (0: no limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {value}")
+    return value
+
+
+def since_arg(text: str) -> float:
+    """argparse type: a moment, as an ISO 8601 time with its zone or a duration ago (``2h``):
+    epoch seconds."""
+    try:
+        return parse_time(text).timestamp()
+    except ValueError:
+        pass
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 time (2026-12-05T09:00:00Z) or a duration "
+                                         f"ago (2h, 7d), got {text!r}") from None
 
 
 def job_id_arg(text: str) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.base import MAX_PRIORITY, Delivery, ObjectStore, QueueSpec, default_dead_letter
 from orchestrator.codec import Codec
+from orchestrator.durations import parse_duration
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
@@ -295,11 +296,16 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, name: str, *, middleware: list[Middleware] | None = None) -> None:
+    def __init__(self, name: str, *, middleware: list[Middleware] | None = None,
+                 retention: float | str | timedelta | None = None) -> None:
         self.name = name
         self.stages: dict[str, Stage] = {}
         self.middleware: list[Middleware] = list(middleware or [])
         self.schedules: dict[str, Schedule] = {}
+        #: how long a finished job (COMPLETED, FAILED, CANCELLED) is kept after its last
+        #: change; the sweeper (``orchestrator sweep``, ``worker --sweep-every``) removes older
+        #: ones with their dead letters. None: kept until ``orchestrator purge``.
+        self.retention_s = _seconds(retention)
 
     def stage(
         self, name: str, *, source: str, emit_to: str | None = None, **options: Any
@@ -451,3 +457,20 @@ class Pipeline:
 
         return submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
                       task=task, fields=fields, delay_s=delay_s, at=at, priority=priority)
+
+
+def _seconds(value: float | str | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"retention: {exc}") from None
+    else:
+        seconds = float(value)
+    if not seconds > 0:
+        raise ConfigError(f"retention must be a positive duration, got {value!r}")
+    return seconds

@@ -354,6 +354,30 @@ class StatusStoreContract:
         assert rec.status == JobStatus.PENDING and "s" not in rec.steps
         assert store.update_fields("j1", {"k": "v"}).fields["k"] == "v"
 
+    def test_delete_removes_a_job_only_at_the_version_it_was_read(self, store: StatusStore) -> None:
+        store.create("j1")
+        read = store.get("j1")
+        assert read is not None
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)  # written since
+        assert store.delete("j1", version=read.version) is False and store.get("j1") is not None
+        now = store.get("j1")
+        assert now is not None and store.delete("j1", version=now.version) is True
+        assert store.get("j1") is None and store.delete("j1", version=now.version) is False
+
+    def test_a_failed_attempt_is_kept_on_the_step_and_in_the_history(self, store: StatusStore) -> None:
+        store.create("j1")
+        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        error = {"type": "RuntimeError", "message": "boom", "traceback": "Traceback...", "attempt": 1, "at": 1.0}
+        rec = store.retried("j1", stage="s", message_id="m", claim="c", error=error, delay_s=2.0)
+        assert rec.steps["s"].error is not None and rec.steps["s"].error.message == "boom"
+        assert rec.history[-1].event == "retried" and "RuntimeError: boom" in (rec.history[-1].reason or "")
+        with pytest.raises(ConflictError):  # a replaced claim records nothing
+            store.retried("j1", stage="s", message_id="m", claim="other", error=error, delay_s=2.0)
+        rec = store.note("j1", event="released", stage="s", message_id="m", reason="stopping")
+        assert rec.history[-1].event == "released" and rec.status == JobStatus.RUNNING
+        again = store.get("j1")
+        assert again is not None and again.steps["s"].error is not None and again.steps["s"].error.type == "RuntimeError"
+
     def test_query_by_user_and_status(self, store: StatusStore) -> None:
         for i in range(4):
             store.create(f"j{i}", user_id="alice" if i % 2 == 0 else "bob")

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.backends import Backend
-from orchestrator.cli_args import positive_int, positive_seconds_arg, seconds_arg, text_arg
-from orchestrator.ops import dlq, doctor, sweep
+from orchestrator.cli_args import duration_arg, positive_int, positive_seconds_arg, seconds_arg, text_arg
+from orchestrator.ops import dlq, doctor, purge, sweep
 from orchestrator.ops.chaos import ChaosRun
+from orchestrator.status import JobStatus
 
 
 def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
@@ -71,6 +72,20 @@ def cmd_sweep(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def cmd_purge(args: argparse.Namespace, backend: Backend) -> int:
+    from orchestrator.cli import pipeline_from
+
+    statuses = [JobStatus(args.status)] if args.status else purge.TERMINAL
+    report = purge.purge(pipeline_from(args), backend, older_than_s=args.older_than, statuses=statuses,
+                         dry_run=args.dry_run)
+    if args.dry_run:
+        for job_id in report.jobs:
+            print(job_id)
+    print(f"{'would purge' if args.dry_run else 'purged'} {len(report.jobs)} jobs"
+          + ("" if args.dry_run else f" and {report.dead_letters} dead letters"))
+    return 0
+
+
 def cmd_chaos(args: argparse.Namespace, backend: Backend) -> int:
     from orchestrator.cli import _json_arg, pipeline_from
 
@@ -116,6 +131,15 @@ def register(sub: Any, backend_arg: Callable[[argparse.ArgumentParser], None]) -
                     help="only jobs unchanged for this many seconds (default %(default)s)")
     sw.add_argument("--dry-run", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
+
+    pu = sub.add_parser("purge", help="remove finished jobs (COMPLETED, FAILED, CANCELLED) and their dead letters")
+    pu.add_argument("pipeline", metavar="MODULE:PIPELINE")
+    backend_arg(pu)
+    pu.add_argument("--older-than", type=duration_arg, required=True, metavar="DURATION",
+                    help="only jobs unchanged for this long (30d, 12h, 90m, seconds)")
+    pu.add_argument("--status", choices=[s.value for s in purge.TERMINAL])
+    pu.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    pu.set_defaults(fn=cmd_purge)
 
     ch = sub.add_parser("chaos", help="run every stage as processes, SIGKILL them at random, report")
     ch.add_argument("pipeline", metavar="MODULE:PIPELINE")

@@ -91,4 +91,11 @@ def sweep(pipeline: Pipeline, backend: Backend, *, older_than_s: float = DEFAULT
                 continue
             report.checked += 1
             report.actions += sweep_job(pipeline, backend, job, dry_run=dry_run, older_than_s=older_than_s)
+    if pipeline.retention_s is not None:
+        from orchestrator.ops.purge import purge
+
+        purged = purge(pipeline, backend, older_than_s=pipeline.retention_s, dry_run=dry_run)
+        if purged.jobs:
+            report.actions.append(f"{'would purge' if dry_run else 'purged'} {len(purged.jobs)} finished jobs "
+                                  f"older than the retention ({pipeline.retention_s:.0f}s)")
     return report

@@ -74,6 +74,11 @@ class CasStatusStore(ABC):
     @abstractmethod
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]: ...
 
+    @abstractmethod
+    def delete(self, job_id: str, *, version: int) -> bool:
+        """Remove the job if it is still at ``version`` (nobody wrote since it was read);
+        False when it changed or is gone. For purge and retention."""
+
     # -- policy -----------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
         doc = self._load(job_id)

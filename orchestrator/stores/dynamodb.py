@@ -309,6 +309,19 @@ class DynamoDBStatusStore(CasStatusStore):
             self._executor = ThreadPoolExecutor(max_workers=PARALLEL_WRITES, thread_name_prefix="ddb-write")
         return self._executor
 
+    def delete(self, job_id: str, *, version: int) -> bool:
+        cond, names, values = self._condition(version)
+        kwargs: dict[str, Any] = {"ConditionExpression": cond, "ExpressionAttributeNames": names}
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        try:
+            self.client.delete_item(TableName=self.table_name, Key={self.key_attr: job_id}, **kwargs)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         from boto3.dynamodb.conditions import Attr, Key
 

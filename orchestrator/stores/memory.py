@@ -32,6 +32,14 @@ class MemoryStatusStore(CasStatusStore):
                 raise VersionConflict(record["job_id"])
             self._jobs[record["job_id"]] = record
 
+    def delete(self, job_id: str, *, version: int) -> bool:
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None or current["version"] != version:
+                return False
+            del self._jobs[job_id]
+            return True
+
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         with self._lock:
             docs = list(self._jobs.values())

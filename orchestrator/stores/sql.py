@@ -100,6 +100,10 @@ class SqlStatusStore(CasStatusStore):
         return self.db.run(
             lambda c: super(SqlStatusStore, self).create_doc(job_id, user_id=user_id, fields=fields, origin=origin))
 
+    def delete(self, job_id: str, *, version: int) -> bool:
+        return bool(self.db.run(lambda c: c.execute(
+            "DELETE FROM jobs WHERE job_id=? AND version=?", (job_id, version)).rowcount))
+
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         sql, params = "SELECT doc FROM jobs WHERE 1=1", []
         if user_id is not None:

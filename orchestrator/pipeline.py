@@ -222,6 +222,8 @@ class Stage:
     #: to. Elsewhere such a message is dead-lettered as an unknown job: whoever can write to
     #: a later stage's queue cannot make up jobs there.
     takes_submissions: bool | None = None
+    #: where a setting overridden outside the code came from (``config file``, ``environment``)
+    setting_sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def dead_letter_queue(self) -> str:

@@ -12,11 +12,12 @@ values in code. Every setting, its unit and its default is below.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
@@ -47,6 +48,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] | None = Field(
         None, description="debug, info, warning or error (default info)")
     stages: dict[str, StageSettings] = Field(default_factory=dict)
+    #: stage -> the settings the config file set (the rest came from the environment)
+    _from_file: dict[str, set[str]] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -73,7 +76,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raise ConfigError(f"invalid config file {path}: {exc}") from exc
     Settings.file_values = values
     try:
-        return Settings()
+        settings = Settings()
+        settings._from_file = {name: set(v) for name, v in values.get("stages", {}).items() if isinstance(v, dict)}
+        return settings
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         raise ConfigError(f"invalid settings: {problems}") from exc
@@ -82,12 +87,23 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def apply_settings(pipeline: Pipeline, settings: Settings) -> None:
-    """Override the stages' settings in place; unknown stage names are an error."""
+    """Override the stages' settings in place; unknown stage names are an error. Each stage
+    remembers where an overridden setting came from (``Stage.setting_sources``: the config
+    file or the environment), for ``doctor``."""
+    from_file: dict[str, set[str]] = getattr(settings, "_from_file", {})
     for name, stage_settings in settings.stages.items():
         stage = pipeline.get(name)
         values: dict[str, Any] = stage_settings.model_dump(exclude_none=True)
         for key, value in values.items():
             setattr(stage, key, value)
+            env = f"ORCHESTRATOR_STAGES__{name}__{key}".upper()
+            in_env = any(k.upper() == env for k in os.environ)
+            stage.setting_sources[key] = "environment" if in_env or key not in from_file.get(name, set()) \
+                else "config file"
+
+
+#: the settings ``doctor`` shows for every stage
+SHOWN = tuple(StageSettings.model_fields)
 
 
 def settings_table() -> str:

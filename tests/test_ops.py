@@ -192,7 +192,7 @@ def test_doctor_explains_each_misconfiguration_on_moto(aws: None, project: Path,
     backend.transport.ensure_queue(QueueSpec("qb", dead_letter="qb-dlq"))
     backend.topic.subscribe("ta", "qb", raw=True)
     code = main(["doctor", "docpipe:pipeline", "--backend", url, "--json"])
-    findings = json.loads(capsys.readouterr().out)
+    findings = json.loads(capsys.readouterr().out)["findings"]
     text = "\n".join(f"{f['stage']} {f['severity']} {f['message']}" for f in findings)
     assert code == 1
     assert "a error queue qa dead-letters after 2 receives but the controller needs 6" in text

@@ -52,10 +52,15 @@ def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
 def cmd_doctor(args: argparse.Namespace, backend: Backend) -> int:
     from orchestrator.cli import pipeline_from
 
-    findings = doctor.diagnose(pipeline_from(args), backend)
+    pipeline = pipeline_from(args)
+    findings = doctor.diagnose(pipeline, backend)
+    settings = doctor.effective_settings(pipeline)
     if args.json:
-        print(json.dumps([f.__dict__ for f in findings], indent=2))
+        print(json.dumps({"settings": settings, "findings": [f.__dict__ for f in findings]}, indent=2, default=str))
     else:
+        print(f"{'STAGE':<16} {'SETTING':<20} {'VALUE':<16} FROM")
+        for row in settings:
+            print(f"{row['stage']:<16} {row['setting']:<20} {row['value']!s:<16} {row['source']}")
         for f in findings:
             print(f)
         print(f"{sum(f.severity == 'error' for f in findings)} errors, {sum(f.severity == 'warning' for f in findings)} warnings")

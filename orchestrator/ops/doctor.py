@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.backends import Backend
 from orchestrator.pipeline import Pipeline
+from orchestrator.settings import SHOWN
 from orchestrator.status import JobStatus
 
 
@@ -19,12 +21,46 @@ class Finding:
         return f"[{self.severity}] {self.stage}: {self.message}"
 
 
+#: recent finished steps looked at for a stage's observed handler times
+SAMPLE_JOBS = 1000
+
+
+def effective_settings(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """Every stage's settings as they are in effect, each with where it came from: ``code``
+    (the pipeline's own or the default), ``config file`` or ``environment``."""
+    return [{"stage": st.name, "setting": key, "value": getattr(st, key),
+             "source": st.setting_sources.get(key, "code")}
+            for st in pipeline.stages.values() for key in SHOWN]
+
+
+def handler_p99(backend: Backend, stage: str) -> tuple[float, int] | None:
+    """The 99th percentile of the stage's committed steps' durations (begin to commit) over
+    the latest jobs, and how many steps it saw; None without enough of them."""
+    jobs = backend.store.query()[-SAMPLE_JOBS:]
+    took = sorted(s.finished_at - s.started_at for j in jobs for k, s in j.steps.items()
+                  if (k == stage or k.startswith(f"{stage}#")) and s.state == "committed"
+                  and s.started_at is not None and s.finished_at is not None)
+    if len(took) < 20:
+        return None
+    return took[min(len(took) - 1, int(len(took) * 0.99))], len(took)
+
+
 def diagnose(pipeline: Pipeline, backend: Backend) -> list[Finding]:
     t, out = backend.transport, []
     topics = set(backend.topic.topics())
     for st in pipeline.stages.values():
         def add(severity: str, message: str, st_name: str = st.name) -> None:
             out.append(Finding(st_name, severity, message))
+
+        if st.max_receives < 3 and st.batch_size != 1:
+            add("warning", f"max_receives {st.max_receives} with batches: a process that dies uses an attempt of "
+                           "every message it held, so one crash can dead-letter healthy batch-mates (use >= 3, or "
+                           "batch_size=1)")
+        observed = handler_p99(backend, st.name)
+        if observed is not None and st.claim == "eager" and observed[0] > st.visibility_timeout:
+            add("warning", f"handlers took up to {observed[0]:.1f}s (p99 of {observed[1]} steps), longer than the "
+                           f"visibility timeout {st.visibility_timeout:g}s: only the heartbeat keeps their leases; a "
+                           "stalled process loses them (raise visibility_timeout)")
 
         for problem in st.problems(max_visibility_s=t.max_visibility_s, max_delay_s=t.max_delay_s,
                                    max_batch=t.max_batch):

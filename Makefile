@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 		echo "warning: chromium/chromedriver not installed; the browser tests will fail under CI"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,aws,postgres,web]'
+	$(BIN)/python -m pip install --quiet -e '.[test,aws,postgres,web,otel]'
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -191,6 +191,9 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     stage = pipeline.get(args.stage)
     pipeline.setup(backend)
     middleware: list[Any] = []
+    tracing = _tracing_from_env()
+    if tracing is not None:
+        middleware.append(tracing)
     if args.metrics_port is not None:
         from orchestrator.ops.metrics import PrometheusMiddleware
 
@@ -226,6 +229,20 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     worker.run(until_idle=args.until_idle)
     print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
     return 0
+
+
+def _tracing_from_env() -> Any:
+    """The OpenTelemetry middleware when the OTEL_* environment asks for traces."""
+    wants = any(os.environ.get(k) for k in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    if not wants:
+        return None
+    try:
+        from orchestrator.tracing import configure_from_env
+    except ImportError as exc:
+        raise UsageError(f"OTEL_* asks for traces, but OpenTelemetry is not installed ({exc.name}): "
+                         "pip install 'orchestrator[otel]'") from None
+    return configure_from_env()
 
 
 def _supervise(args: argparse.Namespace, pipeline: Pipeline, backend: Backend) -> int:

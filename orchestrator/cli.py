@@ -54,7 +54,7 @@ from orchestrator.status import JobRecord, JobStatus
 # commands that only make sense on a backend another process can see
 ONE_SHOT_COMMANDS = ("submit", "status", "cancel", "retry")
 #: commands that act on jobs and queues that exist: they never create a database
-EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry", "purge")
+EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry", "purge", "web")
 
 
 def load_pipeline(spec: str) -> Pipeline:
@@ -228,6 +228,35 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     gc.freeze()
     worker.run(until_idle=args.until_idle)
     print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace, backend: Backend) -> int:
+    try:
+        from orchestrator.web import auth
+    except ImportError as exc:
+        raise UsageError(f"the dashboard needs the web extra ({exc.name} is missing): "
+                         "pip install 'orchestrator[web]'") from None
+    if args.pipeline == "passwd":
+        if sys.stdin.isatty():
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                raise UsageError("the two passwords differ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            raise UsageError("a password needs at least 8 characters")
+        print(f"{auth.ENV[args.role]}='{auth.hash_password(password)}'")
+        return 0
+    hashes = auth.hashes_from_env()
+    if not hashes:
+        raise UsageError("no password set: run `orchestrator web passwd` and export the line it prints "
+                         f"({auth.ENV['operator']}, or {auth.ENV['viewer']} for read-only)")
+    pipeline = pipeline_from(args)
+    from orchestrator.web.app import serve
+
+    print(f"dashboard for {pipeline.name} on http://{args.host}:{args.port}/", file=sys.stderr)
+    serve(pipeline, backend, hashes=hashes, host=args.host, port=args.port, secure_cookie=args.secure_cookie)
     return 0
 
 
@@ -508,6 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
     backend_arg(qu)
     qu.add_argument("--json", action="store_true")
     qu.set_defaults(fn=cmd_queues)
+    we = sub.add_parser("web", help="the dashboard: stages, jobs, attempts, dead letters (web passwd: a password hash)")
+    we.add_argument("pipeline", metavar="MODULE:PIPELINE", help="the pipeline to show, or passwd to hash a password")
+    backend_arg(we)
+    we.add_argument("--host", default="127.0.0.1", type=text_arg)
+    we.add_argument("--port", type=port_arg, default=8080)
+    we.add_argument("--secure-cookie", action="store_true", help="session cookie only over HTTPS (behind TLS)")
+    we.add_argument("--role", choices=["operator", "viewer"], default="operator", help="with passwd: whose password")
+    we.set_defaults(fn=cmd_web)
     _extensions(sub, backend_arg)
     return p
 
@@ -540,6 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the in-memory backend dies with this process: a job submitted here is gone at exit
             raise UsageError(f"{args.command} with {url} would act on a backend that vanishes when this command "
                              "exits; use sqlite:///PATH (or aws://) to share it with workers")
+        if args.command == "web" and args.pipeline == "passwd":  # needs no backend
+            return cmd_web(args, None)  # type: ignore[arg-type]
         # Commands on what exists never create a database: a mistyped path is an error, not a new file.
         existing = args.command in EXISTING_ONLY_COMMANDS or getattr(args, "dlq_command", None) in ("list", "show")
         backend = open_backend(url, create=not existing)

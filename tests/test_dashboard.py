@@ -19,13 +19,13 @@ import pytest
 pytest.importorskip("argon2")
 pytest.importorskip("fastapi")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from orchestrator import JobStatus, Pipeline, Result  # noqa: E402
-from orchestrator.backends import Backend, sqlite_backend  # noqa: E402
-from orchestrator.controllers.worker import Worker  # noqa: E402
-from orchestrator.web.app import COOKIE, create_app  # noqa: E402
-from orchestrator.web.auth import hash_password  # noqa: E402
+from orchestrator import JobStatus, Pipeline, Result
+from orchestrator.backends import Backend, sqlite_backend
+from orchestrator.controllers.worker import Worker
+from orchestrator.web.app import COOKIE, create_app
+from orchestrator.web.auth import hash_password
 
 OPERATOR_PW, VIEWER_PW = "operator-secret", "viewer-secret"
 HASHES = {"operator": hash_password(OPERATOR_PW), "viewer": hash_password(VIEWER_PW)}

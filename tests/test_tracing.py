@@ -6,16 +6,16 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from helpers import drain  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from helpers import drain
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-from orchestrator import JobStatus, Pipeline, Result  # noqa: E402
-from orchestrator.backends import Backend  # noqa: E402
-from orchestrator.controllers.controller import Outcome  # noqa: E402
-from orchestrator.tracing import TracingMiddleware  # noqa: E402
+from orchestrator import JobStatus, Pipeline, Result
+from orchestrator.backends import Backend
+from orchestrator.controllers.controller import Outcome
+from orchestrator.tracing import TracingMiddleware
 
 
 def three_stages(tracing: TracingMiddleware) -> Pipeline:

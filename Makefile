@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	# a real browser for the GAS web front end's tests (Debian's chromium + chromium-driver)
@@ -21,8 +21,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check orchestrator examples tests bench
 	$(BIN)/mypy orchestrator
 
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.gas --log-level warning demo

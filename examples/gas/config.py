@@ -51,7 +51,7 @@ def _env_duration(name: str, default: float) -> float:
 
 
 #: every GAS_* environment variable GAS reads: (name, default, what). ``python -m examples.gas
-#: --help`` lists them; a test checks that the code reads no other and the README names each.
+#: --help`` lists them; a test checks that the code reads no other and the GAS page (docs/gas.md) names each.
 SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_BACKEND", "sqlite:///gas.db", "the backend URL (sqlite:///PATH, postgresql://..., aws://?region=R&prefix=P)"),
     ("GAS_LOG_LEVEL", "info", "debug, info, warning or error"),

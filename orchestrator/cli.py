@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--backend", default=None,
                         help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
         sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"),
-                        help="TOML file of settings (see the README); ORCHESTRATOR_* variables override it")
+                        help="TOML file of settings (see docs/reference.md); ORCHESTRATOR_* variables override it")
 
     s = sub.add_parser("submit", help="create a job PENDING and enqueue its first message (idempotent)")
     s.add_argument("pipeline", metavar="MODULE:PIPELINE")

@@ -107,7 +107,7 @@ SHOWN = tuple(StageSettings.model_fields)
 
 
 def settings_table() -> str:
-    """Markdown table of every stage setting with its unit and default (for the README)."""
+    """Markdown table of every stage setting with its unit and default (for docs/reference.md)."""
     rows = ["| setting | meaning |", "|---|---|"]
     for name, f in StageSettings.model_fields.items():
         rows.append(f"| `{name}` | {f.description} |")

@@ -4,7 +4,7 @@ Point it at your own pipeline::
 
     from orchestrator.testing import Simulation, pipeline_property
 
-See the README section "Test your pipeline against crashes".
+See docs/tutorial.md, "Test your pipeline against crashes".
 """
 
 from orchestrator.controllers.faults import CRASH_POINTS, Fault, FaultPlan

@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sqs_vs_handwritten.py --jobs 100 --repeat 3 --out bench/RESULTS.md
 	$(BIN)/python bench/dynamodb_ops.py --out bench/RESULTS.md
 	$(BIN)/python bench/time_features.py --out bench/RESULTS.md --append
+	$(BIN)/python bench/job_size.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/targets.py
 
 clean:

@@ -206,6 +206,10 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
     step = dict(prev) if prev is not None else {**STEP_DEFAULTS, "stage": stage, "message_id": message_id,
                                                  "started_at": now}
     step["state"], step["finished_at"], step["outbox"] = "committed", now, [out_doc(m) for m in outbox]
+    # the input was kept to re-send a step whose message was lost, or retry a failed one: a
+    # committed step needs neither (its outbox carries what comes next)
+    step["input"] = None
+    step.pop("error", None)  # the last attempt succeeded: the history keeps what failed before
     if result is not None:
         step["result"] = result
     out["steps"][stage] = step

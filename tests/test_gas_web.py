@@ -22,9 +22,12 @@ from examples.gas import app
 from examples.gas.config import GasConfig
 from examples.gas.samples import samples_dir
 from orchestrator import JobStatus, Worker
+from orchestrator.web.auth import hash_password
 
 SAMPLES = samples_dir()
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+OPS_PASSWORD = "operators-only"
+OPS_HASHES = {"operator": hash_password(OPS_PASSWORD)}
 
 
 def _no_browser(why: str) -> None:
@@ -62,7 +65,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
     gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=1.0, retry_base_s=0.1))
     app.setup(gas)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(gas, secret="test-secret"), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES),
+                                           host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -214,7 +218,7 @@ def test_upgrading_restores_an_archived_result(site: Site, browser: object) -> N
     assert rec is not None and rec.status == JobStatus.COMPLETED and "restore_time" in rec.fields
 
 
-def test_the_operators_page_shows_queues_and_redrives_dead_letters(site: Site, browser: object) -> None:
+def test_operators_get_the_dashboard_mounted_at_ops_and_redrive_dead_letters(site: Site, browser: object) -> None:
     from selenium.webdriver.common.by import By
 
     from orchestrator.base import Outgoing
@@ -227,21 +231,29 @@ def test_the_operators_page_shows_queues_and_redrives_dead_letters(site: Site, b
     wait_for(lambda: site.gas.backend.transport.depth("gas_annotate-dlq").total == 1, what="the dead letter")
     for w in site.workers:
         w.stop(timeout=10)
-    # When a non-operator asks for the operators' API, then the operator opens /ops
-    assert fetch(b, "/api/ops/queues")[0] == 403
-    sign_in(b, site, "admin")
-    b.get(f"{site.url}/ops")  # type: ignore[attr-defined]
-    table = b.find_element(By.ID, "queues").text  # type: ignore[attr-defined]
-    assert "gas_annotate" in table and "gas_notify" in table
-    assert "lacks required keys" in b.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    # When a signed-in user without the operators' password asks for /ops, they are sent to sign in
+    b.get(f"{site.url}/ops/")  # type: ignore[attr-defined]
+    assert b.current_url.endswith("/ops/signin")  # type: ignore[attr-defined]
+    assert fetch(b, "/ops/api/stages")[0] == 401
+    # and the operator signs in with it, sees every stage and the dead letter's reason
+    b.find_element(By.ID, "password").send_keys(OPS_PASSWORD)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signin").click()  # type: ignore[attr-defined]
+    table = b.find_element(By.ID, "stages").text  # type: ignore[attr-defined]
+    assert "annotate" in table and "notify" in table
+    b.find_element(By.ID, "dead-annotate").click()  # type: ignore[attr-defined]
+    assert "lacks required keys" in b.find_element(By.ID, "letters").text  # type: ignore[attr-defined]
     b.save_screenshot(str(site.shots / "5-operations.png"))  # type: ignore[attr-defined]
-    # and redrives it
-    b.find_element(By.ID, "redrive-gas_annotate-dlq").click()  # type: ignore[attr-defined]
-    # Then the message is back in its queue, and the API describes itself
+    # and redrives it after a dry run
+    b.find_element(By.ID, "redrive").click()  # type: ignore[attr-defined]
+    assert "would send 1 message" in b.find_element(By.ID, "dry-run").text  # type: ignore[attr-defined]
+    b.find_element(By.ID, "confirm-redrive").click()  # type: ignore[attr-defined]
+    # Then the message is back in its queue, and both APIs describe themselves
     wait_for(lambda: site.gas.backend.transport.depth("gas_annotate-dlq").total == 0, what="the redrive")
     assert site.gas.backend.transport.depth("gas_annotate").visible == 1
     code, spec = fetch(b, "/openapi.json")
-    assert code == 200 and '"/api/jobs"' in spec and '"/api/ops/redrive"' in spec
+    assert code == 200 and '"/api/jobs"' in spec
+    code, spec = fetch(b, "/ops/openapi.json")
+    assert code == 200 and '"/api/dead-letters/{queue}/redrive"' in spec
 
 
 def test_downloads_on_aws_are_presigned_s3_urls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,3 +285,32 @@ def test_downloads_on_aws_are_presigned_s3_urls(monkeypatch: pytest.MonkeyPatch)
         assert "gas-gas-results" in got.headers["location"] and "Signature" in got.headers["location"]
         # and without the CSRF token nothing is created
         assert client.post("/api/jobs", files={"file": ("t.vcf", b"x")}).status_code == 403
+
+
+@pytest.mark.parametrize(("referer", "expected"), [
+    ("http://testserver/jobs/abc", "/jobs/abc"),
+    ("https://evil.example/phish", "/annotations"),
+    ("http://testserver//evil.example/x", "/annotations"),
+    (None, "/annotations"),
+])
+def test_upgrade_goes_back_only_to_a_page_of_this_site(tmp_path: Path, referer: str | None, expected: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
+    app.setup(gas)
+    try:
+        client = TestClient(create_app(gas, secret="s", ops_hashes={}), follow_redirects=False)
+        import re
+
+        first = re.search(r'name="csrf" value="([^"]+)"', client.get("/signin").text)
+        assert first
+        client.post("/signin", data={"name": "erin", "email": "erin@example.org", "tier": "free", "csrf": first.group(1)})
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/annotations").text)
+        assert token
+        headers = {"referer": referer} if referer else {}
+        r = client.post("/upgrade", data={"csrf": token.group(1)}, headers=headers)
+        assert r.status_code == 303 and r.headers["location"] == expected
+    finally:
+        gas.close()

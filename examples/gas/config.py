@@ -79,7 +79,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_RESTORE_MAX_WAIT", "48h", "how long a restore waits for Glacier before it FAILS"),
     ("GAS_RESTORE_STATES", '{"restoring": "RESTORING", "restored": "RESTORED"}',
      "what the item's restore_status says while a restore waits, and once it is done"),
-    ("GAS_OPERATORS", "admin", "the web front end's operators (comma-separated user names)"),
+    ("GAS_OPERATORS", "admin", "who the web front end shows the link to the operators' dashboard (comma-separated user names)"),
     ("GAS_WEB_SECRET", "(random per start)", "the web front end's session signing key"),
     ("GAS_SAMPLES_DIR", "(the bundled samples)", "where the demo finds its VCF samples"),
 )

@@ -16,6 +16,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -25,8 +26,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from examples.gas import app as gas_app
 from orchestrator import JobRecord
-from orchestrator.errors import NotADeadLetterQueue, ObjectNotFound
-from orchestrator.ops import dlq
+from orchestrator.errors import ObjectNotFound
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 #: bytes of multipart framing allowed beyond a tier's file limit (boundaries, headers, the token)
@@ -47,8 +47,19 @@ class UploadTooLarge(Exception):
     pass
 
 
-def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None) -> FastAPI:
-    """``operators``: who may open /ops (default: ``GAS_OPERATORS``, comma-separated, or admin)."""
+def back_to(request: Request) -> str:
+    """The page the form came from, if it is one of ours: only its path is used, and only when
+    the Referer names this very site (no open redirect); else the user's annotations."""
+    ref = urlsplit(request.headers.get("referer") or "")
+    if ref.netloc == request.url.netloc and ref.path.startswith("/") and not ref.path.startswith("//"):
+        return ref.path + (f"?{ref.query}" if ref.query else "")
+    return "/annotations"
+
+
+def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None,
+               ops_hashes: dict[str, str] | None = None) -> FastAPI:
+    """``operators``: who is shown the link to /ops (default: ``GAS_OPERATORS``, comma-separated, or
+    admin); ``ops_hashes``: the dashboard's password hashes by role (default: from the environment)."""
     operators = operators or tuple(n.strip() for n in os.environ.get("GAS_OPERATORS", "admin").split(",") if n.strip())
     api = FastAPI(title="GAS", description="Genomics Annotation Service: submit VCF files, follow and download "
                   "their annotations.", version="1.0")
@@ -211,37 +222,6 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         check_csrf(request, request.headers.get("x-csrf-token"))
         return {"tier": "premium", "restoring": gas_app.upgrade(gas, u["name"])}
 
-    def operator(u: User) -> dict[str, str]:
-        if u["name"] not in operators:
-            raise HTTPException(403, "operators only")
-        return u
-
-    Operator = Annotated[dict[str, str], Depends(operator)]
-
-    def queues_doc() -> list[dict[str, Any]]:
-        rows = []
-        for q in gas.backend.transport.queues():
-            d = gas.backend.transport.depth(q)
-            rows.append({"queue": q, "visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed,
-                         "dead_letter": q.endswith("-dlq")})
-        return rows
-
-    @api.get("/api/ops/queues", tags=["operators"])
-    def api_queues(u: Operator) -> list[dict[str, Any]]:
-        return queues_doc()
-
-    @api.post("/api/ops/redrive", tags=["operators"])
-    def api_redrive(request: Request, queue: str, u: Operator) -> dict[str, Any]:
-        check_csrf(request, request.headers.get("x-csrf-token"))
-        result = redrive(queue)
-        return {"redriven": result.redriven, "refused": result.refused}
-
-    def redrive(queue: str) -> dlq.RedriveResult:
-        try:
-            return dlq.redrive(gas.backend, gas.pipeline, queue)
-        except NotADeadLetterQueue as exc:  # a live queue's messages are its workers'
-            raise HTTPException(400, str(exc)) from None
-
     # -- pages --------------------------------------------------------------------------------
     def render(request: Request, name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         return TEMPLATES.TemplateResponse(request, name, {"user": page_user(request), **ctx},
@@ -313,20 +293,16 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     def upgrade_page(request: Request, csrf: Annotated[str, Form()], u: User) -> Response:
         check_csrf(request, csrf)
         gas_app.upgrade(gas, u["name"])
-        return RedirectResponse(request.headers.get("referer") or "/annotations", status_code=303)
+        return RedirectResponse(back_to(request), status_code=303)
 
-    @api.get("/ops", include_in_schema=False)
-    def ops_page(request: Request, u: Operator) -> HTMLResponse:
-        dead = {q["queue"]: dlq.show(gas.backend, q["queue"], limit=20) for q in queues_doc() if q["dead_letter"]}
-        return render(request, "ops.html", queues=queues_doc(), dead=dead)
+    # Operators get the orchestrator dashboard, mounted: the pipeline's stages, jobs with their
+    # attempts and tracebacks, dead letters with a dry-run redrive. It signs in on its own, with
+    # a password whose argon2 hash is in ORCHESTRATOR_WEB_OPERATOR_HASH (or _VIEWER_HASH).
+    from orchestrator.web.app import create_app as dashboard
+    from orchestrator.web.auth import hashes_from_env
 
-    @api.post("/ops/redrive", include_in_schema=False)
-    def ops_redrive(request: Request, queue: Annotated[str, Form()], csrf: Annotated[str, Form()],
-                    u: Operator) -> Response:
-        check_csrf(request, csrf)
-        redrive(queue)
-        return RedirectResponse("/ops", status_code=303)
-
+    api.mount("/ops", dashboard(gas.pipeline, gas.backend, hashes=ops_hashes if ops_hashes is not None
+                                else hashes_from_env()))
     return api
 
 

@@ -55,6 +55,11 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
+def base(request: Request) -> str:
+    """Where the dashboard is mounted ("" at the root; "/ops" inside the GAS web app)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 def create_app(pipeline: Pipeline, backend: Backend, *, hashes: dict[str, str], secure_cookie: bool = False
                ) -> FastAPI:
     """The dashboard for ``pipeline`` on ``backend``; ``hashes``: role -> argon2 hash."""
@@ -84,36 +89,38 @@ def create_app(pipeline: Pipeline, backend: Backend, *, hashes: dict[str, str], 
 
     @api.exception_handler(HTTPException)
     async def errors(request: Request, exc: HTTPException) -> Response:
-        if request.url.path.startswith("/api"):
+        if request.url.path.removeprefix(base(request)).startswith("/api"):
             return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
         if exc.status_code == 401:
-            return RedirectResponse("/signin", status_code=303)
+            return RedirectResponse(f"{base(request)}/signin", status_code=303)
         return render(request, "error.html", None, status_code=exc.status_code, message=exc.detail)
 
     def render(request: Request, name: str, s: Session | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(request, name, {"s": s, "pipeline": pipeline.name, **ctx},
-                                          status_code=status_code)
+        return TEMPLATES.TemplateResponse(request, name, {"s": s, "pipeline": pipeline.name, "base": base(request),
+                                                          **ctx}, status_code=status_code)
 
     # -- sign in and out ------------------------------------------------------------------------
     @api.get("/signin", include_in_schema=False)
     def signin_page(request: Request) -> HTMLResponse:
-        return render(request, "signin.html", None)
+        return render(request, "signin.html", None, unset=not hashes)
 
     @api.post("/signin", include_in_schema=False)
     def signin(request: Request, password: Annotated[str, Form()]) -> Response:
         role = role_for(password, hashes)
         if role is None:
             return render(request, "signin.html", None, status_code=401, message="wrong password")
-        response = RedirectResponse("/", status_code=303)  # never a caller-given URL: no open redirect
-        response.set_cookie(COOKIE, sessions.start(role), httponly=True, samesite="strict", secure=secure_cookie)
+        # never a caller-given URL: no open redirect
+        response = RedirectResponse(f"{base(request)}/", status_code=303)
+        response.set_cookie(COOKIE, sessions.start(role), httponly=True, samesite="strict", secure=secure_cookie,
+                            path=f"{base(request)}/")
         return response
 
     @api.post("/signout", include_in_schema=False)
     def signout(request: Request, s: Viewer, csrf: Annotated[str, Form()]) -> Response:
         check_csrf(s, csrf)
         sessions.end(request.cookies.get(COOKIE))
-        response = RedirectResponse("/signin", status_code=303)
-        response.delete_cookie(COOKIE)
+        response = RedirectResponse(f"{base(request)}/signin", status_code=303)
+        response.delete_cookie(COOKIE, path=f"{base(request)}/")
         return response
 
     # -- the API --------------------------------------------------------------------------------
@@ -221,12 +228,12 @@ def create_app(pipeline: Pipeline, backend: Backend, *, hashes: dict[str, str], 
         return render(request, "job.html", s, job=job, timeline=views.timeline(job), message=message)
 
     @api.post("/jobs/{job_id}/{what}", include_in_schema=False)
-    def job_action(job_id: str, what: str, s: Operator, csrf: Annotated[str, Form()]) -> Response:
+    def job_action(request: Request, job_id: str, what: str, s: Operator, csrf: Annotated[str, Form()]) -> Response:
         check_csrf(s, csrf)
         if what not in ("cancel", "retry"):
             raise HTTPException(404, "no such action")
         control(job_id, what)
-        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        return RedirectResponse(f"{base(request)}/jobs/{job_id}", status_code=303)
 
     @api.get("/dead-letters/{queue}", include_in_schema=False)
     def dead_page(request: Request, queue: str, s: Viewer) -> HTMLResponse:

@@ -16,14 +16,14 @@ Anything else raises ``MalformedMessage`` with the reason; the controller dead-l
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from orchestrator.envelope import Envelope, canonical_json, derive_id
-from orchestrator.errors import MalformedMessage
+from orchestrator.errors import MalformedMessage, NothingToDo
 from orchestrator.storable import id_problem, value_problem
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's limit; bigger bodies belong in the object store
@@ -35,6 +35,9 @@ class Codec:
     job_id_field: str = "job_id"
     required_fields: Sequence[str] = field(default_factory=tuple)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: for plain JSON that names no job: whether it is a request for nothing (acked, no job
+    #: touched) rather than malformed (dead-lettered)
+    nothing_to_do: Callable[[dict[str, Any]], bool] | None = None
 
     def decode(self, body: str) -> Envelope:
         try:
@@ -92,6 +95,8 @@ class Codec:
         assert self.plain_task is not None
         job_id = next((j for path in self.job_id_field.split("|") if (j := _text_or_none(_at(doc, path)))), None)
         if not job_id:
+            if self.nothing_to_do is not None and self.nothing_to_do(doc):
+                raise NothingToDo(f"a message naming no job ('{self.job_id_field}'), which asks for nothing")
             raise MalformedMessage(f"plain JSON message has no '{self.job_id_field}'")
         missing = [k for k in self.required_fields if k not in doc]
         if missing:

@@ -72,6 +72,11 @@ class MalformedMessage(OrchestratorError):
         self.job_id = job_id
 
 
+class NothingToDo(OrchestratorError):
+    """A message that asks for nothing (a request naming no job, which the stage accepts as
+    such: an upgrade with nothing archived). The controller acks it; no job is touched."""
+
+
 class StoreError(OrchestratorError):
     """A conditional write to the status store did not apply. ``current`` is the record the
     write was refused against, where the store had it."""

@@ -222,6 +222,9 @@ class Stage:
     #: to. Elsewhere such a message is dead-lettered as an unknown job: whoever can write to
     #: a later stage's queue cannot make up jobs there.
     takes_submissions: bool | None = None
+    #: a predicate over a plain JSON message that names no job: True when it asks for nothing
+    #: (it is acked, not dead-lettered; an upgrade request listing no archives, say)
+    nothing_to_do: Callable[[dict[str, Any]], bool] | None = None
     #: where a setting overridden outside the code came from (``config file``, ``environment``)
     setting_sources: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -236,6 +239,7 @@ class Stage:
             job_id_field=self.job_id_field,
             required_fields=self.required_fields,
             max_body_bytes=self.max_body_bytes,
+            nothing_to_do=self.nothing_to_do,
         )
 
     def accepts(self, task: str) -> bool:

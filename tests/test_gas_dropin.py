@@ -270,3 +270,18 @@ def test_the_settings_catalogue_states_the_defaults_gas_really_uses(monkeypatch:
     assert parse_duration(stated["GAS_RESTORE_MAX_WAIT"]) == cfg.restore_max_wait_s
     assert _json.loads(stated["GAS_RESTORE_STATES"]) == cfg.restore_states
     assert stated["GAS_LINK_BASE"] == cfg.web_url and stated["GAS_MAIL_SUBJECT"] == cfg.mail_subject
+
+
+def test_an_upgrade_with_nothing_archived_is_a_no_op_not_a_dead_letter(open_gas: Open) -> None:
+    # Given a deployment whose web app publishes a thaw request per user on upgrade
+    gas = open_gas(accounts="dynamodb:gas-users?tier=role")
+    users_table([{"user_id": "gil", "role": "premium_user", "email": "gil@example.org"}])
+    arn = boto3.client("sns").create_topic(Name="gas-job_thaws")["TopicArn"]
+    # When a user who had nothing archived upgrades (and, beside it, a request that is garbage)
+    boto3.client("sns").publish(TopicArn=arn, Message=json.dumps({"archives_data": [], "user_id": "gil"}))
+    boto3.client("sns").publish(TopicArn=arn, Message=json.dumps({"archives_data": "nonsense", "user_id": "gil"}))
+    run(gas, "thaw")
+    # Then the empty request is acked and forgotten; only the garbage is dead-lettered
+    dead = gas.backend.transport.peek("gas_thaw-dlq", 10)
+    assert len(dead) == 1 and "nonsense" in dead[0].body
+    assert gas.backend.transport.depth("gas_thaw").total == 0 and gas.backend.store.query() == []

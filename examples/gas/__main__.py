@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--until-idle", action="store_true")
     s.add_argument("--chain", action="store_true",
                    help="with --until-idle: stop only when every GAS queue is idle (--stage all implies it)")
+    s.add_argument("--no-setup", action="store_true",
+                   help="skip creating queues, topics and buckets (the parent of --stage all did it once)")
     s = sub.add_parser("status", help="show jobs")
     backend(s)
     s.add_argument("job_id", nargs="?")
@@ -88,7 +90,8 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
         jobs = app.upgrade(gas, args.user)
         print(f"{args.user} is premium; restoring {len(jobs)} archived result(s)")
     elif args.cmd == "worker":
-        app.setup(gas)
+        if not args.no_setup:
+            app.setup(gas)
         stages = list(gas.pipeline.stages) if args.stage == "all" else [args.stage]
         if len(stages) == 1 and args.processes == 1:
             stats = app.run_worker(gas, stages[0], until_idle=args.until_idle, concurrency=args.concurrency,

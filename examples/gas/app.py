@@ -163,9 +163,11 @@ def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: i
 
 def spawn_worker(url: str, stage: str, *, until_idle: bool = False, env: dict[str, str] | None = None,
                  log_level: str = "warning", stderr: int | None = subprocess.PIPE,
-                 chain: bool = False) -> subprocess.Popen[bytes]:
+                 chain: bool = False, setup: bool = True) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "examples.gas", "--log-level", log_level, "worker", "--stage", stage,
            "--backend", url]
+    if not setup:  # the parent set the deployment up once: five children need not do it five times
+        cmd.append("--no-setup")
     if until_idle:
         cmd.append("--until-idle")
     if chain:
@@ -178,7 +180,8 @@ def spawn_worker(url: str, stage: str, *, until_idle: bool = False, env: dict[st
 def run_processes(url: str, stages: list[str], processes: int, *, until_idle: bool, log_level: str = "warning") -> int:
     # the children log at our level, straight to our stderr (a pipe nobody reads would hide
     # their errors, and block them once full)
-    procs = [spawn_worker(url, s, until_idle=until_idle, log_level=log_level, stderr=None, chain=len(stages) > 1)
+    procs = [spawn_worker(url, s, until_idle=until_idle, log_level=log_level, stderr=None, chain=len(stages) > 1,
+                          setup=False)
              for s in stages for _ in range(processes)]
 
     def forward(signum: int, _frame: object) -> None:

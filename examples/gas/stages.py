@@ -154,7 +154,7 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         # or one per user ({"archives_data": [{job_id, ...}, ...]}) on upgrade: one restore
         # message per job named.
         @p.stage("thaw", source="gas_thaw", subscribe=(cfg.thaw_topic,), raw_subscription=False,
-                 **{**common, "job_id_field": "job_id|archives_data.0.job_id"})
+                 nothing_to_do=_no_archives, **{**common, "job_id_field": "job_id|archives_data.0.job_id"})
         def thaw(ctx: Context, msg: Envelope) -> Result:
             entries = msg.payload.get("archives_data")
             named = entries if isinstance(entries, list) else [msg.payload]
@@ -185,6 +185,12 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
                               cfg.attr("restore_status"): cfg.restore_states["restored"]})
 
     return p
+
+
+def _no_archives(doc: dict[str, Any]) -> bool:
+    """An upgrade's thaw request listing no archives (the user had none): nothing to restore."""
+    entries = doc.get("archives_data")
+    return isinstance(entries, list) and not entries
 
 
 def _run_annotator(cfg: GasConfig, src: Path, out: Path, ctx: Context) -> int:

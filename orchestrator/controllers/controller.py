@@ -40,6 +40,7 @@ from orchestrator.errors import (
     ConflictError,
     JobCancelled,
     MalformedMessage,
+    NothingToDo,
     ObjectNotFound,
     PermanentError,
     StoreError,
@@ -438,6 +439,10 @@ class Controller:
         d, st = it.delivery, self.stage
         try:
             env = st.codec.decode(resolve_body(self.backend.objects, d.body))
+        except NothingToDo as exc:
+            self.backend.transport.ack(d)
+            it.log.info("message asks for nothing; acked", reason=str(exc))
+            return Outcome.SKIPPED
         except MalformedMessage as exc:
             return self._reject(it, f"malformed message: {exc.reason}", exc.job_id)
         except ObjectNotFound as exc:

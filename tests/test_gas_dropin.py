@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import boto3
@@ -285,3 +286,35 @@ def test_an_upgrade_with_nothing_archived_is_a_no_op_not_a_dead_letter(open_gas:
     dead = gas.backend.transport.peek("gas_thaw-dlq", 10)
     assert len(dead) == 1 and "nonsense" in dead[0].body
     assert gas.backend.transport.depth("gas_thaw").total == 0 and gas.backend.store.query() == []
+
+
+@pytest.mark.parametrize(("time_format", "pattern"), [
+    ("epoch", r"done at \d{10}$"),
+    ("iso", r"done at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"),
+    ("%d %b %Y", r"done at \d\d [A-Z][a-z]{2} \d{4}$"),
+])
+def test_times_in_messages_and_emails_read_as_gas_time_format_says(open_gas: Open, time_format: str,
+                                                                    pattern: str) -> None:
+    import re
+
+    gas = open_gas(results_template={"body": "done at {complete_time}"}, time_format=time_format)
+    sqs = boto3.client("sqs")
+    theirs = sqs.create_queue(QueueName="their-notify")["QueueUrl"]
+    q_arn = sqs.get_queue_attributes(QueueUrl=theirs, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = boto3.client("sns").create_topic(Name="gas-job_results")["TopicArn"]
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=q_arn,
+                                  Attributes={"RawMessageDelivery": "true"})
+    web_app_submit(gas, "t1", "u1")
+    run(gas, "annotate")
+    [m] = sqs.receive_message(QueueUrl=theirs, MaxNumberOfMessages=10)["Messages"]
+    assert re.search(pattern, json.loads(m["Body"])["body"]), m["Body"]
+    assert isinstance(item("t1")["complete_time"], Decimal)  # the item keeps epoch seconds
+
+
+def test_a_time_format_that_is_none_of_the_three_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from examples.gas.config import GasConfig
+    from orchestrator.errors import ConfigError
+
+    monkeypatch.setenv("GAS_TIME_FORMAT", "human")
+    with pytest.raises(ConfigError, match="GAS_TIME_FORMAT 'human'"):
+        GasConfig()

@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,6 +75,7 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_MAIL_SUBJECT", "Results available for job {job_id}", "the email's subject"),
     ("GAS_THAW_TOPIC", "job_thaws", "the web app's restore topic on upgrade ('' for none)"),
     ("GAS_RESULTS_MESSAGE", "ours", "the job_results message as a JSON template"),
+    ("GAS_TIME_FORMAT", "epoch", "times in message templates and emails: epoch, iso, or a strftime pattern (UTC)"),
     ("GAS_RESTORE_TIER", "Expedited", "the Glacier retrieval tier: Expedited, Standard or Bulk"),
     ("GAS_RESTORE_POLL", "30s", "how long a restore waits before it looks again (doubling, at most 15 min)"),
     ("GAS_RESTORE_MAX_WAIT", "48h", "how long a restore waits for Glacier before it FAILS"),
@@ -138,6 +140,18 @@ class GasConfig:
     #: what the item's ``restore_status`` says while the restore waits and once it is done
     restore_states: dict[str, str] = field(default_factory=lambda: _env_json(
         "GAS_RESTORE_STATES", {"restoring": "RESTORING", "restored": "RESTORED"}))
+    #: how times read in messages' templates and in emails: epoch (seconds), iso (UTC), or a
+    #: strftime pattern (UTC); the item keeps epoch seconds, as the web apps read them
+    time_format: str = field(default_factory=lambda: os.environ.get("GAS_TIME_FORMAT", "epoch"))
+
+    def format_time(self, ts: float | int) -> str:
+        """``ts`` (epoch seconds) as ``time_format`` says."""
+        if self.time_format == "epoch":
+            return str(int(ts))
+        at = datetime.fromtimestamp(float(ts), tz=UTC)
+        if self.time_format == "iso":
+            return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return at.strftime(self.time_format)
 
     def attr(self, name: str) -> str:
         """The item attribute the deployment uses for our ``name``."""
@@ -146,6 +160,8 @@ class GasConfig:
     def __post_init__(self) -> None:
         if self.restore_tier not in ("Expedited", "Standard", "Bulk"):
             raise ConfigError(f"GAS_RESTORE_TIER {self.restore_tier!r}: one of Expedited, Standard, Bulk")
+        if self.time_format not in ("epoch", "iso") and "%" not in self.time_format:
+            raise ConfigError(f"GAS_TIME_FORMAT {self.time_format!r}: epoch, iso, or a strftime pattern (%Y-%m-%d %H:%M)")
         if set(self.restore_states) != {"restoring", "restored"}:
             raise ConfigError('GAS_RESTORE_STATES must name "restoring" and "restored", got '
                               f"{sorted(self.restore_states)}")

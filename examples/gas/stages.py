@@ -21,6 +21,8 @@ JOB_RESULTS = "job_results"
 JOB_RESTORES = "job_restores"
 #: the longest the restore stage waits between looks at a Glacier restore
 RESTORE_POLL_MAX_S = 15 * 60.0
+#: the result's times, shown to people as GAS_TIME_FORMAT says
+TIME_KEYS = ("complete_time", "submit_time")
 RESULT_KEYS = ("job_id", "user_id", "s3_results_bucket", "s3_key_result_file", "s3_key_log_file", "complete_time")
 
 
@@ -52,6 +54,9 @@ def results_message(cfg: GasConfig, job_id: str, result: dict[str, Any]) -> dict
     if cfg.results_template is None:
         return {"job_id": job_id, **result}
     values = {"job_id": job_id, "link": f"{cfg.web_url}/annotations/{job_id}", **result}
+    for name in TIME_KEYS:  # read by people: as GAS_TIME_FORMAT says
+        if isinstance(values.get(name), int | float):
+            values[name] = cfg.format_time(values[name])
 
     def fill(v: Any) -> Any:
         if isinstance(v, str):
@@ -121,8 +126,10 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         # One email per job, whatever the redeliveries: the key names the job, not the message.
         sent = res.mailer.send(derive_id("gas-email", msg.job_id), to=to,
                                subject=cfg.mail_subject.format(job_id=msg.job_id, user_id=user_id),
-                               body=f"Your annotation of {job.get('input_file_name', 'your file')} is complete.\n"
-                                    f"View and download the results: {link}\n")
+                               body=f"Your annotation of {job.get('input_file_name', 'your file')} is complete"
+                                    + (f" ({cfg.format_time(done)})" if isinstance(done := job.get(
+                                        cfg.attr("complete_time")), int | float) else "")
+                                    + f".\nView and download the results: {link}\n")
         ctx.log.info("notification", sent=sent, to=to)
         return Result(fields={"notified_time": int(ctx.clock.now())})
 

@@ -150,7 +150,7 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, create: 
             aws = importlib.import_module("orchestrator.aws")
         except ImportError as exc:
             raise ConfigError(f"backend {url!r}: the AWS adapters are not available ({exc})") from exc
-        backend: Backend = aws.aws_backend(url, clock=clock, **options)
+        backend: Backend = aws.aws_backend(url, clock=clock, create=create, **options)
         return backend
     raise ConfigError(f"unreadable backend URL {url!r}: expected sqlite:///PATH, memory://, "
                       "postgresql://[user@host:port]/db[?schema=NAME] or aws://?region=...")

@@ -318,3 +318,23 @@ def test_a_time_format_that_is_none_of_the_three_is_refused(monkeypatch: pytest.
     monkeypatch.setenv("GAS_TIME_FORMAT", "human")
     with pytest.raises(ConfigError, match="GAS_TIME_FORMAT 'human'"):
         GasConfig()
+
+
+def test_the_generic_cli_reads_the_gas_table_by_the_same_url_and_creates_nothing(
+        open_gas: Open, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import main
+
+    gas = open_gas()
+    web_app_submit(gas, "g1", "u1")
+    tables = set(boto3.client("dynamodb").list_tables()["TableNames"])
+    buckets = {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
+    url = "aws://?region=us-east-1&prefix=gas-&table=gas-annotations"
+    # table= is the table's full name: the generic CLI reads GAS's jobs with the URL GAS uses
+    assert main(["status", "--backend", url, "--json"]) == 0
+    assert [j["job_id"] for j in json.loads(capsys.readouterr().out)] == ["g1"]
+    assert main(["dlq", "list", "--backend", url]) == 0
+    assert main(["queues", "--backend", "aws://?region=us-east-1&prefix=gas-"]) in (0, 2)
+    capsys.readouterr()
+    # and reading made no table and no bucket of its own
+    assert set(boto3.client("dynamodb").list_tables()["TableNames"]) == tables
+    assert {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]} == buckets

@@ -314,3 +314,42 @@ def test_upgrade_goes_back_only_to_a_page_of_this_site(tmp_path: Path, referer: 
         assert r.status_code == 303 and r.headers["location"] == expected
     finally:
         gas.close()
+
+
+def test_names_a_header_cannot_carry_download_right_and_bad_names_are_refused(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    from fastapi.testclient import TestClient
+
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=60.0))
+    app.setup(gas)
+    try:
+        client = TestClient(create_app(gas, secret="s", ops_hashes={}))
+        page = client.get("/signin")
+        # the headers of every page
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff" and page.headers["referrer-policy"]
+        token = page.text.split('name="csrf" value="')[1].split('"')[0]
+        client.post("/signin", data={"name": "ann", "tier": "premium", "email": "ann@example.org", "csrf": token})
+        token = client.get("/annotations").text.split('name="csrf" value="')[1].split('"')[0]
+        sample = (SAMPLES / "test.vcf").read_bytes()
+
+        def upload(name: str) -> object:
+            return client.post("/api/jobs", files={"file": (name, sample)}, headers={"X-CSRF-Token": token})
+
+        # a name that is a path, or too long, is a 400 with the reason
+        for bad, why in (("..\\..\\x.vcf", "not a path"), ("a" * 300 + ".vcf", "at most 200")):
+            r = upload(bad)
+            assert r.status_code == 400 and why in r.text, (bad, r.status_code, r.text)  # type: ignore[attr-defined]
+        # a Unicode name goes through and its result downloads under that name
+        made = upload("漢字.vcf")
+        assert made.status_code == 201, made.text  # type: ignore[attr-defined]
+        Worker(gas.pipeline, "annotate", gas.backend, wait_s=0).run(until_idle=True)
+        got = client.get(f"/api/jobs/{made.json()['job_id']}/result")  # type: ignore[attr-defined]
+        assert got.status_code == 200, got.text
+        disposition = got.headers["content-disposition"]
+        assert f"filename*=UTF-8''{quote('漢字')}" in disposition and 'filename="__' in disposition
+    finally:
+        gas.close()

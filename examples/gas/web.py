@@ -15,13 +15,14 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Annotated, Any, ClassVar
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
 
 from examples.gas import app as gas_app
@@ -47,6 +48,44 @@ class UploadTooLarge(Exception):
     pass
 
 
+MAX_NAME_BYTES = 200
+
+
+def name_problem(name: str) -> str | None:
+    """Why an uploaded file's name cannot be kept (it names the result file and goes into a
+    header and a storage key), or None."""
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return f"{name!r}: a file name, not a path"
+    if "\ufffd" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{name!r}: the name has bytes that are not text"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"the file name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES}"
+    return None
+
+
+def attachment(name: str) -> str:
+    """A Content-Disposition for ``name`` any browser saves right (RFC 6266: an ASCII fallback
+    and the UTF-8 name in ``filename*``), so a header never has to carry what latin-1 cannot."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    """Frames, sniffing and referrers off on every response (the pages' own scripts stay: they
+    poll the API for a job's status)."""
+
+    HEADERS: ClassVar[dict[str, str]] = {"Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'; "
+                                                                    "form-action 'self'",
+                                         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
+                                         "X-Frame-Options": "DENY"}
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        for k, v in self.HEADERS.items():
+            response.headers.setdefault(k, v)
+        return response
+
+
 def back_to(request: Request) -> str:
     """The page the form came from, if it is one of ours: only its path is used, and only when
     the Referer names this very site (no open redirect); else the user's annotations."""
@@ -64,7 +103,9 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     api = FastAPI(title="GAS", description="Genomics Annotation Service: submit VCF files, follow and download "
                   "their annotations.", version="1.0")
     api.add_middleware(SessionMiddleware, secret_key=secret or os.environ.get("GAS_WEB_SECRET") or
-                       secrets.token_hex(32), same_site="strict", https_only=False)
+                       secrets.token_hex(32), same_site="strict",
+                       https_only=os.environ.get("GAS_WEB_SECURE_COOKIE", "") not in ("", "0", "false"))
+    api.add_middleware(SecurityHeaders)
     cfg = gas.config
 
     # -- sessions -------------------------------------------------------------------------------
@@ -181,6 +222,9 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
             raise HTTPException(413, f"the file is larger than the {limit:,} bytes {u['tier']} users may upload"
                                 + (" (upgrade to premium for larger files)" if u["tier"] == "free" else "")) from None
         check_csrf(request, token_header or token)
+        problem = name_problem(name)
+        if problem is not None:
+            raise HTTPException(400, problem)
         if not name.lower().endswith(".vcf"):
             raise HTTPException(400, f"{name}: GAS annotates VCF files (.vcf)")
         try:
@@ -207,7 +251,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         except ObjectNotFound:
             raise HTTPException(404, "the result file is not there") from None
         return Response(data, media_type="text/plain",
-                        headers={"Content-Disposition": f'attachment; filename="{Path(str(key)).name.split("~")[-1]}"'})
+                        headers={"Content-Disposition": attachment(Path(str(key)).name.split("~")[-1])})
 
     @api.get("/api/jobs/{job_id}/result", tags=["jobs"], response_class=Response)
     def get_result(job_id: str, u: User) -> Response:

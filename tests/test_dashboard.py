@@ -7,7 +7,6 @@ tmp dir.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import pytest
 pytest.importorskip("argon2")
 pytest.importorskip("fastapi")
 
+from browser import chromium
 from fastapi.testclient import TestClient
 
 from orchestrator import JobStatus, Pipeline, Result
@@ -29,7 +29,6 @@ from orchestrator.web.auth import hash_password
 
 OPERATOR_PW, VIEWER_PW = "operator-secret", "viewer-secret"
 HASHES = {"operator": hash_password(OPERATOR_PW), "viewer": hash_password(VIEWER_PW)}
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def shop() -> Pipeline:
@@ -166,27 +165,10 @@ def test_redrive_shows_a_dry_run_first_and_retry_and_cancel_need_the_token(
 
 
 # -- in a browser ------------------------------------------------------------------------------
-def _no_browser(why: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
-
-
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) or shutil.which("chromium") is None:
-        _no_browser("Debian's chromium and chromium-driver are not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.implicitly_wait(2)
-    yield driver
-    driver.quit()
+    with chromium(1280, 900) as driver:
+        yield driver
 
 
 def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_chart_move(

@@ -64,6 +64,17 @@ def web_app_submit(gas: app.Gas, job_id: str, user_id: str, sample: str = "test.
     boto3.client("sns").publish(TopicArn=arn, Message=json.dumps(request))
 
 
+def their_results_queue() -> str:
+    """A web app's own queue, subscribed raw to the job_results topic (their notify script's)."""
+    sqs = boto3.client("sqs")
+    theirs = sqs.create_queue(QueueName="their-notify")["QueueUrl"]
+    q_arn = sqs.get_queue_attributes(QueueUrl=theirs, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    topic = boto3.client("sns").create_topic(Name="gas-job_results")["TopicArn"]
+    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=q_arn,
+                                  Attributes={"RawMessageDelivery": "true"})
+    return str(theirs)
+
+
 def item(job_id: str) -> dict[str, object]:
     got: dict[str, object] = boto3.resource("dynamodb").Table("gas-annotations").get_item(Key={"job_id": job_id})["Item"]
     return got
@@ -164,12 +175,7 @@ def test_the_web_apps_thaw_request_on_upgrade_restores(open_gas: Open, shape: st
 def test_job_results_are_published_in_the_deployments_shape(open_gas: Open) -> None:
     gas = open_gas(results_template={"userId": "{user_id}", "subject": "Job {job_id} is done",
                                      "body": "Download: {link}", "result_file": "{s3_key_result_file}"})
-    sqs = boto3.client("sqs")
-    theirs = sqs.create_queue(QueueName="their-notify")["QueueUrl"]
-    q_arn = sqs.get_queue_attributes(QueueUrl=theirs, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = boto3.client("sns").create_topic(Name="gas-job_results")["TopicArn"]
-    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=q_arn,
-                                  Attributes={"RawMessageDelivery": "true"})
+    sqs, theirs = boto3.client("sqs"), their_results_queue()
     web_app_submit(gas, "w1", "u1")
     run(gas, "annotate")
     [m] = sqs.receive_message(QueueUrl=theirs, MaxNumberOfMessages=10)["Messages"]
@@ -298,12 +304,7 @@ def test_times_in_messages_and_emails_read_as_gas_time_format_says(open_gas: Ope
     import re
 
     gas = open_gas(results_template={"body": "done at {complete_time}"}, time_format=time_format)
-    sqs = boto3.client("sqs")
-    theirs = sqs.create_queue(QueueName="their-notify")["QueueUrl"]
-    q_arn = sqs.get_queue_attributes(QueueUrl=theirs, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    topic = boto3.client("sns").create_topic(Name="gas-job_results")["TopicArn"]
-    boto3.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=q_arn,
-                                  Attributes={"RawMessageDelivery": "true"})
+    sqs, theirs = boto3.client("sqs"), their_results_queue()
     web_app_submit(gas, "t1", "u1")
     run(gas, "annotate")
     [m] = sqs.receive_message(QueueUrl=theirs, MaxNumberOfMessages=10)["Messages"]

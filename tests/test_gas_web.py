@@ -8,7 +8,6 @@ Screenshots go to ``GAS_WEB_SCREENSHOTS`` (the README's come from here) or the t
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from browser import chromium
 
 from examples.gas import app
 from examples.gas.config import GasConfig
@@ -25,15 +25,8 @@ from orchestrator import JobStatus, Worker
 from orchestrator.web.auth import hash_password
 
 SAMPLES = samples_dir()
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 OPS_PASSWORD = "operators-only"
 OPS_HASHES = {"operator": hash_password(OPS_PASSWORD)}
-
-
-def _no_browser(why: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(why)  # CI's install step puts Chromium on the machine: a skip would hide a break
-    pytest.skip(why)
 
 
 @dataclass
@@ -86,19 +79,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) or shutil.which("chromium") is None:
-        _no_browser("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.implicitly_wait(2)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 def sign_in(b: object, site: Site, name: str, tier: str = "free") -> None:

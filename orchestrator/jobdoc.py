@@ -40,7 +40,9 @@ def _defaults(model: type[StepRecord] | type[HistoryEntry]) -> Doc:
 #: a step's and a history entry's fields with their defaults (None where required), in the
 #: models' order
 STEP_DEFAULTS: Doc = {k: v for k, v in _defaults(StepRecord).items() if k not in ("result", "error")}  # see StepRecord
-HISTORY_DEFAULTS: Doc = _defaults(HistoryEntry)
+HISTORY_DEFAULTS: Doc = {k: v for k, v in _defaults(HistoryEntry).items() if k != "traceback"}  # see HistoryEntry
+#: the part of a failed attempt's traceback its history entry keeps (the step keeps the last in full)
+HISTORY_TRACEBACK_CHARS = 2048
 
 
 def to_record(doc: Doc) -> JobRecord:
@@ -87,9 +89,13 @@ def out_message(d: Doc) -> OutMessage:
 
 
 def _history(now: float, event: str, stage: str | None, from_status: str | None, to_status: str,
-             message_id: str | None = None, reason: str | None = None) -> Doc:
-    return {"at": now, "event": event, "stage": stage, "from_status": from_status, "to_status": to_status,
-            "reason": reason, "message_id": message_id}
+             message_id: str | None = None, reason: str | None = None, error: Doc | None = None) -> Doc:
+    entry = {"at": now, "event": event, "stage": stage, "from_status": from_status, "to_status": to_status,
+             "reason": reason, "message_id": message_id}
+    if error is not None and error.get("traceback"):
+        tb = error["traceback"]
+        entry["traceback"] = tb if len(tb) <= HISTORY_TRACEBACK_CHARS else "...\n" + tb[-HISTORY_TRACEBACK_CHARS:]
+    return entry
 
 
 def _copy(doc: Doc) -> Doc:
@@ -253,9 +259,9 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
             out["steps"][stage]["outbox"] = [out_doc(join.message)]
     elif before not in TERMINAL:
         out["status"] = FAILED
-        out["history"].append(_history(now, "fail", stage, before, FAILED, message_id, reason))
+        out["history"].append(_history(now, "fail", stage, before, FAILED, message_id, reason, error))
     else:
-        out["history"].append(_history(now, "step_failed", stage, before, before, message_id, reason))
+        out["history"].append(_history(now, "step_failed", stage, before, before, message_id, reason, error))
     out["updated_at"] = now
     return out
 
@@ -272,7 +278,7 @@ def retried(doc: Doc, *, stage: str, message_id: str, claim: str | None, error: 
         out["steps"][stage] = {**step, "error": error}
     out["history"] = [*doc["history"], _history(
         now, "retried", stage, doc["status"], doc["status"], message_id,
-        f"{error['type']}: {error['message']} (attempt {error['attempt']}); again in {delay_s:.3g}s")]
+        f"{error['type']}: {error['message']} (attempt {error['attempt']}); again in {delay_s:.3g}s", error)]
     out["updated_at"] = now
     return out
 

@@ -103,6 +103,9 @@ class HistoryEntry(BaseModel):
     to_status: JobStatus | None = None
     reason: str | None = None
     message_id: str | None = None
+    # A failed attempt's traceback (its last 2 KB; left out of the JSON while there is none):
+    # every attempt's, where the step keeps only the last one's in full.
+    traceback: str | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class JobRecord(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -131,10 +132,33 @@ class TestSns(TopicContract):
     pass
 
 
+class SerialClient:
+    """A boto3 client whose calls run one at a time. moto checks a write's condition and then
+    applies the write as two steps with no lock between, so two threads can both pass the check;
+    DynamoDB does both atomically. The contract is about DynamoDB's semantics, not moto's race."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
+
+
 class TestDynamoDB(StatusStoreContract, BatchStoreContract):
     @pytest.fixture
     def store(self) -> DynamoDBStatusStore:
-        return DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())
+        store = DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())
+        store.client = SerialClient(store.client)
+        return store
 
 
 def test_redrive_policy_moves_a_message_to_the_dlq_after_max_receives(transport: SqsTransport,

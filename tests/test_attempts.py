@@ -52,6 +52,11 @@ def test_a_job_that_took_three_attempts_shows_each_of_them(backend: Backend) -> 
     assert retried[0] is not None and retried[0].startswith("RuntimeError: card declined (try 1) (attempt 1); again in")
     assert retried[1] is not None and "(try 2) (attempt 2)" in retried[1]
     assert [r for e, r in events if e == "claimed"] == ["attempt 2", "attempt 3"]
+    # and each failed attempt keeps its own traceback (bounded), the successful commit none
+    tracebacks = [h.traceback for h in job.history if h.event == "retried"]
+    assert all(t and "in raise_card_declined" in t and len(t) <= 2048 + 4 for t in tracebacks)
+    assert "(try 1)" in tracebacks[0] and "(try 2)" in tracebacks[1]
+    assert all(h.traceback is None for h in job.history if h.event != "retried")
 
 
 def test_a_job_that_gave_up_keeps_the_last_traceback_for_status_and_the_dead_letter(

@@ -216,6 +216,12 @@ def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_c
         assert b.find_element(By.ID, "status").text == "FAILED"
         assert "raise_card_declined" in b.find_element(By.ID, "traceback-charge").text
         assert len(b.find_elements(By.CLASS_NAME, "event-retried")) == 1
+        # each attempt's own traceback, behind its event
+        attempts = b.find_elements(By.CSS_SELECTOR, "details.attempt-traceback")
+        assert len(attempts) == 2  # the retried attempt and the last one
+        for d in attempts:
+            d.find_element(By.TAG_NAME, "summary").click()
+            assert "raise_card_declined" in d.find_element(By.TAG_NAME, "pre").text
         b.save_screenshot(str(shots / "dashboard-job.png"))
         # redrives from the dead-letter queue after a dry run
         b.get(f"{url}/dead-letters/orders-dlq")

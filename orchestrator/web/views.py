@@ -76,7 +76,8 @@ def timeline(job: JobRecord) -> list[dict[str, Any]]:
     rows, before = [], job.created_at
     for h in job.history:
         rows.append({"at": h.at, "after_s": max(0.0, h.at - before), "event": h.event, "stage": h.stage,
-                     "to_status": h.to_status.value if h.to_status else None, "reason": h.reason})
+                     "to_status": h.to_status.value if h.to_status else None, "reason": h.reason,
+                     "traceback": h.traceback})
         before = h.at
     return rows
 

@@ -60,35 +60,57 @@ def check_id(value: object, what: str = "job id", *, optional: bool = False) -> 
 
 def value_problem(value: Any, where: str) -> str | None:
     """Why ``value`` (at ``where``) cannot be stored on every backend, or None."""
-    # iterative, so a value nested 100,000 deep is refused without a RecursionError
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
-    while stack:
-        v, at, depth = stack.pop()
-        if isinstance(v, str):
-            try:
-                v.encode()
-            except UnicodeEncodeError:
-                return f"{at}: text {v[:40]!r} is not valid UTF-8 (a lone surrogate)"
-        elif isinstance(v, bool) or v is None:
-            continue
-        elif isinstance(v, int):
-            if not -MAX_INT <= v <= MAX_INT:
-                return f"{at}: integer of {v.bit_length()} bits is beyond 64 bits (store it as text)"
-        elif isinstance(v, float):
-            if not math.isfinite(v):
-                return f"{at}: {v} is not a finite number (JSON cannot carry it)"
-        elif isinstance(v, dict | list | tuple):
-            if depth >= MAX_DEPTH:
-                return f"{at}: nested more than {MAX_DEPTH} deep"
-            if isinstance(v, dict):
-                for k, item in v.items():
-                    if not isinstance(k, str):
-                        return f"{at}: key {k!r} is not text"
-                    stack.append((k, f"{at} key", depth + 1))
-                    stack.append((item, f"{at}.{k}", depth + 1))
-            else:
-                stack.extend((item, f"{at}[{i}]", depth + 1) for i, item in enumerate(v))
-    return None
+    found = _find(value, 0)
+    return None if found is None else f"{where}{found[0]}: {found[1]}"
+
+
+def _find(v: Any, depth: int) -> tuple[str, str] | None:
+    """(the path below ``v``, why) of the first thing no backend stores, or None. It runs on
+    every message and result, so the common shapes are checked first and a path is only
+    built on the way back from a problem; nesting stops at ``MAX_DEPTH``, so depth is no risk."""
+    t = type(v)
+    if t is str:
+        if v.isascii():
+            return None
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            return "", f"text {v[:40]!r} is not valid UTF-8 (a lone surrogate)"
+        return None
+    if v is None or t is bool:
+        return None
+    if t is int:
+        return None if -MAX_INT <= v <= MAX_INT else ("", f"integer of {v.bit_length()} bits is beyond 64 bits "
+                                                         "(store it as text)")
+    if t is float:
+        return None if math.isfinite(v) else ("", f"{v} is not a finite number (JSON cannot carry it)")
+    if isinstance(v, dict):
+        if depth >= MAX_DEPTH:
+            return "", f"nested more than {MAX_DEPTH} deep"
+        for k, item in v.items():
+            if not isinstance(k, str):
+                return "", f"key {k!r} is not text"
+            bad = _find(k, depth) or _find(item, depth + 1)
+            if bad is not None:
+                return f".{k}{bad[0]}", bad[1]
+        return None
+    if isinstance(v, list | tuple):
+        if depth >= MAX_DEPTH:
+            return "", f"nested more than {MAX_DEPTH} deep"
+        for i, item in enumerate(v):
+            bad = _find(item, depth + 1)
+            if bad is not None:
+                return f"[{i}]{bad[0]}", bad[1]
+        return None
+    if isinstance(v, str):  # a str subclass (an enum's value, say)
+        return _find(str(v), depth)
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):  # an int subclass (IntEnum)
+        return _find(int(v), depth)
+    if isinstance(v, float):
+        return _find(float(v), depth)
+    return None  # what pydantic writes itself (datetimes, decimals, models)
 
 
 def check_value(value: Any, where: str) -> None:

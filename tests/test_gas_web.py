@@ -335,3 +335,30 @@ def test_names_a_header_cannot_carry_download_right_and_bad_names_are_refused(tm
         assert f"filename*=UTF-8''{quote('漢字')}" in disposition and 'filename="__' in disposition
     finally:
         gas.close()
+
+
+def test_sign_out_kills_every_copy_of_the_old_cookie(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
+    app.setup(gas)
+    try:
+        web = create_app(gas, secret="s", ops_hashes={})
+        client = TestClient(web, follow_redirects=False)
+        token = client.get("/signin").text.split('name="csrf" value="')[1].split('"')[0]
+        client.post("/signin", data={"name": "hal", "email": "hal@example.org", "tier": "free", "csrf": token})
+        assert client.get("/annotations").status_code == 200
+        kept = dict(client.cookies)  # a copy of the signed-in cookie, as a thief would keep it
+        token = client.get("/annotations").text.split('name="csrf" value="')[1].split('"')[0]
+        assert client.post("/signout", data={"csrf": token}).status_code == 303
+        thief = TestClient(web, follow_redirects=False, cookies=kept)
+        assert thief.get("/annotations").status_code == 303  # to the sign-in page
+        assert thief.get("/api/jobs").status_code == 401
+        # and signing in again works
+        token = client.get("/signin").text.split('name="csrf" value="')[1].split('"')[0]
+        client.post("/signin", data={"name": "hal", "email": "hal@example.org", "tier": "free", "csrf": token})
+        assert client.get("/annotations").status_code == 200
+    finally:
+        gas.close()

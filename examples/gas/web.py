@@ -113,7 +113,12 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         u = request.session.get("user")
         if not u:
             raise HTTPException(401, "sign in first")
-        return {"name": u, "tier": gas_app.profile(gas, u)["tier"], "csrf": request.session["csrf"],
+        prof = gas_app.profile(gas, u)
+        if request.session.get("epoch", 0) != prof.get("session_epoch", 0):
+            # signed out since this cookie was made (a copy of it kept elsewhere is dead too)
+            request.session.clear()
+            raise HTTPException(401, "signed out: sign in again")
+        return {"name": u, "tier": prof["tier"], "csrf": request.session["csrf"],
                 "operator": "yes" if u in operators else ""}
 
     def page_user(request: Request) -> dict[str, str] | None:
@@ -303,12 +308,21 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         prof["email"] = email.strip() or prof.get("email") or f"{name}@users.example.org"
         gas_app.save_profile(gas, prof)
         request.session.clear()
-        request.session.update(user=name, csrf=secrets.token_urlsafe(24))  # a new token per session
+        # a new token per session; the epoch ties the cookie to the sessions not yet signed out
+        request.session.update(user=name, csrf=secrets.token_urlsafe(24), epoch=prof.get("session_epoch", 0))
         return RedirectResponse("/annotations", status_code=303)
 
     @api.post("/signout", include_in_schema=False)
     def signout(request: Request, csrf: Annotated[str, Form()]) -> Response:
         check_csrf(request, csrf)
+        name = request.session.get("user")
+        if name:
+            # Sessions are signed cookies: clearing ours would leave a copy of the old cookie
+            # valid. The user's epoch moves on instead, so every cookie made before is refused
+            # (by every web process: the epoch lives with the profile, not in one process).
+            prof = gas_app.profile(gas, name)
+            prof["session_epoch"] = int(prof.get("session_epoch", 0)) + 1
+            gas_app.save_profile(gas, prof)
         request.session.clear()
         return RedirectResponse("/signin", status_code=303)
 

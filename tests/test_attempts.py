@@ -116,3 +116,20 @@ def test_a_retried_handlers_traceback_is_logged(backend: Backend, capsys: pytest
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     [retry] = [line for line in lines if line["event"] == "handler failed; retrying"]
     assert "Traceback (most recent call last)" in retry["exception"] and "raise_card_declined" in retry["exception"]
+
+
+def test_a_job_purged_while_its_handler_failed_leaves_the_message_to_come_back(backend: Backend) -> None:
+    p = Pipeline("t")
+
+    @p.stage("s", source="in", max_receives=3)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        job = backend.store.get(msg.job_id)
+        assert job is not None
+        backend.store.delete(msg.job_id, version=job.version)  # an operator's purge, just now
+        raise RuntimeError("and then the handler failed")
+
+    p.setup(backend)
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    [got] = backend.transport.receive("in", max_messages=1, wait_s=0, visibility_s=30)
+    assert Controller(p, "s", backend).handle(got) == Outcome.RETRIED
+    assert backend.transport.depth("in").total == 1 and backend.store.get("j") is None

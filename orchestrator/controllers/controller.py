@@ -39,6 +39,7 @@ from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import (
     ConflictError,
     JobCancelled,
+    JobNotFound,
     MalformedMessage,
     NothingToDo,
     ObjectNotFound,
@@ -557,6 +558,8 @@ class Controller:
                 return self._drop(it)
             except ConflictError as exc:
                 return self._discard(it, f"retry not recorded: {exc}")
+            except JobNotFound:  # purged meanwhile: the message comes back as an unknown job's
+                it.log.warning("job gone; retry not recorded")
         self.backend.transport.release(d, action.delay_s)
         self.hook("on_retry", self.stage, d, error, action.delay_s)
         return Outcome.RETRIED

@@ -7,7 +7,6 @@ tmp dir.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 pytest.importorskip("argon2")
 pytest.importorskip("fastapi")
 
-from browser import chromium
+from browser import chromium, served
 from fastapi.testclient import TestClient
 
 from orchestrator import JobStatus, Pipeline, Result
@@ -173,32 +172,21 @@ def browser() -> Iterator[Any]:
 
 def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_chart_move(
         shop_backend: tuple[Pipeline, Backend], browser: Any, tmp_path: Path) -> None:
-    import socket
 
-    import uvicorn
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     p, backend = shop_backend
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(p, backend, hashes=HASHES), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     shots = Path(os.environ.get("ORCHESTRATOR_WEB_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    url, b = f"http://127.0.0.1:{port}", browser
-    try:
+    b = browser
+    with served(create_app(p, backend, hashes=HASHES)) as url:
         def sign_in_as(password: str) -> None:
             b.delete_all_cookies()
             b.get(f"{url}/signin")
             b.find_element(By.ID, "password").send_keys(password)
             b.find_element(By.ID, "signin").click()
+            b.find_element(By.ID, "role")  # signed in and landed: the next navigation cannot race this one
 
         # a read-only user sees the dead letter but no redrive button
         sign_in_as(VIEWER_PW)
@@ -210,6 +198,9 @@ def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_c
         b.get(f"{url}/jobs")
         Select(b.find_element(By.ID, "q-status")).select_by_value("FAILED")
         b.find_element(By.ID, "find").click()
+        deadline = time.monotonic() + 10
+        while "status=FAILED" not in b.current_url and time.monotonic() < deadline:
+            time.sleep(0.05)  # the search's page, not the one before it
         links = b.find_elements(By.CLASS_NAME, "job-link")
         assert [a.text for a in links] == ["order-3"]
         links[0].click()
@@ -254,6 +245,3 @@ def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_c
         b.add_cookie({"name": COOKIE, "value": old})
         b.get(f"{url}/jobs")
         assert "/signin" in b.current_url
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -8,15 +8,13 @@ Screenshots go to ``GAS_WEB_SCREENSHOTS`` (the README's come from here) or the t
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser import chromium
+from browser import chromium, served
 
 from examples.gas import app
 from examples.gas.config import GasConfig
@@ -43,37 +41,20 @@ class Site:
             self.workers.append(w)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    import uvicorn
 
     from examples.gas.web import create_app
 
     gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=1.0, retry_base_s=0.1))
     app.setup(gas)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES),
-                                           host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     shots = Path(os.environ.get("GAS_WEB_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    s = Site(f"http://127.0.0.1:{port}", gas, shots, [])
-    yield s
-    for w in s.workers:
-        w.stop(timeout=10)
-    server.should_exit = True
-    thread.join(10)
+    with served(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES)) as url:
+        s = Site(url, gas, shots, [])
+        yield s
+        for w in s.workers:
+            w.stop(timeout=10)
     gas.close()
 
 

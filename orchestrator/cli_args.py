@@ -29,15 +29,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
+def whole(text: str, *, low: int, high: int | None = None, out_of_range: str = "") -> int:
+    """An integer from ``text`` within ``low``..``high`` (``high`` None: no top), else an
+    ``ArgumentTypeError`` saying what was expected; ``out_of_range`` replaces the range message."""
+    span = f" {low}..{high}" if high is not None else ""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number{span}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(out_of_range.format(value=value) or (
+            f"must be{span}, got {value}" if high is not None else f"must be at least {low}, got {value}"))
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
+    return whole(text, low=1)
 
 
 #: threads per worker process: beyond this, start more processes (each thread holds a batch)
@@ -48,11 +56,9 @@ MAX_WAIT_S = 20.0
 
 def concurrency_arg(text: str) -> int:
     """argparse type: threads per worker, 1..MAX_CONCURRENCY."""
-    value = positive_int(text)
-    if value > MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY} threads per process, got {value} "
-                                         "(run more worker processes instead)")
-    return value
+    return whole(text, low=1, high=MAX_CONCURRENCY,
+                 out_of_range=f"must be at least 1 and at most {MAX_CONCURRENCY} threads per process, got {{value}} "
+                              "(run more worker processes instead)")
 
 
 #: worker processes per stage under one supervisor
@@ -61,10 +67,8 @@ MAX_PROCESSES = 64
 
 def processes_arg(text: str) -> int:
     """argparse type: worker processes per stage, 1..MAX_PROCESSES."""
-    value = positive_int(text)
-    if value > MAX_PROCESSES:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_PROCESSES} processes per stage, got {value}")
-    return value
+    return whole(text, low=1, high=MAX_PROCESSES,
+                 out_of_range=f"must be at least 1 and at most {MAX_PROCESSES} processes per stage, got {{value}}")
 
 
 def wait_arg(text: str) -> float:
@@ -77,13 +81,7 @@ def wait_arg(text: str) -> float:
 
 def port_arg(text: str) -> int:
     """argparse type: a TCP port, 0 (any free one) .. 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {value}")
-    return value
+    return whole(text, low=0, high=65535, out_of_range="must be a port number 0..65535, got {value}")
 
 
 def seconds_arg(text: str) -> float:
@@ -123,24 +121,12 @@ def time_arg(text: str) -> datetime:
 
 def priority_arg(text: str) -> int:
     """argparse type: a priority 0..9."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number 0..{MAX_PRIORITY}, got {text!r}") from None
-    if not 0 <= value <= MAX_PRIORITY:
-        raise argparse.ArgumentTypeError(f"must be 0..{MAX_PRIORITY}, got {value}")
-    return value
+    return whole(text, low=0, high=MAX_PRIORITY)
 
 
 def limit_arg(text: str) -> int:
     """argparse type: a count >= 0 (0: no limit)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, got {value}")
-    return value
+    return whole(text, low=0, out_of_range="must be 0 (no limit) or more, got {value}")
 
 
 def since_arg(text: str) -> float:

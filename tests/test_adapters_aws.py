@@ -384,7 +384,7 @@ def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
         Worker(p, stage, backend, wait_s=0).run(until_idle=True)
     job = backend.store.get("j")
     assert job is not None and job.status == JobStatus.COMPLETED and job.fields["length"] == len(big)
-    assert backend.objects is not None and backend.objects.exists(f"claim-check/{job.steps['make'].outbox[0].id}")
+    assert backend.objects is not None and backend.objects.exists(f"claim-check/{job.steps['use'].message_id}")
     # without the stage's consent an oversize emit fails the step before anything is committed
     w = Worker(p, "refuse", backend, wait_s=0)
     w.run(until_idle=True)

@@ -3,8 +3,11 @@
 Two promises make that safe, checked here on random sequences of rule applications:
 - a rule never changes the document it is given (the memory store keeps and hands out the
   very documents it was given, and the controller judges a batch against documents it read);
-- the document and the typed record agree: the JSON a store writes is byte for byte what
-  ``JobRecord.model_dump_json`` writes, so rows written before documents and after read alike.
+- the document and the typed record agree: the document's JSON is byte for byte what
+  ``JobRecord.model_dump_json`` writes, so rows written before documents and after read alike;
+  and what a store keeps (``lean``: without defaults) reads back (``full``) as the same document;
+- a commit shows its message arrived: no other step's outbox holds it any longer (a finished
+  job does not carry what it sent).
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def apply(doc: Doc, op: tuple[Any, ...], now: float) -> Doc:
             return jobdoc.begin(doc, stage=stage, message_id=mid, claim=claim, attempt=attempt, now=now,
                                 input_body='{"in": 1}', source="q")
         case ("commit", stage, mid, claim, status, fields, n):
-            outbox = [OutMessage(kind="queue", target="next", id=f"{mid}-{i}", body="{}") for i in range(n)]
+            # the first message is the other one, so a later commit of it is its delivery
+            outbox = [OutMessage(kind="queue", target="next", id=f"{mid}-{i}" if i else ("m2" if mid == "m1" else "m1"),
+                                 body="{}") for i in range(n)]
             return jobdoc.commit(doc, stage=stage, message_id=mid, claim=claim, status=status, fields=fields,
                                  outbox=outbox, now=now)
         case ("fail", stage, claim, dead):
@@ -83,10 +88,16 @@ def test_rules_never_change_their_input_and_documents_match_their_records(sequen
             assert exc.current_doc is doc  # refused against the document it was given
             new = doc
         assert doc == before, f"{op[0]} changed the document it was given"
-        doc = new
+        written, doc = new is not doc, new
         record = jobdoc.to_record(doc)
         assert jobdoc.encode(doc) == record.model_dump_json()
         assert jobdoc.to_doc(record) == jobdoc.decode(jobdoc.encode(doc))
+        snapshot = copy.deepcopy(doc)
+        kept = jobdoc.lean(doc)
+        assert jobdoc.full(jobdoc.decode(jobdoc.encode(kept))) == jobdoc.decode(jobdoc.encode(doc))
+        assert doc == snapshot
+        if op[0] == "commit" and written:
+            assert not [k for k, s in doc["steps"].items() if k != op[1] and any(m["id"] == op[2] for m in s["outbox"])]
 
 
 def test_a_document_written_as_a_record_decodes_to_the_same_record() -> None:
@@ -108,3 +119,18 @@ def test_fields_of_any_type_pydantic_writes_are_written_as_the_record_writes_the
     doc = jobdoc.set_fields(jobdoc.new_doc("j", user_id=None, fields={}, now=1.0), fields=fields, now=2.0)
     assert jobdoc.encode(doc) == jobdoc.to_record(doc).model_dump_json()
     assert jobdoc.decode(jobdoc.encode(doc))["fields"]["huge"] == 2**70  # not rounded to a float
+
+
+def test_a_consumers_commit_takes_its_message_out_of_the_senders_outbox() -> None:
+    doc = jobdoc.new_doc("j", user_id=None, fields={}, now=1.0)
+    sent = [OutMessage(kind="queue", target="b", id="m2", body="{}"),
+            OutMessage(kind="topic", target="t", id="m3", body="{}")]
+    doc = jobdoc.commit(doc, stage="a", message_id="m1", claim=None, status=None, fields={}, outbox=sent, now=2.0)
+    doc = jobdoc.commit(doc, stage="b", message_id="m2", claim=None, status=None, fields={}, outbox=[], now=3.0)
+    assert [m["id"] for m in doc["steps"]["a"]["outbox"]] == ["m3"]  # m3's consumer has not committed
+    doc = jobdoc.commit(doc, stage="c", message_id="m3", claim=None, status=JobStatus.COMPLETED, fields={},
+                        outbox=[], now=4.0)
+    assert doc["steps"]["a"]["outbox"] == []
+    kept = jobdoc.lean(doc)
+    assert set(kept["steps"]["a"]) == {"message_id", "state", "started_at", "finished_at"}
+    assert jobdoc.full(jobdoc.decode(jobdoc.encode(kept))) == doc

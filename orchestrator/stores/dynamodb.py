@@ -20,7 +20,7 @@ from orchestrator.aws_common import DEFAULT_REGION, error_code, resource
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
-from orchestrator.jobdoc import HISTORY_DEFAULTS, STEP_DEFAULTS, Doc, to_record
+from orchestrator.jobdoc import Doc, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus
 from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict
 
@@ -87,11 +87,6 @@ class _Update:
     names: dict[str, str]
     values: dict[str, Any]
     item: dict[str, Any]
-
-
-def _lean(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` without the entries that hold their default (fewer bytes per item)."""
-    return {k: v for k, v in doc.items() if k not in defaults or v != defaults[k]}
 
 
 class DynamoDBStatusStore(CasStatusStore):
@@ -164,28 +159,25 @@ class DynamoDBStatusStore(CasStatusStore):
                      "created_at": item.get(CREATED, item.get("submit_time", 0)), "updated_at": item.get(UPDATED, 0),
                      "origin": json.loads(item[ORIGIN]) if item.get(ORIGIN) else None}
         status = item.get(self.status_attr, JobStatus.PENDING.value)
-        return {
+        return full({
             "job_id": str(item[self.key_attr]),
             "user_id": item.get("user_id"),
             # an unknown status (another program's) is refused here, as the typed record would
             "status": JobStatus(self._status_in.get(str(status), status)).value,
             "fields": {k: v for k, v in item.items() if k not in own},
-            # steps and history are kept without their defaults (below): filled in again here
-            "steps": {k: {**STEP_DEFAULTS, "outbox": [], **v} for k, v in state["steps"].items()},
-            "history": [{**HISTORY_DEFAULTS, **h} for h in state["history"]],
+            # steps and history are kept lean (jobdoc.lean): made whole again below
+            "steps": state["steps"], "history": state["history"],
             "created_at": float(state.get("created_at") or 0),
             "updated_at": float(state.get("updated_at") or 0),
             "origin": state.get("origin") or None,
             "version": int(item.get(VERSION, 0)),
-        }
+        })
 
     def _item(self, doc: Doc) -> dict[str, Any]:
         item: dict[str, Any] = {k: v for k, v in doc["fields"].items() if v is not None}
-        state: dict[str, Any] = {
-            "steps": {k: _lean(v, STEP_DEFAULTS) for k, v in doc["steps"].items()},
-            "history": [_lean(h, HISTORY_DEFAULTS) for h in doc["history"]],
-            "created_at": doc["created_at"], "updated_at": doc["updated_at"],
-        }
+        kept = lean(doc)
+        state: dict[str, Any] = {"steps": kept["steps"], "history": kept["history"],
+                                 "created_at": doc["created_at"], "updated_at": doc["updated_at"]}
         if doc["origin"] is not None:
             state["origin"] = doc["origin"]
         item.update({self.key_attr: doc["job_id"], self.status_attr: self._status_out.get(doc["status"], doc["status"]),

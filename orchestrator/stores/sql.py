@@ -16,7 +16,7 @@ from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.database import Conn, Database
 from orchestrator.errors import StoreError
-from orchestrator.jobdoc import Doc, decode, encode, to_record
+from orchestrator.jobdoc import Doc, decode, encode, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus, OutMessage
 from orchestrator.stores.cas import CasStatusStore, Rule, Then, VersionConflict
 
@@ -28,10 +28,10 @@ class SqlStatusStore(CasStatusStore):
 
     def _load(self, job_id: str) -> Doc | None:
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id=?", (job_id,))
-        return decode(rows[0][0]) if rows else None
+        return full(decode(rows[0][0])) if rows else None
 
     def _encode(self, record: Doc, previous: Doc | None = None) -> str:
-        return encode(record)
+        return encode(lean(record))
 
     def _doc(self, record: Doc, encoded: Any) -> str:
         """The row's ``doc``: the encoding a caller made before the transaction, or made now."""
@@ -89,7 +89,7 @@ class SqlStatusStore(CasStatusStore):
             chunk = ids[start:start + 500]
             rows = self.db.read(f"SELECT doc FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
             for (text,) in rows:
-                doc = decode(text)
+                doc = full(decode(text))
                 out[doc["job_id"]] = doc
         return out
 
@@ -113,7 +113,7 @@ class SqlStatusStore(CasStatusStore):
             sql += " AND status=?"
             params.append(status.value)
         rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
-        return [to_record(decode(r[0])) for r in rows]
+        return [to_record(full(decode(r[0]))) for r in rows]
 
 
 _: type[StatusStore] = SqlStatusStore

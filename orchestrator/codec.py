@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.envelope import Envelope, canonical_json, derive_id
+from orchestrator.envelope import MESSAGE_ID_ATTR, Envelope, canonical_json, derive_id
 from orchestrator.errors import MalformedMessage, NothingToDo
 from orchestrator.storable import id_problem, value_problem
 
@@ -72,7 +72,7 @@ class Codec:
         doc = _parse(body, "body")
         sns_id: str | None = None
         if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
-            sns_id = str(doc.get("MessageId") or "") or None
+            sns_id = _sent_as(doc) or str(doc.get("MessageId") or "") or None
             doc = _parse(doc["Message"], "SNS Message")
             if isinstance(doc, dict) and isinstance(doc.get("default"), str) and _only_protocol_keys(doc):
                 doc = _parse(doc["default"], "SNS default message")
@@ -103,6 +103,10 @@ class Codec:
             raise MalformedMessage(f"plain JSON message lacks required keys: {', '.join(missing)}", job_id=job_id)
         # The same body redelivered gets the same id, so the step record spots duplicates.
         msg_id = derive_id("plain", sns_id or canonical_json(doc))
+        if sns_id is not None and sns_id.startswith(_SENT):
+            # a message we published keeps the id its sender's outbox gave it: a replayed
+            # publish is the same message, and this step's commit tells that outbox it arrived
+            msg_id = sns_id[len(_SENT):]
         return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
 
 
@@ -131,6 +135,20 @@ def _parse(text: Any, what: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4,300 digits
         raise MalformedMessage(f"{what} is not valid JSON: {exc}") from exc
+
+
+_SENT = "sent:"
+
+
+def _sent_as(notification: dict[str, Any]) -> str | None:
+    """The id our SNS publisher gave the message (its ``message_id`` attribute), marked as
+    such, or None (another publisher's message: SNS's own MessageId names it)."""
+    attrs = notification.get("MessageAttributes")
+    attr = attrs.get(MESSAGE_ID_ATTR) if isinstance(attrs, dict) else None
+    value = attr.get("Value") if isinstance(attr, dict) else None
+    if isinstance(value, str) and id_problem(value) is None and len(value) <= 128:
+        return _SENT + value
+    return None
 
 
 def _only_protocol_keys(doc: dict[str, Any]) -> bool:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.errors import MalformedMessage
+from orchestrator.storable import id_problem
 
 text = st.text(max_size=12)
 ids = st.one_of(text, st.sampled_from(["\ud800", "", "j1"]))
@@ -53,3 +54,28 @@ def test_one_pass_and_general_decoding_agree(body: str) -> None:
 def test_a_valid_envelope_takes_the_one_pass_path_and_round_trips() -> None:
     env = Envelope(task="t", job_id="j", payload={"a": [1, 2]}, created_at=1.5)
     assert Codec().decode(env.to_json()) == env
+
+
+def _notification(message: dict[str, object], attributes: dict[str, object] | None, sns_id: str) -> str:
+    note: dict[str, object] = {"Type": "Notification", "MessageId": sns_id, "Message": json.dumps(message)}
+    if attributes is not None:
+        note["MessageAttributes"] = attributes
+    return json.dumps(note)
+
+
+@given(st.text(max_size=140), st.sampled_from(["a", "b"]))
+def test_a_plain_message_we_published_keeps_its_outbox_id_and_others_get_one_from_sns(given_id: str, sns: str
+                                                                                       ) -> None:
+    codec = Codec(plain_task="annotate")
+    request = {"job_id": "j1", "user_id": "u"}
+    ours = codec.decode(_notification(request, {"message_id": {"Type": "String", "Value": given_id}}, sns))
+    theirs = codec.decode(_notification(request, None, sns))
+    # another publisher's message: named by SNS's MessageId, the same for its redeliveries
+    assert theirs.id == codec.decode(_notification(request, {}, sns)).id != codec.decode(
+        _notification(request, None, sns + "x")).id
+    if id_problem(given_id, "message id") is None and len(given_id) <= 128:
+        # ours: the id the sender's outbox gave it, whichever copy SNS delivered
+        assert ours.id == given_id
+        assert codec.decode(_notification(request, {"message_id": {"Value": given_id}}, sns + "x")).id == given_id
+    else:  # an attribute that cannot be an id is not taken for one
+        assert ours.id == theirs.id

@@ -242,3 +242,39 @@ def test_a_restore_that_waited_too_long_fails_and_upgrading_again_restores_it(
     assert restore_until_settled(gas, job) == ["committed"]
     rec = gas.backend.store.get(job)
     assert rec is not None and rec.status == JobStatus.COMPLETED and rec.steps["restore"].state == "committed"
+
+
+def test_a_finished_jobs_item_is_small_and_a_users_unpaginated_query_sees_500_jobs(gas: app.Gas) -> None:
+    from orchestrator.stores.dynamodb import STATE, VERSION, DynamoDBStatusStore, item_bytes
+
+    # Given a premium job and a free one, as the web app submits them, through every stage
+    # that writes them (annotate, notify; archive for the free user's result)
+    web_app_submit("web-p", "test.vcf", extra={"user_email": "u1@example.org"})
+    free = app.submit(gas, SAMPLES / "free_1.vcf", user_id="u1", tier="free", email="u1@example.org")
+    run(gas, "annotate", "notify")
+    import time
+
+    time.sleep(1.1)  # the archive queue delays by the (shortened) retention
+    run(gas, "archive")
+    table = boto3.resource("dynamodb").Table("gas-annotations")
+    store = gas.backend.store
+    assert isinstance(store, DynamoDBStatusStore)
+    items = [table.get_item(Key={"job_id": j})["Item"] for j in ("web-p", free)]
+    assert items[1].get("results_file_archive_id")  # the free one went all the way
+    for item in items:
+        # Then our own attributes hold at most 2 KB: no envelopes, no outbox once sent
+        own = sum(len(k.encode()) + item_bytes(item[k]) for k in (VERSION, STATE, store.status_attr) if k in item)
+        assert own <= 2048, own
+        state = json.loads(item[STATE])
+        assert all(not s.get("outbox") for s in state["steps"].values())
+        assert '"payload"' not in item[STATE]  # no message bodies kept
+        whole = sum(len(k.encode()) + item_bytes(v) for k, v in item.items())
+        assert whole <= 2000, whole
+    # And a user with 600 such jobs: the web app's un-paginated Query on its user index
+    # gets at least 500 of them in its one 1 MB page
+    with table.batch_writer() as batch:
+        for n in range(600):
+            batch.put_item(Item={**items[n % 2], "job_id": f"copy-{n:04d}", "user_id": "many"})
+    [index] = [i["IndexName"] for i in table.global_secondary_indexes or []]
+    page = table.query(IndexName=index, KeyConditionExpression=boto3.dynamodb.conditions.Key("user_id").eq("many"))
+    assert page["Count"] >= 500, page["Count"]

@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport, default_dead_letter
 from orchestrator.clock import Clock, SystemClock
+from orchestrator.envelope import MESSAGE_ID_ATTR
 from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
@@ -45,7 +46,6 @@ SQS_MAX_WAIT_S = 20
 SQS_MAX_DELAY_S = 900.0
 SQS_MAX_VISIBILITY_S = 43200.0
 BATCH_RETRIES = 5
-MESSAGE_ID_ATTR = "message_id"
 DUE_AT_ATTR = "orch_due_at"  # when a chained delay ends (epoch seconds on the transport's clock)
 PRIOR_RECEIVES_ATTR = "orch_receives"  # receives the message had used before this copy was sent
 FIRST_RECEIVED_ATTR = "orch_first_received"  # the first receive of the message this copy continues

@@ -10,8 +10,9 @@ from typing import Any
 
 from orchestrator.aws_common import DEFAULT_REGION, client
 from orchestrator.base import Outgoing, Topic
+from orchestrator.envelope import MESSAGE_ID_ATTR
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.transports.sqs import MESSAGE_ID_ATTR, SqsTransport, attribute_bytes, band_queue, size_chunks
+from orchestrator.transports.sqs import SqsTransport, attribute_bytes, band_queue, size_chunks
 
 PUBLISH_RETRIES = 5
 PRIORITY_ATTR = "orch_priority"

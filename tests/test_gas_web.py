@@ -50,7 +50,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     app.setup(gas)
     shots = Path(os.environ.get("GAS_WEB_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    with served(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES)) as url:
+    with served(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES, signin="dev")) as url:
         s = Site(url, gas, shots, [])
         yield s
         for w in s.workers:
@@ -233,7 +233,7 @@ def test_downloads_on_aws_are_presigned_s3_urls(monkeypatch: pytest.MonkeyPatch)
     with mock_aws():
         gas = app.open_gas("aws://?region=us-east-1&prefix=gas-", config=GasConfig(retention_s=60.0))
         app.setup(gas)
-        client = TestClient(create_app(gas, secret="s"))
+        client = TestClient(create_app(gas, secret="s", signin="dev"))
         page = client.get("/signin").text
         token = page.split('name="csrf" value="')[1].split('"')[0]
         client.post("/signin", data={"name": "ann", "tier": "premium", "email": "ann@example.org", "csrf": token})
@@ -264,7 +264,7 @@ def test_upgrade_goes_back_only_to_a_page_of_this_site(tmp_path: Path, referer: 
     gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
     app.setup(gas)
     try:
-        client = TestClient(create_app(gas, secret="s", ops_hashes={}), follow_redirects=False)
+        client = TestClient(create_app(gas, secret="s", ops_hashes={}, signin="dev"), follow_redirects=False)
         import re
 
         first = re.search(r'name="csrf" value="([^"]+)"', client.get("/signin").text)
@@ -289,7 +289,7 @@ def test_names_a_header_cannot_carry_download_right_and_bad_names_are_refused(tm
     gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=60.0))
     app.setup(gas)
     try:
-        client = TestClient(create_app(gas, secret="s", ops_hashes={}))
+        client = TestClient(create_app(gas, secret="s", ops_hashes={}, signin="dev"))
         page = client.get("/signin")
         # the headers of every page
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -326,7 +326,7 @@ def test_sign_out_kills_every_copy_of_the_old_cookie(tmp_path: Path) -> None:
     gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
     app.setup(gas)
     try:
-        web = create_app(gas, secret="s", ops_hashes={})
+        web = create_app(gas, secret="s", ops_hashes={}, signin="dev")
         client = TestClient(web, follow_redirects=False)
         token = client.get("/signin").text.split('name="csrf" value="')[1].split('"')[0]
         client.post("/signin", data={"name": "hal", "email": "hal@example.org", "tier": "free", "csrf": token})
@@ -341,5 +341,116 @@ def test_sign_out_kills_every_copy_of_the_old_cookie(tmp_path: Path) -> None:
         token = client.get("/signin").text.split('name="csrf" value="')[1].split('"')[0]
         client.post("/signin", data={"name": "hal", "email": "hal@example.org", "tier": "free", "csrf": token})
         assert client.get("/annotations").status_code == 200
+    finally:
+        gas.close()
+
+
+@pytest.fixture
+def accounts_site(tmp_path: Path) -> Iterator[Site]:
+    """The front end as a deployment runs it: accounts with passwords (the default mode)."""
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db", config=GasConfig(retention_s=60.0))
+    app.setup(gas)
+    shots = Path(os.environ.get("GAS_WEB_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with served(create_app(gas, secret="test-secret", ops_hashes=OPS_HASHES)) as url:
+        s = Site(url, gas, shots, [])
+        yield s
+        for w in s.workers:
+            w.stop(timeout=10)
+    gas.close()
+
+
+def password_sign_in(b: object, site: Site, name: str, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    b.get(f"{site.url}/signin")  # type: ignore[attr-defined]
+    b.find_element(By.ID, "name").send_keys(name)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "password").send_keys(password)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signin").click()  # type: ignore[attr-defined]
+
+
+def test_accounts_sign_up_sign_in_with_a_password_and_sign_out_for_good(accounts_site: Site,
+                                                                        browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    b, site = browser, accounts_site
+    # Given an operator made an account for gil from the command line
+    os.environ["GAS_USER_PASSWORD"] = "gil's long passphrase"
+    try:
+        from examples.gas.__main__ import main
+
+        assert main(["user", "gil", "--backend", site.gas.backend.url, "--email", "gil@example.org"]) == 0
+    finally:
+        del os.environ["GAS_USER_PASSWORD"]
+    # When someone signs in as gil with a wrong password, or by name only as the demo does
+    b.delete_all_cookies()  # type: ignore[attr-defined]
+    password_sign_in(b, site, "gil", "not his password")
+    assert "wrong name or password" in b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+    assert fetch(b, "/api/me")[0] == 401
+    assert b.find_elements(By.ID, "tier-select") == []  # type: ignore[attr-defined]
+    # Then they are refused; with his password he is in
+    password_sign_in(b, site, "gil", "gil's long passphrase")
+    assert b.find_element(By.ID, "who").text == "gil"  # type: ignore[attr-defined]
+    b.save_screenshot(str(site.shots / "6-signed-in-with-password.png"))  # type: ignore[attr-defined]
+    # A Unicode-named result downloads under its name, and every response has the headers
+    job_id = upload(b, SAMPLES / "test.vcf")
+    Worker(site.gas.pipeline, "annotate", site.gas.backend, wait_s=0).run(until_idle=True)
+    status, _ = fetch(b, f"/api/jobs/{job_id}/result")
+    assert status == 200
+    header = b.execute_async_script(  # type: ignore[attr-defined]
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/annotations').then(r => done([r.headers.get('content-security-policy'), "
+        "r.headers.get('x-content-type-options'), r.headers.get('referrer-policy')]));")
+    assert "frame-ancestors 'none'" in header[0] and header[1] == "nosniff" and header[2]
+    # Sign-out ends the session on the server: the cookie saved before it no longer works
+    kept = b.get_cookies()  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signout").click()  # type: ignore[attr-defined]
+    wait_for(lambda: b.current_url.endswith("/signin"), what="the sign-in page")  # type: ignore[attr-defined]
+    for c in kept:
+        b.add_cookie({k: c[k] for k in ("name", "value", "path") if k in c})  # type: ignore[attr-defined]
+    assert fetch(b, "/api/me")[0] == 401
+    # A newcomer signs up; the name of a user the deployment knows cannot be claimed
+    b.get(f"{site.url}/signup")  # type: ignore[attr-defined]
+    for field, value in (("name", "gil"), ("password", "a fresh passphrase")):
+        b.find_element(By.ID, field).send_keys(value)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signup").click()  # type: ignore[attr-defined]
+    assert "the name gil is taken" in b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+    b.get(f"{site.url}/signup")  # type: ignore[attr-defined]
+    for field, value in (("name", "hana"), ("email", "hana@example.org"), ("password", "a fresh passphrase")):
+        b.find_element(By.ID, field).send_keys(value)  # type: ignore[attr-defined]
+    b.find_element(By.ID, "signup").click()  # type: ignore[attr-defined]
+    assert b.find_element(By.ID, "who").text == "hana"  # type: ignore[attr-defined]
+    prof = app.profile(site.gas, "hana")
+    assert prof["password_hash"].startswith("$argon2") and "a fresh passphrase" not in str(prof)
+
+
+def test_in_accounts_mode_nobody_is_anyone_by_name_alone(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from examples.gas.web import create_app
+
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
+    app.setup(gas)
+    try:
+        app.save_profile(gas, {"user_id": "admin", "tier": "premium"})  # known, no password yet
+        client = TestClient(create_app(gas, secret="s", ops_hashes={}), follow_redirects=False)
+        token = client.get("/signin").text.split('name="csrf" value="')[1].split('"')[0]
+        for form in ({"name": "admin", "tier": "premium"}, {"name": "admin", "password": ""},
+                     {"name": "nobody", "password": "whatever it is"}):
+            assert client.post("/signin", data={**form, "csrf": token}).status_code == 401
+            assert client.get("/api/me").status_code == 401
+        # a short password is refused with the reason, and so is a name with a path in it
+        for name, password, why in (("ivy", "short", "at least 10"), ("../ivy", "long enough pass", "letters")):
+            r = client.post("/signup", data={"name": name, "password": password, "csrf": token})
+            assert r.status_code == 400 and why in r.text
+        # a new password (set by an operator) ends the sessions made with the old one
+        app.add_account(gas, "ivy", "first passphrase")
+        assert client.post("/signin", data={"name": "ivy", "password": "first passphrase",
+                                            "csrf": token}).status_code == 303
+        assert client.get("/api/me").json()["user"] == "ivy"
+        app.add_account(gas, "ivy", "second passphrase")
+        assert client.get("/api/me").status_code == 401
     finally:
         gas.close()

@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     backend(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--dev", action="store_true",
+                   help="sign in by choosing any name (the demo's mode; without it users have accounts with passwords)")
+    s = sub.add_parser("user", help="create a web account, or set its password (read from GAS_USER_PASSWORD or asked)")
+    backend(s)
+    s.add_argument("name")
+    s.add_argument("--email")
+    s.add_argument("--tier", choices=["free", "premium"])
     s = sub.add_parser("demo", help="run the whole service on the embedded default with a worker killed mid-run")
     s.add_argument("--dir", type=Path, default=Path("gas-data"))
     s.add_argument("--retention", type=float, default=3.0, help="free-tier retention in seconds for the demo")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "web":
             from examples.gas.web import serve
 
-            return serve(args.backend, host=args.host, port=args.port)
+            return serve(args.backend, host=args.host, port=args.port, signin="dev" if args.dev else None)
         if args.cmd == "demo":
             from examples.gas.demo import run_demo
 
@@ -86,6 +93,16 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
     elif args.cmd == "submit":
         app.setup(gas)
         print(app.submit(gas, args.file, user_id=args.user, tier=args.tier, email=args.email))
+    elif args.cmd == "user":
+        password = os.environ.get("GAS_USER_PASSWORD")
+        if password is None:
+            import getpass
+
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                raise app.GasError("the passwords differ")
+        app.add_account(gas, args.name, password, email=args.email, tier=args.tier)
+        print(f"{args.name} may sign in with that password (their earlier sessions have ended)")
     elif args.cmd == "upgrade":
         jobs = app.upgrade(gas, args.user)
         print(f"{args.user} is premium; restoring {len(jobs)} archived result(s)")

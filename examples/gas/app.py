@@ -81,6 +81,51 @@ def save_profile(gas: Gas, doc: dict[str, Any]) -> None:
     gas.resources.profiles.put(f"{doc['user_id']}.json", json.dumps(doc).encode())
 
 
+#: a user name: it becomes part of storage keys and the job table's user_id
+NAME_RULE = "a name is letters, digits, - and _ (at most 40)"
+MIN_PASSWORD = 10
+
+
+def user_name_problem(name: str) -> str | None:
+    if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii() or len(name) > 40:
+        return NAME_RULE
+    return None
+
+
+def add_account(gas: Gas, name: str, password: str, *, email: str | None = None, tier: str | None = None,
+                new_only: bool = False) -> dict[str, Any]:
+    """Give ``name`` a password (only its argon2 hash is kept, with the profile). ``new_only``
+    (self sign-up): refused when the name has a profile already, so nobody claims the name of
+    a user the deployment knows (their profile has no password until an operator sets one)."""
+    from orchestrator.web.auth import hash_password
+
+    problem = user_name_problem(name)
+    if problem is not None:
+        raise GasError(problem)
+    if len(password) < MIN_PASSWORD:
+        raise GasError(f"a password has at least {MIN_PASSWORD} characters")
+    if new_only and gas.resources.profiles.exists(f"{name}.json"):
+        raise GasError(f"the name {name} is taken")
+    prof = profile(gas, name)
+    prof["password_hash"] = hash_password(password)
+    prof["session_epoch"] = int(prof.get("session_epoch", 0)) + 1  # a new password ends old sessions
+    if email:
+        prof["email"] = email
+    if tier:
+        prof["tier"] = tier
+    save_profile(gas, prof)
+    return prof
+
+
+def check_password(gas: Gas, name: str, password: str) -> dict[str, Any] | None:
+    """The profile of ``name`` if ``password`` is theirs, else None (unknown names and
+    profiles without a password take as long to refuse as a wrong password)."""
+    from orchestrator.web.auth import verify_password
+
+    prof = profile(gas, name) if user_name_problem(name) is None else {}
+    return prof if verify_password(prof.get("password_hash"), password) else None
+
+
 def submit(gas: Gas, path: Path, *, user_id: str, tier: str | None = None, email: str | None = None,
            job_id: str | None = None) -> str:
     """Store the input, create the job PENDING and publish the request as the GAS web app does."""

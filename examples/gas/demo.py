@@ -120,6 +120,6 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
     ok = not lost and not failed and not twice and len(mails) == total and not premium_archived
     print("OK: nothing lost, nothing done twice" if ok else "PROBLEM: see above")
     print(f"\nSee these jobs in a browser (sign in as alice, bob or carol; admin sees /ops):\n"
-          f"  .venv/bin/python -m examples.gas web --backend {url}\n  then open http://127.0.0.1:8000/")
+          f"  .venv/bin/python -m examples.gas web --dev --backend {url}\n  then open http://127.0.0.1:8000/")
     gas.close()
     return 0 if ok else 1

@@ -27,7 +27,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from examples.gas import app as gas_app
 from orchestrator import JobRecord
-from orchestrator.errors import ObjectNotFound
+from orchestrator.errors import ConfigError, ObjectNotFound
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 #: bytes of multipart framing allowed beyond a tier's file limit (boundaries, headers, the token)
@@ -95,10 +95,19 @@ def back_to(request: Request) -> str:
     return "/annotations"
 
 
+#: how users sign in: accounts with passwords (the default), or choosing a name (``--dev``:
+#: the demo's mode, where anyone may be anyone)
+SIGNIN_MODES = ("password", "dev")
+
+
 def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None,
-               ops_hashes: dict[str, str] | None = None) -> FastAPI:
+               ops_hashes: dict[str, str] | None = None, signin: str | None = None) -> FastAPI:
     """``operators``: who is shown the link to /ops (default: ``GAS_OPERATORS``, comma-separated, or
-    admin); ``ops_hashes``: the dashboard's password hashes by role (default: from the environment)."""
+    admin); ``ops_hashes``: the dashboard's password hashes by role (default: from the environment);
+    ``signin``: one of ``SIGNIN_MODES`` (default: ``GAS_SIGNIN``, or password)."""
+    mode = signin or os.environ.get("GAS_SIGNIN") or "password"
+    if mode not in SIGNIN_MODES:
+        raise ConfigError(f"GAS_SIGNIN={mode!r}: expected one of {', '.join(SIGNIN_MODES)}")
     operators = operators or tuple(n.strip() for n in os.environ.get("GAS_OPERATORS", "admin").split(",") if n.strip())
     api = FastAPI(title="GAS", description="Genomics Annotation Service: submit VCF files, follow and download "
                   "their annotations.", version="1.0")
@@ -288,29 +297,63 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     def home(request: Request) -> Response:
         return RedirectResponse("/annotations" if request.session.get("user") else "/signin", status_code=303)
 
+    def start_session(request: Request, prof: dict[str, Any]) -> Response:
+        request.session.clear()
+        # a new token per session; the epoch ties the cookie to the sessions not yet signed out
+        request.session.update(user=prof["user_id"], csrf=secrets.token_urlsafe(24),
+                               epoch=prof.get("session_epoch", 0))
+        return RedirectResponse("/annotations", status_code=303)
+
+    def signin_form(request: Request, status_code: int = 200, message: str | None = None,
+                    page: str = "signin.html") -> HTMLResponse:
+        request.session.setdefault("csrf", secrets.token_urlsafe(24))
+        return render(request, page, status_code=status_code, csrf=request.session["csrf"], mode=mode,
+                      message=message, min_password=gas_app.MIN_PASSWORD)
+
     @api.get("/signin", include_in_schema=False)
     def signin_page(request: Request) -> HTMLResponse:
-        request.session.setdefault("csrf", secrets.token_urlsafe(24))
-        return render(request, "signin.html", csrf=request.session["csrf"])
+        return signin_form(request)
 
     @api.post("/signin", include_in_schema=False)
     def signin(request: Request, name: Annotated[str, Form()], csrf: Annotated[str, Form()],
-               tier: Annotated[str, Form()] = "free", email: Annotated[str, Form()] = "") -> Response:
+               password: Annotated[str, Form()] = "", tier: Annotated[str, Form()] = "free",
+               email: Annotated[str, Form()] = "") -> Response:
         check_csrf(request, csrf)
         name = name.strip()
-        if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
-            return render(request, "signin.html", status_code=400, csrf=request.session["csrf"],
-                          message="a name is letters, digits, - and _ (at most 40)")
+        if mode == "password":
+            prof = gas_app.check_password(gas, name, password)
+            if prof is None:
+                return signin_form(request, 401, "wrong name or password")
+            return start_session(request, prof)
+        # dev: whoever you say you are
+        problem = gas_app.user_name_problem(name)
+        if problem is not None:
+            return signin_form(request, 400, problem)
         prof = gas_app.profile(gas, name)
         if tier == "premium" and prof["tier"] != "premium":
             gas_app.upgrade(gas, name)
         prof = gas_app.profile(gas, name)
         prof["email"] = email.strip() or prof.get("email") or f"{name}@users.example.org"
         gas_app.save_profile(gas, prof)
-        request.session.clear()
-        # a new token per session; the epoch ties the cookie to the sessions not yet signed out
-        request.session.update(user=name, csrf=secrets.token_urlsafe(24), epoch=prof.get("session_epoch", 0))
-        return RedirectResponse("/annotations", status_code=303)
+        return start_session(request, prof)
+
+    @api.get("/signup", include_in_schema=False)
+    def signup_page(request: Request) -> HTMLResponse:
+        if mode != "password":
+            raise HTTPException(404, "accounts are not used here")
+        return signin_form(request, page="signup.html")
+
+    @api.post("/signup", include_in_schema=False)
+    def signup(request: Request, name: Annotated[str, Form()], password: Annotated[str, Form()],
+               csrf: Annotated[str, Form()], email: Annotated[str, Form()] = "") -> Response:
+        check_csrf(request, csrf)
+        if mode != "password":
+            raise HTTPException(404, "accounts are not used here")
+        try:
+            prof = gas_app.add_account(gas, name.strip(), password, email=email.strip() or None, new_only=True)
+        except gas_app.GasError as exc:
+            return signin_form(request, 400, str(exc), page="signup.html")
+        return start_session(request, prof)
 
     @api.post("/signout", include_in_schema=False)
     def signout(request: Request, csrf: Annotated[str, Form()]) -> Response:
@@ -364,11 +407,12 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     return api
 
 
-def serve(url: str, *, host: str = "127.0.0.1", port: int = 8000) -> int:
+def serve(url: str, *, host: str = "127.0.0.1", port: int = 8000, signin: str | None = None) -> int:
     import uvicorn
 
     gas = gas_app.open_gas(url)
     gas_app.setup(gas)
+    web = create_app(gas, signin=signin)
     print(f"GAS web front end on http://{host}:{port}/ (backend {gas.backend.url}); API: http://{host}:{port}/docs")
-    uvicorn.run(create_app(gas), host=host, port=port, log_level="warning")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
     return 0

@@ -29,6 +29,18 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def verify_password(stored: str | None, password: str) -> bool:
+    """Whether ``password`` matches the argon2 hash ``stored``. Without a hash a dummy one is
+    checked, so an unknown name takes as long to refuse as a wrong password."""
+    try:
+        return bool(_hasher.verify(stored or _DUMMY, password)) and stored is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY = _hasher.hash(secrets.token_hex(16))
+
+
 def hashes_from_env() -> dict[str, str]:
     return {role: os.environ[var] for role, var in ENV.items() if os.environ.get(var)}
 

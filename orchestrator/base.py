@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from orchestrator.envelope import Envelope
 from orchestrator.errors import StoreError
@@ -346,6 +346,10 @@ class ObjectStore(Protocol):
     """Files by key. Keys with ``..``, a leading ``/`` or NUL raise ``InvalidKey``."""
 
     def put(self, key: str, data: bytes) -> None: ...
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        """``put`` from a file read in chunks, never whole in memory (a large upload)."""
+        ...
 
     def get(self, key: str) -> bytes:
         """Raises ``ObjectNotFound``."""

@@ -361,6 +361,15 @@ def test_s3_object_store_round_trip_and_key_validation() -> None:
     for bad in ("../x", "/abs", "a/../../b", "nul\x00"):
         with pytest.raises(InvalidKey):
             s3.put(bad, b"")
+    # a file read in parts (multipart past 8 MB), into the prefix and storage class the store has
+    import io
+
+    big = bytes(range(256)) * (9 * 4096 + 7)  # 9.4 MB
+    archive = S3ObjectStore("t-objects", region=REGION, prefix="p/", storage_class="STANDARD_IA")
+    archive.put_file("big.bin", io.BytesIO(big))
+    assert archive.get("big.bin") == big
+    head = archive.s3.head_object(Bucket="t-objects", Key="p/big.bin")
+    assert head.get("StorageClass") == "STANDARD_IA" and head["ContentLength"] == len(big)
 
 
 def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from examples.gas.config import ROOT, GasConfig, GasResources, check_bucket_names, local_resources, shared_resources
 from examples.gas.stages import JOB_REQUESTS, JOB_RESTORES, build_pipeline
@@ -144,7 +145,15 @@ def check_size(gas: Gas, tier: str, size: int, name: str) -> None:
 
 def submit_bytes(gas: Gas, name: str, data: bytes, *, user_id: str, tier: str | None = None,
                  email: str | None = None, job_id: str | None = None) -> str:
-    """``submit`` for an upload already in memory (the web front end)."""
+    """``submit`` for an upload already in memory."""
+    return submit_stream(gas, name, io.BytesIO(data), len(data), user_id=user_id, tier=tier, email=email,
+                         job_id=job_id)
+
+
+def submit_stream(gas: Gas, name: str, source: BinaryIO, size: int, *, user_id: str, tier: str | None = None,
+                  email: str | None = None, job_id: str | None = None) -> str:
+    """``submit`` for ``size`` bytes read from ``source`` in chunks (the web front end's
+    uploads, spooled to a temporary file: never whole in memory)."""
     cfg = gas.config
     prof = profile(gas, user_id)
     if tier:
@@ -153,11 +162,11 @@ def submit_bytes(gas: Gas, name: str, data: bytes, *, user_id: str, tier: str | 
         prof["email"] = email
     save_profile(gas, prof)
     name = Path(name).name or "upload.vcf"
-    check_size(gas, prof["tier"], len(data), name)
+    check_size(gas, prof["tier"], size, name)
     path = Path(name)
     job_id = job_id or str(uuid.uuid4())
     key = f"{cfg.prefix}/{user_id}/{job_id}~{path.name}"
-    gas.resources.inputs.put(key, data)
+    gas.resources.inputs.put_file(key, source)
     request = {"job_id": job_id, "user_id": user_id, "input_file_name": path.name,
                "s3_inputs_bucket": cfg.inputs_bucket, "s3_key_input_file": key,
                "submit_time": int(time.time()), "job_status": JobStatus.PENDING.value}

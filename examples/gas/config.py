@@ -76,6 +76,8 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_THAW_TOPIC", "job_thaws", "the web app's restore topic on upgrade ('' for none)"),
     ("GAS_RESULTS_MESSAGE", "ours", "the job_results message as a JSON template"),
     ("GAS_WEB_SECURE_COOKIE", "off", "1: the web front end's session cookie only over HTTPS (behind TLS)"),
+    ("GAS_UPLOADS_IN_FLIGHT", "1GB", "the bytes of web uploads received at once (spooled to temporary files); "
+                                    "past it an upload gets 503, try again"),
     ("GAS_SIGNIN", "password", "how web users sign in: password (accounts) or dev (any name; web --dev)"),
     ("GAS_USER_PASSWORD", "asked", "the password 'user NAME' sets (read from the terminal when unset)"),
     ("GAS_TIME_FORMAT", "epoch", "times in message templates and emails: epoch, iso, or a strftime pattern (UTC)"),

@@ -13,15 +13,18 @@ carries the session's CSRF token.
 import hmac
 import os
 import secrets
+import tempfile
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, BinaryIO, ClassVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -46,6 +49,43 @@ TEMPLATES.env.filters["when"] = when
 
 class UploadTooLarge(Exception):
     pass
+
+
+DEFAULT_UPLOADS_IN_FLIGHT = "1GB"
+
+
+def parse_size(text: str, what: str) -> int:
+    """``512MB``, ``1GB``, ``2GiB`` or a byte count."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    try:
+        value = int(float(num) * units[t[len(num):]])
+    except (KeyError, ValueError):
+        raise ConfigError(f"{what}={text!r}: a size such as 512MB, 1GB or a byte count") from None
+    if value <= 0:
+        raise ConfigError(f"{what}={text!r}: a size above zero")
+    return value
+
+
+class InFlight:
+    """The bytes of uploads being received now, capped: uploads spool to disk, so this bounds
+    the temporary space (and the work queued behind them), not memory."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used and self.used + n > self.cap:
+                return False  # (one upload alone is let in, whatever its size: the tier limits it)
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
 
 
 MAX_NAME_BYTES = 200
@@ -101,10 +141,12 @@ SIGNIN_MODES = ("password", "dev")
 
 
 def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None,
-               ops_hashes: dict[str, str] | None = None, signin: str | None = None) -> FastAPI:
+               ops_hashes: dict[str, str] | None = None, signin: str | None = None,
+               upload_cap: int | None = None) -> FastAPI:
     """``operators``: who is shown the link to /ops (default: ``GAS_OPERATORS``, comma-separated, or
     admin); ``ops_hashes``: the dashboard's password hashes by role (default: from the environment);
-    ``signin``: one of ``SIGNIN_MODES`` (default: ``GAS_SIGNIN``, or password)."""
+    ``signin``: one of ``SIGNIN_MODES`` (default: ``GAS_SIGNIN``, or password); ``upload_cap``:
+    the bytes of uploads taken at once (default: ``GAS_UPLOADS_IN_FLIGHT``)."""
     mode = signin or os.environ.get("GAS_SIGNIN") or "password"
     if mode not in SIGNIN_MODES:
         raise ConfigError(f"GAS_SIGNIN={mode!r}: expected one of {', '.join(SIGNIN_MODES)}")
@@ -116,6 +158,8 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
                        https_only=os.environ.get("GAS_WEB_SECURE_COOKIE", "") not in ("", "0", "false"))
     api.add_middleware(SecurityHeaders)
     cfg = gas.config
+    uploads = InFlight(upload_cap if upload_cap is not None else parse_size(
+        os.environ.get("GAS_UPLOADS_IN_FLIGHT") or DEFAULT_UPLOADS_IN_FLIGHT, "GAS_UPLOADS_IN_FLIGHT"))
 
     # -- sessions -------------------------------------------------------------------------------
     def user(request: Request) -> dict[str, str]:
@@ -174,22 +218,21 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     def get_job(job_id: str, u: User) -> dict[str, Any]:
         return job_doc(own_job(u, job_id))
 
-    async def read_upload(request: Request, limit: int) -> tuple[str, bytes, str | None]:
-        """Parse the multipart body as it streams in; stop at the tier's limit (the client
-        may send gigabytes: they are never read, let alone stored)."""
+    async def read_upload(request: Request, limit: int, spool: BinaryIO) -> tuple[str, int, str | None]:
+        """Parse the multipart body as it streams in, the file's bytes into ``spool`` (a
+        temporary file: memory stays flat however many large uploads run); stop at the tier's
+        limit (the client may send gigabytes: they are never read, let alone stored)."""
         ctype, params = parse_options_header(request.headers.get("content-type", ""))
         if ctype != b"multipart/form-data" or b"boundary" not in params:
             raise HTTPException(400, "expected a multipart/form-data upload")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limit + FORM_OVERHEAD:
-            raise UploadTooLarge()
         parts: list[dict[str, Any]] = []
         cur: dict[str, Any] = {}
         header = bytearray()
+        written = [0]
 
         def on_part_begin() -> None:
             cur.clear()
-            cur.update(headers={}, data=bytearray())
+            cur.update(headers={}, data=bytearray(), file=None)
 
         def on_header_field(data: bytes, start: int, end: int) -> None:
             header.clear()
@@ -198,17 +241,27 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         def on_header_value(data: bytes, start: int, end: int) -> None:
             cur["headers"][bytes(header).lower()] = data[start:end]
 
+        def on_headers_finished() -> None:
+            _, disp = parse_options_header(cur["headers"].get(b"content-disposition", b""))
+            cur["file"] = disp.get(b"name", b"") == b"file" and not written[0]
+
         def on_part_data(data: bytes, start: int, end: int) -> None:
-            cur["data"].extend(data[start:end])
-            if len(cur["data"]) > limit:
-                raise UploadTooLarge()
+            if cur["file"]:
+                spool.write(data[start:end])
+                written[0] += end - start
+                if written[0] > limit:
+                    raise UploadTooLarge()
+            else:  # a form field (the CSRF token): small
+                cur["data"].extend(data[start:end])
+                if len(cur["data"]) > FORM_OVERHEAD:
+                    raise HTTPException(400, "a form field is too long")
 
         def on_part_end() -> None:
             parts.append(dict(cur))
 
         parser = MultipartParser(params[b"boundary"], {
             "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-            "on_part_data": on_part_data, "on_part_end": on_part_end})
+            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
         received = 0
         async for chunk in request.stream():
             received += len(chunk)
@@ -216,35 +269,48 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
                 raise UploadTooLarge()
             parser.write(chunk)
         parser.finalize()
-        name, data, token = "", b"", None
+        name, token = "", None
         for p in parts:
             _, disp = parse_options_header(p["headers"].get(b"content-disposition", b""))
-            field = disp.get(b"name", b"").decode()
-            if field == "file":
-                name, data = disp.get(b"filename", b"upload.vcf").decode(errors="replace"), bytes(p["data"])
-            elif field == "csrf":
+            if p["file"]:
+                name = disp.get(b"filename", b"upload.vcf").decode(errors="replace")
+            elif disp.get(b"name", b"") == b"csrf":
                 token = bytes(p["data"]).decode(errors="replace")
         if not name:
             raise HTTPException(400, "no file in the upload")
-        return name, data, token
+        spool.seek(0)
+        return name, written[0], token
 
     async def accept_upload(request: Request, u: dict[str, str], token_header: str | None) -> str:
         limit = cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES
+        too_large = HTTPException(413, f"the file is larger than the {limit:,} bytes {u['tier']} users may upload"
+                                  + (" (upgrade to premium for larger files)" if u["tier"] == "free" else ""))
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limit + FORM_OVERHEAD:
+            raise too_large
+        # what this upload may still bring: its declared length, or the tier's limit unsaid
+        claim = declared or limit + FORM_OVERHEAD
+        if not uploads.take(claim):
+            raise HTTPException(503, f"the server is taking {uploads.cap:,} bytes of uploads already: try again "
+                                     "in a minute", headers={"Retry-After": "30"})
         try:
-            name, data, token = await read_upload(request, limit)
-        except UploadTooLarge:
-            raise HTTPException(413, f"the file is larger than the {limit:,} bytes {u['tier']} users may upload"
-                                + (" (upgrade to premium for larger files)" if u["tier"] == "free" else "")) from None
-        check_csrf(request, token_header or token)
-        problem = name_problem(name)
-        if problem is not None:
-            raise HTTPException(400, problem)
-        if not name.lower().endswith(".vcf"):
-            raise HTTPException(400, f"{name}: GAS annotates VCF files (.vcf)")
-        try:
-            return gas_app.submit_bytes(gas, name, data, user_id=u["name"])
-        except gas_app.GasError as exc:
-            raise HTTPException(413, str(exc)) from exc
+            with tempfile.TemporaryFile(prefix="gas-upload-") as spool:
+                try:
+                    name, size, token = await read_upload(request, limit, spool)
+                except UploadTooLarge:
+                    raise too_large from None
+                check_csrf(request, token_header or token)
+                problem = name_problem(name)
+                if problem is not None:
+                    raise HTTPException(400, problem)
+                if not name.lower().endswith(".vcf"):
+                    raise HTTPException(400, f"{name}: GAS annotates VCF files (.vcf)")
+                try:
+                    return await run_in_threadpool(gas_app.submit_stream, gas, name, spool, size, user_id=u["name"])
+                except gas_app.GasError as exc:
+                    raise HTTPException(413, str(exc)) from exc
+        finally:
+            uploads.give(claim)
 
     @api.post("/api/jobs", tags=["jobs"], status_code=201,
               description="multipart/form-data with `file` (a .vcf) and the CSRF token as `csrf` or the "
@@ -288,7 +354,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code)
+            return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
         if exc.status_code == 401:
             return RedirectResponse("/signin", status_code=303)
         return render(request, "error.html", status_code=exc.status_code, message=exc.detail)
@@ -379,7 +445,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         try:
             job_id = await accept_upload(request, u, None)
         except HTTPException as exc:
-            if exc.status_code in (400, 413):
+            if exc.status_code in (400, 413, 503):
                 return render(request, "annotations.html", status_code=exc.status_code, jobs=list_jobs(u),
                               message=exc.detail,
                               limit=cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES)

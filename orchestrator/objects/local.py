@@ -11,12 +11,15 @@ created 0700 and files 0600: objects are the pipeline's, not the machine's.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import BinaryIO
 
 from orchestrator.base import ObjectStore
 from orchestrator.errors import InvalidKey, ObjectNotFound
@@ -24,6 +27,8 @@ from orchestrator.objects.keys import validate_key
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+#: bytes copied at a time by ``put_file``
+CHUNK = 1024 * 1024
 
 
 class LocalObjectStore:
@@ -93,13 +98,16 @@ class LocalObjectStore:
 
     # -- the store ------------------------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:
+        self.put_file(key, io.BytesIO(data))
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
         with self._dir(key, create=True) as (dfd, name):
             self._refuse_link(key, dfd, name)
             tmp = f".tmp-{uuid.uuid4().hex}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FILE_FLAGS, 0o600, dir_fd=dfd)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                    shutil.copyfileobj(source, fh, CHUNK)
                 # readers see the old file or the whole new one; a rename replaces a link
                 # swapped in meanwhile, it never writes through it
                 os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)

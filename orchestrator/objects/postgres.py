@@ -3,6 +3,8 @@ the same files without a shared disk or S3."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from orchestrator.base import ObjectStore
 from orchestrator.errors import ObjectNotFound
 from orchestrator.objects.keys import validate_key
@@ -18,6 +20,9 @@ class PostgresObjectStore:
         self.db.run(lambda c: c.execute(
             "INSERT INTO objects(key, data) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET data=excluded.data",
             (key, data)) and None)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        self.put(key, source.read())  # one bytea value: the driver sends it whole
 
     def get(self, key: str) -> bytes:
         rows = self.db.read("SELECT data FROM objects WHERE key=?", (validate_key(key),))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from orchestrator.base import ObjectStore
 from orchestrator.objects.keys import validate_key
 
@@ -16,6 +18,9 @@ class PrefixedObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         self.inner.put(self._key(key), data)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        self.inner.put_file(self._key(key), source)
 
     def get(self, key: str) -> bytes:
         return self.inner.get(self._key(key))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, BinaryIO
 
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import ObjectStore
@@ -60,6 +60,11 @@ class S3ObjectStore:
         if self.storage_class:
             kwargs["StorageClass"] = self.storage_class
         self.s3.put_object(**kwargs)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        # boto3's managed upload: parts of 8 MB in turn (multipart past 8 MB), never the whole file
+        extra = {"StorageClass": self.storage_class} if self.storage_class else None
+        self.s3.upload_fileobj(source, self.bucket, self._key(key), ExtraArgs=extra)
 
     def get(self, key: str) -> bytes:
         """Raises ``ObjectNotFound``, or ``ObjectArchived`` for an object in Glacier (after

@@ -278,3 +278,58 @@ def test_a_finished_jobs_item_is_small_and_a_users_unpaginated_query_sees_500_jo
     [index] = [i["IndexName"] for i in table.global_secondary_indexes or []]
     page = table.query(IndexName=index, KeyConditionExpression=boto3.dynamodb.conditions.Key("user_id").eq("many"))
     assert page["Count"] >= 500, page["Count"]
+
+
+def test_migrate_lists_the_old_consumers_unsubscribes_them_and_undo_puts_them_back(
+        gas: app.Gas, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples.gas import migrate
+    from examples.gas.__main__ import main
+
+    sns, sqs = boto3.client("sns"), boto3.client("sqs")
+    arn = {t: sns.create_topic(Name=f"gas-{t}")["TopicArn"] for t in ("job_requests", "job_results")}
+    # Given the deployment's old scripts: an annotator queue with a backlog on job_requests,
+    # a notify queue (raw delivery, a filter policy) and a Lambda on job_results
+    old = {}
+    for name in ("old-annotator", "old-notify"):
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        old[name] = (url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+    sns.subscribe(TopicArn=arn["job_requests"], Protocol="sqs", Endpoint=old["old-annotator"][1])
+    policy = json.dumps({"job_status": ["COMPLETED"]})
+    sns.subscribe(TopicArn=arn["job_results"], Protocol="sqs", Endpoint=old["old-notify"][1],
+                  Attributes={"RawMessageDelivery": "true", "FilterPolicy": policy})
+    lam = "arn:aws:lambda:us-east-1:123456789012:function:gas-thaw"
+    sns.subscribe(TopicArn=arn["job_results"], Protocol="lambda", Endpoint=lam)
+    for i in range(3):
+        sqs.send_message(QueueUrl=old["old-annotator"][0], MessageBody=f"old request {i}")
+
+    def endpoints(topic: str) -> set[str]:
+        return {s["Endpoint"] for s in sns.list_subscriptions_by_topic(TopicArn=arn[topic])["Subscriptions"]}
+
+    ours = {t: endpoints(t) for t in arn}
+    # When an operator inspects the deployment
+    assert main(["migrate", "--backend", URL]) == 0
+    text = capsys.readouterr().out
+    # Then every other consumer is listed, with its backlog and what it would do twice; ours are not
+    assert f"job_requests: sqs {old['old-annotator'][1]}, 3 message(s) waiting" in text
+    assert "each request annotated twice" in text and "each user emailed twice" in text
+    assert lam in text and f"sqs {old['old-notify'][1]}" in text
+    assert not [e for e in set().union(*ours.values()) if e.endswith(("gas_annotate", "gas_notify", "gas_archive"))
+                and e in text]
+    # When it applies the migration (twice: the second finds nothing more to do)
+    assert {c.endpoint for c in migrate.apply(gas)} == {old["old-annotator"][1], old["old-notify"][1], lam}
+    assert migrate.apply(gas) == []
+    # Then only our stages' queues are subscribed, and a request reaches our queue alone
+    assert endpoints("job_requests") == ours["job_requests"] - {old["old-annotator"][1]}
+    assert endpoints("job_results") == ours["job_results"] - {old["old-notify"][1], lam}
+    web_app_submit("mig-1", "test.vcf")
+    assert int(sqs.get_queue_attributes(QueueUrl=old["old-annotator"][0], AttributeNames=["ApproximateNumberOfMessages"])
+               ["Attributes"]["ApproximateNumberOfMessages"]) == 3  # the old backlog only
+    assert gas.backend.transport.depth("gas_annotate").visible == 1
+    # And undo subscribes them again as they were (delivery attributes included), once
+    assert main(["migrate", "--backend", URL, "--undo"]) == 0
+    assert endpoints("job_requests") == ours["job_requests"] and endpoints("job_results") == ours["job_results"]
+    [notify_sub] = [s for s in sns.list_subscriptions_by_topic(TopicArn=arn["job_results"])["Subscriptions"]
+                    if s["Endpoint"] == old["old-notify"][1]]
+    attrs = sns.get_subscription_attributes(SubscriptionArn=notify_sub["SubscriptionArn"])["Attributes"]
+    assert attrs["RawMessageDelivery"] == "true" and json.loads(attrs["FilterPolicy"]) == json.loads(policy)
+    assert migrate.recorded(gas) == [] and migrate.undo(gas) == []

@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--dev", action="store_true",
                    help="sign in by choosing any name (the demo's mode; without it users have accounts with passwords)")
+    s = sub.add_parser("migrate", help="list the other consumers of the GAS topics (the old scripts' queues, "
+                                         "Lambdas) and what they would do twice; --apply unsubscribes them")
+    backend(s)
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--apply", action="store_true", help="unsubscribe them (recorded, for --undo)")
+    how.add_argument("--undo", action="store_true", help="subscribe again those --apply took off")
+    s.add_argument("--json", action="store_true")
     s = sub.add_parser("user", help="create a web account, or set its password (read from GAS_USER_PASSWORD or asked)")
     backend(s)
     s.add_argument("name")
@@ -93,6 +100,17 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
     elif args.cmd == "submit":
         app.setup(gas)
         print(app.submit(gas, args.file, user_id=args.user, tier=args.tier, email=args.email))
+    elif args.cmd == "migrate":
+        from dataclasses import asdict
+
+        from examples.gas import migrate
+
+        consumers = migrate.apply(gas) if args.apply else migrate.undo(gas) if args.undo else migrate.inspect(gas)
+        if args.json:
+            print(json.dumps([asdict(c) for c in consumers], indent=2))
+        else:
+            print(migrate.report(consumers, done="unsubscribe" if args.apply else "subscribe again" if args.undo
+                                 else None))
     elif args.cmd == "user":
         password = os.environ.get("GAS_USER_PASSWORD")
         if password is None:

@@ -78,6 +78,7 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Ba
         profiles=ProfilesStore(state),
         mailer=mailer,
         other_bucket=lambda name: S3ObjectStore(name, region=region, create=False),
+        state=state,
     )
     return backend, res
 

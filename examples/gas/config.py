@@ -194,6 +194,8 @@ class GasResources:
     other_bucket: Callable[[str], ObjectStore] | None = None
     #: where tiers and emails come from; None: ``GasConfig.accounts``
     accounts: Accounts | None = None
+    #: the deployment's own bookkeeping (the migration's record); None where it has none
+    state: ObjectStore | None = None
 
     def bucket(self, name: str, cfg: GasConfig) -> ObjectStore:
         known = {cfg.inputs_bucket: self.inputs, cfg.results_bucket: self.results, cfg.archive_bucket: self.archive}

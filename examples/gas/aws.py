@@ -13,6 +13,7 @@ from typing import Any
 
 from examples.gas.config import GasConfig, GasResources, check_bucket_names
 from examples.gas.mailer import SENDER
+from examples.gas.vault import LegacyVault
 from orchestrator.aws import parse_aws_url
 from orchestrator.aws_common import client
 from orchestrator.backends import Backend
@@ -79,6 +80,7 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Ba
         mailer=mailer,
         other_bucket=lambda name: S3ObjectStore(name, region=region, create=False),
         state=state,
+        vault=LegacyVault(cfg.legacy_vault, region=region, tier=cfg.restore_tier) if cfg.legacy_vault else None,
     )
     return backend, res
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from examples.gas.accounts import Accounts
+from examples.gas.vault import LegacyVault
 from orchestrator.base import ObjectStore
 from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
@@ -82,6 +83,8 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_USER_PASSWORD", "asked", "the password 'user NAME' sets (read from the terminal when unset)"),
     ("GAS_TIME_FORMAT", "epoch", "times in message templates and emails: epoch, iso, or a strftime pattern (UTC)"),
     ("GAS_RESTORE_TIER", "Expedited", "the Glacier retrieval tier: Expedited, Standard or Bulk"),
+    ("GAS_LEGACY_VAULT", "(none)", "the Glacier vault the web app's own archiver used: its archive ids are "
+                                   "restored through the Glacier API"),
     ("GAS_RESTORE_POLL", "30s", "how long a restore waits before it looks again (doubling, at most 15 min)"),
     ("GAS_RESTORE_MAX_WAIT", "48h", "how long a restore waits for Glacier before it FAILS"),
     ("GAS_RESTORE_STATES", '{"restoring": "RESTORING", "restored": "RESTORED"}',
@@ -137,6 +140,9 @@ class GasConfig:
         default_factory=lambda: _env_json("GAS_RESULTS_MESSAGE", None))
     #: the Glacier retrieval tier of a restore: Expedited (minutes), Standard (hours), Bulk
     restore_tier: str = field(default_factory=lambda: os.environ.get("GAS_RESTORE_TIER", "Expedited"))
+    #: the Glacier vault (Glacier API) the web app's own archiver put results in before the
+    #: switch-over: an archive id not in our archive bucket is restored from it
+    legacy_vault: str = field(default_factory=lambda: os.environ.get("GAS_LEGACY_VAULT", ""))
     #: how long the restore stage waits for Glacier before the restore FAILS (then an upgrade
     #: or a redrive tries again)
     restore_max_wait_s: float = field(default_factory=lambda: _env_duration("GAS_RESTORE_MAX_WAIT", 48 * 3600.0))
@@ -196,6 +202,8 @@ class GasResources:
     accounts: Accounts | None = None
     #: the deployment's own bookkeeping (the migration's record); None where it has none
     state: ObjectStore | None = None
+    #: the web app's own Glacier vault (``GAS_LEGACY_VAULT``), or None
+    vault: LegacyVault | None = None
 
     def bucket(self, name: str, cfg: GasConfig) -> ObjectStore:
         known = {cfg.inputs_bucket: self.inputs, cfg.results_bucket: self.results, cfg.archive_bucket: self.archive}

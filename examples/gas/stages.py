@@ -179,17 +179,28 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         if not archive_id:
             return Result(fields={"restore_skipped": "not archived"})
         key = str(job[cfg.attr("s3_key_result_file")])
+
+        def wait(reason: str, **more: str) -> Snooze:
+            waits = sum(1 for h in ctx.job.history if h.event == "snoozed" and h.stage == "restore")
+            return Snooze(min(RESTORE_POLL_MAX_S, cfg.restore_poll_s * 2 ** min(waits, 20)), reason=reason,
+                          fields={cfg.attr("restore_status"): cfg.restore_states["restoring"], **more})
+
         if not res.results.exists(key):
             try:
                 res.results.put(key, res.archive.get(str(archive_id)))
             except ObjectNotFound:
-                raise PermanentError(f"archive {archive_id} of job {msg.job_id} is missing") from None
+                if res.vault is None:
+                    raise PermanentError(f"archive {archive_id} of job {msg.job_id} is missing") from None
+                # not ours: an archive the web app's own archiver put in its Glacier vault
+                got = res.vault.retrieve(str(archive_id), job.get(cfg.attr("restore_job_id")))
+                if got.data is None:
+                    return wait(got.waiting, **{cfg.attr("restore_job_id"): got.job_id})
+                res.results.put(key, got.data)
             except ObjectArchived as exc:
-                waits = sum(1 for h in ctx.job.history if h.event == "snoozed" and h.stage == "restore")
-                return Snooze(min(RESTORE_POLL_MAX_S, cfg.restore_poll_s * 2 ** min(waits, 20)), reason=str(exc),
-                              fields={cfg.attr("restore_status"): cfg.restore_states["restoring"]})
+                return wait(str(exc))
         return Result(fields={cfg.attr("results_file_archive_id"): None, cfg.attr("restore_time"): int(ctx.clock.now()),
-                              cfg.attr("restore_status"): cfg.restore_states["restored"]})
+                              cfg.attr("restore_status"): cfg.restore_states["restored"],
+                              cfg.attr("restore_job_id"): None})
 
     return p
 

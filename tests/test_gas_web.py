@@ -454,3 +454,48 @@ def test_in_accounts_mode_nobody_is_anyone_by_name_alone(tmp_path: Path) -> None
         assert client.get("/api/me").status_code == 401
     finally:
         gas.close()
+
+
+@pytest.mark.parametrize("forge", [False, True], ids=["signed-by-the-issuer", "forged"])
+def test_users_sign_in_through_an_openid_connect_provider(tmp_path: Path, browser: object,
+                                                          monkeypatch: pytest.MonkeyPatch, forge: bool) -> None:
+    from oidc_provider import provider
+    from selenium.webdriver.common.by import By
+
+    from examples.gas.web import create_app
+
+    sub = "5f2c8e1a-0b7d-4c3e-9a6f-1d2e3f4a5b6c"  # as Globus names a user
+    idp = provider(client_id="gas-web", client_secret="s3cret", sub=sub, email="kim@example.org", forge=forge)
+    gas = app.open_gas(f"sqlite:///{tmp_path}/gas.db")
+    app.setup(gas)
+    b = browser
+    try:
+        with served(idp) as issuer:
+            for k, v in {"GAS_OIDC_ISSUER": issuer, "GAS_OIDC_CLIENT_ID": "gas-web",
+                         "GAS_OIDC_CLIENT_SECRET": "s3cret"}.items():
+                monkeypatch.setenv(k, v)
+            with served(create_app(gas, secret="test-secret", ops_hashes={}, signin="oidc")) as url:
+                # When the user follows "sign in" to the provider and back
+                b.delete_all_cookies()  # type: ignore[attr-defined]
+                b.get(f"{url}/signin")  # type: ignore[attr-defined]
+                assert b.find_elements(By.ID, "password") == []  # type: ignore[attr-defined]
+                b.find_element(By.ID, "signin-oidc").click()  # type: ignore[attr-defined]
+                if forge:
+                    # Then a token the issuer's keys do not verify signs nobody in
+                    wait_for(lambda: b.find_element(By.ID, "message"), what="the refusal")  # type: ignore[attr-defined]
+                    assert "refused" in b.find_element(By.ID, "message").text  # type: ignore[attr-defined]
+                    assert fetch(b, "/api/me")[0] == 401
+                    return
+                # Then they are signed in as the provider's subject, with its email kept
+                wait_for(lambda: b.find_element(By.ID, "who").text == sub, what="signed in")  # type: ignore[attr-defined]
+                assert app.profile(gas, sub)["email"] == "kim@example.org"
+                # and password sign-in is not open beside it
+                token = b.execute_script(  # type: ignore[attr-defined]
+                    "return document.querySelector('input[name=csrf]').value")
+                status = b.execute_async_script(  # type: ignore[attr-defined]
+                    "const done = arguments[arguments.length - 1];"
+                    "fetch('/signup', {method: 'POST', body: new URLSearchParams({name: 'x', password: "
+                    "'long enough pass', csrf: arguments[0]})}).then(r => done(r.status));", token)
+                assert status == 404
+    finally:
+        gas.close()

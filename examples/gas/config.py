@@ -79,7 +79,12 @@ SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("GAS_WEB_SECURE_COOKIE", "off", "1: the web front end's session cookie only over HTTPS (behind TLS)"),
     ("GAS_UPLOADS_IN_FLIGHT", "1GB", "the bytes of web uploads received at once (spooled to temporary files); "
                                     "past it an upload gets 503, try again"),
-    ("GAS_SIGNIN", "password", "how web users sign in: password (accounts) or dev (any name; web --dev)"),
+    ("GAS_SIGNIN", "password", "how web users sign in: password (accounts), oidc (GAS_OIDC_*) or dev (any name; web --dev)"),
+    ("GAS_OIDC_ISSUER", "(none)", "with GAS_SIGNIN=oidc: the OpenID Connect issuer (its discovery document "
+                                  "gives the endpoints and keys)"),
+    ("GAS_OIDC_CLIENT_ID", "(none)", "with GAS_SIGNIN=oidc: this front end's client id at the issuer"),
+    ("GAS_OIDC_CLIENT_SECRET", "(none)", "with GAS_SIGNIN=oidc: its client secret"),
+    ("GAS_OIDC_SCOPE", "openid email profile", "with GAS_SIGNIN=oidc: the scopes asked for"),
     ("GAS_USER_PASSWORD", "asked", "the password 'user NAME' sets (read from the terminal when unset)"),
     ("GAS_TIME_FORMAT", "epoch", "times in message templates and emails: epoch, iso, or a strftime pattern (UTC)"),
     ("GAS_RESTORE_TIER", "Expedited", "the Glacier retrieval tier: Expedited, Standard or Bulk"),

@@ -10,6 +10,7 @@ carries the session's CSRF token.
 """
 
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -135,9 +136,9 @@ def back_to(request: Request) -> str:
     return "/annotations"
 
 
-#: how users sign in: accounts with passwords (the default), or choosing a name (``--dev``:
-#: the demo's mode, where anyone may be anyone)
-SIGNIN_MODES = ("password", "dev")
+#: how users sign in: accounts with passwords (the default), an OpenID Connect provider
+#: (``GAS_OIDC_*``), or choosing a name (``--dev``: the demo's mode, where anyone may be anyone)
+SIGNIN_MODES = ("password", "oidc", "dev")
 
 
 def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[str, ...] | None = None,
@@ -403,6 +404,41 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         gas_app.save_profile(gas, prof)
         return start_session(request, prof)
 
+    oidc = _oidc_client() if mode == "oidc" else None
+
+    @api.get("/signin/oidc", include_in_schema=False)
+    async def oidc_start(request: Request) -> Response:
+        if oidc is None:
+            raise HTTPException(404, "OpenID Connect sign-in is not used here")
+        return await oidc.authorize_redirect(request, str(request.url_for("oidc_callback")))  # type: ignore[no-any-return]
+
+    @api.get("/signin/oidc/callback", include_in_schema=False, name="oidc_callback")
+    async def oidc_callback(request: Request) -> Response:
+        if oidc is None:
+            raise HTTPException(404, "OpenID Connect sign-in is not used here")
+        from authlib.integrations.base_client.errors import OAuthError
+
+        try:
+            # the code for tokens; the ID token's signature (the issuer's keys), issuer,
+            # audience, expiry and nonce are checked by authlib
+            token = await oidc.authorize_access_token(request)
+        except OAuthError as exc:
+            return signin_form(request, 401, f"the identity provider refused: {exc.description or exc.error}")
+        except Exception as exc:  # a token that fails its checks (signature, claims): nobody signs in
+            return signin_form(request, 401, f"the identity provider's answer was refused ({type(exc).__name__})")
+        claims = token.get("userinfo") or {}
+        sub = str(claims.get("sub") or "")
+        if not sub:
+            return signin_form(request, 401, "the identity provider named no user")
+        # the provider's subject is the user id (stable, unique at the issuer; what GAS web apps
+        # keep), hashed where it is not a name GAS can use in keys
+        name = sub if gas_app.user_name_problem(sub) is None else "oidc-" + hashlib.sha256(sub.encode()).hexdigest()[:24]
+        prof = gas_app.profile(gas, name)
+        if claims.get("email"):
+            prof["email"] = str(claims["email"])
+        gas_app.save_profile(gas, prof)
+        return start_session(request, prof)
+
     @api.get("/signup", include_in_schema=False)
     def signup_page(request: Request) -> HTMLResponse:
         if mode != "password":
@@ -471,6 +507,22 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     api.mount("/ops", dashboard(gas.pipeline, gas.backend, hashes=ops_hashes if ops_hashes is not None
                                 else hashes_from_env()))
     return api
+
+
+def _oidc_client() -> Any:
+    """The OpenID Connect client (authlib) for ``GAS_OIDC_ISSUER``: its endpoints and keys come
+    from the issuer's discovery document."""
+    from authlib.integrations.starlette_client import OAuth
+
+    missing = [v for v in ("GAS_OIDC_ISSUER", "GAS_OIDC_CLIENT_ID", "GAS_OIDC_CLIENT_SECRET") if not os.environ.get(v)]
+    if missing:
+        raise ConfigError(f"GAS_SIGNIN=oidc needs {', '.join(missing)}")
+    issuer = os.environ["GAS_OIDC_ISSUER"].rstrip("/")
+    oauth = OAuth()
+    oauth.register("oidc", server_metadata_url=f"{issuer}/.well-known/openid-configuration",
+                   client_id=os.environ["GAS_OIDC_CLIENT_ID"], client_secret=os.environ["GAS_OIDC_CLIENT_SECRET"],
+                   client_kwargs={"scope": os.environ.get("GAS_OIDC_SCOPE") or "openid email profile"})
+    return oauth.create_client("oidc")
 
 
 def serve(url: str, *, host: str = "127.0.0.1", port: int = 8000, signin: str | None = None) -> int:

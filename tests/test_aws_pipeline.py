@@ -131,3 +131,41 @@ def test_worker_processes_on_a_moto_server_survive_a_sigkill(moto_server: str, t
     assert [j.job_id for j in jobs if j.status != JobStatus.COMPLETED] == []
     assert [j.job_id for j in jobs if j.commits("first") != 1 or j.commits("second") != 1] == []
     assert all(j.fields["m"] == (int(j.job_id[4:]) + 1) * 10 for j in jobs)
+
+
+def test_gas_worker_for_all_stages_has_five_stages_polling_within_5s(moto_server: str) -> None:
+    import json
+    import os
+    import subprocess
+    import threading
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    url = "aws://?region=us-east-1&prefix=boot-"
+    # Given a deployment set up once (its operator's deploy step)
+    subprocess.run([sys.executable, "-m", "examples.gas", "setup", "--backend", url], cwd=root, check=True,
+                   capture_output=True)
+    # When the supervisor starts a process per stage (it sets up once more, the children not at all)
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "examples.gas", "--log-level", "info", "worker", "--stage", "all",
+                             "--backend", url], cwd=root, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    polling: dict[str, float] = {}
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if '"worker started"' in line:
+                polling[json.loads(line)["stage"]] = time.monotonic() - started
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(polling) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # Then all five stages are polling within 5 s of the start
+    assert sorted(polling) == ["annotate", "archive", "notify", "restore", "thaw"], polling
+    assert max(polling.values()) <= 5.0, polling

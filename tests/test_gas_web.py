@@ -198,6 +198,11 @@ def test_operators_get_the_dashboard_mounted_at_ops_and_redrive_dead_letters(sit
     b.get(f"{site.url}/ops/")  # type: ignore[attr-defined]
     assert b.current_url.endswith("/ops/signin")  # type: ignore[attr-defined]
     assert fetch(b, "/ops/api/stages")[0] == 401
+    status = b.execute_async_script(  # type: ignore[attr-defined]
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/ops/api/dead-letters/gas_annotate-dlq/redrive?dry_run=false', {method: 'POST'})"
+        ".then(r => done(r.status));")
+    assert status in (401, 403) and site.gas.backend.transport.depth("gas_annotate-dlq").total == 1
     # and the operator signs in with it, sees every stage and the dead letter's reason
     b.find_element(By.ID, "password").send_keys(OPS_PASSWORD)  # type: ignore[attr-defined]
     b.find_element(By.ID, "signin").click()  # type: ignore[attr-defined]
@@ -395,10 +400,19 @@ def test_accounts_sign_up_sign_in_with_a_password_and_sign_out_for_good(accounts
     assert b.find_element(By.ID, "who").text == "gil"  # type: ignore[attr-defined]
     b.save_screenshot(str(site.shots / "6-signed-in-with-password.png"))  # type: ignore[attr-defined]
     # A Unicode-named result downloads under its name, and every response has the headers
-    job_id = upload(b, SAMPLES / "test.vcf")
+    named = site.shots.parent / "uploads" / "漢字 données.vcf"
+    named.parent.mkdir(exist_ok=True)
+    named.write_bytes((SAMPLES / "test.vcf").read_bytes())
+    job_id = upload(b, named)
     Worker(site.gas.pipeline, "annotate", site.gas.backend, wait_s=0).run(until_idle=True)
-    status, _ = fetch(b, f"/api/jobs/{job_id}/result")
-    assert status == 200
+    status, disposition, body = b.execute_async_script(  # type: ignore[attr-defined]
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then(async r => done([r.status, r.headers.get('content-disposition'), "
+        "await r.text()]));", f"/api/jobs/{job_id}/result")
+    from urllib.parse import quote
+
+    assert status == 200 and "VT=" in body
+    assert f"filename*=UTF-8''{quote('漢字 données.annot.vcf')}" in disposition, disposition
     header = b.execute_async_script(  # type: ignore[attr-defined]
         "const done = arguments[arguments.length - 1];"
         "fetch('/annotations').then(r => done([r.headers.get('content-security-policy'), "

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             from examples.gas.demo import run_demo
 
             return run_demo(args.dir, retention_s=args.retention)
-        gas = app.open_gas(args.backend)
+        # a supervised worker (its parent ran setup) and a look at jobs make nothing
+        gas = app.open_gas(args.backend, create=not (args.cmd == "status" or getattr(args, "no_setup", False)))
         try:
             return _run(args, gas)
         finally:

@@ -45,13 +45,16 @@ class Gas:
         self.backend.close()
 
 
-def open_gas(url: str | None = None, *, config: GasConfig | None = None, clock: Clock | None = None) -> Gas:
+def open_gas(url: str | None = None, *, config: GasConfig | None = None, clock: Clock | None = None,
+             create: bool = True) -> Gas:
+    """``create=False``: what exists is used as it is (a supervised worker, whose parent ran
+    setup once; a read-only command): no bucket, table or sender is looked at or made."""
     url = url or DEFAULT_GAS_BACKEND
     cfg = config or GasConfig()
     if url.startswith("aws://"):
         from examples.gas.aws import aws_gas
 
-        backend, res = aws_gas(url, cfg, clock=clock)
+        backend, res = aws_gas(url, cfg, clock=clock, create=create)
     else:
         backend = open_backend(url, clock=clock)
         root = getattr(backend.objects, "root", None)

@@ -53,7 +53,8 @@ class SesMailer:
         return sorted(k["Key"].removeprefix("sent-mail/") for k in keys)
 
 
-def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Backend, GasResources]:
+def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None, create: bool = True
+            ) -> tuple[Backend, GasResources]:
     q = parse_aws_url(url)
     region, prefix = q["region"], q["prefix"]
     # fixed names from GAS_*_BUCKET where the deployment set them, else <prefix>gas-*
@@ -65,17 +66,19 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None) -> tuple[Ba
     clock = clock or SystemClock()
     transport = SqsTransport(prefix=prefix, region=region, clock=clock)
     store = DynamoDBStatusStore(q.get("table", f"{prefix}annotations"), key_attr="job_id", status_attr="job_status",
-                                region=region, status_names={"FAILED": cfg.failed_status}, clock=clock)
+                                region=region, status_names={"FAILED": cfg.failed_status}, clock=clock,
+                                create=create)
     backend = Backend(transport=transport, topic=SnsTopic(transport, prefix=prefix, region=region), store=store,
                       clock=clock, url=url)
-    state = S3ObjectStore(cfg.state_bucket, region=region)
+    state = S3ObjectStore(cfg.state_bucket, region=region, create=create)
     mailer = SesMailer(state, region=region, sender=cfg.mail_sender)
-    mailer.ensure_sender()
+    if create:
+        mailer.ensure_sender()
     res = GasResources(
-        inputs=S3ObjectStore(cfg.inputs_bucket, region=region),
-        results=S3ObjectStore(cfg.results_bucket, region=region),
+        inputs=S3ObjectStore(cfg.inputs_bucket, region=region, create=create),
+        results=S3ObjectStore(cfg.results_bucket, region=region, create=create),
         archive=S3ObjectStore(cfg.archive_bucket, region=region, storage_class="GLACIER",
-                              restore_tier=cfg.restore_tier),
+                              restore_tier=cfg.restore_tier, create=create),
         profiles=ProfilesStore(state),
         mailer=mailer,
         other_bucket=lambda name: S3ObjectStore(name, region=region, create=False),

@@ -10,11 +10,29 @@ DEFAULT_REGION = "us-east-1"
 RETRY_CONFIG: Any = {"max_attempts": 8, "mode": "adaptive"}
 
 
-def client(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -> Any:
+_LOADER: Any = None
+
+
+def _session() -> Any:
+    """A new boto3 session (the environment read afresh: credentials, endpoints, a moto mock
+    started since) sharing one loader of botocore's service descriptions: each session
+    otherwise parses the same JSON again, about 0.2 s a client, most of a worker's start-up."""
+    global _LOADER
     import boto3
+    import botocore.session
+
+    core = botocore.session.get_session()
+    if _LOADER is None:
+        _LOADER = core.get_component("data_loader")
+    else:
+        core.register_component("data_loader", _LOADER)
+    return boto3.session.Session(botocore_session=core)
+
+
+def client(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -> Any:
     from botocore.config import Config
 
-    sess = cast(Any, session or boto3.session.Session())
+    sess = cast(Any, session or _session())
     # AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_<SERVICE>) are honoured by boto3 itself.
     # S3 presigned URLs: SigV4 (botocore may still default to the retired SigV2 for them).
     signature = "s3v4" if service == "s3" else None
@@ -22,10 +40,9 @@ def client(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -
 
 
 def resource(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -> Any:
-    import boto3
     from botocore.config import Config
 
-    sess = cast(Any, session or boto3.session.Session())
+    sess = cast(Any, session or _session())
     return sess.resource(service, region_name=region, config=Config(retries=RETRY_CONFIG))
 
 

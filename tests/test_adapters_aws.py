@@ -693,3 +693,30 @@ def test_a_missing_table_that_may_not_be_created_is_a_clear_error() -> None:
     with pytest.raises(ClientError, match="not allowed: create_table"):
         DynamoDBStatusStore("nowhere-jobs", region=REGION,
                             dynamodb_resource=Denied(ddb, {"create_table"}, client=ddb.meta.client))
+
+
+def test_sqs_ack_batch_says_which_receipts_were_stale_and_a_refused_send_is_not_dropped() -> None:
+    from orchestrator.transports.sqs import BatchError, SqsTransport
+
+    t = SqsTransport(prefix="stale-", region=REGION)
+    q = make_queue(t)
+    t.send_batch(q, [Outgoing(body=f"m{i}") for i in range(3)])
+    got = t.receive(q, max_messages=3, wait_s=0, visibility_s=30)
+    real = t.sqs.delete_message_batch
+
+    def stale_second(**kw: Any) -> dict[str, Any]:
+        # what SQS answers for a receipt handle superseded by a redelivery
+        entries = kw["Entries"]
+        out = real(QueueUrl=kw["QueueUrl"], Entries=[e for e in entries if e["Id"] != "1"])
+        out.setdefault("Failed", []).extend({"Id": "1", "SenderFault": True, "Code": "ReceiptHandleIsInvalid",
+                                             "Message": "stale"} for e in entries if e["Id"] == "1")
+        return out
+
+    t.sqs.delete_message_batch = stale_second
+    assert t.ack_batch(got) == [True, False, True]
+    # a send SQS refuses (a sender fault that is no stale receipt) raises, it is not taken as sent
+    t.sqs.send_message_batch = lambda **kw: {"Failed": [{"Id": e["Id"], "SenderFault": True,
+                                                         "Code": "InvalidParameterValue", "Message": "bad"}
+                                                        for e in kw["Entries"]]}
+    with pytest.raises(BatchError, match="refused 1 message"):
+        t.send(q, Outgoing(body="y"))

@@ -245,22 +245,23 @@ class SqsTransport:
     def _send_entries(self, queue: str, entries: list[dict[str, Any]]) -> list[str]:
         url = self.url(queue)
         for chunk in size_chunks(entries):
-            self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), chunk)
+            refused = self._batch_call(lambda es: self.sqs.send_message_batch(QueueUrl=url, Entries=es), chunk)
+            if refused:  # a send has no receipt to be stale: SQS refused the message itself
+                raise BatchError(f"SQS refused {len(refused)} message(s) sent to {queue}")
         return [e["MessageAttributes"][MESSAGE_ID_ATTR]["StringValue"] for e in entries]
 
-    def _batch_call(self, call: Any, entries: list[dict[str, Any]]) -> None:
-        """Run a batch call, retrying only the entries that failed; raise if some never pass."""
-        pending = entries
+    def _batch_call(self, call: Any, entries: list[dict[str, Any]]) -> set[str]:
+        """Run a batch call, retrying only the entries that failed; raise if some never pass.
+        Returns the ids of the entries refused for a stale receipt (nothing to retry there)."""
+        pending, stale = entries, set()
         for attempt in range(BATCH_RETRIES):
             resp = call(pending)
-            failed_ids = {f["Id"] for f in resp.get("Failed", [])}
-            if not failed_ids:
-                return
-            sender_faults = [f for f in resp.get("Failed", []) if f.get("SenderFault")]
-            if sender_faults and all(f.get("Code") in LEASE_LOST_CODES for f in sender_faults) and \
-                    len(sender_faults) == len(failed_ids):
-                return  # stale receipts: nothing more to delete
-            pending = [e for e in pending if e["Id"] in failed_ids]
+            failed = resp.get("Failed", [])
+            stale |= {f["Id"] for f in failed if f.get("SenderFault") and f.get("Code") in LEASE_LOST_CODES}
+            retry = {f["Id"] for f in failed} - stale
+            if not retry:
+                return stale
+            pending = [e for e in pending if e["Id"] in retry]
             time.sleep(min(1.0, 0.05 * 2 ** attempt))
         raise BatchError(f"{len(pending)} batch entries still failing after {BATCH_RETRIES} tries")
 
@@ -339,12 +340,16 @@ class SqsTransport:
         by_queue: dict[str, list[Delivery]] = {}
         for d in deliveries:
             by_queue.setdefault(d.queue, []).append(d)
+        stale: set[int] = set()  # ids of the deliveries whose receipt was stale
         for queue, ds in by_queue.items():
             url = self.url(queue)
             for chunk in _chunks(ds):
                 entries = [{"Id": str(i), "ReceiptHandle": d.receipt} for i, d in enumerate(chunk)]
-                self._batch_call(lambda es, url=url: self.sqs.delete_message_batch(QueueUrl=url, Entries=es), entries)
-        return [True] * len(deliveries)
+                refused = self._batch_call(lambda es, url=url: self.sqs.delete_message_batch(QueueUrl=url, Entries=es),
+                                           entries)
+                stale |= {id(chunk[int(i)]) for i in refused}
+        # as ``ack``: False where the receipt was stale (the message redelivered to someone else)
+        return [id(d) not in stale for d in deliveries]
 
     def extend(self, delivery: Delivery, seconds: float) -> None:
         try:

@@ -29,6 +29,17 @@ def default_dead_letter(queue: str) -> str:
     return f"{queue}-dlq"
 
 
+def is_default_dead_letter(queue: str) -> bool:
+    return queue.endswith(("-dlq", "-dlq.fifo"))
+
+
+def source_of_dead_letter(dlq: str) -> str:
+    """The queue whose default dead-letter queue ``dlq`` is (``default_dead_letter`` backwards)."""
+    if dlq.endswith("-dlq.fifo"):
+        return f"{dlq.removesuffix('-dlq.fifo')}.fifo"
+    return dlq.removesuffix("-dlq")
+
+
 @dataclass(frozen=True)
 class QueueSpec:
     name: str

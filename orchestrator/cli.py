@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from orchestrator.backends import DEFAULT_BACKEND, Backend, open_backend
+from orchestrator.base import is_default_dead_letter
 from orchestrator.cli_args import (
     OneLineParser,
     UsageError,
@@ -433,7 +434,7 @@ def cmd_queues(args: argparse.Namespace, backend: Backend) -> int:
     for q in backend.transport.queues():
         d = backend.transport.depth(q)
         rows.append({"queue": q, "visible": d.visible, "in_flight": d.in_flight, "delayed": d.delayed,
-                     "dead_letter": q.endswith("-dlq")})
+                     "dead_letter": is_default_dead_letter(q)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -339,3 +339,24 @@ def test_the_generic_cli_reads_the_gas_table_by_the_same_url_and_creates_nothing
     # and reading made no table and no bucket of its own
     assert set(boto3.client("dynamodb").list_tables()["TableNames"]) == tables
     assert {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]} == buckets
+
+
+def test_renamed_archive_attributes_are_read_by_upgrade_restore_and_status(open_gas: Open) -> None:
+    # Given a deployment whose web app names the archive attributes its own way
+    gas = open_gas(accounts="dynamodb:gas-users?tier=role",
+                   attribute_names={"results_file_archive_id": "archive_id", "restore_time": "restored_at"})
+    users_table([{"user_id": "fay", "role": "free_user", "email": "fay@example.org"}])
+    web_app_submit(gas, "r1", "fay")
+    run(gas, "annotate", "notify")
+    time.sleep(1.1)  # the archive check waits out the (shortened) retention
+    run(gas, "archive")
+    assert item("r1").get("archive_id") and "results_file_archive_id" not in item("r1")
+    rec = gas.backend.store.get("r1")
+    assert rec is not None and app.job_row(rec, gas.config)["archived"]
+    # When the user upgrades, the archived job is found under its renamed attribute and restored
+    assert app.upgrade(gas, "fay") == ["r1"]
+    run(gas, "restore")
+    it = item("r1")
+    assert "archive_id" not in it and int(str(it["restored_at"])) > 0
+    rec = gas.backend.store.get("r1")
+    assert rec is not None and app.job_row(rec, gas.config)["restored"] and not app.job_row(rec, gas.config)["archived"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from helpers import drain
+from hypothesis import given
+from hypothesis import strategies as st
 from test_controller import two_stage
 
 from orchestrator.backends import Backend
@@ -71,3 +73,13 @@ def test_a_cancelled_jobs_dead_letter_is_refused_and_stays(backend: Backend) -> 
     assert backend.transport.depth("numbers-dlq").total == 1
     job = backend.store.get("j")
     assert job is not None and job.status == JobStatus.CANCELLED
+
+
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=40), st.booleans())
+def test_a_dead_letter_queue_names_its_source_fifo_or_not(name: str, fifo: bool) -> None:
+    from orchestrator.base import default_dead_letter, is_default_dead_letter, source_of_dead_letter
+
+    queue = f"{name}.fifo" if fifo else name
+    dlq = default_dead_letter(queue)
+    assert is_default_dead_letter(dlq) and source_of_dead_letter(dlq) == queue
+    assert dlq.endswith(".fifo") == fifo  # SQS: a FIFO queue's dead letters go to a FIFO queue

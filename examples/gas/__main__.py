@@ -149,7 +149,7 @@ def _run(args: argparse.Namespace, gas: app.Gas) -> int:
             docs = [j.model_dump(mode="json", exclude={"version"}) for j in jobs]
             print(json.dumps(docs[0] if args.job_id else docs, indent=2))
         else:
-            print(format_table([app.job_row(j) for j in jobs]))
+            print(format_table([app.job_row(j, gas.config) for j in jobs]))
     return 0
 
 

@@ -251,10 +251,11 @@ def run_processes(url: str, stages: list[str], processes: int, *, until_idle: bo
     return max(codes, default=0)
 
 
-def job_row(job: JobRecord) -> dict[str, Any]:
-    f = job.fields
+def job_row(job: JobRecord, cfg: GasConfig | None = None) -> dict[str, Any]:
+    """A job's row in ``status``, read under the deployment's attribute names (``cfg``)."""
+    f, a = job.fields, (cfg or GasConfig()).attr
     return {"job_id": job.job_id, "user_id": job.user_id, "tier": f.get("user_tier"),
             "file": f.get("input_file_name"), "status": job.status.value, "variants": f.get("variants"),
-            "result_key": f.get("s3_key_result_file"), "emailed": "notified_time" in f,
-            "archived": bool(f.get("results_file_archive_id")), "restored": "restore_time" in f,
+            "result_key": f.get(a("s3_key_result_file")), "emailed": "notified_time" in f,
+            "archived": bool(f.get(a("results_file_archive_id"))), "restored": a("restore_time") in f,
             "reason": next((h.reason for h in reversed(job.history) if h.reason), None)}

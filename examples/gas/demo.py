@@ -71,9 +71,10 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
         recs = {j.job_id: j for j in gas.backend.store.query()}
         completed = [j for j in recs.values() if j.status.value == "COMPLETED"]
         emailed = [j for j in completed if "notified_time" in j.fields]
+        a = gas.config.attr  # the deployment's attribute names
         archived = [j for j in recs.values() if j.job_id in free_jobs and
-                    (j.fields.get("results_file_archive_id") or "restore_time" in j.fields)]
-        restored = [j for j in recs.values() if "restore_time" in j.fields]
+                    (j.fields.get(a("results_file_archive_id")) or a("restore_time") in j.fields)]
+        restored = [j for j in recs.values() if a("restore_time") in j.fields]
         if not killed and len(completed) >= 1:
             procs["annotate-1"].send_signal(signal.SIGKILL)
             procs["annotate-1"].wait()
@@ -107,7 +108,7 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
     from examples.gas.__main__ import format_table
 
     recs = {j.job_id: j for j in gas.backend.store.query()}
-    print(format_table([app.job_row(r) for r in recs.values()]))
+    print(format_table([app.job_row(r, gas.config) for r in recs.values()]))
     mails = gas.resources.mailer.sent()
     lost = [j for j in jobs if j not in recs or recs[j].status.value not in ("COMPLETED", "FAILED")]
     failed = [j for j in jobs if j in recs and recs[j].status.value == "FAILED"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.backends import Backend
-from orchestrator.base import Outgoing
+from orchestrator.base import Outgoing, is_default_dead_letter, source_of_dead_letter
 from orchestrator.codec import Codec
 from orchestrator.errors import MalformedMessage, NotADeadLetterQueue
 from orchestrator.pipeline import Pipeline, Stage
@@ -17,7 +17,7 @@ REDRIVE_VISIBILITY_S = 60.0
 
 
 def dead_letter_queues(backend: Backend, pipeline: Pipeline | None = None) -> list[str]:
-    names = {q for q in backend.transport.queues() if q.endswith("-dlq") or q.endswith("-dlq.fifo")}
+    names = {q for q in backend.transport.queues() if is_default_dead_letter(q)}
     if pipeline is not None:
         names |= {st.dead_letter_queue for st in pipeline.stages.values()}
     return sorted(names)
@@ -36,7 +36,7 @@ def show(backend: Backend, queue: str, *, limit: int = 20, pipeline: Pipeline | 
     exception its last attempt raised (``error``: type, message, traceback)."""
     out = []
     for d in backend.transport.peek(queue, limit):
-        source = d.attributes.get("source_queue", queue.removesuffix("-dlq"))
+        source = d.attributes.get("source_queue", source_of_dead_letter(queue))
         out.append({"message_id": d.message_id, "reason": d.attributes.get(DEAD_LETTER_REASON, ""),
                     "source_queue": source, "body": d.body, "error": _last_error(backend, d.body, source, pipeline)})
     return out
@@ -97,7 +97,7 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
             break
         for d in fresh:
             seen.add(d.message_id)
-            source = d.attributes.get("source_queue") or queue.removesuffix("-dlq")
+            source = d.attributes.get("source_queue") or source_of_dead_letter(queue)
             stage = _stage_for(pipeline, source)
             job_id = None
             if stage is not None:

@@ -356,6 +356,12 @@ class StatusStore(Protocol):
 class ObjectStore(Protocol):
     """Files by key. Keys with ``..``, a leading ``/`` or NUL raise ``InvalidKey``."""
 
+    @property
+    def presigns(self) -> bool:
+        """Whether ``url`` gives a link any HTTP client may fetch for a while (S3's presigned
+        URLs): a web app sends browsers there instead of passing the bytes through itself."""
+        ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def put_file(self, key: str, source: BinaryIO) -> None:
@@ -372,5 +378,7 @@ class ObjectStore(Protocol):
         """Idempotent."""
         ...
 
-    def url(self, key: str, *, expires_s: int = 3600) -> str: ...
+    def url(self, key: str, *, expires_s: int = 3600) -> str:
+        """Where the object is: fetchable over HTTP until ``expires_s`` only where ``presigns``."""
+        ...
 

@@ -9,7 +9,7 @@ class) and ``<prefix>gas-state`` (user profiles, email markers).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, BinaryIO
 
 from examples.gas.config import GasConfig, GasResources, check_bucket_names
 from examples.gas.mailer import SENDER
@@ -91,11 +91,16 @@ def aws_gas(url: str, cfg: GasConfig, *, clock: Clock | None = None, create: boo
 class ProfilesStore:
     """User profiles under ``profiles/`` in the state bucket."""
 
+    presigns = True
+
     def __init__(self, state: S3ObjectStore) -> None:
         self.state = state
 
     def put(self, key: str, data: bytes) -> None:
         self.state.put(f"profiles/{key}", data)
+
+    def put_file(self, key: str, source: BinaryIO) -> None:
+        self.state.put_file(f"profiles/{key}", source)
 
     def get(self, key: str) -> bytes:
         return self.state.get(f"profiles/{key}")

@@ -325,7 +325,7 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
         if not key or (rec.fields.get(cfg.attr("results_file_archive_id")) and which == "result"):
             raise HTTPException(404, "no result file (not annotated yet, or archived: upgrade to restore)")
         store = gas.resources.results
-        if type(store).__name__ == "S3ObjectStore":
+        if store.presigns:
             return RedirectResponse(store.url(str(key), expires_s=300), status_code=303)  # presigned
         try:
             data = store.get(str(key))

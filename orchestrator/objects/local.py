@@ -31,7 +31,26 @@ _FILE_FLAGS = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 CHUNK = 1024 * 1024
 
 
+def _remove_empty_folder(dfd: int, name: str) -> None:
+    """Remove the folder ``name`` if it holds only folders (those a delete left empty);
+    ``OSError`` if it holds any object, and then nothing is removed that held one."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+    try:
+        for entry in os.scandir(fd):
+            if not entry.is_dir(follow_symlinks=False):
+                raise OSError(errno.ENOTEMPTY, f"{name} holds objects")
+            _remove_empty_folder(fd, entry.name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+class NotAFolder(InvalidKey):
+    """A key that is an object and a folder of objects at once, which a file system cannot hold."""
+
+
 class LocalObjectStore:
+    presigns = False  # file:// URLs: this machine only
     def __init__(self, root: str | Path) -> None:
         # Created by the first put, not here: opening a backend to read must not make directories.
         self.root = Path(root).resolve()
@@ -58,7 +77,10 @@ class LocalObjectStore:
                         os.mkdir(part, 0o700, dir_fd=fd)
                     nxt = self._open_dir(key, parts, i, fd)
                 except OSError as exc:
-                    raise self._refusal(key, parts, i, exc, fd) from None
+                    refusal = self._refusal(key, parts, i, exc, fd)
+                    if not create and isinstance(refusal, NotAFolder):
+                        raise ObjectNotFound(key) from None  # nothing can be stored under a file
+                    raise refusal from None
                 os.close(fd)
                 fd = nxt
             yield fd, parts[-1]
@@ -81,7 +103,8 @@ class LocalObjectStore:
         if link or exc.errno in (errno.ELOOP, errno.EMLINK):
             return InvalidKey(f"object key {key!r}: {where} is a symbolic link; refused")
         if exc.errno == errno.ENOTDIR:
-            return InvalidKey(f"object key {key!r}: {where} is not a directory")
+            return NotAFolder(f"object key {key!r}: {where} is an object, so nothing can be stored under "
+                              f"{where}/ (a key is an object or a folder of objects on a file system, not both)")
         return exc
 
     def _open_file(self, key: str, dfd: int, name: str, flags: int, mode: int = 0o600) -> int:
@@ -110,7 +133,16 @@ class LocalObjectStore:
                     shutil.copyfileobj(source, fh, CHUNK)
                 # readers see the old file or the whole new one; a rename replaces a link
                 # swapped in meanwhile, it never writes through it
-                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                try:
+                    os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except IsADirectoryError:
+                    try:  # a folder whose objects were all deleted holds nothing: it gives way
+                        _remove_empty_folder(dfd, name)
+                    except OSError:
+                        raise NotAFolder(f"object key {key!r}: objects are stored under {key}/, so it cannot "
+                                         "be an object too (a key is an object or a folder of objects on a "
+                                         "file system, not both)") from None
+                    os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except BaseException:
                 with suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=dfd)
@@ -119,9 +151,10 @@ class LocalObjectStore:
     def get(self, key: str) -> bytes:
         with self._dir(key) as (dfd, name):
             fd = self._open_file(key, dfd, name, os.O_RDONLY)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder of objects (or a device): no object
+                os.close(fd)
+                raise ObjectNotFound(key)
             with os.fdopen(fd, "rb") as fh:
-                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                    raise ObjectNotFound(key)
                 return fh.read()
 
     def exists(self, key: str) -> bool:
@@ -135,7 +168,7 @@ class LocalObjectStore:
     def delete(self, key: str) -> None:
         with suppress(ObjectNotFound), self._dir(key) as (dfd, name):
             self._refuse_link(key, dfd, name)
-            with suppress(FileNotFoundError):
+            with suppress(FileNotFoundError, IsADirectoryError):  # (a folder of objects: no object)
                 os.unlink(name, dir_fd=dfd)  # removes a link itself, never its target
 
     @staticmethod

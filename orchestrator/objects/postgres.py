@@ -12,6 +12,7 @@ from orchestrator.postgres_db import PostgresDatabase
 
 
 class PostgresObjectStore:
+    presigns = False
     def __init__(self, db: PostgresDatabase) -> None:
         self.db = db
 

@@ -16,6 +16,10 @@ class PrefixedObjectStore:
     def _key(self, key: str) -> str:
         return self.prefix + validate_key(key)
 
+    @property
+    def presigns(self) -> bool:
+        return bool(self.inner.presigns)
+
     def put(self, key: str, data: bytes) -> None:
         self.inner.put(self._key(key), data)
 

@@ -17,6 +17,7 @@ RESTORE_TIERS = ("Expedited", "Standard", "Bulk")
 
 
 class S3ObjectStore:
+    presigns = True
     def __init__(self, bucket: str, *, prefix: str = "", region: str = DEFAULT_REGION, s3_client: Any = None,
                  storage_class: str | None = None, create: bool = True, restore_tier: str | None = None) -> None:
         if restore_tier is not None and restore_tier not in RESTORE_TIERS:

@@ -2,7 +2,8 @@
 
 ``SqliteDatabase`` (the embedded default) and ``PostgresDatabase`` implement it; the queue,
 topic and status store in ``transports/sql.py`` and ``stores/sql.py`` are written once against
-it. SQL is written with ``?`` placeholders and the SQL both dialects accept.
+it. That SQL is written with ``?`` placeholders (``PostgresDatabase`` turns them into psycopg's)
+and in the dialect both accept; ``stores/postgres.py`` adds PostgreSQL's own batch statements.
 """
 
 from __future__ import annotations

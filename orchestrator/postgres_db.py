@@ -144,10 +144,6 @@ class PostgresDatabase:
         assert self._pool is not None
         return self._pool
 
-    @property
-    def in_transaction(self) -> bool:
-        return getattr(self._local, "conn", None) is not None
-
     def _retrying(self, attempt: Callable[[], T], what: str) -> T:
         deadline = time.monotonic() + self.reconnect_timeout_s
         pause, failures, outage = 0.05, 0, False
@@ -274,9 +270,6 @@ class PostgresDatabase:
             raise ConfigError(f"cannot open PostgreSQL database ({_redact(self.conninfo)}): "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
                               ) from exc
-
-    def schema_version(self) -> int:
-        return int(self.read("SELECT MAX(version) FROM schema_version")[0][0])
 
     def close(self) -> None:
         if self._pool is not None and self._pool_pid == os.getpid():

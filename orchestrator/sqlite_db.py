@@ -222,10 +222,6 @@ class SqliteDatabase:
             raise DatabaseGone(f"database {self.path} was deleted or replaced while this process used it; "
                                "stopping (its writes would be lost)")
 
-    @property
-    def in_transaction(self) -> bool:
-        return getattr(self._local, "depth", 0) > 0
-
     def run(self, fn: Callable[[sqlite3.Connection], T], *, begin: bool = True) -> T:
         """Run ``fn`` in a write transaction, retrying the whole of it on lock errors.
 

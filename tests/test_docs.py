@@ -56,3 +56,10 @@ def test_the_checker_finds_a_broken_link(tmp_path: Path) -> None:
     found = [t for t in links(page)]
     assert found == ["#title", "missing.md", "#nowhere"]
     assert "title" in anchors(page) and "nowhere" not in anchors(page)
+
+
+def test_the_reference_lists_every_stage_setting_as_the_code_describes_it() -> None:
+    from orchestrator.settings import settings_table
+
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    assert settings_table() in reference, "docs/reference.md's settings table differs from settings_table()"

@@ -2,8 +2,8 @@
 
 ``Controller.process`` runs it over a received batch; a single message is a batch of one
 (``handle``). Each store and queue step is done for the batch at once: one lookup
-(``get_many``), one ``begin_steps``, one ``commit_steps``, one send per target queue or topic,
-one ``ack_batch``. On the SQLite default commit, emit and ack are one transaction.
+(``get_docs``), one ``begin_docs``, one ``commit_docs``, one send per target queue or topic,
+one ``ack_batch``. On SQLite and PostgreSQL commit, emit and ack are one transaction.
 
 ``process`` is a generator that yields the name of each crash point the batch passes, so the
 deterministic simulation can interleave batches step by step; the worker drives it to the end.
@@ -42,7 +42,6 @@ from orchestrator.errors import (
     JobNotFound,
     MalformedMessage,
     NothingToDo,
-    ObjectNotFound,
     PermanentError,
     StoreError,
 )
@@ -446,8 +445,6 @@ class Controller:
             return Outcome.SKIPPED
         except MalformedMessage as exc:
             return self._reject(it, f"malformed message: {exc.reason}", exc.job_id)
-        except ObjectNotFound as exc:
-            return self._reject(it, f"malformed message: {exc}", None)
         except Exception as exc:  # the object store behind a claim check is unavailable: retry
             action = decide(exc, attempt=d.receive_count, max_receives=st.max_receives, lease_lost=False,
                             backoff_s=self._backoff(d))

@@ -1,9 +1,10 @@
 """What to do with a delivery once its handler (or its commit) has an outcome: one decision.
 
 The controller asks ``decide`` after the handler returns or raises, and again when the
-commit is refused; it never branches on an error type anywhere else. The table of cases is
-small enough to test whole (``tests/test_decide.py``), as controller-runtime keeps its retry
-policy in one switch.
+commit is refused: what becomes of a handler's run is chosen here only. What is settled before
+a handler runs (a body that does not decode, a step already committed, a refused begin) the
+controller settles itself. The table of cases is small enough to test whole
+(``tests/test_decide.py``), as controller-runtime keeps its retry policy in one switch.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.errors import ConfigError, SimulatedCrash
@@ -70,9 +70,6 @@ class FaultPlan:
             return cls([Fault(**f) for f in items], action="exit")
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{FAULTS_ENV} is not a JSON list of faults: {exc}") from exc
-
-    def to_env(self) -> str:
-        return json.dumps([asdict(f) for f in self.faults])
 
     def check(self, point: str, *, stage: str, job_id: str | None, message_id: str, attempt: int) -> None:
         with self._lock:

@@ -22,11 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.envelope import MESSAGE_ID_ATTR, Envelope, canonical_json, derive_id
+from orchestrator.envelope import MAX_BODY_BYTES, MESSAGE_ID_ATTR, Envelope, canonical_json, derive_id
 from orchestrator.errors import MalformedMessage, NothingToDo
 from orchestrator.storable import id_problem, value_problem
-
-DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's limit; bigger bodies belong in the object store
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ class Codec:
     plain_task: str | None = None
     job_id_field: str = "job_id"
     required_fields: Sequence[str] = field(default_factory=tuple)
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
     #: for plain JSON that names no job: whether it is a request for nothing (acked, no job
     #: touched) rather than malformed (dead-lettered)
     nothing_to_do: Callable[[dict[str, Any]], bool] | None = None

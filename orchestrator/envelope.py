@@ -10,6 +10,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
+#: the largest message body, on every backend: SQS's limit, so a pipeline moves between
+#: backends unchanged (bigger bodies go to the object store: ``offload_large_bodies``)
+MAX_BODY_BYTES = 256 * 1024
 #: the message attribute that carries a message's id on SQS and SNS (SNS's own MessageId
 #: differs per publish; ours is the outbox's, the same for every copy)
 MESSAGE_ID_ATTR = "message_id"

@@ -8,10 +8,18 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from orchestrator.base import MAX_PRIORITY, Delivery, ObjectStore, QueueSpec, default_dead_letter
+from orchestrator.base import (
+    DEFAULT_MAX_RECEIVES,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    MAX_PRIORITY,
+    Delivery,
+    ObjectStore,
+    QueueSpec,
+    default_dead_letter,
+)
 from orchestrator.codec import Codec
 from orchestrator.durations import parse_duration
-from orchestrator.envelope import Envelope, derive_id
+from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
 from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
 from orchestrator.schedules import DEFAULT_MAX_CATCH_UP, Missed, Schedule
@@ -178,8 +186,8 @@ class Stage:
     publish_to: str | None = None
     subscribe: tuple[str, ...] = ()
     raw_subscription: bool = True
-    max_receives: int = 5
-    visibility_timeout: float = 30.0
+    max_receives: int = DEFAULT_MAX_RECEIVES
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
     time_limit_s: float | None = None
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
@@ -192,7 +200,7 @@ class Stage:
     job_id_field: str = "job_id"
     required_fields: tuple[str, ...] = ()
     emit_format: Literal["envelope", "plain"] = "envelope"
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
     accepts_tasks: tuple[str, ...] = ()
     #: "eager": write a begin (claim + RUNNING) before the handler, so the status shows RUNNING
     #: while it runs and a stale holder is fenced off by its claim. "lazy": no begin write;

@@ -7,7 +7,6 @@ import os
 
 from orchestrator.errors import BodyTooLarge
 
-DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_MAX_DELAY_S = 15 * 60.0  # as SQS: DelaySeconds <= 900
 DEFAULT_MAX_VISIBILITY_S = 12 * 3600.0  # as SQS: a lease never exceeds 12 h from receipt
 # Messages per receive on the embedded and PostgreSQL queues (SQS: 10). Beyond ~100 a batch of

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Topic, Transport, default_dead_letter
 from orchestrator.clock import Clock, SimClock, SystemClock
+from orchestrator.envelope import MAX_BODY_BYTES
 from orchestrator.errors import LeaseLostError
 from orchestrator.transports.common import (
     DEAD_LETTER_REASON,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
@@ -122,7 +122,7 @@ class MemoryTransport:
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
     max_batch = 10  # as SQS, whose semantics this transport mirrors for tests (and with no
     # transaction to spread over a batch, bigger batches only kept more objects alive at once)
-    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes = MAX_BODY_BYTES
 
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()

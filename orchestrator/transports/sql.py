@@ -27,11 +27,11 @@ from orchestrator.base import (
 )
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.database import Conn, Database
+from orchestrator.envelope import MAX_BODY_BYTES
 from orchestrator.errors import LeaseLostError
 from orchestrator.transports.common import (
     DEAD_LETTER_REASON,
     DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
@@ -74,7 +74,7 @@ class SqlTransport:
     max_delay_s = DEFAULT_MAX_DELAY_S  # of a retry's release; a send or a snooze takes any delay
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
     max_batch = DEFAULT_MAX_BATCH
-    max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes = MAX_BODY_BYTES
     #: PostgreSQL claims in one autocommit statement (atomic alone; locks nothing when idle).
     #: SQLite first looks for a ready row outside a transaction, so that an idle worker never
     #: takes the file's one write lock.

@@ -31,14 +31,14 @@ from typing import Any
 from orchestrator.aws_common import DEFAULT_REGION, client, error_code
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport, default_dead_letter
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.envelope import MESSAGE_ID_ATTR
+from orchestrator.envelope import MAX_BODY_BYTES, MESSAGE_ID_ATTR
 from orchestrator.errors import BodyTooLarge, LeaseLostError, OrchestratorError
 from orchestrator.transports.common import DEAD_LETTER_REASON
 
 # SQS measures a message as its body plus each attribute's name, type and value, and a batch
 # request as the sum of its messages. AWS raised both limits to 1 MiB in 2025; 256 KiB is what
 # every SQS endpoint (and SNS, which feeds it) accepts, so that is the limit we keep.
-SQS_MAX_MESSAGE_BYTES = 256 * 1024
+SQS_MAX_MESSAGE_BYTES = MAX_BODY_BYTES
 ATTRIBUTES_RESERVE = 2048  # room left for our attributes (message id; in a DLQ, the reason)
 SQS_MAX_BODY_BYTES = SQS_MAX_MESSAGE_BYTES - ATTRIBUTES_RESERVE
 SQS_MAX_BATCH = 10  # SQS's limit for every batch call (moto does not enforce it; we do)

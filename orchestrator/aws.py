@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from orchestrator.aws_common import DEFAULT_REGION
-from orchestrator.backends import Backend
+from orchestrator.base import Backend
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConfigError
 

@@ -10,38 +10,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse
 
-from orchestrator.base import ObjectStore, StatusStore, Topic, Transport
+from orchestrator.base import Backend
 from orchestrator.clock import Clock, DatabaseClock, SimClock, SystemClock
 from orchestrator.errors import ConfigError
 
-T = TypeVar("T")
 DEFAULT_BACKEND = "sqlite:///orchestrator.db"
-
-
-@dataclass
-class Backend:
-    transport: Transport
-    topic: Topic
-    store: StatusStore
-    clock: Clock
-    objects: ObjectStore | None = None
-    #: runs a callable as one transaction over transport and store, when they share one
-    #: database (then commit + emit + ack are atomic); None when they do not
-    atomic: Callable[[Callable[[], Any]], Any] | None = None
-    url: str = ""
-
-    def run_atomic(self, fn: Callable[[], T]) -> T:
-        return self.atomic(fn) if self.atomic is not None else fn()
-
-    def close(self) -> None:
-        db = getattr(self.transport, "db", None)
-        if db is not None:
-            db.close()
+# ``Backend`` is defined in ``base`` beside the protocols it bundles (so ``aws`` needs nothing
+# from here); it is named here too, where backends are made
+__all__ = ["DEFAULT_BACKEND", "Backend", "memory_backend", "open_backend", "postgres_backend", "sqlite_backend"]
 
 
 def memory_backend(clock: Clock | None = None, *, objects_root: str | Path | None = None) -> Backend:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
+from orchestrator.clock import Clock
 from orchestrator.envelope import Envelope
 from orchestrator.errors import StoreError
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
@@ -382,3 +383,26 @@ class ObjectStore(Protocol):
         """Where the object is: fetchable over HTTP until ``expires_s`` only where ``presigns``."""
         ...
 
+
+T = TypeVar("T")
+
+
+@dataclass
+class Backend:
+    transport: Transport
+    topic: Topic
+    store: StatusStore
+    clock: Clock
+    objects: ObjectStore | None = None
+    #: runs a callable as one transaction over transport and store, when they share one
+    #: database (then commit + emit + ack are atomic); None when they do not
+    atomic: Callable[[Callable[[], Any]], Any] | None = None
+    url: str = ""
+
+    def run_atomic(self, fn: Callable[[], T]) -> T:
+        return self.atomic(fn) if self.atomic is not None else fn()
+
+    def close(self) -> None:
+        db = getattr(self.transport, "db", None)
+        if db is not None:
+            db.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import gc
 import getpass
-import importlib
 import json
 import os
 import signal
@@ -28,10 +27,12 @@ from orchestrator.base import is_default_dead_letter
 from orchestrator.cli_args import (
     OneLineParser,
     UsageError,
+    _json_arg,
     concurrency_arg,
     duration_arg,
     job_id_arg,
     limit_arg,
+    pipeline_from,
     port_arg,
     positive_seconds_arg,
     priority_arg,
@@ -47,50 +48,16 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
+from orchestrator.ops import cli as ops_cli
 from orchestrator.pipeline import Pipeline
 from orchestrator.schedules import describe
-from orchestrator.settings import apply_settings, load_settings
+from orchestrator.settings import load_settings
 from orchestrator.status import JobRecord, JobStatus
 
 # commands that only make sense on a backend another process can see
 ONE_SHOT_COMMANDS = ("submit", "status", "cancel", "retry")
 #: commands that act on jobs and queues that exist: they never create a database
 EXISTING_ONLY_COMMANDS = ("status", "queues", "doctor", "schedules", "cancel", "retry", "purge", "web")
-
-
-def load_pipeline(spec: str) -> Pipeline:
-    """Import ``MODULE:PIPELINE`` (the current directory is searched too)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"expected MODULE:PIPELINE, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
-    pipeline = getattr(module, attr, None)
-    if not isinstance(pipeline, Pipeline):
-        raise UsageError(f"{spec!r} is not a Pipeline (found {type(pipeline).__name__})")
-    return pipeline
-
-
-def pipeline_from(args: argparse.Namespace) -> Pipeline:
-    """The pipeline named on the command line, with settings from --config and the
-    environment applied."""
-    pipeline = load_pipeline(args.pipeline)
-    apply_settings(pipeline, args.settings)
-    return pipeline
-
-
-def _json_arg(text: str, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # also an integer of over 4,300 digits, or deep nesting
-        raise UsageError(f"{what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def job_json(rec: JobRecord) -> dict[str, Any]:
@@ -552,11 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions(sub: Any, backend_arg: Any) -> None:
     """Commands that live in their own modules (operator toolkit)."""
-    try:
-        ops = importlib.import_module("orchestrator.ops.cli")
-    except ImportError:
-        return
-    ops.register(sub, backend_arg)
+    ops_cli.register(sub, backend_arg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

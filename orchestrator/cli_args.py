@@ -8,13 +8,19 @@ bad value is a one-line error, never a traceback from deep inside a store.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import math
+import os
+import sys
 import time
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from orchestrator.base import MAX_PRIORITY
 from orchestrator.durations import parse_duration, parse_time
+from orchestrator.pipeline import Pipeline
+from orchestrator.settings import apply_settings
 from orchestrator.storable import id_problem
 
 
@@ -180,3 +186,38 @@ def _shown(text: str) -> str:
     except UnicodeEncodeError:  # a surrogate no byte stands for (from JSON, not argv)
         shown = text.encode(errors="backslashreplace").decode()
     return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Import ``MODULE:PIPELINE`` (the current directory is searched too)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"expected MODULE:PIPELINE, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import module {module_name!r}: {exc}") from exc
+    pipeline = getattr(module, attr, None)
+    if not isinstance(pipeline, Pipeline):
+        raise UsageError(f"{spec!r} is not a Pipeline (found {type(pipeline).__name__})")
+    return pipeline
+
+
+def pipeline_from(args: argparse.Namespace) -> Pipeline:
+    """The pipeline named on the command line, with settings from --config and the
+    environment applied."""
+    pipeline = load_pipeline(args.pipeline)
+    apply_settings(pipeline, args.settings)
+    return pipeline
+
+
+def _json_arg(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # also an integer of over 4,300 digits, or deep nesting
+        raise UsageError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value

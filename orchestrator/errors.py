@@ -7,10 +7,9 @@ looks at a vendor exception.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from orchestrator.status import JobRecord
+from orchestrator.status import JobRecord
 
 
 class OrchestratorError(Exception):
@@ -91,18 +90,14 @@ class StoreError(OrchestratorError):
     @property
     def current(self) -> JobRecord | None:
         if self._current is None and self._doc is not None:
-            from orchestrator.jobdoc import to_record
-
-            self._current = to_record(self._doc)
+            self._current = JobRecord.model_validate(self._doc)
         return self._current
 
     @property
     def current_doc(self) -> dict[str, Any] | None:
         """``current`` as the store's document."""
         if self._doc is None and self._current is not None:
-            from orchestrator.jobdoc import to_doc
-
-            self._doc = to_doc(self._current)
+            self._doc = self._current.model_dump(mode="json")
         return self._doc
 
 

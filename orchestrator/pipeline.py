@@ -18,9 +18,12 @@ from orchestrator.base import (
     default_dead_letter,
 )
 from orchestrator.codec import Codec
+from orchestrator.controllers.retry import retry as retry_job
+from orchestrator.controllers.submit import check_timing
+from orchestrator.controllers.submit import submit as submit_job
 from orchestrator.durations import parse_duration
 from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
-from orchestrator.errors import ConfigError, InvalidSubmission
+from orchestrator.errors import ConfigError
 from orchestrator.jobdoc import to_record
 from orchestrator.schedules import DEFAULT_MAX_CATCH_UP, Missed, Schedule
 from orchestrator.status import JobRecord, JobStatus
@@ -59,15 +62,6 @@ class Emit:
 
     def __post_init__(self) -> None:
         check_timing(delay_s=self.delay_s, priority=self.priority)
-
-
-def check_timing(*, delay_s: float = 0.0, priority: int | None = 0) -> None:
-    """Raise ``InvalidSubmission`` for a delay or priority no backend can honour."""
-    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s < float("inf"):
-        raise InvalidSubmission(f"delay must be a finite number of seconds >= 0, got {delay_s!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
-                                 or not 0 <= priority <= MAX_PRIORITY):
-        raise InvalidSubmission(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
 
 
 @dataclass(frozen=True)
@@ -444,9 +438,7 @@ class Pipeline:
         goes back to PENDING with a history entry (who, why). Raises ``InvalidTransition``
         for a job that is not FAILED, ``JobNotFound``, ``RetryImpossible`` when the input is
         nowhere to be found."""
-        from orchestrator.controllers.retry import retry
-
-        rec: JobRecord = retry(self, backend, job_id, by=by, reason=reason)
+        rec: JobRecord = retry_job(self, backend, job_id, by=by, reason=reason)
         return rec
 
     def submit(
@@ -467,9 +459,7 @@ class Pipeline:
         """Create the job PENDING and enqueue its first message. Idempotent per job id:
         the first message's id derives from the job id, so a resubmission adds nothing new.
         ``delay_s``/``at`` hold it until then (any length); ``priority`` is 0..9."""
-        from orchestrator.controllers.submit import submit
-
-        return submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
+        return submit_job(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id,
                       task=task, fields=fields, delay_s=delay_s, at=at, priority=priority)
 
 

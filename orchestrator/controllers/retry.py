@@ -10,6 +10,8 @@ re-sends.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from orchestrator import jobdoc
 from orchestrator.backends import Backend
 from orchestrator.base import Delivery, Outgoing, default_dead_letter
@@ -17,8 +19,10 @@ from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import InvalidTransition, JobNotFound, MalformedMessage, RetryImpossible
 from orchestrator.jobdoc import FAILED, Doc
-from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.status import JobRecord
+
+if TYPE_CHECKING:  # (only named in annotations: the pipeline calls this module)
+    from orchestrator.pipeline import Pipeline, Stage
 
 #: how many dead letters a retry looks through for the job's input
 MAX_DLQ_SCAN = 1000

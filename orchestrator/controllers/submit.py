@@ -10,16 +10,24 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.backends import Backend
-from orchestrator.base import Outgoing
+from orchestrator.base import MAX_PRIORITY, Outgoing
 from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
-from orchestrator.pipeline import check_timing
 from orchestrator.status import JobRecord, OutMessage
 from orchestrator.storable import id_problem, value_problem
 
 #: how far in the past ``at=`` may be (a clock a little behind, a request that queued) before
 #: it is refused as a mistake; within it the job runs at once
 AT_GRACE_S = 60.0
+
+
+def check_timing(*, delay_s: float = 0.0, priority: int | None = 0) -> None:
+    """Raise ``InvalidSubmission`` for a delay or priority no backend can honour."""
+    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s < float("inf"):
+        raise InvalidSubmission(f"delay must be a finite number of seconds >= 0, got {delay_s!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= MAX_PRIORITY):
+        raise InvalidSubmission(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
 
 
 def due_time(now: float, *, delay_s: float = 0.0, at: float | datetime | None = None) -> float | None:

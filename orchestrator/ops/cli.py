@@ -8,14 +8,21 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.backends import Backend
-from orchestrator.cli_args import duration_arg, positive_int, positive_seconds_arg, seconds_arg, text_arg
+from orchestrator.cli_args import (
+    _json_arg,
+    duration_arg,
+    pipeline_from,
+    positive_int,
+    positive_seconds_arg,
+    seconds_arg,
+    text_arg,
+)
 from orchestrator.ops import dlq, doctor, purge, sweep
 from orchestrator.ops.chaos import ChaosRun
 from orchestrator.status import JobStatus
 
 
 def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import pipeline_from
     from orchestrator.cli_args import UsageError
 
     if args.dlq_command == "list":
@@ -50,7 +57,6 @@ def cmd_dlq(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import pipeline_from
 
     pipeline = pipeline_from(args)
     findings = doctor.diagnose(pipeline, backend)
@@ -68,7 +74,6 @@ def cmd_doctor(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import pipeline_from
 
     report = sweep.sweep(pipeline_from(args), backend, older_than_s=args.older_than, dry_run=args.dry_run)
     for action in report.actions:
@@ -78,7 +83,6 @@ def cmd_sweep(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import pipeline_from
 
     statuses = [JobStatus(args.status)] if args.status else purge.TERMINAL
     report = purge.purge(pipeline_from(args), backend, older_than_s=args.older_than, statuses=statuses,
@@ -92,7 +96,6 @@ def cmd_purge(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace, backend: Backend) -> int:
-    from orchestrator.cli import _json_arg, pipeline_from
 
     pipeline = pipeline_from(args)
     pipeline.setup(backend)

@@ -46,6 +46,24 @@ def resource(service: str, *, region: str = DEFAULT_REGION, session: Any = None)
     return sess.resource(service, region_name=region, config=Config(retries=RETRY_CONFIG))
 
 
+# The AWS error codes the adapters act on, named once. Each adapter catches botocore's
+# ``ClientError`` (an answer from AWS) and asks ``error_code`` which of these it is; anything
+# else (no answer, a bad parameter) goes on up as it is, and ``outage.is_outage`` tells a
+# busy or unreachable service from a refused request.
+QUEUE_MISSING = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
+QUEUE_EXISTS = frozenset({"QueueAlreadyExists", "QueueNameExists"})
+#: a receipt handle that no longer holds the message (redelivered to someone else, or gone)
+STALE_RECEIPT = frozenset({"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
+                           "AWS.SimpleQueueService.MessageNotInflight"})
+OBJECT_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+BUCKET_MISSING = frozenset({"NoSuchBucket", "404", "NotFound"})
+BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
+FORBIDDEN = frozenset({"403", "AccessDenied", "Forbidden", "AccessDeniedException", "UnauthorizedOperation"})
+RESOURCE_MISSING = frozenset({"ResourceNotFoundException"})
+RESOURCE_EXISTS = frozenset({"ResourceInUseException"})
+CONDITION_FAILED = frozenset({"ConditionalCheckFailedException"})
+
+
 def error_code(exc: Exception) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))

@@ -720,3 +720,21 @@ def test_sqs_ack_batch_says_which_receipts_were_stale_and_a_refused_send_is_not_
                                                         for e in kw["Entries"]]}
     with pytest.raises(BatchError, match="refused 1 message"):
         t.send(q, Outgoing(body="y"))
+
+
+def test_sqs_spec_says_none_only_for_a_queue_that_is_gone_and_lets_other_errors_through() -> None:
+    from orchestrator.transports.sqs import SqsTransport
+
+    t = SqsTransport(prefix="spec-", region=REGION)
+    q = make_queue(t)
+
+    def failing(code: str) -> Callable[..., Any]:
+        def call(**_: Any) -> Any:
+            raise ClientError({"Error": {"Code": code, "Message": code}}, "GetQueueAttributes")
+        return call
+
+    t.sqs.get_queue_attributes = failing("AWS.SimpleQueueService.NonExistentQueue")
+    assert t.spec(q) is None  # deleted between the look and the read
+    t.sqs.get_queue_attributes = failing("ThrottlingException")
+    with pytest.raises(ClientError, match="Throttling"):
+        t.spec(q)  # a busy service is not "no queue": doctor must not report a missing queue

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
-from orchestrator.aws_common import DEFAULT_REGION, client, error_code
+from botocore.exceptions import ClientError
+
+from orchestrator.aws_common import (
+    BUCKET_EXISTS,
+    BUCKET_MISSING,
+    DEFAULT_REGION,
+    FORBIDDEN,
+    OBJECT_MISSING,
+    client,
+    error_code,
+)
 from orchestrator.base import ObjectStore
 from orchestrator.errors import ConfigError, ObjectArchived, ObjectNotFound
 from orchestrator.objects.keys import validate_key
 
-NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+NOT_FOUND = OBJECT_MISSING
 
 
 MAX_PRESIGN_S = 7 * 24 * 3600
@@ -38,19 +48,19 @@ class S3ObjectStore:
         try:
             self.s3.head_bucket(Bucket=self.bucket)
             return
-        except Exception as exc:
+        except ClientError as exc:
             code = error_code(exc)
-            if code in ("403", "AccessDenied", "Forbidden"):
+            if code in FORBIDDEN:
                 return  # exists but not listable by us (or not ours): the object calls will tell
-            if code not in NOT_FOUND and code != "NoSuchBucket":
+            if code not in BUCKET_MISSING:
                 raise
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
             self.s3.create_bucket(**kwargs)
-        except Exception as exc:
-            if error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        except ClientError as exc:
+            if error_code(exc) not in BUCKET_EXISTS:
                 raise
 
     def _key(self, key: str) -> str:
@@ -72,7 +82,7 @@ class S3ObjectStore:
         asking S3 to restore it: a retry later finds it readable)."""
         try:
             return bytes(self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in NOT_FOUND:
                 raise ObjectNotFound(key) from exc
             if error_code(exc) == "InvalidObjectState":
@@ -91,7 +101,7 @@ class S3ObjectStore:
                 self.s3.restore_object(Bucket=self.bucket, Key=self._key(key),
                                        RestoreRequest={"Days": 1, "GlacierJobParameters": {"Tier": tier}})
                 return
-            except Exception as exc:
+            except ClientError as exc:
                 code = error_code(exc)
                 if code == "RestoreAlreadyInProgress":
                     return
@@ -102,7 +112,7 @@ class S3ObjectStore:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in NOT_FOUND:
                 return False
             raise

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.aws_common import DEFAULT_REGION, error_code, resource
+from botocore.exceptions import ClientError
+
+from orchestrator.aws_common import (
+    CONDITION_FAILED,
+    DEFAULT_REGION,
+    FORBIDDEN,
+    RESOURCE_EXISTS,
+    RESOURCE_MISSING,
+    error_code,
+    resource,
+)
 from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
@@ -25,7 +35,7 @@ from orchestrator.status import JobRecord, JobStatus
 from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict
 
 BATCH_GET_MAX = 100
-ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"}
+ACCESS_DENIED = FORBIDDEN
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item limit, attribute names included
 UNPROCESSED_RETRIES = 8
 PARALLEL_WRITES = 10  # one receive batch at most
@@ -126,10 +136,10 @@ class DynamoDBStatusStore(CasStatusStore):
         try:
             self.client.describe_table(TableName=self.table_name)
             return
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in ACCESS_DENIED:
                 return  # may not look: take it as there; the first item call says clearly if not
-            if error_code(exc) != "ResourceNotFoundException":
+            if error_code(exc) not in RESOURCE_MISSING:
                 raise
         try:
             self.ddb.create_table(
@@ -143,8 +153,8 @@ class DynamoDBStatusStore(CasStatusStore):
                 BillingMode="PAY_PER_REQUEST",
             )
             self.ddb.meta.client.get_waiter("table_exists").wait(TableName=self.table_name)
-        except Exception as exc:
-            if error_code(exc) != "ResourceInUseException":
+        except ClientError as exc:
+            if error_code(exc) not in RESOURCE_EXISTS:
                 raise
 
     # -- mapping ----------------------------------------------------------------------------
@@ -241,9 +251,9 @@ class DynamoDBStatusStore(CasStatusStore):
                 kwargs["ExpressionAttributeValues"] = {**kwargs.get("ExpressionAttributeValues", {}), **update.values}
                 self.client.update_item(TableName=self.table_name, Key={self.key_attr: record["job_id"]},
                                         UpdateExpression=update.expression, **kwargs)
-        except Exception as exc:
+        except ClientError as exc:
             code = error_code(exc)
-            if code == "ConditionalCheckFailedException":
+            if code in CONDITION_FAILED:
                 raise VersionConflict(record["job_id"]) from exc
             if code == "ValidationException" and "size" in str(exc).lower():
                 raise RecordTooLarge(record["job_id"], max(size, MAX_ITEM_BYTES + 1), MAX_ITEM_BYTES) from exc
@@ -308,8 +318,8 @@ class DynamoDBStatusStore(CasStatusStore):
             kwargs["ExpressionAttributeValues"] = values
         try:
             self.client.delete_item(TableName=self.table_name, Key={self.key_attr: job_id}, **kwargs)
-        except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
+        except ClientError as exc:
+            if error_code(exc) in CONDITION_FAILED:
                 return False
             raise
         return True

@@ -28,7 +28,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.aws_common import DEFAULT_REGION, client, error_code
+from botocore.exceptions import ClientError
+
+from orchestrator.aws_common import DEFAULT_REGION, QUEUE_EXISTS, QUEUE_MISSING, STALE_RECEIPT, client, error_code
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, Transport, default_dead_letter
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.envelope import MAX_BODY_BYTES, MESSAGE_ID_ATTR
@@ -55,8 +57,7 @@ DUE_SLACK_S = 1.0
 # SQS moves a message to the DLQ by itself after this many receives beyond the stage's own
 # limit: the controller dead-letters first (and marks the job FAILED); this is the backstop.
 REDRIVE_SLACK = 2
-LEASE_LOST_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight",
-                    "AWS.SimpleQueueService.MessageNotInflight"}
+LEASE_LOST_CODES = STALE_RECEIPT
 
 
 class BatchError(OrchestratorError):
@@ -119,8 +120,8 @@ class SqsTransport:
         if url is None:
             try:
                 url = self.sqs.get_queue_url(QueueName=self._name(queue))["QueueUrl"]
-            except Exception as exc:
-                if error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+            except ClientError as exc:
+                if error_code(exc) in QUEUE_MISSING:
                     self.ensure_queue(QueueSpec(queue, dead_letter=default_dead_letter(queue), fifo=queue.endswith(".fifo")))
                     return self._urls[queue]
                 raise
@@ -173,8 +174,8 @@ class SqsTransport:
         name = self._name(queue)
         try:
             url = self.sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-        except Exception as exc:  # exists with other attributes: adopt it and update them
-            if error_code(exc) not in ("QueueAlreadyExists", "QueueNameExists"):
+        except ClientError as exc:  # exists with other attributes: adopt it and update them
+            if error_code(exc) not in QUEUE_EXISTS:
                 raise
             url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
             settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
@@ -187,8 +188,10 @@ class SqsTransport:
             return None
         try:
             attrs = self.sqs.get_queue_attributes(QueueUrl=self.url(queue), AttributeNames=["All"])["Attributes"]
-        except Exception:
-            return None
+        except ClientError as exc:  # deleted since ``exists`` looked; anything else is an error to see
+            if error_code(exc) in QUEUE_MISSING:
+                return None
+            raise
         redrive = json.loads(attrs.get("RedrivePolicy", "{}") or "{}")
         dlq = redrive.get("deadLetterTargetArn", "").rsplit(":", 1)[-1].removeprefix(self.prefix) or None
         redrive_after = int(redrive["maxReceiveCount"]) if "maxReceiveCount" in redrive else None
@@ -331,7 +334,7 @@ class SqsTransport:
         try:
             self.sqs.delete_message(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt)
             return True
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in LEASE_LOST_CODES:
                 return False
             raise
@@ -355,7 +358,7 @@ class SqsTransport:
         try:
             self.sqs.change_message_visibility(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt,
                                                VisibilityTimeout=math.ceil(seconds))
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in LEASE_LOST_CODES:
                 raise LeaseLostError(f"lease on {delivery.message_id} in {delivery.queue} lost: {exc}") from exc
             raise
@@ -365,7 +368,7 @@ class SqsTransport:
             self.sqs.change_message_visibility(QueueUrl=self.url(delivery.queue), ReceiptHandle=delivery.receipt,
                                                VisibilityTimeout=int(min(delay_s, self.max_visibility_s)))
             return True
-        except Exception as exc:
+        except ClientError as exc:
             if error_code(exc) in LEASE_LOST_CODES:
                 return False
             raise
@@ -420,8 +423,8 @@ class SqsTransport:
         try:
             self._urls[queue] = self.sqs.get_queue_url(QueueName=self._name(queue))["QueueUrl"]
             return True
-        except Exception as exc:
-            if error_code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+        except ClientError as exc:
+            if error_code(exc) in QUEUE_MISSING:
                 return False
             raise
 

@@ -25,6 +25,7 @@ import psycopg
 import structlog
 from psycopg_pool import ConnectionPool
 
+from orchestrator import tables
 from orchestrator.errors import BackendUnavailable, ConfigError
 from orchestrator.outage import is_outage
 
@@ -40,39 +41,6 @@ MAX_RETRY_PAUSE_S = 2.0
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 TABLES = ("queues", "messages", "topics", "subscriptions", "jobs", "objects", "schema_version")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS {s}.queues (
-    name TEXT PRIMARY KEY, visibility_s DOUBLE PRECISION NOT NULL, max_receives INTEGER NOT NULL,
-    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s DOUBLE PRECISION NOT NULL DEFAULT 0,
-    priorities INTEGER NOT NULL DEFAULT 1);
-CREATE TABLE IF NOT EXISTS {s}.messages (
-    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, queue TEXT NOT NULL, message_id TEXT NOT NULL,
-    body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{{}}', visible_at DOUBLE PRECISION NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, leased INTEGER NOT NULL DEFAULT 0,
-    first_received_at DOUBLE PRECISION, enqueued_at DOUBLE PRECISION NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS messages_ready_p ON {s}.messages(queue, priority, visible_at, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON {s}.messages(queue, message_id);
-CREATE TABLE IF NOT EXISTS {s}.topics (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS {s}.subscriptions (
-    topic TEXT NOT NULL, queue TEXT NOT NULL, raw INTEGER NOT NULL, PRIMARY KEY (topic, queue));
-CREATE TABLE IF NOT EXISTS {s}.jobs (
-    job_id TEXT PRIMARY KEY, user_id TEXT, status TEXT NOT NULL, version INTEGER NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL, doc TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS jobs_user ON {s}.jobs(user_id, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs(status, created_at);
-CREATE TABLE IF NOT EXISTS {s}.objects (key TEXT PRIMARY KEY, data BYTEA NOT NULL);
-"""
-
-#: schema 1 -> 2: messages gain a priority; the ready index becomes per priority
-MIGRATE_TO_2 = """
-ALTER TABLE {s}.messages ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE {s}.queues ADD COLUMN IF NOT EXISTS priorities INTEGER NOT NULL DEFAULT 1;
-DROP INDEX IF EXISTS {s}.messages_ready;
-CREATE INDEX IF NOT EXISTS messages_ready_p ON {s}.messages(queue, priority, visible_at, seq);
-"""
-
-
 @functools.lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
     """The adapters write ``?`` placeholders (SQLite's); psycopg wants ``%s``."""
@@ -247,7 +215,7 @@ class PostgresDatabase:
                         f"schema {s!r} has tables orchestrator did not create ({', '.join(sorted(ours))}) and no "
                         "schema_version table: refusing to write into another application's tables; pick another "
                         "?schema=")
-                c.conn.execute(SCHEMA.format(s=s))  # several statements: no parameters, no placeholders
+                c.conn.execute(tables.schema("postgres", s))  # several statements: no parameters, no placeholders
                 c.execute(f"CREATE TABLE {s}.schema_version (version INTEGER NOT NULL)")
                 c.execute(f"INSERT INTO {s}.schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
                 return
@@ -258,7 +226,8 @@ class PostgresDatabase:
                     f"database schema {s!r} is at version {found}, newer than this orchestrator knows "
                     f"({SCHEMA_VERSION}): upgrade orchestrator on this machine before running it against this database")
             if found < 2:
-                c.conn.execute(MIGRATE_TO_2.format(s=s))
+                for statement in tables.migrate_to_2("postgres", s):
+                    c.conn.execute(statement)
                 c.execute(f"UPDATE {s}.schema_version SET version=?", (SCHEMA_VERSION,))
 
         # Straight to the server, without the pool's retries: a wrong URL or a server that is

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.errors import ConfigError, DatabaseGone
+from orchestrator.tables import migrate_to_2
+from orchestrator.tables import schema as table_schema
 
 T = TypeVar("T")
 
@@ -37,39 +39,6 @@ FILE_CHECK_INTERVAL_S = 0.25
 #: the schema this code writes (table ``schema_version``); a newer file is refused
 SCHEMA_VERSION = 2
 OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"})
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY, visibility_s REAL NOT NULL, max_receives INTEGER NOT NULL,
-    dead_letter TEXT, fifo INTEGER NOT NULL DEFAULT 0, delay_s REAL NOT NULL DEFAULT 0,
-    priorities INTEGER NOT NULL DEFAULT 1);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, message_id TEXT NOT NULL,
-    body TEXT NOT NULL, attrs TEXT NOT NULL DEFAULT '{}', visible_at REAL NOT NULL,
-    receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, leased INTEGER NOT NULL DEFAULT 0,
-    first_received_at REAL, enqueued_at REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0);
--- receive reads the first ready rows of one queue, one priority at a time, from this index:
--- its cost does not grow with the backlog of leased or delayed messages.
-CREATE INDEX IF NOT EXISTS messages_ready_p ON messages(queue, priority, visible_at, seq);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages(queue, message_id);
-CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    topic TEXT NOT NULL, queue TEXT NOT NULL, raw INTEGER NOT NULL, PRIMARY KEY (topic, queue));
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, user_id TEXT, status TEXT NOT NULL, version INTEGER NOT NULL,
-    created_at REAL NOT NULL, doc TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, created_at);
-"""
-
-#: schema 1 -> 2, in the transaction that opens the file
-MIGRATE_TO_2 = (
-    "ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
-    "ALTER TABLE queues ADD COLUMN priorities INTEGER NOT NULL DEFAULT 1",
-    "DROP INDEX IF EXISTS messages_ready",
-    "CREATE INDEX IF NOT EXISTS messages_ready_p ON messages(queue, priority, visible_at, seq)",
-)
-
 
 _CHECKPOINTERS_LOCK = threading.Lock()
 
@@ -147,7 +116,7 @@ class SqliteDatabase:
                 raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
                                   f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
             if found < 2:  # messages gain a priority; the ready index becomes per priority
-                for statement in MIGRATE_TO_2:
+                for statement in migrate_to_2("sqlite"):
                     c.execute(statement)
                 c.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
             return
@@ -157,7 +126,7 @@ class SqliteDatabase:
         if (tables and not legacy) or (not tables and not create):
             what = f"tables {', '.join(sorted(tables))}" if tables else "no tables"
             raise ConfigError(f"{self.path} is not an orchestrator database ({what}); refusing to write to it")
-        for statement in SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+        for statement in table_schema("sqlite").split(";"):  # not executescript: it would COMMIT our transaction
             if statement.strip():
                 c.execute(statement)
         c.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")

@@ -735,6 +735,6 @@ def _in_order(items: Sequence[_Item], found: dict[str, Doc]) -> list[Doc | None]
 
 def _last_reason(job: Doc) -> str | None:
     for h in reversed(job["history"]):
-        if h["reason"]:
+        if h.get("reason"):
             return h["reason"]  # type: ignore[no-any-return]
     return None

@@ -127,6 +127,70 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
+async def read_upload(request: Request, limit: int, spool: BinaryIO) -> tuple[str, int, str | None]:
+    """Parse the multipart body as it streams in, the file's bytes into ``spool`` (a
+    temporary file: memory stays flat however many large uploads run); stop at the tier's
+    limit (the client may send gigabytes: they are never read, let alone stored)."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise HTTPException(400, "expected a multipart/form-data upload")
+    parts: list[dict[str, Any]] = []
+    cur: dict[str, Any] = {}
+    header = bytearray()
+    written = [0]
+
+    def on_part_begin() -> None:
+        cur.clear()
+        cur.update(headers={}, data=bytearray(), file=None)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header.clear()
+        header.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        cur["headers"][bytes(header).lower()] = data[start:end]
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(cur["headers"].get(b"content-disposition", b""))
+        cur["file"] = disp.get(b"name", b"") == b"file" and not written[0]
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if cur["file"]:
+            spool.write(data[start:end])
+            written[0] += end - start
+            if written[0] > limit:
+                raise UploadTooLarge()
+        else:  # a form field (the CSRF token): small
+            cur["data"].extend(data[start:end])
+            if len(cur["data"]) > FORM_OVERHEAD:
+                raise HTTPException(400, "a form field is too long")
+
+    def on_part_end() -> None:
+        parts.append(dict(cur))
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit + FORM_OVERHEAD:
+            raise UploadTooLarge()
+        parser.write(chunk)
+    parser.finalize()
+    name, token = "", None
+    for p in parts:
+        _, disp = parse_options_header(p["headers"].get(b"content-disposition", b""))
+        if p["file"]:
+            name = disp.get(b"filename", b"upload.vcf").decode(errors="replace")
+        elif disp.get(b"name", b"") == b"csrf":
+            token = bytes(p["data"]).decode(errors="replace")
+    if not name:
+        raise HTTPException(400, "no file in the upload")
+    spool.seek(0)
+    return name, written[0], token
+
+
 def back_to(request: Request) -> str:
     """The page the form came from, if it is one of ours: only its path is used, and only when
     the Referer names this very site (no open redirect); else the user's annotations."""
@@ -218,69 +282,6 @@ def create_app(gas: gas_app.Gas, *, secret: str | None = None, operators: tuple[
     @api.get("/api/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: str, u: User) -> dict[str, Any]:
         return job_doc(own_job(u, job_id))
-
-    async def read_upload(request: Request, limit: int, spool: BinaryIO) -> tuple[str, int, str | None]:
-        """Parse the multipart body as it streams in, the file's bytes into ``spool`` (a
-        temporary file: memory stays flat however many large uploads run); stop at the tier's
-        limit (the client may send gigabytes: they are never read, let alone stored)."""
-        ctype, params = parse_options_header(request.headers.get("content-type", ""))
-        if ctype != b"multipart/form-data" or b"boundary" not in params:
-            raise HTTPException(400, "expected a multipart/form-data upload")
-        parts: list[dict[str, Any]] = []
-        cur: dict[str, Any] = {}
-        header = bytearray()
-        written = [0]
-
-        def on_part_begin() -> None:
-            cur.clear()
-            cur.update(headers={}, data=bytearray(), file=None)
-
-        def on_header_field(data: bytes, start: int, end: int) -> None:
-            header.clear()
-            header.extend(data[start:end])
-
-        def on_header_value(data: bytes, start: int, end: int) -> None:
-            cur["headers"][bytes(header).lower()] = data[start:end]
-
-        def on_headers_finished() -> None:
-            _, disp = parse_options_header(cur["headers"].get(b"content-disposition", b""))
-            cur["file"] = disp.get(b"name", b"") == b"file" and not written[0]
-
-        def on_part_data(data: bytes, start: int, end: int) -> None:
-            if cur["file"]:
-                spool.write(data[start:end])
-                written[0] += end - start
-                if written[0] > limit:
-                    raise UploadTooLarge()
-            else:  # a form field (the CSRF token): small
-                cur["data"].extend(data[start:end])
-                if len(cur["data"]) > FORM_OVERHEAD:
-                    raise HTTPException(400, "a form field is too long")
-
-        def on_part_end() -> None:
-            parts.append(dict(cur))
-
-        parser = MultipartParser(params[b"boundary"], {
-            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit + FORM_OVERHEAD:
-                raise UploadTooLarge()
-            parser.write(chunk)
-        parser.finalize()
-        name, token = "", None
-        for p in parts:
-            _, disp = parse_options_header(p["headers"].get(b"content-disposition", b""))
-            if p["file"]:
-                name = disp.get(b"filename", b"upload.vcf").decode(errors="replace")
-            elif disp.get(b"name", b"") == b"csrf":
-                token = bytes(p["data"]).decode(errors="replace")
-        if not name:
-            raise HTTPException(400, "no file in the upload")
-        spool.seek(0)
-        return name, written[0], token
 
     async def accept_upload(request: Request, u: dict[str, str], token_header: str | None) -> str:
         limit = cfg.free_limit_bytes if u["tier"] == "free" else PREMIUM_LIMIT_BYTES

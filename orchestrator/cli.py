@@ -415,14 +415,22 @@ def cmd_queues(args: argparse.Namespace, backend: Backend) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="orchestrator", description="Controller-pattern pipelines on message queues.")
     sub = p.add_subparsers(dest="command", required=True)
+    _run_commands(sub)
+    _look_commands(sub)
+    _extensions(sub, backend_arg)
+    return p
 
-    def backend_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
-        sp.add_argument("--backend", default=None,
-                        help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
-        sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"),
-                        help="TOML file of settings (see docs/reference.md); ORCHESTRATOR_* variables override it")
 
+def backend_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    sp.add_argument("--backend", default=None,
+                    help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
+    sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"),
+                    help="TOML file of settings (see docs/reference.md); ORCHESTRATOR_* variables override it")
+
+
+def _run_commands(sub: Any) -> None:
+    """submit, worker, setup: what makes work and does it."""
     s = sub.add_parser("submit", help="create a job PENDING and enqueue its first message (idempotent)")
     s.add_argument("pipeline", metavar="MODULE:PIPELINE")
     backend_arg(s)
@@ -469,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     backend_arg(su)
     su.set_defaults(fn=cmd_setup)
 
+
+def _look_commands(sub: Any) -> None:
+    """status, cancel, retry, schedules, queues, web: what looks at jobs and steers them."""
     st = sub.add_parser("status", help="show jobs")
     backend_arg(st)
     st.add_argument("job_id", nargs="?", type=job_id_arg)
@@ -513,8 +524,6 @@ def build_parser() -> argparse.ArgumentParser:
     we.add_argument("--secure-cookie", action="store_true", help="session cookie only over HTTPS (behind TLS)")
     we.add_argument("--role", choices=["operator", "viewer"], default="operator", help="with passwd: whose password")
     we.set_defaults(fn=cmd_web)
-    _extensions(sub, backend_arg)
-    return p
 
 
 def _extensions(sub: Any, backend_arg: Any) -> None:

@@ -69,8 +69,10 @@ class Codec:
                 pass
         doc = _parse(body, "body")
         sns_id: str | None = None
+        sent_as: str | None = None
         if isinstance(doc, dict) and doc.get("Type") == "Notification" and "Message" in doc:
-            sns_id = _sent_as(doc) or str(doc.get("MessageId") or "") or None
+            sns_id = str(doc.get("MessageId") or "") or None
+            sent_as = _sent_as(doc)
             doc = _parse(doc["Message"], "SNS Message")
             if isinstance(doc, dict) and isinstance(doc.get("default"), str) and _only_protocol_keys(doc):
                 doc = _parse(doc["default"], "SNS default message")
@@ -86,10 +88,10 @@ class Codec:
         elif self.plain_task is None:
             raise MalformedMessage("not an orchestrator envelope (no 'v' field) and this queue takes no plain JSON")
         else:
-            env = self._plain(doc, sns_id)
+            env = self._plain(doc, sns_id, sent_as)
         return env
 
-    def _plain(self, doc: dict[str, Any], sns_id: str | None) -> Envelope:
+    def _plain(self, doc: dict[str, Any], sns_id: str | None, sent_as: str | None = None) -> Envelope:
         assert self.plain_task is not None
         job_id = next((j for path in self.job_id_field.split("|") if (j := _text_or_none(_at(doc, path)))), None)
         if not job_id:
@@ -99,12 +101,11 @@ class Codec:
         missing = [k for k in self.required_fields if k not in doc]
         if missing:
             raise MalformedMessage(f"plain JSON message lacks required keys: {', '.join(missing)}", job_id=job_id)
-        # The same body redelivered gets the same id, so the step record spots duplicates.
-        msg_id = derive_id("plain", sns_id or canonical_json(doc))
-        if sns_id is not None and sns_id.startswith(_SENT):
-            # a message we published keeps the id its sender's outbox gave it: a replayed
-            # publish is the same message, and this step's commit tells that outbox it arrived
-            msg_id = sns_id[len(_SENT):]
+        # A message we published keeps the id its sender's outbox gave it (a replayed publish
+        # is the same message, and this step's commit tells that outbox it arrived); another
+        # publisher's is named by SNS's MessageId, or by its body: the same body redelivered
+        # gets the same id, so the step record spots duplicates.
+        msg_id = sent_as or derive_id("plain", sns_id or canonical_json(doc))
         return Envelope(id=msg_id, task=self.plain_task, job_id=job_id, payload=doc)
 
 
@@ -135,17 +136,13 @@ def _parse(text: Any, what: str) -> Any:
         raise MalformedMessage(f"{what} is not valid JSON: {exc}") from exc
 
 
-_SENT = "sent:"
-
-
 def _sent_as(notification: dict[str, Any]) -> str | None:
-    """The id our SNS publisher gave the message (its ``message_id`` attribute), marked as
-    such, or None (another publisher's message: SNS's own MessageId names it)."""
+    """The id our SNS publisher gave the message (its ``message_id`` attribute), or None."""
     attrs = notification.get("MessageAttributes")
     attr = attrs.get(MESSAGE_ID_ATTR) if isinstance(attrs, dict) else None
     value = attr.get("Value") if isinstance(attr, dict) else None
     if isinstance(value, str) and id_problem(value) is None and len(value) <= 128:
-        return _SENT + value
+        return value
     return None
 
 

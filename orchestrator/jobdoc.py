@@ -3,7 +3,8 @@ applies to it.
 
 A document is what ``JobRecord.model_dump(mode="json")`` gives: every field of the record, its
 steps and its history entries, as dicts, lists and JSON scalars (``fields`` hold what handlers
-put there), except that a history entry leaves out what is None (read entries with ``.get``). ``JobRecord`` is the typed view users get (``to_record``); the protocol's hot path
+put there), except that a history entry leaves out what is None (read entries with
+``.get``). ``JobRecord`` is the typed view users get (``to_record``); the protocol's hot path
 reads, judges and writes documents, because building and copying pydantic models cost more
 per message than the rest of a store write together (measured: a begin and a commit rule
 14 µs on models, 2.3 µs on documents; the memory backend's collector walks ~7 containers per

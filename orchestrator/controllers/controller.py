@@ -52,6 +52,7 @@ from orchestrator.outage import is_outage
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import BeginItem, CommitItem, JobStatus, JoinTrigger, OutMessage
 from orchestrator.storable import check_fields
+from orchestrator.stores.cas import Then
 
 Steps = Generator[str, None, "list[Outcome]"]
 R = TypeVar("R")
@@ -233,11 +234,26 @@ class Controller:
 
     def _round(self, items: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool]
                ) -> Generator[str, None, None]:
-        st, store, transport = self.stage, self.backend.store, self.backend.transport
-
-        # 2. lookup: one read for the round (a job that cannot be read settles its message
-        # alone); a message for a job nobody created is adopted where the stage takes new jobs
         jobs: dict[str, Doc] = {}
+        live = self._lookup(items, jobs, outcomes)
+        started = self._begin(live, jobs, outcomes)
+        yield from self._crash("after_begin", started)
+        handled = self._handle_all(started, outcomes, should_stop)
+        yield from self._crash("after_handle", handled)
+        ready = []
+        for it in handled:  # time passed since the handler returned: the lease may be gone now
+            if it.lease.lost:
+                self._finish(it, self._discard(it, "lease lost during handling"), outcomes)
+            else:
+                ready.append(it)
+        if ready:
+            yield from self._commit_emit_ack(ready, jobs, outcomes)
+
+    def _lookup(self, items: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]) -> list[_Item]:
+        """2. lookup: one read for the round (a job that cannot be read settles its message
+        alone); a message for a job nobody created is adopted where the stage takes new jobs.
+        The items whose step is still to be done, each with its job."""
+        store = self.backend.store
         read = self._isolate(items, lambda sub: _in_order(sub, store.get_docs([it.job_id for it in sub])))
         live: list[_Item] = []
         for it, found in zip(items, read, strict=True):
@@ -255,33 +271,38 @@ class Controller:
             else:
                 it.job = job
                 live.append(it)
+        return live
 
-        # 3. begin: claim each step with its delivery's receipt (lease fencing); a lazy stage
-        # writes none, its commit records the step
-        started = live
-        if st.claim == "eager" and live:
-            started = []
-            begun = self._isolate(live, lambda sub: store.begin_docs(
-                [BeginItem(it.job_id, it.key(st.name), it.env.id, it.delivery.receipt, it.delivery.receive_count,
-                           kept_input(it.delivery.body), st.source) for it in sub], known=jobs))
-            for it, res in zip(live, begun, strict=True):
-                if isinstance(res, StoreError):
-                    current = res.current_doc if isinstance(res, ConflictError) else None
-                    replayed = self._replay(current, it) if current is not None else None
-                    # Not finished but not ours either: a newer delivery holds the step.
-                    self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
-                elif isinstance(res, Exception):
-                    self._finish(it, self._poisoned(it, res, "its begin"), outcomes)
-                else:
-                    it.job = jobs[it.job_id] = res
-                    started.append(it)
-        yield from self._crash("after_begin", started)
+    def _begin(self, live: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]) -> list[_Item]:
+        """3. begin: claim each step with its delivery's receipt (lease fencing); a lazy stage
+        writes none, its commit records the step. The items whose begin went through."""
+        st = self.stage
+        if st.claim != "eager" or not live:
+            return live
+        started = []
+        begun = self._isolate(live, lambda sub: self.backend.store.begin_docs(
+            [BeginItem(it.job_id, it.key(st.name), it.env.id, it.delivery.receipt, it.delivery.receive_count,
+                       kept_input(it.delivery.body), st.source) for it in sub], known=jobs))
+        for it, res in zip(live, begun, strict=True):
+            if isinstance(res, StoreError):
+                current = res.current_doc if isinstance(res, ConflictError) else None
+                replayed = self._replay(current, it) if current is not None else None
+                # Not finished but not ours either: a newer delivery holds the step.
+                self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
+            elif isinstance(res, Exception):
+                self._finish(it, self._poisoned(it, res, "its begin"), outcomes)
+            else:
+                it.job = jobs[it.job_id] = res
+                started.append(it)
+        return started
 
-        # 4. handle, one by one; the decision is ``decide``'s
+    def _handle_all(self, started: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool]
+                    ) -> list[_Item]:
+        """4. handle, one by one; the decision is ``decide``'s. The items to commit."""
         handled: list[_Item] = []
         for it in started:
             if should_stop():  # never started: make it visible again at once
-                transport.release(it.delivery, 0)
+                self.backend.transport.release(it.delivery, 0)
                 self._note(it, "released", "the worker stopped before the handler started")
                 self._finish(it, Outcome.RELEASED, outcomes)
                 continue
@@ -290,50 +311,24 @@ class Controller:
                 handled.append(it)
             else:
                 self._finish(it, self._act(it, action), outcomes)
-        yield from self._crash("after_handle", handled)
-        ready = []
-        for it in handled:  # time passed since the handler returned: the lease may be gone now
-            if it.lease.lost:
-                self._finish(it, self._discard(it, "lease lost during handling"), outcomes)
-            else:
-                ready.append(it)
-        if not ready:
-            return
+        return handled
 
-        # 5-7. commit, emit, ack
-        won: list[_Item] = []
-        atomic = self.backend.atomic is not None
-
-        def commit(sub: list[_Item]) -> list[Doc | StoreError]:
-            items_to_commit = [self._commit_item(it) for it in sub]
-            if not atomic:
-                return store.commit_docs(items_to_commit, known=jobs)
-            # Queue and store in one database: commit + emit + ack are one transaction, and a
-            # crash anywhere inside rolls all three back (so no crash point can yield in it).
-            # The store opens it after applying its rules, so ``then`` and the writes are all
-            # the write lock covers.
-            sub_won: list[_Item] = []
-
-            def then(results: list[Doc | StoreError]) -> None:
-                sub_won[:] = self._won(sub, results)
-                self._check("after_commit", sub_won)
-                self._emit(sub_won)
-                self._check("after_emit", sub_won)
-                if sub_won:
-                    transport.ack_batch([it.delivery for it in sub_won])
-
-            done = store.commit_docs(items_to_commit, known=jobs, then=then)
-            won.extend(sub_won)  # only now: the transaction that acked them has committed
-            return done
-
-        results = self._isolate(ready, commit)
-        if not atomic:
+    def _commit_emit_ack(self, ready: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]
+                         ) -> Generator[str, None, None]:
+        """5-7. commit, emit, ack. Where queue and store share one database the three are one
+        transaction, so a crash inside rolls all three back (no crash point can yield in it)."""
+        results: list[Doc | StoreError | Exception]
+        if self.backend.atomic is not None:
+            results, won = self._commit_in_one_transaction(ready, jobs)
+        else:
+            committed = self._isolate(ready, lambda sub: self._commit(sub, jobs))
+            results = list(committed)
             won = self._won(ready, results)
             yield from self._crash("after_commit", won)
             self._emit(won)
             yield from self._crash("after_emit", won)
             if won:
-                transport.ack_batch([it.delivery for it in won])
+                self.backend.transport.ack_batch([it.delivery for it in won])
         for it, res in zip(ready, results, strict=True):
             if isinstance(res, StoreError):
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
@@ -342,8 +337,34 @@ class Controller:
         yield from self._crash("after_ack", won)
         for it in won:
             it.log.info("step committed")
-            self.hook("on_commit", st, it.delivery)
+            self.hook("on_commit", self.stage, it.delivery)
             self._finish(it, Outcome.COMMITTED, outcomes)
+
+    def _commit_in_one_transaction(self, ready: list[_Item], jobs: dict[str, Doc]
+                                   ) -> tuple[list[Doc | StoreError | Exception], list[_Item]]:
+        """Commit, emit and ack per isolated sub-batch in one transaction. The store opens it
+        after applying its rules, so ``then`` and the writes are all the write lock covers."""
+        won: list[_Item] = []
+
+        def commit(sub: list[_Item]) -> list[Doc | StoreError]:
+            sub_won: list[_Item] = []
+
+            def then(results: list[Doc | StoreError]) -> None:
+                sub_won[:] = self._won(sub, results)
+                self._check("after_commit", sub_won)
+                self._emit(sub_won)
+                self._check("after_emit", sub_won)
+                if sub_won:
+                    self.backend.transport.ack_batch([it.delivery for it in sub_won])
+
+            done = self._commit(sub, jobs, then)
+            won.extend(sub_won)  # only now: the transaction that acked them has committed
+            return done
+
+        return self._isolate(ready, commit), won
+
+    def _commit(self, sub: list[_Item], jobs: dict[str, Doc], then: Then | None = None) -> list[Doc | StoreError]:
+        return self.backend.store.commit_docs([self._commit_item(it) for it in sub], known=jobs, then=then)
 
     # -- isolation --------------------------------------------------------------------------
     def _isolate(self, items: list[_Item], write: Callable[[list[_Item]], Sequence[R]]) -> list[R | Exception]:
@@ -510,13 +531,19 @@ class Controller:
         self.handler_seconds += took
         self.hook("after_handle", ctx, _LABELS[action.verdict], took)
         if action.verdict == Verdict.ACK:
-            status = it.result.status if it.result else None
-            if status is not None and job["status"] in TERMINAL and status != job["status"]:
-                it.log.info("post-completion stage asked for a status change; keeping", status=job["status"],
-                            requested=status.value)
-                status = None
-            it.status = status
+            it.status = self._status_to_write(it, job)
         return action
+
+    @staticmethod
+    def _status_to_write(it: _Item, job: Doc) -> JobStatus | None:
+        """The status the commit writes: a finished job keeps its status (a post-completion
+        stage, such as archive, only adds fields)."""
+        status = it.result.status if it.result else None
+        if status is not None and job["status"] in TERMINAL and status != job["status"]:
+            it.log.info("post-completion stage asked for a status change; keeping", status=job["status"],
+                        requested=status.value)
+            return None
+        return status
 
     def _cancel_check(self, it: _Item) -> Callable[[], bool]:
         store, job_id = self.backend.store, it.job_id

@@ -80,25 +80,12 @@ def submit(
         raise ConfigError("submit needs exactly one of queue= or topic=")
     target = queue or topic
     assert target is not None
-    check_timing(priority=priority)
-    problem = id_problem(job_id) or id_problem(user_id, "user id", optional=True)
-    if problem is not None:
-        raise InvalidSubmission(problem)
-    problem = value_problem(payload, "payload") or (value_problem(fields, "fields") if fields else None)
-    if problem is not None:
-        raise InvalidPayload(f"job {job_id!r}: {problem}")
+    check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority)
     due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
     env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id,
                    payload=payload, created_at=backend.clock.now())
     env = env.model_copy(update={"trace_id": env.id})
-    try:
-        body = env.to_json()
-        # What a consumer could not read (an integer of more than 4,300 digits decodes to a
-        # ValueError in Python) is refused here, before a job waits on a poison message.
-        json.loads(body)
-    except ValueError as exc:
-        raise InvalidPayload(f"job {job_id!r}: the payload cannot travel as JSON: {exc}") from exc
-
+    body = travelling_body(env)
     origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body,
                         due_at=due, priority=priority)
     first = Outgoing(body=body, message_id=env.id, group_id=job_id, priority=priority,
@@ -120,6 +107,30 @@ def submit(
         return rec, created
 
     return backend.run_atomic(unit)
+
+
+def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | None,
+                     fields: dict[str, Any] | None, priority: int) -> None:
+    """Refuse, with the reason, what no store could keep or no consumer could read."""
+    check_timing(priority=priority)
+    problem = id_problem(job_id) or id_problem(user_id, "user id", optional=True)
+    if problem is not None:
+        raise InvalidSubmission(problem)
+    problem = value_problem(payload, "payload") or (value_problem(fields, "fields") if fields else None)
+    if problem is not None:
+        raise InvalidPayload(f"job {job_id!r}: {problem}")
+
+
+def travelling_body(env: Envelope) -> str:
+    """The envelope as JSON, refused here if a consumer could not read it back (an integer
+    of more than 4,300 digits decodes to a ValueError in Python), before a job waits on a
+    poison message."""
+    try:
+        body = env.to_json()
+        json.loads(body)
+    except ValueError as exc:
+        raise InvalidPayload(f"job {env.job_id!r}: the payload cannot travel as JSON: {exc}") from exc
+    return body
 
 
 def check_same_request(rec: JobRecord, *, payload: dict[str, Any], user_id: str | None, origin: OutMessage) -> None:

@@ -76,7 +76,17 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
     common: dict[str, Any] = {"visibility_timeout": cfg.visibility_timeout, "max_receives": cfg.max_receives,
                               "retry_base_s": cfg.retry_base_s, "retry_max_s": max(cfg.retry_base_s, 60.0),
                               "plain_json": True, "wait_s": 0.2}
+    accounts = res.accounts or open_accounts(cfg.accounts)
+    _add_annotate(p, cfg, res, common)
+    _add_notify(p, cfg, res, accounts, common)
+    _add_archive(p, cfg, res, accounts, common)
+    if cfg.thaw_topic:
+        _add_thaw(p, cfg, common)
+    _add_restore(p, cfg, res, common)
+    return p
 
+
+def _add_annotate(p: Pipeline, cfg: GasConfig, res: GasResources, common: dict[str, Any]) -> None:
     # batch_size=1 for annotate: each annotation takes seconds, so a prefetched batch would wait
     # behind it while other workers idle.
     @p.stage("annotate", source="gas_annotate", subscribe=(JOB_REQUESTS,), raw_subscription=False,
@@ -91,26 +101,34 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
             data = res.bucket(bucket, cfg).get(key)
         except ObjectNotFound:
             raise PermanentError(f"input file {bucket}/{key} not found") from None
-        with tempfile.TemporaryDirectory(prefix="gas-") as tmp:
-            src = Path(tmp) / name
-            src.write_bytes(data)
-            out = Path(tmp) / "out"
-            out.mkdir()
-            count = _run_annotator(cfg, src, out, ctx)
-            stem = name.removesuffix(".vcf")
-            base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-            result_key = f"{base}{msg.job_id}~{stem}.annot.vcf"
-            log_key = f"{base}{msg.job_id}~{name}.count.log"
-            res.results.put(result_key, (out / f"{stem}.annot.vcf").read_bytes())
-            res.results.put(log_key, (out / f"{name}.count.log").read_bytes())
+        result_key, log_key, count = _annotate_file(cfg, res, ctx, msg.job_id, key, name, data)
         ours = {"s3_results_bucket": cfg.results_bucket, "s3_key_result_file": result_key,
                 "s3_key_log_file": log_key, "complete_time": int(ctx.clock.now()), "variants": count}
         fields = {cfg.attr(k): v for k, v in ours.items()}  # under the deployment's attribute names
         notice = results_message(cfg, msg.job_id, {"user_id": req["user_id"], "input_file_name": name, **ours})
         return Result(status=JobStatus.COMPLETED, fields=fields, emit=[notice])
 
-    accounts = res.accounts or open_accounts(cfg.accounts)
 
+def _annotate_file(cfg: GasConfig, res: GasResources, ctx: Context, job_id: str, key: str, name: str,
+                   data: bytes) -> tuple[str, str, int]:
+    """Annotate the input's bytes and store the result and the log beside the input's folder:
+    (result key, log key, variants)."""
+    with tempfile.TemporaryDirectory(prefix="gas-") as tmp:
+        src = Path(tmp) / name
+        src.write_bytes(data)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        count = _run_annotator(cfg, src, out, ctx)
+        stem = name.removesuffix(".vcf")
+        base = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        result_key = f"{base}{job_id}~{stem}.annot.vcf"
+        log_key = f"{base}{job_id}~{name}.count.log"
+        res.results.put(result_key, (out / f"{stem}.annot.vcf").read_bytes())
+        res.results.put(log_key, (out / f"{name}.count.log").read_bytes())
+    return result_key, log_key, count
+
+
+def _add_notify(p: Pipeline, cfg: GasConfig, res: GasResources, accounts: Any, common: dict[str, Any]) -> None:
     # notify and archive read what they need from the job record, so a deployment may publish
     # job_results in its own shape (GAS_RESULTS_MESSAGE) as long as it keeps job_id
     @p.stage("notify", source="gas_notify", subscribe=(JOB_RESULTS,), raw_subscription=False,
@@ -133,6 +151,8 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         ctx.log.info("notification", sent=sent, to=to)
         return Result(fields={"notified_time": int(ctx.clock.now())})
 
+
+def _add_archive(p: Pipeline, cfg: GasConfig, res: GasResources, accounts: Any, common: dict[str, Any]) -> None:
     @p.stage("archive", source="gas_archive", subscribe=(JOB_RESULTS,), raw_subscription=False,
              delay_s=cfg.retention_s, required_fields=("job_id",), **common)
     def archive(ctx: Context, msg: Envelope) -> Result:
@@ -156,18 +176,23 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         return Result(fields={cfg.attr("results_file_archive_id"): archive_id,
                               cfg.attr("archive_time"): int(ctx.clock.now())})
 
-    if cfg.thaw_topic:
-        # Web apps publish a restore request per job ({job_id, results_file_archive_id, ...})
-        # or one per user ({"archives_data": [{job_id, ...}, ...]}) on upgrade: one restore
-        # message per job named.
-        @p.stage("thaw", source="gas_thaw", subscribe=(cfg.thaw_topic,), raw_subscription=False,
-                 nothing_to_do=_no_archives, **{**common, "job_id_field": "job_id|archives_data.0.job_id"})
-        def thaw(ctx: Context, msg: Envelope) -> Result:
-            entries = msg.payload.get("archives_data")
-            named = entries if isinstance(entries, list) else [msg.payload]
-            ids = list(dict.fromkeys(str(e["job_id"]) for e in named if isinstance(e, dict) and e.get("job_id")))
-            return Result(emit=[Emit({"job_id": j}, to=JOB_RESTORES, plain=True) for j in ids])
 
+def _add_thaw(p: Pipeline, cfg: GasConfig, common: dict[str, Any]) -> None:
+    # Web apps publish a restore request per job ({job_id, results_file_archive_id, ...})
+    # or one per user ({"archives_data": [{job_id, ...}, ...]}) on upgrade: one restore
+    # message per job named.
+    assert cfg.thaw_topic is not None
+
+    @p.stage("thaw", source="gas_thaw", subscribe=(cfg.thaw_topic,), raw_subscription=False,
+             nothing_to_do=_no_archives, **{**common, "job_id_field": "job_id|archives_data.0.job_id"})
+    def thaw(ctx: Context, msg: Envelope) -> Result:
+        entries = msg.payload.get("archives_data")
+        named = entries if isinstance(entries, list) else [msg.payload]
+        ids = list(dict.fromkeys(str(e["job_id"]) for e in named if isinstance(e, dict) and e.get("job_id")))
+        return Result(emit=[Emit({"job_id": j}, to=JOB_RESTORES, plain=True) for j in ids])
+
+
+def _add_restore(p: Pipeline, cfg: GasConfig, res: GasResources, common: dict[str, Any]) -> None:
     # Glacier takes minutes (Expedited) to hours (Standard, Bulk): the stage snoozes while S3
     # restores, looking again after restore_poll_s, doubling up to 15 minutes, for at most
     # restore_max_wait_s. A snooze uses no attempt, and the item says "restoring" meanwhile.
@@ -201,8 +226,6 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
         return Result(fields={cfg.attr("results_file_archive_id"): None, cfg.attr("restore_time"): int(ctx.clock.now()),
                               cfg.attr("restore_status"): cfg.restore_states["restored"],
                               cfg.attr("restore_job_id"): None})
-
-    return p
 
 
 def _no_archives(doc: dict[str, Any]) -> bool:

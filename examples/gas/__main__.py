@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from examples.gas import app
 from examples.gas.config import settings_help
@@ -14,29 +15,26 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m examples.gas", description="Genomics Annotation Service",
-                                 epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--log-level", default=os.environ.get("GAS_LOG_LEVEL", "info"))
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _backend(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--backend", default=os.environ.get("GAS_BACKEND", app.DEFAULT_GAS_BACKEND),
+                    help="sqlite:///PATH (default ./gas.db) or aws://?region=R&prefix=P")
 
-    def backend(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--backend", default=os.environ.get("GAS_BACKEND", app.DEFAULT_GAS_BACKEND),
-                        help="sqlite:///PATH (default ./gas.db) or aws://?region=R&prefix=P")
 
+def _job_commands(sub: Any) -> None:
+    """Commands that make and run the service's work: setup, submit, upgrade, worker, status."""
     s = sub.add_parser("setup", help="create queues, topics, subscriptions, tables, buckets (idempotent)")
-    backend(s)
+    _backend(s)
     s = sub.add_parser("submit", help="submit a VCF file for annotation; prints the job id")
-    backend(s)
+    _backend(s)
     s.add_argument("file", type=Path)
     s.add_argument("--user", required=True)
     s.add_argument("--tier", choices=["free", "premium"])
     s.add_argument("--email")
     s = sub.add_parser("upgrade", help="make a user premium and restore their archived results")
-    backend(s)
+    _backend(s)
     s.add_argument("--user", required=True)
     s = sub.add_parser("worker", help="run stage controllers")
-    backend(s)
+    _backend(s)
     s.add_argument("--stage", required=True, choices=[*app.STAGES, "all"])
     s.add_argument("--processes", type=int, default=1)
     s.add_argument("--concurrency", type=int, default=1)
@@ -46,25 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-setup", action="store_true",
                    help="skip creating queues, topics and buckets (the parent of --stage all did it once)")
     s = sub.add_parser("status", help="show jobs")
-    backend(s)
+    _backend(s)
     s.add_argument("job_id", nargs="?")
     s.add_argument("--user")
     s.add_argument("--json", action="store_true")
+
+
+def _site_commands(sub: Any) -> None:
+    """Commands around the deployment: web, migrate, user, demo."""
     s = sub.add_parser("web", help="the GAS web front end (sign in, upload, my annotations, operators' page)")
-    backend(s)
+    _backend(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--dev", action="store_true",
                    help="sign in by choosing any name (the demo's mode; without it users have accounts with passwords)")
     s = sub.add_parser("migrate", help="list the other consumers of the GAS topics (the old scripts' queues, "
                                          "Lambdas) and what they would do twice; --apply unsubscribes them")
-    backend(s)
+    _backend(s)
     how = s.add_mutually_exclusive_group()
     how.add_argument("--apply", action="store_true", help="unsubscribe them (recorded, for --undo)")
     how.add_argument("--undo", action="store_true", help="subscribe again those --apply took off")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("user", help="create a web account, or set its password (read from GAS_USER_PASSWORD or asked)")
-    backend(s)
+    _backend(s)
     s.add_argument("name")
     s.add_argument("--email")
     s.add_argument("--tier", choices=["free", "premium"])
@@ -72,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dir", type=Path, default=Path("gas-data"))
     s.add_argument("--retention", type=float, default=3.0, help="free-tier retention in seconds for the demo")
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m examples.gas", description="Genomics Annotation Service",
+                                 epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--log-level", default=os.environ.get("GAS_LOG_LEVEL", "info"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _job_commands(sub)
+    _site_commands(sub)
     args = ap.parse_args(argv)
     configure_logging(level=args.log_level)
     try:

@@ -41,8 +41,31 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
     os.environ.update(env)
     gas = app.open_gas(url, config=GasConfig())
     app.setup(gas)
-
     print(f"GAS demo on {url}\n")
+    jobs = _submit_samples(gas, samples)
+    procs: dict[str, subprocess.Popen[bytes]] = {
+        "annotate-1": app.spawn_worker(url, "annotate"), "annotate-2": app.spawn_worker(url, "annotate"),
+        "notify": app.spawn_worker(url, "notify"), "archive": app.spawn_worker(url, "archive"),
+        "restore": app.spawn_worker(url, "restore"),
+    }
+    print(f"\nstarted {len(procs)} worker processes: {', '.join(procs)}")
+    started = time.time()
+    _watch(gas, jobs, procs)
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        p.wait()
+    print(f"\n\nfinished in {time.time() - started:.1f}s\n")
+    ok = _report(gas, jobs)
+    print(f"\nSee these jobs in a browser (sign in as alice, bob or carol; admin sees /ops):\n"
+          f"  .venv/bin/python -m examples.gas web --dev --backend {url}\n  then open http://127.0.0.1:8000/")
+    gas.close()
+    return 0 if ok else 1
+
+
+def _submit_samples(gas: app.Gas, samples: Path) -> dict[str, tuple[str, str]]:
+    """Each user's files, as the web app would submit them: job id -> (user, tier)."""
     jobs: dict[str, tuple[str, str]] = {}
     for user, (tier, files) in USERS.items():
         for name in files:
@@ -52,26 +75,20 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
                 print(f"  submitted {name:<14} for {user:<6} ({tier:<7}) -> job {job_id[:8]}")
             except app.GasError as exc:
                 print(f"  refused   {name:<14} for {user:<6} ({tier:<7}): {exc}")
-    total = len(jobs)
+    return jobs
 
-    procs: dict[str, subprocess.Popen[bytes]] = {
-        "annotate-1": app.spawn_worker(url, "annotate"), "annotate-2": app.spawn_worker(url, "annotate"),
-        "notify": app.spawn_worker(url, "notify"), "archive": app.spawn_worker(url, "archive"),
-        "restore": app.spawn_worker(url, "restore"),
-    }
-    print(f"\nstarted {len(procs)} worker processes: {', '.join(procs)}")
-    killed = False
-    upgraded = False
-    started = time.time()
-    tty = sys.stdout.isatty()
-    last_line = ""
+
+def _watch(gas: app.Gas, jobs: dict[str, tuple[str, str]], procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Draw progress until every job is done, emailed, and carol's archives restored: SIGKILL
+    annotate-1 after the first completion, upgrade carol once every free result is archived."""
+    total, killed, upgraded, last_line, started = len(jobs), False, False, "", time.time()
     free_jobs = {j for j, (_, tier) in jobs.items() if tier == "free"}
     carol_jobs = {j for j, (u, _) in jobs.items() if u == "carol"}
-    while True:
+    a = gas.config.attr  # the deployment's attribute names
+    while time.time() - started <= 300:
         recs = {j.job_id: j for j in gas.backend.store.query()}
         completed = [j for j in recs.values() if j.status.value == "COMPLETED"]
         emailed = [j for j in completed if "notified_time" in j.fields]
-        a = gas.config.attr  # the deployment's attribute names
         archived = [j for j in recs.values() if j.job_id in free_jobs and
                     (j.fields.get(a("results_file_archive_id")) or a("restore_time") in j.fields)]
         restored = [j for j in recs.values() if a("restore_time") in j.fields]
@@ -88,25 +105,22 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
         line = (f"{_bar(len(completed), total)} {len(completed)}/{total} completed, {len(emailed)} emailed, "
                 f"{len(archived)}/{len(free_jobs)} archived, {len(restored)} restored")
         if line != last_line:  # redraw in a terminal; one line per change in a log
-            sys.stdout.write(f"\r  {line}   " if tty else f"  {line}\n")
+            sys.stdout.write(f"\r  {line}   " if sys.stdout.isatty() else f"  {line}\n")
             sys.stdout.flush()
             last_line = line
         terminal = all(j.status.value in ("COMPLETED", "FAILED") for j in recs.values()) and len(recs) == total
         if terminal and len(emailed) == len(completed) and upgraded and carol_jobs <= {j.job_id for j in restored}:
-            break
-        if time.time() - started > 300:
-            print("\n  timed out waiting for the pipeline")
-            break
+            return
         time.sleep(0.2)
-    for p in procs.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs.values():
-        p.wait()
-    print(f"\n\nfinished in {time.time() - started:.1f}s\n")
+    print("\n  timed out waiting for the pipeline")
 
+
+def _report(gas: app.Gas, jobs: dict[str, tuple[str, str]]) -> bool:
+    """The jobs' table and the check: nothing lost, failed or committed twice, one email per
+    job, no premium result archived."""
     from examples.gas.__main__ import format_table
 
+    total = len(jobs)
     recs = {j.job_id: j for j in gas.backend.store.query()}
     print(format_table([app.job_row(r, gas.config) for r in recs.values()]))
     mails = gas.resources.mailer.sent()
@@ -120,7 +134,4 @@ def run_demo(root: Path, *, retention_s: float = 3.0, samples: Path | None = Non
           f"premium results archived: {len(premium_archived)}")
     ok = not lost and not failed and not twice and len(mails) == total and not premium_archived
     print("OK: nothing lost, nothing done twice" if ok else "PROBLEM: see above")
-    print(f"\nSee these jobs in a browser (sign in as alice, bob or carol; admin sees /ops):\n"
-          f"  .venv/bin/python -m examples.gas web --dev --backend {url}\n  then open http://127.0.0.1:8000/")
-    gas.close()
-    return 0 if ok else 1
+    return ok

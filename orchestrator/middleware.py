@@ -7,14 +7,13 @@ ignored: observability must never change what the controller does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-if TYPE_CHECKING:
-    from orchestrator.base import Delivery
-    from orchestrator.pipeline import Context, Stage
-    from orchestrator.status import OutMessage
+from orchestrator.base import Delivery
+from orchestrator.stage import Context, Stage
+from orchestrator.status import OutMessage
 
 log = structlog.get_logger("orchestrator.middleware")
 

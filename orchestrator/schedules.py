@@ -20,18 +20,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 from croniter import croniter
 
-from orchestrator.base import MAX_PRIORITY
+from orchestrator.base import MAX_PRIORITY, Backend
 from orchestrator.errors import ConfigError
-
-if TYPE_CHECKING:
-    from orchestrator.backends import Backend
-    from orchestrator.pipeline import Pipeline
+from orchestrator.status import JobRecord
 
 Missed = Literal["skip", "latest", "all"]
 MISSED_POLICIES: tuple[Missed, ...] = ("skip", "latest", "all")
@@ -160,10 +157,21 @@ class Firing:
     created: bool
 
 
+class Scheduled(Protocol):
+    """What firing schedules needs of a pipeline: its schedules, and a submit."""
+
+    @property
+    def schedules(self) -> dict[str, Schedule]: ...
+
+    def submit(self, backend: Backend, *, job_id: str, payload: dict[str, Any], queue: str | None = None,
+               topic: str | None = None, user_id: str | None = None, fields: dict[str, Any] | None = None,
+               priority: int = 0) -> tuple[JobRecord, bool]: ...
+
+
 class Scheduler:
     """Fires a pipeline's schedules on a backend: ``fire_due`` once, or ``run`` in a thread."""
 
-    def __init__(self, pipeline: Pipeline, backend: Backend, *, poll_s: float = DEFAULT_SCHEDULE_POLL_S) -> None:
+    def __init__(self, pipeline: Scheduled, backend: Backend, *, poll_s: float = DEFAULT_SCHEDULE_POLL_S) -> None:
         self.pipeline = pipeline
         self.backend = backend
         self.poll_s = poll_s
@@ -206,7 +214,7 @@ class Scheduler:
         return t
 
 
-def describe(pipeline: Pipeline, backend: Backend) -> list[dict[str, Any]]:
+def describe(pipeline: Scheduled, backend: Backend) -> list[dict[str, Any]]:
     """Each schedule with its last firing (the newest tick whose job exists, within
     ``max_catch_up`` ticks) and its next tick."""
     now = backend.clock.now()

@@ -29,7 +29,7 @@ from orchestrator.middleware import Middleware
 if TYPE_CHECKING:
     from orchestrator.base import Delivery
     from orchestrator.envelope import Envelope
-    from orchestrator.pipeline import Context, Stage
+    from orchestrator.stage import Context, Stage
     from orchestrator.status import OutMessage
 
 MAX_OPEN_SPANS = 10_000  # a delivery whose outcome never came (its commit refused) is ended past this

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import structlog
 
+from orchestrator.base import Delivery, Transport
+from orchestrator.clock import Cancel, Clock
 from orchestrator.errors import LeaseLostError, SimulatedCrash
-
-if TYPE_CHECKING:
-    from orchestrator.base import Delivery, Transport
-    from orchestrator.clock import Cancel, Clock
 
 log = structlog.get_logger("orchestrator.lease")
 

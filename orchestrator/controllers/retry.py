@@ -10,7 +10,8 @@ re-sends.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from orchestrator import jobdoc
 from orchestrator.backends import Backend
@@ -19,17 +20,22 @@ from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import InvalidTransition, JobNotFound, MalformedMessage, RetryImpossible
 from orchestrator.jobdoc import FAILED, Doc
+from orchestrator.stage import Stage
 from orchestrator.status import JobRecord
 
-if TYPE_CHECKING:  # (only named in annotations: the pipeline calls this module)
-    from orchestrator.pipeline import Pipeline, Stage
+
+class HasStages(Protocol):
+    """What a retry needs of a pipeline: its stages, to find a failed one's dead-letter queue."""
+
+    @property
+    def stages(self) -> Mapping[str, Stage]: ...
 
 #: how many dead letters a retry looks through for the job's input
 MAX_DLQ_SCAN = 1000
 DLQ_LEASE_S = 120.0
 
 
-def retry(pipeline: Pipeline | None, backend: Backend, job_id: str, *, by: str | None = None,
+def retry(pipeline: HasStages | None, backend: Backend, job_id: str, *, by: str | None = None,
           reason: str | None = None) -> JobRecord:
     doc = backend.store.get_docs([job_id]).get(job_id)
     if doc is None:

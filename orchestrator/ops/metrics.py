@@ -16,7 +16,7 @@ from orchestrator.middleware import Middleware
 
 if TYPE_CHECKING:
     from orchestrator.base import Delivery, Transport
-    from orchestrator.pipeline import Context, Stage
+    from orchestrator.stage import Context, Stage
     from orchestrator.status import OutMessage
 
 HANDLER_BUCKETS_S = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900)

@@ -1,0 +1,293 @@
+"""A stage and what its handler sees and returns: ``Stage``, ``Context``, ``Result``, ``Emit``, ``Snooze``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from structlog.typing import FilteringBoundLogger
+
+from orchestrator.base import (
+    DEFAULT_MAX_RECEIVES,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    MAX_PRIORITY,
+    Delivery,
+    ObjectStore,
+    QueueSpec,
+    default_dead_letter,
+)
+from orchestrator.clock import Clock
+from orchestrator.codec import Codec
+from orchestrator.controllers.lease import Lease
+from orchestrator.controllers.submit import check_timing
+from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
+from orchestrator.jobdoc import to_record
+from orchestrator.status import JobRecord, JobStatus
+
+DEFAULT_RETRY_BASE_S = 1.0
+DEFAULT_RETRY_MAX_S = 300.0
+DEFAULT_WAIT_S = 1.0
+DEFAULT_MAX_SNOOZE_S = 7 * 24 * 3600.0
+MIN_VISIBILITY_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A message a step emits. ``to`` names a queue, ``topic`` a topic; by default the
+    stage's ``emit_to``/``publish_to``. ``plain=True`` sends the payload itself as the body
+    (with ``job_id`` added), for consumers that read plain JSON (the GAS results message)."""
+
+    payload: dict[str, Any]
+    to: str | None = None
+    topic: str | None = None
+    task: str | None = None
+    plain: bool | None = None
+    #: seconds before the message may be received (any length: beyond a queue's own limit the
+    #: transport chains the wait)
+    delay_s: float = 0.0
+    #: 0 (lowest) .. 9 (highest); None: the stage's ``priority``
+    priority: int | None = None
+
+    def __post_init__(self) -> None:
+        check_timing(delay_s=self.delay_s, priority=self.priority)
+
+
+@dataclass(frozen=True)
+class Snooze:
+    """What a handler returns for "not yet, look again later" (a restore still running, an
+    outside job not finished): the message comes back after ``seconds``, no attempt is used,
+    the job's status is unchanged and its history records the snooze with ``reason``. A
+    stage's ``max_snooze_s`` bounds the total wait (past it the job is FAILED)."""
+
+    seconds: float
+    reason: str = ""
+    #: fields merged into the job with the snooze's history entry (a "restoring" state for the
+    #: job's pages, say), in the same conditional write
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seconds, (int, float)) or not 0 <= self.seconds < float("inf"):
+            raise ValueError(f"Snooze seconds must be a finite number >= 0, got {self.seconds!r}")
+
+
+@dataclass
+class Result:
+    """What a handler returns: the job's new status (None: unchanged), fields to merge
+    into the job record, and messages to emit (dicts are payloads for the default target)."""
+
+    status: JobStatus | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    emit: Sequence[dict[str, Any] | Emit] = ()
+    #: fan-out: each payload goes to the stage's ``emit_to``/``publish_to`` as a part of its own
+    #: (``ctx.part`` there); a join stage runs once every part has committed
+    parts: Sequence[dict[str, Any]] = ()
+
+
+Handler = Callable[["Context", Envelope], "Result | Snooze | None"]
+
+
+@dataclass
+class Context:
+    #: the job as the status store holds it (a plain document: ``orchestrator.jobdoc``),
+    #: read-only: stores may share it; ``job`` is its typed copy, made when first asked for
+    job_doc: dict[str, Any]
+    stage: Stage
+    envelope: Envelope
+    delivery: Delivery
+    clock: Clock
+    log: FilteringBoundLogger
+    objects: ObjectStore | None
+    lease: Lease
+    #: reads whether the job was cancelled (the controller's; None: never)
+    cancel_check: Callable[[], bool] | None = None
+    _cancelled: bool = field(default=False, init=False, repr=False)
+    _next_cancel_check: float = field(default=float("-inf"), init=False, repr=False)
+
+    @property
+    def part(self) -> int | None:
+        """Which part of its job's fan-out this message is (None: not a part)."""
+        return self.envelope.part
+
+    @property
+    def parts(self) -> list[dict[str, Any] | None]:
+        """In a join stage: every part's result (its handler's ``Result.fields``), in order;
+        None for a part that failed (see ``part_failures``)."""
+        steps = self.job_doc["steps"]
+        return [s.get("result") if s["state"] == "committed" else None for s in self._part_steps(steps)]
+
+    @property
+    def part_failures(self) -> dict[int, str]:
+        """In a join stage that allows failed parts: part index -> its failure's reason."""
+        return {i: s["reason"] or "failed" for i, s in enumerate(self._part_steps(self.job_doc["steps"]))
+                if s["state"] == "failed"}
+
+    def _part_steps(self, steps: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.stage.parts_of is None:
+            raise AttributeError(f"stage {self.stage.name} is no join: it has no parts")
+        n = int(self.envelope.payload.get("parts", 0))
+        return [steps[f"{self.stage.parts_of}#{i}"] for i in range(n)]
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled since this handler started (looked up at most once
+        per heartbeat interval, a third of the visibility timeout): a long handler may stop
+        early. Whatever it returns for a cancelled job is fenced off (no commit, no emit)."""
+        if self._cancelled or self.cancel_check is None:
+            return self._cancelled
+        now = self.clock.now()
+        if now >= self._next_cancel_check:
+            self._next_cancel_check = now + self.stage.visibility_timeout / 3
+            self._cancelled = self.cancel_check()
+        return self._cancelled
+
+    @cached_property
+    def job(self) -> JobRecord:
+        """The job as of this step's begin (a copy: changing it changes nothing stored)."""
+        return to_record(self.job_doc)
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.receive_count
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lease.lost
+
+    def effect_key(self, name: str) -> str:
+        """An idempotency key for an outside effect of this step: the same on every
+        redelivery of this message, different for another message, stage or ``name``."""
+        return derive_id("effect", self.envelope.job_id, self.stage.name, self.envelope.id, name)
+
+
+@dataclass
+class Stage:
+    name: str
+    handler: Handler
+    source: str
+    emit_to: str | None = None
+    publish_to: str | None = None
+    subscribe: tuple[str, ...] = ()
+    raw_subscription: bool = True
+    max_receives: int = DEFAULT_MAX_RECEIVES
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    time_limit_s: float | None = None
+    retry_base_s: float = DEFAULT_RETRY_BASE_S
+    retry_max_s: float = DEFAULT_RETRY_MAX_S
+    # messages per receive; None: sized by the worker to the handler's pace (see BatchSizer)
+    batch_size: int | None = None
+    wait_s: float = DEFAULT_WAIT_S
+    dead_letter: str | None = None
+    delay_s: float = 0.0
+    plain_json: bool = False
+    job_id_field: str = "job_id"
+    required_fields: tuple[str, ...] = ()
+    emit_format: Literal["envelope", "plain"] = "envelope"
+    max_body_bytes: int = MAX_BODY_BYTES
+    accepts_tasks: tuple[str, ...] = ()
+    #: "eager": write a begin (claim + RUNNING) before the handler, so the status shows RUNNING
+    #: while it runs and a stale holder is fenced off by its claim. "lazy": no begin write;
+    #: the commit alone records the step (first committer wins): one store write per message
+    #: instead of two, for fast handlers.
+    claim: Literal["eager", "lazy"] = "eager"
+    #: emitted bodies over 64 KiB go to the object store (claim check) and the queue and the
+    #: outbox carry a pointer; without it a body over the queue's limit fails the step.
+    #: Consumers of such bodies need a large enough ``max_body_bytes``.
+    offload_large_bodies: bool = False
+    #: the longest a message may wait in snoozes, counted from its first receive (past it: the
+    #: job is FAILED with the reason); None: no bound
+    max_snooze_s: float | None = DEFAULT_MAX_SNOOZE_S
+    #: the priority (0..9) of what this stage emits unless an ``Emit`` says otherwise
+    priority: int = 0
+    #: a join stage: the stage whose parts it waits for (set by ``Pipeline.join``)
+    parts_of: str | None = None
+    #: a join stage: whether a part that FAILED is handed to it (``ctx.part_failures``) rather
+    #: than failing the job
+    allow_failed: bool = False
+    #: on SQS, the priorities that get a queue of their own (``<source>-p<band>``, polled high
+    #: to low; a message goes to the highest band at most its priority). SQLite, PostgreSQL
+    #: and memory order by exact priority without them.
+    priority_bands: tuple[int, ...] = ()
+    #: whether a message for a job that does not exist creates it (owned by the payload's
+    #: ``user_id``). None: only on an entry stage, one that no stage of the pipeline emits
+    #: to. Elsewhere such a message is dead-lettered as an unknown job: whoever can write to
+    #: a later stage's queue cannot make up jobs there.
+    takes_submissions: bool | None = None
+    #: a predicate over a plain JSON message that names no job: True when it asks for nothing
+    #: (it is acked, not dead-lettered; an upgrade request listing no archives, say)
+    nothing_to_do: Callable[[dict[str, Any]], bool] | None = None
+    #: where a setting overridden outside the code came from (``config file``, ``environment``)
+    setting_sources: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return self.dead_letter or default_dead_letter(self.source)
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(
+            plain_task=self.name if self.plain_json else None,
+            job_id_field=self.job_id_field,
+            required_fields=self.required_fields,
+            max_body_bytes=self.max_body_bytes,
+            nothing_to_do=self.nothing_to_do,
+        )
+
+    def accepts(self, task: str) -> bool:
+        """A task names where a message was addressed: this stage, its queue, a topic it
+        subscribes to, or a task it declares."""
+        return task in {self.name, self.source, *self.subscribe, *self.accepts_tasks}
+
+    def queue_spec(self) -> QueueSpec:
+        return QueueSpec(
+            self.source, visibility_timeout_s=self.visibility_timeout, max_receives=self.max_receives,
+            dead_letter=self.dead_letter_queue, delay_s=self.delay_s, priority_bands=tuple(self.priority_bands),
+        )
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential backoff for retry ``attempt`` (1-based), capped at ``retry_max_s``."""
+        return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, attempt - 1)))
+
+    def problems(self, *, max_visibility_s: float, max_delay_s: float, max_batch: int = 10) -> list[str]:
+        """Inconsistent settings, each explained; empty when the stage can start."""
+        out = []
+        if self.max_receives < 1:
+            out.append(f"stage {self.name}: max_receives must be >= 1, got {self.max_receives}")
+        if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT_S:
+            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s is below "
+                       f"{MIN_VISIBILITY_TIMEOUT_S}s; the heartbeat could not keep the lease")
+        if self.visibility_timeout > max_visibility_s:
+            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s exceeds the backend's "
+                       f"maximum lease of {max_visibility_s:.0f}s")
+        if self.time_limit_s is not None and self.time_limit_s > max_visibility_s:
+            out.append(f"stage {self.name}: time_limit_s {self.time_limit_s}s is longer than the heartbeat can "
+                       f"cover (the backend caps a lease at {max_visibility_s:.0f}s from receipt)")
+        if self.retry_max_s > max_delay_s:
+            out.append(f"stage {self.name}: retry_max_s {self.retry_max_s}s exceeds the backend's maximum "
+                       f"delay of {max_delay_s:.0f}s")
+        if self.retry_base_s < 0 or self.retry_base_s > self.retry_max_s:
+            out.append(f"stage {self.name}: retry_base_s must be between 0 and retry_max_s ({self.retry_max_s}s)")
+        if self.delay_s > max_delay_s:
+            out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
+        if self.batch_size is not None and not 1 <= self.batch_size <= max_batch:
+            out.append(f"stage {self.name}: batch_size must be 1..{max_batch} on this backend, got {self.batch_size}")
+        if self.max_snooze_s is not None and not self.max_snooze_s >= 0:
+            out.append(f"stage {self.name}: max_snooze_s must be >= 0 or None, got {self.max_snooze_s}")
+        if not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+            out.append(f"stage {self.name}: priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}")
+        if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
+            out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "
+                       f"{self.priority_bands!r}")
+        if self.claim not in ("eager", "lazy"):
+            out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
+        if self.emit_to and self.publish_to:
+            out.append(f"stage {self.name}: set emit_to or publish_to, not both")
+        for topic in self.subscribe:
+            if topic.endswith(".fifo") and not self.source.endswith(".fifo"):
+                out.append(f"stage {self.name}: FIFO topic {topic!r} delivers only to FIFO queues, and the source "
+                           f"{self.source!r} is not one")
+        if self.source.endswith(".fifo") != self.dead_letter_queue.endswith(".fifo"):
+            out.append(f"stage {self.name}: dead_letter {self.dead_letter_queue!r} must be a FIFO queue exactly when "
+                       f"the source {self.source!r} is (SQS requires the same type; a FIFO name ends in .fifo)")
+        return out

@@ -9,7 +9,6 @@ AWS adapters.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlparse
@@ -52,11 +51,8 @@ def sqlite_backend(path: str | Path, *, clock: Clock | None = None, objects_root
     transport = SqliteTransport(db, clock=clock)
     objects = LocalObjectStore(objects_root or f"{path}.objects")
 
-    def atomic(fn: Callable[[], Any]) -> Any:
-        return db.run(lambda _c: fn())
-
     return Backend(transport=transport, topic=SqliteTopic(transport), store=SqliteStatusStore(db, clock=clock),
-                   clock=clock, objects=objects, atomic=atomic, url=f"sqlite:///{path}")
+                   clock=clock, objects=objects, database=db, url=f"sqlite:///{path}")
 
 
 #: options of a postgresql:// URL that are ours, not libpq's
@@ -100,11 +96,8 @@ def postgres_backend(url: str, *, clock: Clock | None = None, create: bool = Tru
     clock = clock or DatabaseClock(lambda: db.read("SELECT extract(epoch from clock_timestamp())::float8")[0][0])
     transport = PostgresTransport(db, clock=clock)
 
-    def atomic(fn: Callable[[], Any]) -> Any:
-        return db.run(lambda _c: fn())
-
     return Backend(transport=transport, topic=PostgresTopic(transport), store=PostgresStatusStore(db, clock=clock),
-                   clock=clock, objects=PostgresObjectStore(db), atomic=atomic, url=url)
+                   clock=clock, objects=PostgresObjectStore(db), database=db, url=url)
 
 
 def open_backend(url: str | None = None, *, clock: Clock | None = None, create: bool = True,

@@ -7,11 +7,13 @@ controller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol
 
 from orchestrator.clock import Clock
+from orchestrator.database import Database
 from orchestrator.envelope import Envelope
 from orchestrator.errors import StoreError
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
@@ -241,13 +243,10 @@ class StatusStore(Protocol):
         holds records just read: a backend may write against them in one round trip."""
         ...
 
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None,
-                     then: Callable[[list[JobRecord | StoreError]], None] | None = None
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
                      ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each under its own conditions. ``then(results)``
-        runs after the writes; a store that shares its database with the queue (a backend
-        with ``atomic``) runs it inside the same transaction, so that what ``then`` sends and
-        deletes commits or rolls back with the steps."""
+        """``commit_step`` for several jobs, each under its own conditions; each result is the
+        record or the error. Inside a backend's unit of work it is part of the unit."""
         ...
 
     # The same reads and batch writes on the store's documents (``orchestrator.jobdoc``): the
@@ -262,9 +261,25 @@ class StatusStore(Protocol):
     def begin_docs(self, items: Sequence[BeginItem], *, known: dict[str, dict[str, Any]] | None = None
                    ) -> list[dict[str, Any] | StoreError]: ...
 
-    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, dict[str, Any]] | None = None,
-                    then: Callable[[list[dict[str, Any] | StoreError]], None] | None = None
-                    ) -> list[dict[str, Any] | StoreError]: ...
+    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, dict[str, Any]] | None = None
+                    ) -> list[dict[str, Any] | StoreError]:
+        """``apply(prepare_commits(items, known=known))``."""
+        ...
+
+    def prepare_commits(self, items: Sequence[CommitItem], *, known: dict[str, dict[str, Any]] | None = None
+                        ) -> PreparedWrites:
+        """Work the commits out against ``known`` (documents just read) and encode them: pure,
+        no I/O and no lock, so a caller does it before it opens a unit of work. Reads nothing,
+        writes nothing, raises nothing for a refused rule (``apply`` judges it again)."""
+        ...
+
+    def apply(self, writes: PreparedWrites) -> list[dict[str, Any] | StoreError]:
+        """Write what ``prepare_commits`` made, one result per item in order: the document
+        written, or the ``StoreError`` its rule raised. Each write is conditional on the version
+        it was prepared against; a job whose record moved since (or that had no known record)
+        is read, judged by its rule and written again, as a single write is. Inside a unit of
+        work the writes are part of it."""
+        ...
 
     def begin_step(
         self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
@@ -384,7 +399,22 @@ class ObjectStore(Protocol):
         ...
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class PreparedWrites:
+    """Writes a status store worked out before any lock (``prepare_commits``), for ``apply``:
+    each job's rule, and what the rule made of the document the caller knew (None: judged
+    again at ``apply``)."""
+
+    rules: Sequence[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]]
+    prepared: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work in progress. ``atomic``: its writes are one transaction (all or none);
+    otherwise each applies as it is made, in order."""
+
+    atomic: bool
 
 
 @dataclass
@@ -394,13 +424,32 @@ class Backend:
     store: StatusStore
     clock: Clock
     objects: ObjectStore | None = None
-    #: runs a callable as one transaction over transport and store, when they share one
-    #: database (then commit + emit + ack are atomic); None when they do not
-    atomic: Callable[[Callable[[], Any]], Any] | None = None
+    #: the database transport and store share (SQLite, PostgreSQL), which makes a unit of work
+    #: one transaction; None where they do not (AWS, memory)
+    database: Database | None = None
     url: str = ""
 
-    def run_atomic(self, fn: Callable[[], T]) -> T:
-        return self.atomic(fn) if self.atomic is not None else fn()
+    @property
+    def transactional(self) -> bool:
+        """Whether a unit of work is one transaction (a commit and what it emits and acks are
+        then never seen apart)."""
+        return self.database is not None
+
+    @contextmanager
+    def unit(self) -> Iterator[Unit]:
+        """``with backend.unit() as u:`` one unit of work over the store, queues and topics.
+
+        On SQLite and PostgreSQL it is one transaction: every write inside commits when the
+        block ends, or none does when it raises (a crash anywhere inside leaves nothing). On
+        AWS and memory the writes apply one by one in the order made; a crash between two
+        leaves those before it, which is what the protocol's crash points are about. A unit
+        inside a unit joins it. The block is not run again by the unit: a lost deadlock raises
+        ``TransactionConflict`` with everything rolled back, safe to run again."""
+        if self.database is None:
+            yield Unit(atomic=False)
+            return
+        with self.database.transaction():
+            yield Unit(atomic=True)
 
     def close(self) -> None:
         db = getattr(self.transport, "db", None)

@@ -136,11 +136,9 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
         jobs = read_jobs(args.jobs)
         pipeline.setup(backend)
 
-        def unit() -> list[bool]:  # one transaction on the SQL backends: all or none
-            return [pipeline.submit(backend, job_id=j, payload=p, queue=args.queue, topic=args.topic,
-                                    user_id=u or args.user, **timing)[1] for j, p, u in jobs]
-
-        created = backend.run_atomic(unit)
+        with backend.unit():  # one transaction on the SQL backends: all or none
+            created = [pipeline.submit(backend, job_id=j, payload=p, queue=args.queue, topic=args.topic,
+                                       user_id=u or args.user, **timing)[1] for j, p, u in jobs]
         print(f"{sum(created)} submitted, {len(created) - sum(created)} already submitted")
         return 0
     payload = read_payload(args.payload)

@@ -9,6 +9,7 @@ and in the dialect both accept; ``stores/postgres.py`` adds PostgreSQL's own bat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -37,6 +38,14 @@ class Database(Protocol):
         """Run ``fn(conn)`` in one write transaction; a ``run`` inside a ``run`` on the same
         thread joins the outer one. ``fn`` may be re-run from scratch (lock waits, deadlocks,
         a lost connection), so it must not have effects outside the database."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction as a ``with`` block (a backend's unit of work): committed when
+        the block ends, rolled back when it raises; inside another on the same thread it joins
+        it. Unlike ``run`` the block is not run again: a lost deadlock raises
+        ``TransactionConflict`` (everything rolled back, safe to run again), a lost database
+        ``BackendUnavailable``."""
         ...
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:

@@ -43,6 +43,12 @@ class BackendUnavailable(OrchestratorError):
     redelivery."""
 
 
+class TransactionConflict(BackendUnavailable):
+    """A unit of work lost a race with another transaction (a deadlock, a serialization
+    failure): the database rolled all of its writes back, so running it again from the start
+    is safe. Routine under contention; the controller runs the unit again at once."""
+
+
 class InvalidPayload(OrchestratorError, ValueError):
     """A payload that cannot travel as a message (not JSON-serialisable, or an integer too large
     for any JSON reader): refused at submission, before anything is written."""

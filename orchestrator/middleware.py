@@ -50,6 +50,10 @@ class Middleware:
     def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
         """A lease was lost: the result of this delivery will be discarded."""
 
+    def on_backend_unavailable(self, stage: Stage, error: BaseException, delay_s: float) -> None:
+        """The backend could not do a receive or a batch's writes now (an outage, not the
+        data): the worker waits ``delay_s`` before it tries again; the batch is redelivered."""
+
 
 class LoggingMiddleware(Middleware):
     """The controller's outcome log lines (installed first on every controller). The

@@ -18,7 +18,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -26,7 +27,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from orchestrator import tables
-from orchestrator.errors import BackendUnavailable, ConfigError
+from orchestrator.errors import BackendUnavailable, ConfigError, TransactionConflict
 from orchestrator.outage import is_outage
 
 T = TypeVar("T")
@@ -158,6 +159,33 @@ class PostgresDatabase:
                     self._local.conn = None
 
         return self._retrying(attempt, "transaction")
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgConn]:
+        """A write transaction as a ``with`` block on a pooled connection (taken with the same
+        reconnect retries as ``run``). What the server says inside is translated here: a lost
+        deadlock or serialization failure is ``TransactionConflict``, a lost server
+        ``BackendUnavailable``; the data errors stay what they are (the caller isolates them)."""
+        current: PgConn | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        conn = self._retrying(self.pool().getconn, "connect")
+        try:
+            wrapped = PgConn(conn)
+            self._local.conn = wrapped
+            try:
+                with conn.transaction():
+                    yield wrapped
+            except psycopg.errors.TransactionRollback as exc:
+                raise TransactionConflict(f"transaction rolled back by PostgreSQL: {exc}") from exc
+            except psycopg.OperationalError as exc:
+                if not _retryable(exc):
+                    raise
+                raise BackendUnavailable(f"PostgreSQL unavailable: {str(exc).strip() or type(exc).__name__}") from exc
+        finally:
+            self._local.conn = None
+            self.pool().putconn(conn)  # (the pool drops a connection that broke)
 
     def read(self, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
         current: PgConn | None = getattr(self._local, "conn", None)

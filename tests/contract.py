@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from orchestrator.base import Outgoing, QueueSpec, StatusStore, Topic, Transport
+from orchestrator.base import Backend, Delivery, Outgoing, QueueSpec, StatusStore, Topic, Transport
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.errors import BodyTooLarge, ConflictError, InvalidTransition, LeaseLostError
@@ -466,24 +466,23 @@ class BatchStoreContract:
             assert j.commits("s") == 1 and j.version == done[i].version  # type: ignore[union-attr]
             assert j.fields.get("moved", False) == (i in (1, 3))
 
-    def test_then_runs_once_after_the_writes_with_their_results(self, store: StatusStore) -> None:
+    def test_prepared_commits_apply_each_on_its_own_and_a_moved_record_is_judged_again(
+            self, store: StatusStore) -> None:
         from orchestrator.status import CommitItem
 
         for i in range(3):
             store.create(f"j{i}")
+        known = store.get_docs(["j0", "j1", "j2"])
+        writes = store.prepare_commits([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {"i": i}, [])
+                                        for i in range(3)], known=known)
+        assert store.get_docs(["j0", "j1", "j2"]) == known  # preparing wrote nothing
+        # between preparing and applying: j1's step is committed by someone else, j2 gains a field
         store.commit_step("j1", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
-        seen: list[list[object]] = []
-
-        def then(results: list[object]) -> None:
-            # the writes are done (and visible to this thread) when then runs
-            j0 = store.get("j0")
-            assert j0 is not None and j0.status == JobStatus.COMPLETED
-            seen.append(list(results))
-
-        done = store.commit_steps([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {}, []) for i in range(3)],
-                                  known=store.get_many(["j0", "j1", "j2"]), then=then)
-        assert seen == [done]
-        assert [type(r).__name__ for r in done] == ["JobRecord", "ConflictError", "JobRecord"]
+        store.update_fields("j2", {"other": "writer"})
+        done = store.apply(writes)
+        assert [type(r).__name__ for r in done] == ["dict", "ConflictError", "dict"]
+        j2 = store.get("j2")
+        assert j2 is not None and j2.status == JobStatus.COMPLETED and j2.fields == {"other": "writer", "i": 2}
 
     def test_a_lazy_commit_records_the_step_and_passes_through_running(self, store: StatusStore) -> None:
         store.create("j")
@@ -495,23 +494,71 @@ class BatchStoreContract:
             store.commit_step("j", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
 
 
-class TransactionalStoreContract:
-    """A store in a database the queue shares (SQLite, PostgreSQL): ``commit_steps(then=...)``
-    is one transaction with ``then``, which is how commit + emit + ack become atomic."""
+class UnitContract:
+    """A backend's unit of work (``with backend.unit() as u``): store and queue writes made in
+    it are one transaction where ``backend.transactional`` (SQLite, PostgreSQL), and apply in
+    order elsewhere (AWS, memory). Subclasses supply ``backend`` and ``transactional``."""
 
-    def test_a_failing_then_undoes_the_batchs_writes(self, store: StatusStore) -> None:
+    transactional: bool
+
+    def _job_and_message(self, backend: Backend) -> tuple[str, Delivery]:
+        backend.transport.ensure_queue(QueueSpec("unit-in"))
+        backend.transport.ensure_queue(QueueSpec("unit-out"))
+        backend.store.create("u1")
+        backend.transport.send("unit-in", Outgoing(body="in"))
+        [d] = backend.transport.receive("unit-in", max_messages=1, wait_s=0, visibility_s=VIS)
+        return "u1", d
+
+    def _commit_emit_ack(self, backend: Backend, job_id: str, d: Delivery, crash: str | None = None) -> None:
         from orchestrator.status import CommitItem
 
-        for i in range(2):
-            store.create(f"j{i}")
-        before = store.get_many(["j0", "j1"])
+        with backend.unit():
+            backend.store.commit_docs([CommitItem(job_id, "s", "m", None, JobStatus.COMPLETED, {"x": 1}, [])],
+                                      known=backend.store.get_docs([job_id]))
+            if crash == "after_commit":
+                raise RuntimeError(crash)
+            backend.transport.send("unit-out", Outgoing(body="out"))
+            if crash == "after_emit":
+                raise RuntimeError(crash)
+            backend.transport.ack(d)
 
-        def then(results: list[object]) -> None:
-            raise RuntimeError("crash between the commit and the ack")
+    def test_the_backend_says_whether_a_unit_is_one_transaction(self, backend: Backend) -> None:
+        assert backend.transactional is self.transactional
+        with backend.unit() as u:
+            assert u.atomic is self.transactional
 
+    def test_a_unit_that_ends_leaves_every_write_made_in_it(self, backend: Backend) -> None:
+        job_id, d = self._job_and_message(backend)
+        self._commit_emit_ack(backend, job_id, d)
+        job = backend.store.get(job_id)
+        assert job is not None and job.status == JobStatus.COMPLETED and job.fields == {"x": 1}
+        assert [m.body for m in backend.transport.receive("unit-out", max_messages=10, wait_s=0, visibility_s=VIS)
+                ] == ["out"]
+        assert backend.transport.depth("unit-in").visible + backend.transport.depth("unit-in").in_flight == 0
+
+    @pytest.mark.parametrize("crash", ["after_commit", "after_emit"])
+    def test_a_unit_that_raises_leaves_all_or_the_writes_before_it(self, backend: Backend, crash: str) -> None:
+        job_id, d = self._job_and_message(backend)
+        before = backend.store.get(job_id)
         with pytest.raises(RuntimeError):
-            store.commit_steps([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {"x": 1}, []) for i in range(2)],
-                               known=before, then=then)
-        after = store.get_many(["j0", "j1"])
-        assert after == before
-        assert all(r.status == JobStatus.PENDING and "s" not in r.steps for r in after.values())
+            self._commit_emit_ack(backend, job_id, d, crash=crash)
+        job = backend.store.get(job_id)
+        sent = backend.transport.receive("unit-out", max_messages=10, wait_s=0, visibility_s=VIS)
+        assert job is not None
+        if self.transactional:  # nothing: the job as it was, nothing sent, the message still held
+            assert job == before and sent == []
+        else:  # what came before the raise, in order, and nothing after it
+            assert job.status == JobStatus.COMPLETED
+            assert [m.body for m in sent] == ([] if crash == "after_commit" else ["out"])
+        assert backend.transport.depth("unit-in").in_flight == 1  # never acked
+
+    def test_a_unit_inside_a_unit_joins_it(self, backend: Backend) -> None:
+        job_id, _ = self._job_and_message(backend)
+        with pytest.raises(RuntimeError), backend.unit():
+            with backend.unit():
+                backend.store.update_fields(job_id, {"inner": True})
+            job = backend.store.get(job_id)  # a read inside the unit sees its writes
+            assert job is not None and job.fields == {"inner": True}
+            raise RuntimeError("after the inner unit ended")
+        job = backend.store.get(job_id)
+        assert job is not None and job.fields == ({} if self.transactional else {"inner": True})

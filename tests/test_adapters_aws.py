@@ -13,10 +13,18 @@ import boto3
 import moto.core.utils
 import pytest
 from botocore.exceptions import ClientError
-from contract import BatchStoreContract, StatusStoreContract, TopicContract, TransportContract, make_queue, one
+from contract import (
+    BatchStoreContract,
+    StatusStoreContract,
+    TopicContract,
+    TransportContract,
+    UnitContract,
+    make_queue,
+    one,
+)
 from moto import mock_aws
 
-from orchestrator.base import Outgoing, QueueSpec
+from orchestrator.base import Backend, Outgoing, QueueSpec
 from orchestrator.clock import SimClock, SystemClock
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
@@ -159,6 +167,17 @@ class TestDynamoDB(StatusStoreContract, BatchStoreContract):
         store = DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())
         store.client = SerialClient(store.client)
         return store
+
+
+class TestAwsUnit(UnitContract):
+    """SQS, SNS and DynamoDB together: a unit applies its writes in order."""
+
+    transactional = False
+
+    @pytest.fixture
+    def backend(self, transport: SqsTransport, topic: SnsTopic) -> Backend:
+        store = DynamoDBStatusStore("t-jobs", region=REGION, clock=SimClock())
+        return Backend(transport=transport, topic=topic, store=store, clock=MotoClock())
 
 
 def test_redrive_policy_moves_a_message_to_the_dlq_after_max_receives(transport: SqsTransport,

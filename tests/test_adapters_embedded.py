@@ -10,12 +10,12 @@ from contract import (
     BatchStoreContract,
     StatusStoreContract,
     TopicContract,
-    TransactionalStoreContract,
     TransportContract,
+    UnitContract,
 )
 from pg import drop_schema, new_schema
 
-from orchestrator.base import StatusStore, Topic, Transport
+from orchestrator.base import Backend, StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
 from orchestrator.postgres_db import PostgresDatabase
 from orchestrator.sqlite_db import SqliteDatabase
@@ -37,7 +37,13 @@ def advance_clock(clock: SimClock) -> Callable[[float], None]:
     return clock.advance
 
 
-class TestMemory(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract):
+class TestMemory(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract, UnitContract):
+    transactional = False
+
+    @pytest.fixture
+    def backend(self, transport: Transport, topic: Topic, store: StatusStore, clock: SimClock) -> Backend:
+        return Backend(transport=transport, topic=topic, store=store, clock=clock)
+
     @pytest.fixture
     def transport(self, clock: SimClock) -> Transport:
         return MemoryTransport(clock=clock)
@@ -51,7 +57,14 @@ class TestMemory(TransportContract, TopicContract, StatusStoreContract, BatchSto
         return MemoryStatusStore(clock=clock)
 
 
-class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract, TransactionalStoreContract):
+class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract, UnitContract):
+    transactional = True
+
+    @pytest.fixture
+    def backend(self, transport: Transport, topic: Topic, store: StatusStore, clock: SimClock,
+                db: SqliteDatabase) -> Backend:
+        return Backend(transport=transport, topic=topic, store=store, clock=clock, database=db)
+
     @pytest.fixture
     def db(self, tmp_path: Path) -> Iterator[SqliteDatabase]:
         db = SqliteDatabase(tmp_path / "t.db")
@@ -71,8 +84,14 @@ class TestSqlite(TransportContract, TopicContract, StatusStoreContract, BatchSto
         return SqliteStatusStore(db, clock=clock)
 
 
-class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract,
-                   TransactionalStoreContract):
+class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchStoreContract, UnitContract):
+    transactional = True
+
+    @pytest.fixture
+    def backend(self, transport: Transport, topic: Topic, store: StatusStore, clock: SimClock,
+                db: PostgresDatabase) -> Backend:
+        return Backend(transport=transport, topic=topic, store=store, clock=clock, database=db)
+
     @pytest.fixture
     def db(self, pg_server: str) -> Iterator[PostgresDatabase]:
         schema = new_schema()

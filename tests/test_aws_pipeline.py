@@ -153,10 +153,20 @@ def test_gas_worker_for_all_stages_has_five_stages_polling_within_5s(moto_server
     polling: dict[str, float] = {}
 
     def read() -> None:
+        # five processes share the pipe: a line may hold two records (one process's newline
+        # written after another's record), so each line is read as a run of JSON objects
         assert proc.stderr is not None
+        decoder = json.JSONDecoder()
         for line in proc.stderr:
-            if '"worker started"' in line:
-                polling[json.loads(line)["stage"]] = time.monotonic() - started
+            at = line.find("{")
+            while 0 <= at < len(line):
+                try:
+                    record, end = decoder.raw_decode(line, at)
+                except ValueError:
+                    break
+                if isinstance(record, dict) and record.get("event") == "worker started":
+                    polling[record["stage"]] = time.monotonic() - started
+                at = line.find("{", end)
 
     threading.Thread(target=read, daemon=True).start()
     try:

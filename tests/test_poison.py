@@ -142,6 +142,10 @@ class RefusingStore:
         self._refuse("commit", [i.job_id for i in items])
         return self._inner.commit_docs(items, **kw)
 
+    def apply(self, writes: Any) -> Any:  # the write half of a commit (prepare_commits is pure)
+        self._refuse("commit", [job_id for job_id, _ in writes.rules])
+        return self._inner.apply(writes)
+
 
 def pipeline() -> Pipeline:
     p = Pipeline("poison")

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import JobStatus, Pipeline, Result, Worker
 from orchestrator.backends import sqlite_backend
-from orchestrator.errors import DatabaseGone
+from orchestrator.errors import BackendUnavailable, DatabaseGone
 
 HUNG = textwrap.dedent(
     """
@@ -141,3 +141,67 @@ def test_a_sender_whose_clock_runs_fast_does_not_delay_its_messages(
     # Then every message is there now, not in two minutes
     assert len(got) == 20
     b.close()
+
+
+class _Outage:
+    """A transport whose receives, then first batch writes, meet an outage for a while."""
+
+    def __init__(self, inner: object, receives: int, acks: int) -> None:
+        self._inner, self.receives, self.acks = inner, receives, acks
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def receive(self, *args: object, **kw: object) -> object:
+        if self.receives > 0:
+            self.receives -= 1
+            raise BackendUnavailable("the database is restarting")
+        return self._inner.receive(*args, **kw)  # type: ignore[attr-defined]
+
+    def ack_batch(self, *args: object, **kw: object) -> object:
+        if self.acks > 0:
+            self.acks -= 1
+            raise BackendUnavailable("the database is restarting")
+        return self._inner.ack_batch(*args, **kw)  # type: ignore[attr-defined]
+
+
+def test_a_worker_backs_off_through_an_outage_counts_it_and_loses_nothing(tmp_path: Path) -> None:
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry
+
+    from orchestrator.controllers import worker as worker_module
+    from orchestrator.ops.metrics import PrometheusMiddleware
+
+    p = Pipeline("outage")
+
+    @p.stage("work", source="in", visibility_timeout=2, wait_s=0.05)
+    def work(ctx, msg):  # type: ignore[no-untyped-def]
+        return Result(status=JobStatus.COMPLETED)
+
+    real = sqlite_backend(tmp_path / "o.db")
+    p.setup(real)
+    for i in range(5):
+        p.submit(real, job_id=f"j{i}", payload={}, queue="in")
+    outage = _Outage(real.transport, receives=4, acks=1)
+    backend = dataclasses.replace(real, transport=outage)  # type: ignore[arg-type]
+    metrics = PrometheusMiddleware(CollectorRegistry())
+    waits: list[float] = []
+    w = Worker(p, "work", backend, middleware=[metrics])
+    original = w._stopping.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        waits.append(float(timeout or 0))
+        return original(0)  # the test does not sleep through the backoff
+
+    w._stopping.wait = wait  # type: ignore[method-assign]
+    w.run(until_idle=True)
+    # every job done once, though the first receives and a batch's ack met the outage
+    for i in range(5):
+        rec = real.store.get(f"j{i}")
+        assert rec is not None and rec.status == JobStatus.COMPLETED and rec.commits("work") == 1
+    assert w.stats["unavailable"] == 5
+    assert metrics.backend_unavailable.labels("work")._value.get() == 5
+    # the receives' waits double while the outage lasts, from the first backoff
+    first = worker_module.UNAVAILABLE_BACKOFF_S
+    assert waits[:4] == [first, first * 2, first * 4, first * 8]

@@ -179,12 +179,10 @@ def submit_stream(gas: Gas, name: str, source: BinaryIO, size: int, *, user_id: 
     # premium users' jobs go first (SQLite, PostgreSQL: exact priorities; SNS carries none)
     priority = PREMIUM_PRIORITY if prof["tier"] == "premium" else 0
 
-    def unit() -> None:
+    with gas.backend.unit():
         gas.backend.store.create(job_id, user_id=user_id, fields=fields)
         gas.backend.topic.publish_batch(JOB_REQUESTS, [Outgoing(body=json.dumps(request), priority=priority,
                                                                 message_id=derive_id("gas-request", job_id))])
-
-    gas.backend.run_atomic(unit)
     return job_id
 
 
@@ -195,14 +193,17 @@ def upgrade(gas: Gas, user_id: str) -> list[str]:
     save_profile(gas, prof)
     restored = []
     for job in gas.backend.store.query(user_id=user_id):
-        gas.backend.store.update_fields(job.job_id, {"user_tier": "premium"})
-        if job.fields.get(gas.config.attr("results_file_archive_id")):
+        with gas.backend.unit():  # per job: its tier, and its restore asked for, together
+            gas.backend.store.update_fields(job.job_id, {"user_tier": "premium"})
+            if not job.fields.get(gas.config.attr("results_file_archive_id")):
+                continue
             restore = job.steps.get("restore")
             if restore is not None and restore.state == "failed":  # an earlier restore gave up: try again
                 gas.backend.store.reset(job.job_id, stage="restore", reason="upgrade: restore again")
             body = json.dumps({"job_id": job.job_id, "user_id": user_id})
-            gas.backend.transport.send(JOB_RESTORES, Outgoing(body=body, message_id=derive_id("gas-restore", job.job_id)))
-            restored.append(job.job_id)
+            gas.backend.transport.send(JOB_RESTORES, Outgoing(body=body,
+                                                              message_id=derive_id("gas-restore", job.job_id)))
+        restored.append(job.job_id)
     return restored
 
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from orchestrator.backends import Backend
-from orchestrator.base import Delivery
+from orchestrator.base import Delivery, Unit
 from orchestrator.codec import user_of
 from orchestrator.controllers import outbox
 from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
@@ -44,6 +44,7 @@ from orchestrator.errors import (
     NothingToDo,
     PermanentError,
     StoreError,
+    TransactionConflict,
 )
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message, part_key
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
@@ -52,11 +53,12 @@ from orchestrator.outage import is_outage
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import BeginItem, CommitItem, JobStatus, JoinTrigger, OutMessage
 from orchestrator.storable import check_fields
-from orchestrator.stores.cas import Then
 
 Steps = Generator[str, None, "list[Outcome]"]
 R = TypeVar("R")
 
+# A unit of work that lost a deadlock is run again this many times before the batch is left.
+MAX_UNIT_CONFLICTS = 3
 # Step records keep their input for the sweeper only up to this size.
 MAX_KEPT_INPUT_BYTES = 16 * 1024
 # A step keeps the end of its last failure's traceback, up to this many characters.
@@ -127,6 +129,10 @@ def _rounds(items: list[_Item]) -> list[list[_Item]]:
 
 def drive(steps: Steps) -> list[Outcome]:
     """Run a ``process`` generator to its end and return its outcomes."""
+    return _value_of(steps)
+
+
+def _value_of(steps: Generator[str, None, R]) -> R:
     while True:
         try:
             next(steps)
@@ -315,20 +321,9 @@ class Controller:
 
     def _commit_emit_ack(self, ready: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]
                          ) -> Generator[str, None, None]:
-        """5-7. commit, emit, ack. Where queue and store share one database the three are one
-        transaction, so a crash inside rolls all three back (no crash point can yield in it)."""
-        results: list[Doc | StoreError | Exception]
-        if self.backend.atomic is not None:
-            results, won = self._commit_in_one_transaction(ready, jobs)
-        else:
-            committed = self._isolate(ready, lambda sub: self._commit(sub, jobs))
-            results = list(committed)
-            won = self._won(ready, results)
-            yield from self._crash("after_commit", won)
-            self._emit(won)
-            yield from self._crash("after_emit", won)
-            if won:
-                self.backend.transport.ack_batch([it.delivery for it in won])
+        """5-7. commit, emit, ack: one unit of work per (isolated) sub-batch."""
+        won: list[_Item] = []
+        results = yield from self._isolate_steps(ready, lambda sub: self._settle(sub, jobs, won))
         for it, res in zip(ready, results, strict=True):
             if isinstance(res, StoreError):
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
@@ -340,49 +335,69 @@ class Controller:
             self.hook("on_commit", self.stage, it.delivery)
             self._finish(it, Outcome.COMMITTED, outcomes)
 
-    def _commit_in_one_transaction(self, ready: list[_Item], jobs: dict[str, Doc]
-                                   ) -> tuple[list[Doc | StoreError | Exception], list[_Item]]:
-        """Commit, emit and ack per isolated sub-batch in one transaction. The store opens it
-        after applying its rules, so ``then`` and the writes are all the write lock covers."""
-        won: list[_Item] = []
+    def _settle(self, sub: list[_Item], jobs: dict[str, Doc], won: list[_Item]
+                ) -> Generator[str, None, list[Doc | StoreError]]:
+        """Commit, emit and ack ``sub`` as one unit of work. The commits are worked out first,
+        with no lock held; on SQLite and PostgreSQL the unit is one transaction, so a crash
+        anywhere inside leaves none of the three."""
+        store = self.backend.store
+        writes = store.prepare_commits([self._commit_item(it) for it in sub], known=jobs)
+        with self.backend.unit() as u:
+            results = store.apply(writes)
+            sub_won = self._won(sub, results)
+            yield from self._point(u, "after_commit", sub_won)
+            self._emit(sub_won)
+            yield from self._point(u, "after_emit", sub_won)
+            if sub_won:
+                self.backend.transport.ack_batch([it.delivery for it in sub_won])
+        won.extend(sub_won)  # only now: the unit that acked them is done
+        return results
 
-        def commit(sub: list[_Item]) -> list[Doc | StoreError]:
-            sub_won: list[_Item] = []
-
-            def then(results: list[Doc | StoreError]) -> None:
-                sub_won[:] = self._won(sub, results)
-                self._check("after_commit", sub_won)
-                self._emit(sub_won)
-                self._check("after_emit", sub_won)
-                if sub_won:
-                    self.backend.transport.ack_batch([it.delivery for it in sub_won])
-
-            done = self._commit(sub, jobs, then)
-            won.extend(sub_won)  # only now: the transaction that acked them has committed
-            return done
-
-        return self._isolate(ready, commit), won
-
-    def _commit(self, sub: list[_Item], jobs: dict[str, Doc], then: Then | None = None) -> list[Doc | StoreError]:
-        return self.backend.store.commit_docs([self._commit_item(it) for it in sub], known=jobs, then=then)
+    def _point(self, u: Unit, point: str, items: Sequence[_Item]) -> Iterator[str]:
+        """A crash point inside a unit of work. The fault plan is asked at every one; the
+        simulation may interleave other controllers only where the unit is not one
+        transaction (a step inside a transaction would hold its lock across theirs)."""
+        if items:
+            self._check(point, items)
+            if not u.atomic:
+                yield point
 
     # -- isolation --------------------------------------------------------------------------
     def _isolate(self, items: list[_Item], write: Callable[[list[_Item]], Sequence[R]]) -> list[R | Exception]:
+        """``write`` for the batch, one result per item (see ``_isolate_steps``)."""
+
+        def steps(sub: list[_Item]) -> Generator[str, None, Sequence[R]]:
+            return write(sub)
+            yield  # (a generator that passes no crash point)
+
+        return _value_of(self._isolate_steps(items, steps))
+
+    def _isolate_steps(self, items: list[_Item], write: Callable[[list[_Item]], Generator[str, None, Sequence[R]]]
+                       ) -> Generator[str, None, list[R | Exception]]:
         """``write`` for the batch, one result per item. When it raises for a reason that is
         not an outage, the batch is halved until the failure is pinned on the items that fail
         alone: their result is the exception, and their batch-mates' writes go through in the
-        same round. An outage is raised as it is: the whole batch is redelivered later."""
-        try:
-            return list(write(items))
-        except Exception as exc:
-            if is_outage(exc):
-                raise
-            if len(items) == 1:
-                return [exc]
-            self.log.warning("a batch write was refused; isolating the message it fails for",
-                             error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+        same round (a write is a unit of work: on SQLite and PostgreSQL a failed one left
+        nothing; elsewhere what it did is judged again by the step records). A unit that lost a
+        deadlock is run again; another outage is raised as it is: the whole batch is
+        redelivered later."""
+        for conflicts in range(MAX_UNIT_CONFLICTS + 1):
+            try:
+                return list((yield from write(items)))
+            except TransactionConflict:
+                if conflicts == MAX_UNIT_CONFLICTS:
+                    raise
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                if len(items) == 1:
+                    return [exc]
+                self.log.warning("a batch write was refused; isolating the message it fails for",
+                                 error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+                break
         mid = len(items) // 2
-        return self._isolate(items[:mid], write) + self._isolate(items[mid:], write)
+        first = yield from self._isolate_steps(items[:mid], write)
+        return first + (yield from self._isolate_steps(items[mid:], write))
 
     def _poisoned(self, it: _Item, exc: Exception, what: str) -> Outcome:
         """Settle a message whose own write (or read) the backend refused: dead-letter it
@@ -616,7 +631,7 @@ class Controller:
             if step["message_id"] != it.env.id:
                 it.log.info("step already committed for another message; treating as duplicate",
                             committed_by=step["message_id"])
-            if self.backend.atomic is not None:
+            if self.backend.transactional:
                 # The commit that recorded this step sent its outbox in the same transaction:
                 # sending it again would only hand downstream a second copy.
                 transport.ack(d)
@@ -628,7 +643,7 @@ class Controller:
             it.log.info("duplicate delivery; recorded outcome replayed")
             return Outcome.DUPLICATE
         if step is not None and step["state"] == "failed":
-            if step["outbox"] and self.backend.atomic is None:  # a failed last part: the join's message
+            if step["outbox"] and not self.backend.transactional:  # a failed last part: the join's message
                 outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
             if step["dead_letter"]:
                 transport.dead_letter(d, step["reason"] or "failed")
@@ -648,22 +663,19 @@ class Controller:
         error = error or it.error
         failure = step_error(error, d.receive_count, self.backend.clock.now()) if error is not None else None
 
-        def unit() -> None:
-            rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
-                                          claim=self.claim_of(d) if begun else None, reason=reason,
-                                          dead_letter=dead_letter, error=failure,
-                                          join=self._join(it))
-            self._check("after_commit", [it])
-            step = rec.steps[it.key(st.name)]
-            if step.outbox:  # the last part of a join that takes failures: the join's message
-                outbox.emit(self.backend, [(step.outbox, it.job_id)])
-            if dead_letter:
-                transport.dead_letter(d, reason)
-            else:
-                transport.ack(d)
-
         try:
-            self.backend.run_atomic(unit)
+            with self.backend.unit():
+                rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
+                                              claim=self.claim_of(d) if begun else None, reason=reason,
+                                              dead_letter=dead_letter, error=failure, join=self._join(it))
+                self._check("after_commit", [it])
+                step = rec.steps[it.key(st.name)]
+                if step.outbox:  # the last part of a join that takes failures: the join's message
+                    outbox.emit(self.backend, [(step.outbox, it.job_id)])
+                if dead_letter:
+                    transport.dead_letter(d, reason)
+                else:
+                    transport.ack(d)
         except JobCancelled:
             return self._drop(it)
         except ConflictError as exc:
@@ -685,16 +697,14 @@ class Controller:
         until = self.backend.clock.now() + action.delay_s
         reason = _storable_text(action.reason)
 
-        def unit() -> None:
-            self.backend.store.snooze(it.job_id, stage=it.key(st.name), message_id=it.env.id, claim=self.claim_of(d),
-                                      reason=reason, until=until,
-                                      fields=it.snooze.fields if it.snooze is not None else None)
-            self._check("after_commit", [it])
-            it.lease.stop()  # a beat after the snooze would find the receipt gone
-            transport.snooze(d, action.delay_s)
-
         try:
-            self.backend.run_atomic(unit)
+            with self.backend.unit():
+                self.backend.store.snooze(it.job_id, stage=it.key(st.name), message_id=it.env.id,
+                                          claim=self.claim_of(d), reason=reason, until=until,
+                                          fields=it.snooze.fields if it.snooze is not None else None)
+                self._check("after_commit", [it])
+                it.lease.stop()  # a beat after the snooze would find the receipt gone
+                transport.snooze(d, action.delay_s)
         except JobCancelled:
             return self._drop(it)
         except ConflictError as exc:
@@ -708,15 +718,13 @@ class Controller:
         store, st, d = self.backend.store, self.stage, it.delivery
         reason = _storable_text(reason)
 
-        def unit() -> None:
+        with self.backend.unit():
             if job_id and store.get(job_id) is not None:
                 # ConflictError: an earlier copy of this message already recorded the rejection
                 with contextlib.suppress(ConflictError):
                     store.fail(job_id, stage=_rejected_step(st.name), message_id=d.message_id, claim=None,
                                reason=reason, dead_letter=True)
             self.backend.transport.dead_letter(d, reason)
-
-        self.backend.run_atomic(unit)
         self.hook("on_dead_letter", st, d, reason)
         return Outcome.DEAD_LETTERED
 

@@ -61,14 +61,11 @@ def retry(pipeline: HasStages | None, backend: Backend, job_id: str, *, by: str 
     # would wait for them for ever.
     siblings = _unfinished_parts(doc, stage_name, source, skip=name) if part else []
 
-    def unit() -> JobRecord:
+    with backend.unit():
         rec = backend.store.retry(job_id, stage=name, message_id=message_id, input_body=body, source=source,
                                   reason=why)
         backend.transport.send_batch(source, [Outgoing(body=body, message_id=message_id, group_id=job_id),
                                               *(Outgoing(body=b, message_id=m, group_id=job_id) for m, b in siblings)])
-        return rec
-
-    rec = backend.run_atomic(unit)
     if held is not None:
         backend.transport.ack(held)  # the dead letter was sent again: it is no longer dead
     return rec

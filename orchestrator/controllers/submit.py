@@ -91,7 +91,7 @@ def submit(
     first = Outgoing(body=body, message_id=env.id, group_id=job_id, priority=priority,
                      delay_s=max(0.0, due - backend.clock.now()) if due is not None else 0.0)
 
-    def unit() -> tuple[JobRecord, bool]:
+    with backend.unit():
         rec, created = backend.store.create(job_id, user_id=user_id, fields=fields, origin=origin)
         if not created:
             check_same_request(rec, payload=payload, user_id=user_id, origin=origin)
@@ -104,9 +104,7 @@ def submit(
         else:
             assert topic is not None
             backend.topic.publish_batch(topic, [out])
-        return rec, created
-
-    return backend.run_atomic(unit)
+    return rec, created
 
 
 def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | None,
@@ -165,8 +163,6 @@ def submit_many(
     embedded backend all of them are one transaction (all or none): bulk loads and
     benchmarks do not pay a transaction per job."""
 
-    def unit() -> int:
+    with backend.unit():
         return sum(submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)[1]
                    for job_id, payload in jobs)
-
-    return backend.run_atomic(unit)

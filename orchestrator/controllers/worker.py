@@ -17,11 +17,15 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
 from orchestrator.middleware import Middleware
+from orchestrator.outage import is_outage
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.schedules import Scheduler
 
 IDLE_CHECK_INTERVAL_S = 0.1
 RECEIVE_ERROR_BACKOFF_S = 1.0
+#: an unavailable backend is tried again after this, doubling per failure in a row up to the max
+UNAVAILABLE_BACKOFF_S = 0.1
+UNAVAILABLE_BACKOFF_MAX_S = 10.0
 #: how long ``run`` waits, once stopped, for handlers still running before it hands their
 #: messages back to the queue and returns (SIGTERM must end a worker, even a hung one)
 DEFAULT_GRACE_S = 30.0
@@ -162,6 +166,7 @@ class Worker:
                           middleware=self.middleware)
         transport, st = self.backend.transport, self.stage
         sizer = BatchSizer(limit=transport.max_batch, fixed=self.batch_size)
+        outages = 0  # in a row
         while not self._stopping.is_set():
             try:
                 batch = transport.receive(st.source, max_messages=sizer.size, wait_s=self.wait_s,
@@ -170,11 +175,11 @@ class Worker:
                 self._die(exc)
                 return
             except Exception as exc:
-                log.warning("receive failed; backing off", error=str(exc), stage=st.name)
-                time.sleep(RECEIVE_ERROR_BACKOFF_S)
+                outages = self._back_off(ctrl, exc, outages, "receive")
                 continue
             finally:
                 self.last_loop_at = time.monotonic()
+            outages = 0
             self.ready = True
             ctrl.hook("on_receive", st, len(batch))
             if not batch:
@@ -204,13 +209,32 @@ class Worker:
             except Exception as exc:  # store or queue unavailable: redelivery retries
                 self.stats["errors"] += 1
                 self.errors.append(exc)
-                log.exception("batch not processed; left for redelivery", stage=st.name)
+                if is_outage(exc):
+                    outages = self._back_off(ctrl, exc, outages, "batch")
+                else:
+                    log.exception("batch not processed; left for redelivery", stage=st.name)
             finally:
                 self._holding.pop(me, None)
                 for lease in leases:
                     lease.stop()
                 with self._lock:
                     self._busy -= len(batch)
+
+    def _back_off(self, ctrl: Controller, exc: Exception, outages: int, what: str) -> int:
+        """Wait before trying the backend again: doubling while it stays unavailable (counted
+        in ``stats["unavailable"]`` and the ``on_backend_unavailable`` hook); a fixed pause
+        after any other receive error. The failures in a row so far."""
+        if not is_outage(exc):
+            log.warning(f"{what} failed; backing off", error=str(exc), stage=self.stage.name)
+            self._stopping.wait(RECEIVE_ERROR_BACKOFF_S)
+            return outages
+        delay = min(UNAVAILABLE_BACKOFF_MAX_S, UNAVAILABLE_BACKOFF_S * 2 ** min(outages, 20))
+        self.stats["unavailable"] += 1
+        log.warning("backend unavailable; trying again", what=what, stage=self.stage.name, delay_s=delay,
+                    error=f"{type(exc).__name__}: {exc}"[:300])
+        ctrl.hook("on_backend_unavailable", self.stage, exc, delay)
+        self._stopping.wait(delay)
+        return outages + 1
 
     def _die(self, exc: FatalBackendError) -> None:
         log.error("worker stopping", stage=self.stage.name, error=str(exc))

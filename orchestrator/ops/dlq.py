@@ -117,14 +117,16 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
                 transport.release(d, 0)
                 done.refused.append(f"{d.message_id}: job {job_id} is CANCELLED")
                 continue
-            if job is not None and stage is not None and job.status in (JobStatus.FAILED, JobStatus.COMPLETED):
-                # FAILED -> PENDING with a history entry; a misrouted or malformed copy was
-                # recorded under its own step key, forgotten too
-                store.reset(job.job_id, stage=stage.name, reason=f"redriven from {queue}")
-                if f"{stage.name}!rejected" in job.steps:
-                    store.reset(job.job_id, stage=f"{stage.name}!rejected", reason=f"redriven from {queue}")
             attrs = {k: v for k, v in d.attributes.items() if k not in (DEAD_LETTER_REASON, "source_queue", "message_id")}
-            transport.send(source, Outgoing(body=d.body, message_id=d.message_id, attributes=attrs, group_id=job_id))
-            transport.ack(d)
+            with backend.unit():  # on SQLite and PostgreSQL: reset, send and delete, or none of them
+                if job is not None and stage is not None and job.status in (JobStatus.FAILED, JobStatus.COMPLETED):
+                    # FAILED -> PENDING with a history entry; a misrouted or malformed copy was
+                    # recorded under its own step key, forgotten too
+                    store.reset(job.job_id, stage=stage.name, reason=f"redriven from {queue}")
+                    if f"{stage.name}!rejected" in job.steps:
+                        store.reset(job.job_id, stage=f"{stage.name}!rejected", reason=f"redriven from {queue}")
+                transport.send(source, Outgoing(body=d.body, message_id=d.message_id, attributes=attrs,
+                                                group_id=job_id))
+                transport.ack(d)
             done.redriven.append(d.message_id)
     return done

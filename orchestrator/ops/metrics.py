@@ -38,6 +38,9 @@ class PrometheusMiddleware(Middleware):
         self.lease_extensions = Counter("orchestrator_lease_extensions", "Heartbeat lease extensions", ["stage"],
                                         registry=r)
         self.leases_lost = Counter("orchestrator_leases_lost", "Leases lost (results discarded)", ["stage"], registry=r)
+        self.backend_unavailable = Counter("orchestrator_backend_unavailable",
+                                           "Receives or batch writes the backend could not do (outages)", ["stage"],
+                                           registry=r)
 
     def on_receive(self, stage: Stage, count: int) -> None:
         self.received.labels(stage.name).inc(count)
@@ -68,6 +71,9 @@ class PrometheusMiddleware(Middleware):
 
     def on_lease_lost(self, stage: Stage, delivery: Delivery) -> None:
         self.leases_lost.labels(stage.name).inc()
+
+    def on_backend_unavailable(self, stage: Stage, error: BaseException, delay_s: float) -> None:
+        self.backend_unavailable.labels(stage.name).inc()
 
 
 class QueueDepthCollector(Collector):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import jobdoc
+from orchestrator.base import PreparedWrites
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.jobdoc import Doc, to_doc, to_record
@@ -22,8 +23,6 @@ from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, Joi
 MAX_CAS_RETRIES = 50
 
 Rule = Callable[[Doc], Doc]
-#: runs with a batch's results inside the batch's write transaction (see ``commit_docs``)
-Then = Callable[[list["Doc | StoreError"]], None]
 
 
 @dataclass(frozen=True)
@@ -149,18 +148,14 @@ class CasStatusStore(ABC):
         return out
 
     def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Doc | StoreError]:
-        """Apply one rule per job; each result is the written record or the error. Backends
-        override this to write the whole batch in one round trip when nothing conflicts."""
-        return self._write_many(pairs, self._prepare(pairs, known))
+        """Apply one rule per job; each result is the written record or the error: the rules
+        judged and encoded first (no I/O), then the writes (``apply``)."""
+        return self.apply(PreparedWrites(pairs, self._prepare(pairs, known)))
 
-    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc], then: Then | None
-                          ) -> list[Doc | StoreError]:
-        """``_mutate_many``, then ``then(results)``; a store in a transactional database
-        runs both in one transaction (and so does the whole work of ``then``)."""
-        results = self._mutate_many(pairs, known)
-        if then is not None:
-            then(results)
-        return results
+    def apply(self, writes: PreparedWrites) -> list[Doc | StoreError]:
+        """Write prepared records (see ``StatusStore.apply``). A store in a database wraps
+        this in a transaction of its own, or joins the unit of work it is called in."""
+        return self._write_many(writes.rules, writes.prepared)
 
     def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Prepared | None]:
         """Apply each rule to the record the caller knew and encode the result: no I/O, so a
@@ -231,26 +226,18 @@ class CasStatusStore(ABC):
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None,
-                     then: Callable[[list[JobRecord | StoreError]], None] | None = None
+    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
                      ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each with its own conditions. ``then(results)``
-        runs after the writes; a store in a transactional database runs it inside the same
-        transaction, which is how the embedded default makes commit + emit + ack one."""
-        if then is None:  # typed after the write, not inside its transaction
-            return _records(self.commit_docs(items, known=_docs(known)))
-        typed: list[JobRecord | StoreError] = []
+        """``commit_step`` for several jobs, each with its own conditions."""
+        return _records(self.commit_docs(items, known=_docs(known)))
 
-        def then_typed(results: list[Doc | StoreError]) -> None:
-            typed[:] = _records(results)
-            then(typed)
-
-        self.commit_docs(items, known=_docs(known), then=then_typed)
-        return typed
-
-    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None,
-                    then: Then | None = None) -> list[Doc | StoreError]:
+    def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None
+                    ) -> list[Doc | StoreError]:
         """``commit_steps`` on documents (the controller's path)."""
+        return self.apply(self.prepare_commits(items, known=known))
+
+    def prepare_commits(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None
+                        ) -> PreparedWrites:
         now = self.clock.now()
 
         def rule(i: CommitItem) -> Rule:
@@ -258,7 +245,8 @@ class CasStatusStore(ABC):
                                            status=i.status, fields=i.fields, outbox=i.outbox, now=now,
                                            result=i.result, join=i.join)
 
-        return self._mutate_many_then([(i.job_id, rule(i)) for i in items], known or {}, then)
+        pairs = [(i.job_id, rule(i)) for i in items]
+        return PreparedWrites(pairs, self._prepare(pairs, known or {}))
 
     def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
                    input_body: str | None = None, source: str | None = None) -> JobRecord:

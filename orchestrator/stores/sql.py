@@ -3,8 +3,8 @@
 The swap is one conditional statement (the version is the compare), so it never loses to
 another process. A batch's rules and JSON are worked out against the records the caller read,
 before the write transaction; inside it only the swaps run, and a job whose swap lost is read,
-judged and swapped again there. ``commit_steps(then=...)`` runs ``then`` (the controller's emit
-and ack) in the same transaction: commit + emit + ack are one.
+judged and swapped again there. Called inside a backend's unit of work, the writes join its
+transaction (the controller's commit, emit and ack are one).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.base import StatusStore
+from orchestrator.base import PreparedWrites, StatusStore
 from orchestrator.clock import Clock
 from orchestrator.database import Conn, Database
 from orchestrator.errors import StoreError
 from orchestrator.jobdoc import Doc, decode, encode, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus, OutMessage
-from orchestrator.stores.cas import CasStatusStore, Rule, Then, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, VersionConflict
 
 
 class SqlStatusStore(CasStatusStore):
@@ -63,24 +63,12 @@ class SqlStatusStore(CasStatusStore):
     def _mutate(self, job_id: str, rule: Callable[[Doc], Doc], known: Doc | None = None) -> Doc:
         return self.db.run(lambda c: super(SqlStatusStore, self)._mutate(job_id, rule, known))
 
-    def _mutate_many(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Doc | StoreError]:
-        return self._mutate_many_then(pairs, known, None)
-
-    def _mutate_many_then(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc], then: Then | None
-                          ) -> list[Doc | StoreError]:
-        # Rules and JSON first, outside the write lock: SQLite has one writer at a time, and
-        # a batch's Python work held it for most of the batch, so two workers on one file ran
-        # little faster than one. Then one write transaction for the batch (and ``then``):
-        # conditional updates only, each job that lost its swap judged again inside.
-        prepared = self._prepare(pairs, known)
-
-        def tx(c: Conn) -> list[Doc | StoreError]:
-            results = self._write_many(pairs, prepared)
-            if then is not None:
-                then(results)
-            return results
-
-        return self.db.run(tx)
+    def apply(self, writes: PreparedWrites) -> list[Doc | StoreError]:
+        # The rules and JSON were made before, outside the write lock: SQLite has one writer at
+        # a time, and a batch's Python work held it for most of the batch, so two workers on
+        # one file ran little faster than one. Here: conditional updates only, each job that
+        # lost its swap judged again inside, in one transaction (the caller's unit, if any).
+        return self.db.run(lambda c: self._write_many(writes.rules, writes.prepared))
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
         ids = list(dict.fromkeys(job_ids))

@@ -16,7 +16,7 @@ from orchestrator.clock import Clock
 from orchestrator.database import Database
 from orchestrator.envelope import Envelope
 from orchestrator.errors import StoreError
-from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, NewJob, OutMessage
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
@@ -255,6 +255,11 @@ class StatusStore(Protocol):
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
         origin: OutMessage | None = None,
     ) -> tuple[dict[str, Any], bool]: ...
+
+    def create_docs(self, jobs: Sequence[NewJob]) -> list[tuple[dict[str, Any], bool]]:
+        """``create_doc`` for many jobs at once, in order: (document, created). A job id that
+        exists already (or comes twice) answers its existing document with ``False``."""
+        ...
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 

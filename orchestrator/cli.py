@@ -136,10 +136,10 @@ def cmd_submit(args: argparse.Namespace, backend: Backend) -> int:
         jobs = read_jobs(args.jobs)
         pipeline.setup(backend)
 
-        with backend.unit():  # one transaction on the SQL backends: all or none
-            created = [pipeline.submit(backend, job_id=j, payload=p, queue=args.queue, topic=args.topic,
-                                       user_id=u or args.user, **timing)[1] for j, p, u in jobs]
-        print(f"{sum(created)} submitted, {len(created) - sum(created)} already submitted")
+        # one transaction on the SQL backends: all or none
+        created = pipeline.submit_many(backend, jobs, queue=args.queue, topic=args.topic, user_id=args.user,
+                                       **timing)
+        print(f"{created} submitted, {len(jobs) - created} already submitted")
         return 0
     payload = read_payload(args.payload)
     pipeline.setup(backend)

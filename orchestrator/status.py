@@ -133,6 +133,16 @@ class JobRecord(BaseModel):
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to create PENDING (``StatusStore.create_docs``)."""
+
+    job_id: str
+    user_id: str | None = None
+    fields: dict[str, Any] | None = None
+    origin: OutMessage | None = None
+
+
+@dataclass(frozen=True)
 class BeginItem:
     job_id: str
     stage: str

@@ -279,7 +279,9 @@ def join_scenarios(draw: st.DrawFn) -> JoinScenario:
 
 def build_join(sc: JoinScenario, joins: Counter[str]) -> Pipeline:
     p = Pipeline("joinprop")
-    opts = {"max_receives": 8, "visibility_timeout": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
+    # more receives than the crash plan can take from one message (5 faults, twice each), so
+    # every job must complete: a job given up as poison here would be the protocol's fault
+    opts = {"max_receives": 14, "visibility_timeout": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
             "claim": sc.claim}
     p.stage("split", source="split", emit_to="parts", **opts)(  # type: ignore[arg-type]
         lambda ctx, msg: Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(sc.parts)]))

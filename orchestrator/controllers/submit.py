@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from orchestrator import jobdoc
 from orchestrator.backends import Backend
 from orchestrator.base import MAX_PRIORITY, Outgoing
 from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
-from orchestrator.status import JobRecord, OutMessage
+from orchestrator.jobdoc import Doc, to_record
+from orchestrator.status import JobRecord, NewJob, OutMessage
 from orchestrator.storable import id_problem, value_problem
 
 #: how far in the past ``at=`` may be (a clock a little behind, a request that queued) before
 #: it is refused as a mistake; within it the job runs at once
 AT_GRACE_S = 60.0
+#: how many jobs ``submit_many`` writes per statement (SQL parameter limits, SQS and SNS batches split further)
+BULK_CHUNK = 500
 
 
 def check_timing(*, delay_s: float = 0.0, priority: int | None = 0) -> None:
@@ -51,6 +55,15 @@ def due_time(now: float, *, delay_s: float = 0.0, at: float | datetime | None = 
     return ts if ts > now else None
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One submission, checked and encoded (no I/O yet)."""
+
+    job: NewJob
+    payload: dict[str, Any]
+    first: Outgoing
+
+
 def submit(
     backend: Backend,
     *,
@@ -76,35 +89,69 @@ def submit(
     both writes are one transaction; elsewhere a crash between them leaves a PENDING job
     that resubmitting (or the sweeper) completes.
     """
+    req = _request(backend, job_id, payload, queue=queue, topic=topic, user_id=user_id, task=task, fields=fields,
+                   due=due_time(backend.clock.now(), delay_s=delay_s, at=at), priority=priority)
+    [(doc, created)] = _write(backend, [req], queue=queue, topic=topic)
+    return to_record(doc), created
+
+
+def _request(backend: Backend, job_id: str, payload: dict[str, Any], *, queue: str | None, topic: str | None,
+             user_id: str | None, task: str | None, fields: dict[str, Any] | None, due: float | None,
+             priority: int) -> _Request:
     if (queue is None) == (topic is None):
         raise ConfigError("submit needs exactly one of queue= or topic=")
     target = queue or topic
     assert target is not None
     check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority)
-    due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
-    env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id,
-                   payload=payload, created_at=backend.clock.now())
+    now = backend.clock.now()
+    env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id, payload=payload,
+                   created_at=now)
     env = env.model_copy(update={"trace_id": env.id})
     body = travelling_body(env)
     origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body,
                         due_at=due, priority=priority)
     first = Outgoing(body=body, message_id=env.id, group_id=job_id, priority=priority,
-                     delay_s=max(0.0, due - backend.clock.now()) if due is not None else 0.0)
+                     delay_s=max(0.0, due - now) if due is not None else 0.0)
+    return _Request(NewJob(job_id, user_id, fields, origin), payload, first)
 
+
+def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None, topic: str | None
+           ) -> list[tuple[Doc, bool]]:
+    """Create the jobs and send their first messages, in one unit of work: one statement for
+    the jobs and one for the messages on SQLite and PostgreSQL, however many there are."""
     with backend.unit():
-        rec, created = backend.store.create(job_id, user_id=user_id, fields=fields, origin=origin)
-        if not created:
-            check_same_request(rec, payload=payload, user_id=user_id, origin=origin)
-        out = first
-        if not created and rec.origin is not None and rec.origin.due_at is not None:
-            # a resubmission keeps the first submission's time, not a new delay from now
-            out = replace(first, delay_s=max(0.0, rec.origin.due_at - backend.clock.now()))
+        # a resubmission that is not the same request is refused before anything is written
+        before = backend.store.get_docs([r.job.job_id for r in requests])
+        firsts: dict[str, Doc] = {}
+        for r in requests:
+            known = before.get(r.job.job_id) or firsts.get(r.job.job_id)
+            if known is not None:
+                _check_same(known, r)
+            else:  # a second copy in this batch is checked against the first
+                firsts[r.job.job_id] = jobdoc.new_doc(r.job.job_id, user_id=r.job.user_id, fields={},
+                                                      now=0.0, origin=r.job.origin)
+        made = backend.store.create_docs([r.job for r in requests])
+        outs = []
+        for r, (doc, created) in zip(requests, made, strict=True):
+            out = r.first
+            if not created:
+                _check_same(doc, r)  # (created meanwhile by another submitter)
+                due = (doc.get("origin") or {}).get("due_at")
+                if due is not None:
+                    # a resubmission keeps the first submission's time, not a new delay from now
+                    out = replace(out, delay_s=max(0.0, due - backend.clock.now()))
+            outs.append(out)
         if queue is not None:
-            backend.transport.send(queue, out)
+            backend.transport.send_batch(queue, outs)
         else:
             assert topic is not None
-            backend.topic.publish_batch(topic, [out])
-    return rec, created
+            backend.topic.publish_batch(topic, outs)
+    return made
+
+
+def _check_same(doc: Doc, r: _Request) -> None:
+    assert r.job.origin is not None
+    check_same_request(to_record(doc), payload=r.payload, user_id=r.job.user_id, origin=r.job.origin)
 
 
 def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | None,
@@ -153,16 +200,27 @@ def check_same_request(rec: JobRecord, *, payload: dict[str, Any], user_id: str 
 
 def submit_many(
     backend: Backend,
-    jobs: Sequence[tuple[str, dict[str, Any]]],
+    jobs: Sequence[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str | None]],
     *,
     queue: str | None = None,
     topic: str | None = None,
     user_id: str | None = None,
+    delay_s: float = 0.0,
+    at: float | datetime | None = None,
+    priority: int = 0,
 ) -> int:
-    """``submit`` for many (job id, payload) pairs; returns how many jobs were new. On the
-    embedded backend all of them are one transaction (all or none): bulk loads and
-    benchmarks do not pay a transaction per job."""
-
-    with backend.unit():
-        return sum(submit(backend, job_id=job_id, payload=payload, queue=queue, topic=topic, user_id=user_id)[1]
-                   for job_id, payload in jobs)
+    """``submit`` for many (job id, payload[, user id]) items at once; returns how many jobs
+    were new. Every item is checked before anything is written (a bad one refuses the whole
+    call with its reason); then the jobs and their first messages are written as ``submit``
+    writes one, in units of ``BULK_CHUNK`` (on SQLite and PostgreSQL: a few statements each,
+    all or none per unit). Idempotent as ``submit`` is: a resubmitted job adds nothing."""
+    due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
+    requests = [_request(backend, item[0], item[1], queue=queue, topic=topic,
+                         user_id=(item[2] if len(item) > 2 else None) or user_id,
+                         task=None, fields=None, due=due, priority=priority) for item in jobs]
+    created = 0
+    with backend.unit():  # on SQLite and PostgreSQL: all of them or none
+        for start in range(0, len(requests), BULK_CHUNK):
+            made = _write(backend, requests[start:start + BULK_CHUNK], queue=queue, topic=topic)
+            created += sum(was_new for _, was_new in made)
+    return created

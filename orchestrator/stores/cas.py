@@ -18,7 +18,7 @@ from orchestrator.base import PreparedWrites
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.jobdoc import Doc, to_doc, to_record
-from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, OutMessage
+from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, NewJob, OutMessage
 
 MAX_CAS_RETRIES = 50
 
@@ -107,6 +107,10 @@ class CasStatusStore(ABC):
             except VersionConflict:
                 continue
         raise ConflictError(f"job {job_id}: create kept racing")
+
+    def create_docs(self, jobs: Sequence[NewJob]) -> list[tuple[Doc, bool]]:
+        """``create_doc`` for each job in order (stores with a bulk insert override this)."""
+        return [self.create_doc(j.job_id, user_id=j.user_id, fields=j.fields, origin=j.origin) for j in jobs]
 
     def _mutate(self, job_id: str, rule: Rule, known: Doc | None = None) -> Doc:
         """Apply ``rule`` and swap. ``known`` is a record just read or written: the first try

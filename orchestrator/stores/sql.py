@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from orchestrator import jobdoc
 from orchestrator.base import PreparedWrites, StatusStore
 from orchestrator.clock import Clock
 from orchestrator.database import Conn, Database
-from orchestrator.errors import StoreError
+from orchestrator.errors import ConflictError, StoreError
 from orchestrator.jobdoc import Doc, decode, encode, full, lean, to_record
-from orchestrator.status import JobRecord, JobStatus, OutMessage
+from orchestrator.status import JobRecord, JobStatus, NewJob, OutMessage
 from orchestrator.stores.cas import CasStatusStore, VersionConflict
+
+#: rows per INSERT of ``create_docs`` (6 parameters each: within SQLite's and psycopg's limits)
+INSERT_CHUNK = 200
 
 
 class SqlStatusStore(CasStatusStore):
@@ -87,6 +91,37 @@ class SqlStatusStore(CasStatusStore):
     ) -> tuple[Doc, bool]:
         return self.db.run(
             lambda c: super(SqlStatusStore, self).create_doc(job_id, user_id=user_id, fields=fields, origin=origin))
+
+    def create_docs(self, jobs: Sequence[NewJob]) -> list[tuple[Doc, bool]]:
+        # New documents and their JSON first, outside the transaction; then one INSERT per
+        # chunk that skips the ids taken (RETURNING says which went in), and one read of those.
+        now = self.clock.now()
+        docs = [jobdoc.new_doc(j.job_id, user_id=j.user_id, fields=j.fields or {}, now=now, origin=j.origin)
+                for j in jobs]
+        for d in docs:
+            d["version"] = 1
+        rows = [(d["job_id"], d["user_id"], d["status"], 1, d["created_at"], self._encode(d)) for d in docs]
+
+        def tx(c: Conn) -> list[tuple[Doc, bool]]:
+            inserted: set[str] = set()
+            for start in range(0, len(rows), INSERT_CHUNK):
+                chunk = rows[start:start + INSERT_CHUNK]
+                values = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
+                inserted.update(r[0] for r in c.execute(
+                    f"INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES {values} "
+                    "ON CONFLICT DO NOTHING RETURNING job_id", [v for row in chunk for v in row]).fetchall())
+            stored = self.get_docs([d["job_id"] for d in docs if d["job_id"] not in inserted])
+            out = []
+            for d in docs:
+                new = d["job_id"] in inserted and d["job_id"] not in stored
+                if new:  # a second copy of this id in the batch finds the first one's job
+                    stored[d["job_id"]] = d
+                elif d["job_id"] not in stored:  # taken, then purged before our read (PostgreSQL)
+                    raise ConflictError(f"job {d['job_id']}: removed while it was submitted again; submit again")
+                out.append((stored[d["job_id"]], new))
+            return out
+
+        return self.db.run(tx)
 
     def delete(self, job_id: str, *, version: int) -> bool:
         return bool(self.db.run(lambda c: c.execute(

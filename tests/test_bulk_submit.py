@@ -1,0 +1,89 @@
+"""Bulk submission (``submit_many``, ``submit --jobs``) is ``submit`` over each item, written
+in bulk: the same jobs, the same first messages, the same idempotence and the same refusals."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator import Pipeline
+from orchestrator.backends import Backend
+from orchestrator.base import QueueSpec
+from orchestrator.controllers.submit import BULK_CHUNK, submit, submit_many
+from orchestrator.errors import DuplicateJob, InvalidPayload
+from orchestrator.status import JobStatus
+
+_runs = itertools.count()
+
+items = st.lists(st.tuples(st.sampled_from([f"j{i}" for i in range(8)]),
+                           st.fixed_dictionaries({"x": st.integers(0, 2)}),
+                           st.sampled_from([None, "ann", "bob"])), max_size=12)
+
+
+def _queue_bodies(backend: Backend, queue: str) -> dict[str, dict[str, object]]:
+    got = backend.transport.receive(queue, max_messages=100, wait_s=0, visibility_s=60)
+    return {json.loads(d.body)["job_id"]: json.loads(d.body)["payload"] for d in got}
+
+
+# each example works under job ids and queues of its own, so the backend is shared safely
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(jobs=items, again=items)
+def test_submit_many_does_what_submit_does_for_each_item(backend: Backend, jobs: list, again: list) -> None:
+    n = next(_runs)
+    bulk_q, one_q = f"bulk{n}", f"one{n}"
+    for q in (bulk_q, one_q):
+        backend.transport.ensure_queue(QueueSpec(q))
+
+    def each(q: str, batch: list, prefix: str) -> int | type[Exception]:
+        """submit over each item, in one unit (a refusal leaves none of them, as in bulk)"""
+        try:
+            with backend.unit():
+                return sum(submit(backend, job_id=prefix + j, payload=p, queue=q, user_id=u)[1] for j, p, u in batch)
+        except DuplicateJob as exc:
+            return type(exc)
+
+    def bulk(q: str, batch: list, prefix: str) -> int | type[Exception]:
+        try:
+            return submit_many(backend, [(prefix + j, p, u) for j, p, u in batch], queue=q)
+        except DuplicateJob as exc:
+            return type(exc)
+
+    for batch in (jobs, again):  # a second call resubmits some of the same ids
+        expected = each(one_q, batch, f"o{n}-")
+        assert bulk(bulk_q, batch, f"b{n}-") == expected
+        if expected is DuplicateJob and not backend.transactional:
+            return  # one by one, the items before the refused one were written; in bulk none was
+    # the same jobs, with the same owners and origins, and the same first messages
+    ones = {r.job_id[len(f"o{n}-"):]: r for r in backend.store.query() if r.job_id.startswith(f"o{n}-")}
+    bulks = {r.job_id[len(f"b{n}-"):]: r for r in backend.store.query() if r.job_id.startswith(f"b{n}-")}
+    assert ones.keys() == bulks.keys()
+    for j, rec in ones.items():
+        assert bulks[j].status == rec.status == JobStatus.PENDING
+        assert bulks[j].user_id == rec.user_id
+        assert rec.origin is not None and bulks[j].origin is not None
+        assert json.loads(bulks[j].origin.body)["payload"] == json.loads(rec.origin.body)["payload"]
+    bodies_one = {k[len(f"o{n}-"):]: v for k, v in _queue_bodies(backend, one_q).items()}
+    bodies_bulk = {k[len(f"b{n}-"):]: v for k, v in _queue_bodies(backend, bulk_q).items()}
+    assert bodies_bulk == bodies_one and set(bodies_bulk) == set(ones)
+
+
+def test_a_bad_item_refuses_the_whole_bulk_before_anything_is_written(backend: Backend) -> None:
+    backend.transport.ensure_queue(QueueSpec("in"))
+    with pytest.raises(InvalidPayload):
+        submit_many(backend, [("good", {"x": 1}), ("bad", {"x": float("nan")})], queue="in")
+    assert backend.store.get("good") is None
+    assert backend.transport.depth("in").total == 0
+
+
+def test_a_bulk_larger_than_a_chunk_submits_every_job_once(backend: Backend) -> None:
+    p = Pipeline("bulk")
+    backend.transport.ensure_queue(QueueSpec("in"))
+    n = BULK_CHUNK * 2 + 7
+    assert p.submit_many(backend, [(f"k{i}", {"i": i}) for i in range(n)], queue="in", priority=3) == n
+    assert p.submit_many(backend, [(f"k{i}", {"i": i}) for i in range(n)], queue="in") == 0  # idempotent
+    assert backend.transport.depth("in").total == n
+    assert len([r for r in backend.store.query() if r.job_id.startswith("k")]) == n

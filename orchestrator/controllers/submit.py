@@ -120,8 +120,10 @@ def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None,
     """Create the jobs and send their first messages, in one unit of work: one statement for
     the jobs and one for the messages on SQLite and PostgreSQL, however many there are."""
     with backend.unit():
-        # a resubmission that is not the same request is refused before anything is written
-        before = backend.store.get_docs([r.job.job_id for r in requests])
+        # A resubmission that is not the same request is refused before anything is written:
+        # in a transaction the refusal undoes the writes (no read first); elsewhere the jobs
+        # are read first.
+        before = {} if backend.transactional else backend.store.get_docs([r.job.job_id for r in requests])
         firsts: dict[str, Doc] = {}
         for r in requests:
             known = before.get(r.job.job_id) or firsts.get(r.job.job_id)

@@ -103,13 +103,7 @@ class SqlStatusStore(CasStatusStore):
         rows = [(d["job_id"], d["user_id"], d["status"], 1, d["created_at"], self._encode(d)) for d in docs]
 
         def tx(c: Conn) -> list[tuple[Doc, bool]]:
-            inserted: set[str] = set()
-            for start in range(0, len(rows), INSERT_CHUNK):
-                chunk = rows[start:start + INSERT_CHUNK]
-                values = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
-                inserted.update(r[0] for r in c.execute(
-                    f"INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES {values} "
-                    "ON CONFLICT DO NOTHING RETURNING job_id", [v for row in chunk for v in row]).fetchall())
+            inserted = self._insert_new(c, rows)
             stored = self.get_docs([d["job_id"] for d in docs if d["job_id"] not in inserted])
             out = []
             for d in docs:
@@ -122,6 +116,17 @@ class SqlStatusStore(CasStatusStore):
             return out
 
         return self.db.run(tx)
+
+    def _insert_new(self, c: Conn, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+        """Insert the rows whose job id is free; the ids inserted."""
+        inserted: set[str] = set()
+        for start in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[start:start + INSERT_CHUNK]
+            values = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
+            inserted.update(r[0] for r in c.execute(
+                f"INSERT INTO jobs(job_id, user_id, status, version, created_at, doc) VALUES {values} "
+                "ON CONFLICT DO NOTHING RETURNING job_id", [v for row in chunk for v in row]).fetchall())
+        return inserted
 
     def delete(self, job_id: str, *, version: int) -> bool:
         return bool(self.db.run(lambda c: c.execute(

@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.database import Conn
-from orchestrator.postgres_db import PostgresDatabase
+from orchestrator.postgres_db import PgConn, PostgresDatabase
 from orchestrator.transports.sql import PRIORITIES, SqlTopic, SqlTransport
 
 #: an idle receiver looks again at least this often, notification or not (a listener that
@@ -39,6 +39,20 @@ class PostgresTransport(SqlTransport):
     def __init__(self, db: PostgresDatabase, *, clock: Clock | None = None) -> None:
         super().__init__(db, clock=clock)
         self.pg = db
+
+    def _insert_messages(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        # one statement of arrays (in binary: as text the bodies would be escaped character by
+        # character), in the rows' order, whatever their number
+        if len(rows) < 2:
+            return super()._insert_messages(c, rows)
+        cols = [list(col) for col in zip(*rows, strict=True)]
+        assert isinstance(c, PgConn)
+        c.conn.cursor(binary=True).execute(
+            "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
+            "SELECT q, m, b, a, v, e, p FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], "
+            "%b::float8[], %b::int[]) WITH ORDINALITY AS t(q, m, b, a, v, e, p, n) ORDER BY n "
+            "ON CONFLICT DO NOTHING", cols)
+        return None
 
     def _sent(self, c: Conn, queue: str) -> None:
         c.execute("SELECT pg_notify(?, ?)", (self.pg.channel, queue))

@@ -143,18 +143,19 @@ class SqlTransport:
                           "ON CONFLICT DO NOTHING", (queue, 30.0, 5, mask))
             elif mask & ~row[1]:  # a first message of this priority: receives probe it from now on
                 c.execute("UPDATE queues SET priorities = priorities | ? WHERE name=?", (mask, queue))
-            # DO NOTHING: a message already waiting under the same id is not enqueued twice, so
-            # an outbox replay does not double the queue.
-            c.executemany(
-                "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                [(queue, mid, body, attrs, now + (delay or default_delay), now, prio)
-                 for mid, body, attrs, delay, prio in encoded],
-            )
+            self._insert_messages(c, [(queue, mid, body, attrs, now + (delay or default_delay), now, prio)
+                                      for mid, body, attrs, delay, prio in encoded])
             self._sent(c, queue)
 
         self.db.run(tx)
         return ids
+
+    def _insert_messages(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
+        """(queue, message_id, body, attrs, visible_at, enqueued_at, priority) rows, in order.
+        DO NOTHING: a message already waiting under the same id is not enqueued twice, so an
+        outbox replay does not double the queue."""
+        c.executemany("INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
+                      "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
 
     def receive(self, queue: str, *, max_messages: int, wait_s: float, visibility_s: float) -> list[Delivery]:
         got = self._claim(queue, max_messages, visibility_s)

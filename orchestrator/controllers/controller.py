@@ -32,13 +32,24 @@ from orchestrator.backends import Backend
 from orchestrator.base import Delivery, Unit
 from orchestrator.codec import user_of
 from orchestrator.controllers import outbox
-from orchestrator.controllers.decide import Action, NoResult, Verdict, decide
+from orchestrator.controllers.decide import (
+    Action,
+    NoResult,
+    NothingAsked,
+    Refused,
+    Stopping,
+    Undecodable,
+    UnknownJob,
+    Unreadable,
+    Verdict,
+    decide,
+    recorded,
+)
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import (
     ConflictError,
-    JobCancelled,
     JobNotFound,
     MalformedMessage,
     NothingToDo,
@@ -46,7 +57,7 @@ from orchestrator.errors import (
     StoreError,
     TransactionConflict,
 )
-from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL, Doc, out_message, part_key
+from orchestrator.jobdoc import CANCELLED, Doc, out_message, part_key
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.outage import is_outage
@@ -247,11 +258,12 @@ class Controller:
         handled = self._handle_all(started, outcomes, should_stop)
         yield from self._crash("after_handle", handled)
         ready = []
-        for it in handled:  # time passed since the handler returned: the lease may be gone now
-            if it.lease.lost:
-                self._finish(it, self._discard(it, "lease lost during handling"), outcomes)
-            else:
+        for it in handled:  # time passed since the handler returned: decided again, the lease may be gone
+            action = self._decide(it, it.result)
+            if action.verdict == Verdict.ACK:
                 ready.append(it)
+            else:
+                self._finish(it, self._act(it, action), outcomes)
         if ready:
             yield from self._commit_emit_ack(ready, jobs, outcomes)
 
@@ -263,19 +275,18 @@ class Controller:
         read = self._isolate(items, lambda sub: _in_order(sub, store.get_docs([it.job_id for it in sub])))
         live: list[_Item] = []
         for it, found in zip(items, read, strict=True):
-            if isinstance(found, Exception):
-                self._finish(it, self._poisoned(it, found, "reading its job"), outcomes)
+            job = self._adopt(it) if found is None else found
+            if isinstance(job, Exception):
+                self._finish(it, self._settle_by(it, Refused(job, "reading its job")), outcomes)
                 continue
-            job = found or self._adopt(it)
             if isinstance(job, Outcome):
                 self._finish(it, job, outcomes)
                 continue
-            jobs[it.job_id] = job
-            replayed = self._replay(job, it)
-            if replayed is not None:
-                self._finish(it, replayed, outcomes)
+            it.job = jobs[it.job_id] = job
+            settled = recorded(job, it.key(self.stage.name))
+            if settled is not None:
+                self._finish(it, self._settle_by(it, settled), outcomes)
             else:
-                it.job = job
                 live.append(it)
         return live
 
@@ -291,12 +302,14 @@ class Controller:
                        kept_input(it.delivery.body), st.source) for it in sub], known=jobs))
         for it, res in zip(live, begun, strict=True):
             if isinstance(res, StoreError):
+                # finished meanwhile (settled as the record says), or a newer delivery holds it
                 current = res.current_doc if isinstance(res, ConflictError) else None
-                replayed = self._replay(current, it) if current is not None else None
-                # Not finished but not ours either: a newer delivery holds the step.
-                self._finish(it, replayed or self._discard(it, f"begin refused: {res}"), outcomes)
+                settled = recorded(current, it.key(st.name)) if current is not None else None
+                if settled is not None:
+                    it.job = current
+                self._finish(it, self._settle_by(it, settled or res), outcomes)
             elif isinstance(res, Exception):
-                self._finish(it, self._poisoned(it, res, "its begin"), outcomes)
+                self._finish(it, self._settle_by(it, Refused(res, "its begin")), outcomes)
             else:
                 it.job = jobs[it.job_id] = res
                 started.append(it)
@@ -307,10 +320,8 @@ class Controller:
         """4. handle, one by one; the decision is ``decide``'s. The items to commit."""
         handled: list[_Item] = []
         for it in started:
-            if should_stop():  # never started: make it visible again at once
-                self.backend.transport.release(it.delivery, 0)
-                self._note(it, "released", "the worker stopped before the handler started")
-                self._finish(it, Outcome.RELEASED, outcomes)
+            if should_stop():
+                self._finish(it, self._settle_by(it, Stopping()), outcomes)
                 continue
             action = self._run_handler(it)
             if action.verdict == Verdict.ACK:
@@ -328,7 +339,7 @@ class Controller:
             if isinstance(res, StoreError):
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
             elif isinstance(res, Exception):
-                self._finish(it, self._poisoned(it, res, "its commit"), outcomes)
+                self._finish(it, self._settle_by(it, Refused(res, "its commit")), outcomes)
         yield from self._crash("after_ack", won)
         for it in won:
             it.log.info("step committed")
@@ -399,15 +410,17 @@ class Controller:
         first = yield from self._isolate_steps(items[:mid], write)
         return first + (yield from self._isolate_steps(items[mid:], write))
 
-    def _poisoned(self, it: _Item, exc: Exception, what: str) -> Outcome:
+    def _poisoned(self, it: _Item, action: Action) -> Outcome:
         """Settle a message whose own write (or read) the backend refused: dead-letter it
         with the reason, failing its job where the job can still be written."""
-        reason = _storable_text(f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000])
+        refused: Refused = action.cause
+        reason = _storable_text(action.reason)
         it.log.error("message poisons its writes; dead-lettered", reason=reason)
         if it.job is not None:
             try:
                 # a refused begin recorded no claim of ours: the failure is written without one
-                return self._fail(it, reason, dead_letter=True, begun=what != "its begin", error=exc)
+                return self._fail(it, reason, dead_letter=True, begun=refused.what != "its begin",
+                                  error=refused.error)
             except Exception as again:  # the failure cannot be written either: the message alone
                 if is_outage(again):
                     raise
@@ -419,14 +432,13 @@ class Controller:
         """The job for a message whose job nobody created: created from the message (owned by
         its payload's ``user_id``) on a stage that takes new jobs; elsewhere dead-lettered."""
         if not self._takes_new_jobs:
-            return self._reject(it, f"unknown job {it.job_id!r}: stage {self.stage.name} only continues jobs that "
-                                    "exist (mark it takes_submissions=True to let messages create them)", None)
+            return self._settle_by(it, UnknownJob(it.job_id, self.stage.name))
         try:
             job, _ = self.backend.store.create_doc(it.job_id, user_id=user_of(it.env))
         except Exception as exc:
             if is_outage(exc):
                 raise
-            return self._poisoned(it, exc, "creating its job")
+            return self._settle_by(it, Refused(exc, "creating its job"))
         return job
 
     # -- pieces -----------------------------------------------------------------------------
@@ -476,24 +488,18 @@ class Controller:
         try:
             env = st.codec.decode(resolve_body(self.backend.objects, d.body))
         except NothingToDo as exc:
-            self.backend.transport.ack(d)
-            it.log.info("message asks for nothing; acked", reason=str(exc))
-            return Outcome.SKIPPED
+            return self._settle_by(it, NothingAsked(str(exc)))
         except MalformedMessage as exc:
-            return self._reject(it, f"malformed message: {exc.reason}", exc.job_id)
+            return self._settle_by(it, Undecodable(f"malformed message: {exc.reason}", exc.job_id))
         except Exception as exc:  # the object store behind a claim check is unavailable: retry
-            action = decide(exc, attempt=d.receive_count, max_receives=st.max_receives, lease_lost=False,
-                            backoff_s=self._backoff(d))
-            if action.verdict == Verdict.RELEASE:
-                it.error = exc
-                return self._act(it, action)
-            return self._reject(it, f"undecodable: {action.reason}", None)
+            it.error = exc
+            return self._settle_by(it, Unreadable(exc))
         it.env = d.envelope = env
         it.log = it.log.bind(job_id=env.job_id, message_id=env.id)
         if not st.accepts(env.task):
             # Addressed to some other stage or pipeline: not this job's business, so the job
             # is left as it is.
-            return self._reject(it, f"unknown task {env.task!r} for stage {st.name}", None)
+            return self._settle_by(it, Undecodable(f"unknown task {env.task!r} for stage {st.name}"))
         return None
 
     def claim_of(self, d: Delivery) -> str | None:
@@ -505,12 +511,16 @@ class Controller:
 
     def _decide(self, it: _Item, outcome: object) -> Action:
         # only a raised error can be released with a backoff: a result needs no random draw
-        backoff = self._backoff(it.delivery) if isinstance(outcome, BaseException) else 0.0
+        backoff = self._backoff(it.delivery) if isinstance(outcome, BaseException | Unreadable) else 0.0
         d = it.delivery
         return decide(outcome, attempt=d.receive_count, max_receives=self.stage.max_receives,
                       lease_lost=it.lease.lost, backoff_s=backoff,
                       waited_s=max(0.0, self.backend.clock.now() - d.first_received_at) if d.first_received_at else 0.0,
-                      max_snooze_s=self.stage.max_snooze_s)
+                      max_snooze_s=self.stage.max_snooze_s, job_status=it.job["status"] if it.job else None)
+
+    def _settle_by(self, it: _Item, situation: object) -> Outcome:
+        """Decide on ``situation`` and carry the decision out."""
+        return self._act(it, self._decide(it, situation))
 
     def _run_handler(self, it: _Item) -> Action:
         """Run the handler (unless the attempts are used up) and decide. On ACK the item
@@ -544,21 +554,10 @@ class Controller:
         action = self._decide(it, outcome)
         took = time.monotonic() - started
         self.handler_seconds += took
-        self.hook("after_handle", ctx, _LABELS[action.verdict], took)
+        self.hook("after_handle", ctx, _LABELS.get(action.verdict, action.verdict.value), took)
         if action.verdict == Verdict.ACK:
-            it.status = self._status_to_write(it, job)
+            it.status = action.status
         return action
-
-    @staticmethod
-    def _status_to_write(it: _Item, job: Doc) -> JobStatus | None:
-        """The status the commit writes: a finished job keeps its status (a post-completion
-        stage, such as archive, only adds fields)."""
-        status = it.result.status if it.result else None
-        if status is not None and job["status"] in TERMINAL and status != job["status"]:
-            it.log.info("post-completion stage asked for a status change; keeping", status=job["status"],
-                        requested=status.value)
-            return None
-        return status
 
     def _cancel_check(self, it: _Item) -> Callable[[], bool]:
         store, job_id = self.backend.store, it.job_id
@@ -570,7 +569,7 @@ class Controller:
         return check
 
     def _act(self, it: _Item, action: Action) -> Outcome:
-        """Carry out a verdict other than ACK for one delivery."""
+        """Carry out a verdict other than ACK for one delivery (ACK is the round's commit)."""
         match action.verdict:
             case Verdict.FAIL | Verdict.DEAD_LETTER:
                 return self._fail(it, action.reason, dead_letter=action.verdict == Verdict.DEAD_LETTER)
@@ -580,8 +579,28 @@ class Controller:
                 return self._snooze(it, action)
             case Verdict.DROP:
                 return self._drop(it)
+            case Verdict.REPLAY:
+                return self._replay(it)
+            case Verdict.SKIP:
+                return self._skip(it, action.reason)
+            case Verdict.REJECT:
+                return self._reject(it, action.reason, getattr(action.cause, "job_id", None))
+            case Verdict.HAND_BACK:
+                return self._hand_back(it, action.reason)
+            case Verdict.REFUSED:
+                return self._poisoned(it, action)
             case _:
                 return self._discard(it, action.reason)
+
+    def _skip(self, it: _Item, reason: str) -> Outcome:
+        self.backend.transport.ack(it.delivery)
+        it.log.info("nothing to do; message acked", reason=reason)
+        return Outcome.SKIPPED
+
+    def _hand_back(self, it: _Item, reason: str) -> Outcome:
+        self.backend.transport.release(it.delivery, 0)
+        self._note(it, "released", reason)
+        return Outcome.RELEASED
 
     def _retry_later(self, it: _Item, action: Action) -> Outcome:
         """Keep the failed attempt's exception on the step and a ``retried`` entry in the
@@ -593,10 +612,8 @@ class Controller:
                 self.backend.store.retried(it.job_id, stage=it.key(self.stage.name), message_id=it.env.id,
                                            claim=self.claim_of(d), delay_s=action.delay_s,
                                            error=step_error(error, d.receive_count, self.backend.clock.now()))
-            except JobCancelled:
-                return self._drop(it)
-            except ConflictError as exc:
-                return self._discard(it, f"retry not recorded: {exc}")
+            except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
+                return self._settle_by(it, exc)
             except JobNotFound:  # purged meanwhile: the message comes back as an unknown job's
                 it.log.warning("job gone; retry not recorded")
         self.backend.transport.release(d, action.delay_s)
@@ -621,40 +638,28 @@ class Controller:
         it.log.info("job cancelled; message dropped")
         return Outcome.CANCELLED
 
-    def _replay(self, job: Doc, it: _Item) -> Outcome | None:
-        """If this stage's step is finished, settle the delivery by its recorded outcome."""
-        if job["status"] == CANCELLED:
-            return self._drop(it)
-        step = job["steps"].get(it.key(self.stage.name))
+    def _replay(self, it: _Item) -> Outcome:
+        """Settle the delivery by the recorded outcome of its finished step."""
+        assert it.job is not None
+        step = it.job["steps"][it.key(self.stage.name)]
         transport, d = self.backend.transport, it.delivery
-        if step is not None and step["state"] == "committed":
+        # Where commit and emit are one transaction, the outbox went out with the step's
+        # record; elsewhere a crash may have come between them: it is sent again with the same
+        # ids (downstream steps recognise them). A failed last part's outbox is the join's.
+        if step["outbox"] and not self.backend.transactional:
+            outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
+        if step["state"] == "committed":
             if step["message_id"] != it.env.id:
                 it.log.info("step already committed for another message; treating as duplicate",
                             committed_by=step["message_id"])
-            if self.backend.transactional:
-                # The commit that recorded this step sent its outbox in the same transaction:
-                # sending it again would only hand downstream a second copy.
-                transport.ack(d)
-            else:
-                # The commit may have been followed by a crash before the emit: send the
-                # outbox again with the same ids (downstream steps recognise them).
-                outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
-                transport.ack(d)
+            transport.ack(d)
             it.log.info("duplicate delivery; recorded outcome replayed")
             return Outcome.DUPLICATE
-        if step is not None and step["state"] == "failed":
-            if step["outbox"] and not self.backend.transactional:  # a failed last part: the join's message
-                outbox.emit(self.backend, [([out_message(m) for m in step["outbox"]], it.job_id)])
-            if step["dead_letter"]:
-                transport.dead_letter(d, step["reason"] or "failed")
-                return Outcome.DEAD_LETTERED
-            transport.ack(d)
-            return Outcome.FAILED
-        if job["status"] == FAILED:
-            it.log.info("job already FAILED; message dropped", reason=_last_reason(job))
-            transport.ack(d)
-            return Outcome.SKIPPED
-        return None
+        if step["dead_letter"]:
+            transport.dead_letter(d, step["reason"] or "failed")
+            return Outcome.DEAD_LETTERED
+        transport.ack(d)
+        return Outcome.FAILED
 
     def _fail(self, it: _Item, reason: str, *, dead_letter: bool, begun: bool = True,
               error: BaseException | None = None) -> Outcome:
@@ -676,11 +681,8 @@ class Controller:
                     transport.dead_letter(d, reason)
                 else:
                     transport.ack(d)
-        except JobCancelled:
-            return self._drop(it)
-        except ConflictError as exc:
-            it.log.warning("failure not recorded: step no longer ours", reason=str(exc))
-            return Outcome.DISCARDED
+        except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
+            return self._settle_by(it, exc)
         if error is not None:  # the whole story once, with the traceback
             it.log.error("handler failed for good", reason=reason, exc_info=error)
         if dead_letter:
@@ -705,10 +707,8 @@ class Controller:
                 self._check("after_commit", [it])
                 it.lease.stop()  # a beat after the snooze would find the receipt gone
                 transport.snooze(d, action.delay_s)
-        except JobCancelled:
-            return self._drop(it)
-        except ConflictError as exc:
-            return self._discard(it, f"snooze not recorded: {exc}")
+        except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
+            return self._settle_by(it, exc)
         it.log.info("snoozed", seconds=action.delay_s, reason=action.reason)
         self.hook("on_snooze", st, d, action.delay_s, action.reason)
         return Outcome.SNOOZED
@@ -766,10 +766,3 @@ def kept_input(body: str) -> str | None:
 
 def _in_order(items: Sequence[_Item], found: dict[str, Doc]) -> list[Doc | None]:
     return [found.get(it.job_id) for it in items]
-
-
-def _last_reason(job: Doc) -> str | None:
-    for h in reversed(job["history"]):
-        if h.get("reason"):
-            return h["reason"]  # type: ignore[no-any-return]
-    return None

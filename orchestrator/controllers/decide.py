@@ -1,19 +1,24 @@
-"""What to do with a delivery once its handler (or its commit) has an outcome: one decision.
+"""What becomes of a delivery: one decision, for every case the controller meets.
 
-The controller asks ``decide`` after the handler returns or raises, and again when the
-commit is refused: what becomes of a handler's run is chosen here only. What is settled before
-a handler runs (a body that does not decode, a step already committed, a refused begin) the
-controller settles itself. The table of cases is small enough to test whole
-(``tests/test_decide.py``), as controller-runtime keeps its retry policy in one switch.
+The controller only finds out what happened and carries out what ``decide`` chooses. What it
+finds is one of: a handler's ``Result`` or ``Snooze``, the exception a handler raised, the
+``StoreError`` a write got, or one of the situations below, met before or around a handler
+(a body that does not decode, a step the job's record shows finished, a worker stopping, a
+write the backend refused for this message alone). The table of cases is small enough to
+test whole (``tests/test_decide.py``), as controller-runtime keeps its retry policy in one
+switch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from orchestrator.errors import InvalidTransition, JobCancelled, PermanentError, RecordTooLarge, StoreError
-from orchestrator.pipeline import Snooze
+from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL
+from orchestrator.stage import Result, Snooze
+from orchestrator.status import JobStatus
 
 
 class Verdict(StrEnum):
@@ -24,6 +29,11 @@ class Verdict(StrEnum):
     DISCARD = "discard"  # not ours any more: write nothing, leave the message to its current holder
     SNOOZE = "snooze"  # not yet: visible again after ``delay_s``, no attempt used, status unchanged
     DROP = "drop"  # the job was cancelled: delete the message, write nothing
+    REPLAY = "replay"  # the step was finished before: settle the message as its record says
+    SKIP = "skip"  # nothing to do for this message: delete it, write nothing
+    REJECT = "reject"  # this stage cannot take the message: dead-letter it, noted on its job if any
+    HAND_BACK = "hand_back"  # never started (the worker stops): visible again at once, no attempt spent
+    REFUSED = "refused"  # the backend refused this message's own write: dead-letter it with the reason
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,10 @@ class Action:
     verdict: Verdict
     reason: str = ""
     delay_s: float = 0.0
+    #: for ACK, the status the commit writes (None: unchanged)
+    status: JobStatus | None = None
+    #: the situation it was decided on, where carrying it out needs it (REJECT, REFUSED)
+    cause: Any = None
 
 
 ACK = Action(Verdict.ACK)
@@ -41,18 +55,85 @@ class NoResult(Exception):
     hangs or stalls before it could finish (the receive count already exceeds max receives)."""
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """The body is not a message of this stage (malformed, or a task it does not run); the job
+    it names, where it names one."""
+
+    reason: str
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Decoding raised something that may pass (the object store behind a claim check)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class NothingAsked:
+    """The message asks for nothing (a stage's ``nothing_to_do`` says so)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The job's record already settles this delivery: its status, and this stage's step."""
+
+    job_status: str
+    step: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """The worker is stopping before this message's handler started."""
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The backend refused this message's own read or write (not an outage): ``what`` it was."""
+
+    error: Exception
+    what: str
+
+
+@dataclass(frozen=True)
+class UnknownJob:
+    """A message for a job nobody created, on a stage that only continues jobs."""
+
+    job_id: str
+    stage: str
+
+
+def recorded(job: dict[str, Any], step_key: str) -> Recorded | None:
+    """The ``Recorded`` situation when the job's record settles a delivery for ``step_key``
+    (cancelled job, finished step, job FAILED elsewhere); None when the step is still to do."""
+    step = job["steps"].get(step_key)
+    finished = step is not None and step["state"] in ("committed", "failed")
+    if job["status"] in (CANCELLED, FAILED) or finished:
+        return Recorded(job["status"], step if finished else None)
+    return None
+
+
 def decide(
     outcome: object, *, attempt: int, max_receives: int, lease_lost: bool, backoff_s: float,
-    waited_s: float = 0.0, max_snooze_s: float | None = None,
+    waited_s: float = 0.0, max_snooze_s: float | None = None, job_status: str | None = None,
 ) -> Action:
-    """The action for ``outcome``: a handler's ``Result`` or ``Snooze`` (any non-exception),
-    the exception it raised, or the ``StoreError`` its commit got.
+    """The action for ``outcome``: a situation above, a handler's ``Result`` or ``Snooze`` (any
+    other non-exception is an empty result), the exception it raised, or the ``StoreError`` a
+    write got.
 
     ``attempt`` is the delivery's receive count (1-based); ``backoff_s`` the delay a retry of
     this attempt waits; ``lease_lost`` whether the heartbeat found the lease taken over;
     ``waited_s`` how long the message has waited since its first receive, which a snooze may
-    extend up to ``max_snooze_s`` (None: without bound).
+    extend up to ``max_snooze_s`` (None: without bound); ``job_status`` the job's status as
+    the handler saw it (a finished job keeps it: a post-completion stage only adds fields).
     """
+    settled = _before_handling(outcome, attempt=attempt, max_receives=max_receives, backoff_s=backoff_s)
+    if settled is not None:
+        return settled
     match outcome:
         case JobCancelled():
             # job_not_cancelled failed: the job was cancelled while the handler ran. Whatever
@@ -61,25 +142,63 @@ def decide(
         case StoreError() as refused if not isinstance(refused, (InvalidTransition, RecordTooLarge)):
             # step_not_finished / lease_still_ours failed: someone else committed or holds the
             # step. Their result stands; ours is thrown away.
-            return Action(Verdict.DISCARD, f"commit refused: {refused}")
+            return Action(Verdict.DISCARD, f"write refused: {refused}")
         case _ if lease_lost:
             # A lost lease means another delivery may be running this step: nothing we learnt
             # (result, error, even a permanent one) may be written.
             return Action(Verdict.DISCARD, "lease lost during handling")
-        case InvalidTransition() as exc:
-            return Action(Verdict.DEAD_LETTER, f"handler asked for an invalid status change: {exc}")
-        case RecordTooLarge() | PermanentError() as exc:
-            return Action(Verdict.FAIL, str(exc) or type(exc).__name__)
-        case NoResult() as exc:
-            return Action(Verdict.DEAD_LETTER, str(exc))
-        case BaseException() as exc if attempt >= max_receives:
-            return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {exc} (attempt {attempt} of {max_receives})")
         case BaseException() as exc:
-            return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+            return _failure(exc, attempt=attempt, max_receives=max_receives, backoff_s=backoff_s)
         case Snooze() as snooze if max_snooze_s is not None and waited_s + snooze.seconds > max_snooze_s:
             return Action(Verdict.FAIL, f"gave up waiting after {waited_s:.0f}s (max_snooze_s {max_snooze_s:.0f}s)"
                                         + (f": {snooze.reason}" if snooze.reason else ""))
         case Snooze() as snooze:
             return Action(Verdict.SNOOZE, snooze.reason or "snoozed", delay_s=float(snooze.seconds))
+        case Result(status=status) if status is not None and not (job_status in TERMINAL and status != job_status):
+            return Action(Verdict.ACK, status=status)
         case _:
+            # no status change asked, or one a finished job must not take (it keeps its status)
             return ACK
+
+
+def _before_handling(outcome: object, *, attempt: int, max_receives: int, backoff_s: float) -> Action | None:
+    """The situations met before or around a handler; None for a handler's outcome."""
+    match outcome:
+        case Undecodable(reason=reason):
+            return Action(Verdict.REJECT, reason, cause=outcome)
+        case Unreadable(error=exc) if attempt < max_receives:
+            return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+        case Unreadable(error=exc):
+            return Action(Verdict.REJECT, f"undecodable: {type(exc).__name__}: {exc} (attempt {attempt} of "
+                                          f"{max_receives})")
+        case NothingAsked(reason=reason):
+            return Action(Verdict.SKIP, reason)
+        case UnknownJob(job_id=job_id, stage=stage):
+            return Action(Verdict.REJECT, f"unknown job {job_id!r}: stage {stage} only continues jobs that exist "
+                                          "(mark it takes_submissions=True to let messages create them)")
+        case Recorded(job_status=status) if status == CANCELLED:
+            return Action(Verdict.DROP, "job cancelled")
+        case Recorded(step=step) if step is not None:
+            return Action(Verdict.REPLAY, f"step already {step['state']}")
+        case Recorded():
+            return Action(Verdict.SKIP, "job already FAILED")
+        case Stopping():
+            return Action(Verdict.HAND_BACK, "the worker stopped before the handler started")
+        case Refused(error=exc, what=what):
+            return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000],
+                          cause=outcome)
+    return None
+
+
+def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: float) -> Action:
+    match exc:
+        case InvalidTransition():
+            return Action(Verdict.DEAD_LETTER, f"handler asked for an invalid status change: {exc}")
+        case RecordTooLarge() | PermanentError():
+            return Action(Verdict.FAIL, str(exc) or type(exc).__name__)
+        case NoResult():
+            return Action(Verdict.DEAD_LETTER, str(exc))
+        case _ if attempt >= max_receives:
+            return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {exc} (attempt {attempt} of {max_receives})")
+        case _:
+            return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)

@@ -40,7 +40,7 @@ import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from orchestrator import JobStatus, Pipeline, Result, Worker  # noqa: E402
-from orchestrator.aws import aws_backend  # noqa: E402
+from orchestrator.backends.aws import aws_backend  # noqa: E402
 from orchestrator.logging import configure_logging  # noqa: E402
 
 REGION = "us-east-1"

@@ -110,7 +110,7 @@ def moto_backend(counts: Counter[str]) -> Iterator[tuple[Backend, Callable[[floa
     import moto.core.utils
     from moto import mock_aws
 
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(k, v)

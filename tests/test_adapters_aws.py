@@ -393,7 +393,7 @@ def test_s3_object_store_round_trip_and_key_validation() -> None:
 
 def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
     from orchestrator import JobStatus, Pipeline, Result, Worker
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
     from orchestrator.controllers.controller import Outcome
 
     backend = aws_backend("aws://?region=us-east-1&prefix=cc-")
@@ -425,7 +425,7 @@ def test_large_bodies_travel_by_claim_check_when_the_stage_asks() -> None:
 @pytest.mark.parametrize("offload", [False, True])
 def test_a_record_that_would_outgrow_the_item_limit_fails_its_step_and_spares_its_batch(offload: bool) -> None:
     from orchestrator import JobStatus, Pipeline, Result, Worker
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     # Given a stage whose handler emits two 220 KB bodies for one job: each fits SQS, but
     # together in the step's outbox they outgrow DynamoDB's 400 KB item
@@ -459,7 +459,7 @@ def test_a_record_that_would_outgrow_the_item_limit_fails_its_step_and_spares_it
 
 def test_the_per_message_path_fails_an_outgrown_record_too() -> None:
     from orchestrator import Controller, JobStatus, Pipeline, Result
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
     from orchestrator.controllers.controller import Outcome
 
     backend = aws_backend("aws://?region=us-east-1&prefix=big-one-")
@@ -527,7 +527,7 @@ def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pyt
 
 def test_a_fifo_source_gets_a_fifo_dead_letter_queue_and_dead_letters_into_it() -> None:
     from orchestrator import JobStatus, Pipeline, Result, Worker
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
     from orchestrator.base import Outgoing as Out
 
     # Given a stage reading a FIFO queue (AWS refuses "in.fifo-dlq": the suffix must come last)
@@ -556,7 +556,7 @@ def test_a_dead_letter_queue_of_the_wrong_type_is_refused_at_start() -> None:
 
 def test_a_fifo_topic_fans_out_to_fifo_queues() -> None:
     from orchestrator import JobStatus, Pipeline, Result, Worker
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     # Given requests published to a FIFO topic (SNS needs FifoTopic and a MessageGroupId)
     backend = aws_backend("aws://?region=us-east-1&prefix=ft-")

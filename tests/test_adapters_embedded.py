@@ -15,10 +15,10 @@ from contract import (
 )
 from pg import drop_schema, new_schema
 
+from orchestrator.backends.postgres_db import PostgresDatabase
+from orchestrator.backends.sqlite_db import SqliteDatabase
 from orchestrator.base import Backend, StatusStore, Topic, Transport
 from orchestrator.clock import SimClock
-from orchestrator.postgres_db import PostgresDatabase
-from orchestrator.sqlite_db import SqliteDatabase
 from orchestrator.stores.memory import MemoryStatusStore
 from orchestrator.stores.postgres import PostgresStatusStore
 from orchestrator.stores.sqlite import SqliteStatusStore

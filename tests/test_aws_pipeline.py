@@ -18,7 +18,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from orchestrator import JobStatus, Pipeline, Result, Worker
-from orchestrator.aws import aws_backend
+from orchestrator.backends.aws import aws_backend
 
 PIPELINE = textwrap.dedent(
     """

@@ -12,8 +12,8 @@ import pytest
 from moto import mock_aws
 
 from orchestrator import Controller, JobStatus, Pipeline, Result, Snooze
-from orchestrator.aws import aws_backend
 from orchestrator.backends import Backend
+from orchestrator.backends.aws import aws_backend
 from orchestrator.clock import SystemClock
 from orchestrator.controllers.controller import Outcome
 

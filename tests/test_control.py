@@ -264,7 +264,7 @@ def test_a_concurrent_cancel_and_commit_leave_the_job_either_cancelled_or_comple
 def test_cancel_and_retry_through_sqs_and_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
     from moto import mock_aws
 
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     aws_test_env(monkeypatch)
     with mock_aws():

@@ -54,7 +54,7 @@ def storing_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch:
     else:
         aws_test_env(monkeypatch)
         with mock_aws():
-            from orchestrator.aws import aws_backend
+            from orchestrator.backends.aws import aws_backend
 
             b = aws_backend("aws://?region=us-east-1&prefix=size-", clock=clock)
             yield b

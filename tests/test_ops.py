@@ -180,7 +180,7 @@ def test_doctor_explains_each_misconfiguration_on_moto(aws: None, project: Path,
         pipeline.stage("c", source="qc", subscribe=("tc",), emit_to="nowhere", retry_max_s=5000)(lambda c, m: Result())
         """))
     url = "aws://?region=us-east-1&prefix=doc-"
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     backend = aws_backend(url)
     # qa: dead-letters after 2 receives (stage allows 5), default visibility 5 s

@@ -179,7 +179,7 @@ def test_a_join_of_ten_parts_through_sqs_and_dynamodb(monkeypatch: pytest.Monkey
     from moto import mock_aws
 
     from orchestrator import Controller
-    from orchestrator.aws import aws_backend
+    from orchestrator.backends.aws import aws_backend
 
     aws_test_env(monkeypatch)
     with mock_aws():

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from orchestrator.backends import sqlite_backend
-from orchestrator.sqlite_db import CHECKPOINT_INTERVAL_S, WAL_AUTOCHECKPOINT_PAGES
+from orchestrator.backends.sqlite_db import CHECKPOINT_INTERVAL_S, WAL_AUTOCHECKPOINT_PAGES
 
 
 def _jobs_in_main_file(path: Path) -> int:

@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 from examples.gas.config import GasConfig, GasResources, check_bucket_names
 from examples.gas.mailer import SENDER
 from examples.gas.vault import LegacyVault
-from orchestrator.aws import parse_aws_url
 from orchestrator.aws_common import client
 from orchestrator.backends import Backend
+from orchestrator.backends.aws import parse_aws_url
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.objects.s3 import S3ObjectStore
 from orchestrator.stores.dynamodb import DynamoDBStatusStore

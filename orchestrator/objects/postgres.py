@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from orchestrator.backends.postgres_db import PostgresDatabase
 from orchestrator.base import ObjectStore
 from orchestrator.errors import ObjectNotFound
 from orchestrator.objects.keys import validate_key
-from orchestrator.postgres_db import PostgresDatabase
 
 
 class PostgresObjectStore:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from orchestrator.backends.postgres_db import PgConn, PostgresDatabase
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
 from orchestrator.jobdoc import Doc, decode, full
-from orchestrator.postgres_db import PgConn, PostgresDatabase
 from orchestrator.stores.cas import Prepared
 from orchestrator.stores.sql import SqlStatusStore
 

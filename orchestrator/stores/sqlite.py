@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from orchestrator.backends.sqlite_db import SqliteDatabase
 from orchestrator.clock import Clock
 from orchestrator.database import Conn
 from orchestrator.errors import StoreError
 from orchestrator.jobdoc import Doc
-from orchestrator.sqlite_db import SqliteDatabase
 from orchestrator.stores.cas import Prepared
 from orchestrator.stores.sql import SqlStatusStore
 

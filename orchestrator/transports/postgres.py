@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.backends.postgres_db import PgConn, PostgresDatabase
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.database import Conn
-from orchestrator.postgres_db import PgConn, PostgresDatabase
 from orchestrator.transports.sql import PRIORITIES, SqlTopic, SqlTransport
 
 #: an idle receiver looks again at least this often, notification or not (a listener that

@@ -6,8 +6,8 @@ serialises writers) and an idle receiver polls the file.
 
 from __future__ import annotations
 
+from orchestrator.backends.sqlite_db import SqliteDatabase
 from orchestrator.clock import Clock
-from orchestrator.sqlite_db import SqliteDatabase
 from orchestrator.transports.sql import SqlTopic, SqlTransport
 
 

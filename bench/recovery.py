@@ -39,7 +39,7 @@ PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("recovery")
 
-    @pipeline.stage("work", source="in", visibility_timeout=float(os.environ["VIS"]), batch_size=1, wait_s=0.05,
+    @pipeline.stage("work", source="in", visibility_timeout_s=float(os.environ["VIS"]), batch_size=1, wait_s=0.05,
                     max_receives=5)
     def work(ctx, msg):
         time.sleep(float(os.environ["HANDLER_S"]))

@@ -67,7 +67,7 @@ def snoozing(n: int) -> Pipeline:
     p = Pipeline("snooze-bench")
     seen = Counter[str]()
 
-    @p.stage("wait", source="waits", max_receives=3, max_snooze_s=None, visibility_timeout=30)
+    @p.stage("wait", source="waits", max_receives=3, max_snooze_s=None, visibility_timeout_s=30)
     def wait(ctx, msg):  # type: ignore[no-untyped-def]
         seen[msg.job_id] += 1
         return Snooze(1.0, reason="not yet") if seen[msg.job_id] <= n else Result(status=JobStatus.COMPLETED)

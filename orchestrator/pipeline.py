@@ -16,7 +16,7 @@ from orchestrator.durations import parse_duration
 from orchestrator.errors import ConfigError
 from orchestrator.middleware import Middleware
 from orchestrator.schedules import DEFAULT_MAX_CATCH_UP, Missed, Schedule
-from orchestrator.stage import Context, Emit, Handler, Result, Snooze, Stage
+from orchestrator.stage import Context, Emit, Handler, Result, Snooze, Stage, renamed_settings
 from orchestrator.status import JobRecord
 
 # what a pipeline's author needs, in one place
@@ -41,7 +41,7 @@ class Pipeline:
         """Register the decorated function as the handler of stage ``name``."""
 
         def register(fn: Handler) -> Handler:
-            self.add_stage(Stage(name=name, handler=fn, source=source, emit_to=emit_to, **options))
+            self.add_stage(Stage(name=name, handler=fn, source=source, emit_to=emit_to, **renamed_settings(options)))
             return fn
 
         return register
@@ -65,7 +65,7 @@ class Pipeline:
 
         def register(fn: Handler) -> Handler:
             self.add_stage(Stage(name=name, handler=fn, source=source or name, parts_of=parts_of,
-                                 allow_failed=allow_failed, **options))
+                                 allow_failed=allow_failed, **renamed_settings(options)))
             return fn
 
         return register

@@ -3,7 +3,7 @@
     # orchestrator.toml
     backend = "sqlite:///orchestrator.db"
     [stages.double]
-    visibility_timeout = 60
+    visibility_timeout_s = 60
     max_receives = 8
 
 ``ORCHESTRATOR_STAGES__DOUBLE__MAX_RECEIVES=9`` overrides the file; the file overrides the
@@ -17,17 +17,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestrator.errors import ConfigError
 from orchestrator.pipeline import Pipeline
+from orchestrator.stage import RENAMED_SETTINGS
 
 
 class StageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    visibility_timeout: float | None = Field(None, description="lease taken on each receive, seconds (default 30)")
+    visibility_timeout_s: float | None = Field(
+        None, description="lease taken on each receive, seconds (default 30; was `visibility_timeout`)",
+        validation_alias=AliasChoices("visibility_timeout_s", "visibility_timeout"))
     max_receives: int | None = Field(None, description="handler attempts before FAILED + dead letter (default 5)")
     time_limit_s: float | None = Field(None, description="heartbeat stops extending after this, seconds (default none)")
     retry_base_s: float | None = Field(None, description="first retry delay, doubled each attempt, seconds (default 1)")
@@ -77,7 +80,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     Settings.file_values = values
     try:
         settings = Settings()
-        settings._from_file = {name: set(v) for name, v in values.get("stages", {}).items() if isinstance(v, dict)}
+        settings._from_file = {name: {RENAMED_SETTINGS.get(str(k), str(k)) for k in v}
+                               for name, v in values.get("stages", {}).items() if isinstance(v, dict)}
         return settings
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,8 +24,13 @@ from orchestrator.codec import Codec
 from orchestrator.controllers.lease import Lease
 from orchestrator.controllers.submit import check_timing
 from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
+from orchestrator.errors import ConfigError
 from orchestrator.jobdoc import to_record
 from orchestrator.status import JobRecord, JobStatus
+
+#: settings a stage took under another name before, and their name now (the old one still works,
+#: with a DeprecationWarning)
+RENAMED_SETTINGS: dict[str, str] = {"visibility_timeout": "visibility_timeout_s"}
 
 DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -138,7 +144,7 @@ class Context:
             return self._cancelled
         now = self.clock.now()
         if now >= self._next_cancel_check:
-            self._next_cancel_check = now + self.stage.visibility_timeout / 3
+            self._next_cancel_check = now + self.stage.visibility_timeout_s / 3
             self._cancelled = self.cancel_check()
         return self._cancelled
 
@@ -171,7 +177,7 @@ class Stage:
     subscribe: tuple[str, ...] = ()
     raw_subscription: bool = True
     max_receives: int = DEFAULT_MAX_RECEIVES
-    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
     time_limit_s: float | None = None
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
@@ -241,7 +247,7 @@ class Stage:
 
     def queue_spec(self) -> QueueSpec:
         return QueueSpec(
-            self.source, visibility_timeout_s=self.visibility_timeout, max_receives=self.max_receives,
+            self.source, visibility_timeout_s=self.visibility_timeout_s, max_receives=self.max_receives,
             dead_letter=self.dead_letter_queue, delay_s=self.delay_s, priority_bands=tuple(self.priority_bands),
         )
 
@@ -254,11 +260,11 @@ class Stage:
         out = []
         if self.max_receives < 1:
             out.append(f"stage {self.name}: max_receives must be >= 1, got {self.max_receives}")
-        if self.visibility_timeout < MIN_VISIBILITY_TIMEOUT_S:
-            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s is below "
+        if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:
+            out.append(f"stage {self.name}: visibility_timeout_s {self.visibility_timeout_s}s is below "
                        f"{MIN_VISIBILITY_TIMEOUT_S}s; the heartbeat could not keep the lease")
-        if self.visibility_timeout > max_visibility_s:
-            out.append(f"stage {self.name}: visibility_timeout {self.visibility_timeout}s exceeds the backend's "
+        if self.visibility_timeout_s > max_visibility_s:
+            out.append(f"stage {self.name}: visibility_timeout_s {self.visibility_timeout_s}s exceeds the backend's "
                        f"maximum lease of {max_visibility_s:.0f}s")
         if self.time_limit_s is not None and self.time_limit_s > max_visibility_s:
             out.append(f"stage {self.name}: time_limit_s {self.time_limit_s}s is longer than the heartbeat can "
@@ -291,3 +297,14 @@ class Stage:
             out.append(f"stage {self.name}: dead_letter {self.dead_letter_queue!r} must be a FIFO queue exactly when "
                        f"the source {self.source!r} is (SQS requires the same type; a FIFO name ends in .fifo)")
         return out
+
+
+def renamed_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with settings given under an old name moved to their name now."""
+    for old, new in RENAMED_SETTINGS.items():
+        if old in options:
+            if new in options:
+                raise ConfigError(f"{old}= and {new}= are one setting: give {new}= only")
+            warnings.warn(f"the stage setting {old}= is now {new}=", DeprecationWarning, stacklevel=3)
+            options[new] = options.pop(old)
+    return options

@@ -65,7 +65,7 @@ class TransportContract:
             rest += more
         assert len(got) + len(rest) == transport.max_batch + 3
 
-    def test_an_unacked_message_reappears_after_the_visibility_timeout(self, transport: Transport, advance_clock: Advance) -> None:
+    def test_an_unacked_message_reappears_after_the_visibility_timeout_s(self, transport: Transport, advance_clock: Advance) -> None:
         q = make_queue(transport)
         transport.send(q, Outgoing(body="x"))
         first = one(transport, q, vis=2)

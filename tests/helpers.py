@@ -17,11 +17,11 @@ def drain(backend: Backend, pipeline: Pipeline, stage: str, *, max_rounds: int =
     ctrl = Controller(pipeline, st, backend, seed=1)
     outcomes: list[Outcome] = []
     for _ in range(max_rounds):
-        got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout)
+        got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout_s)
         if not got:
             if backend.transport.depth(st.source).total == 0:
                 return outcomes
-            clock.advance(max(st.retry_max_s, st.visibility_timeout) + 1)
+            clock.advance(max(st.retry_max_s, st.visibility_timeout_s) + 1)
             continue
         outcomes += ctrl.handle_batch(got)
     raise AssertionError(f"{stage} did not drain")

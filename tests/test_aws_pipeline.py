@@ -26,12 +26,12 @@ PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("awschaos")
 
-    @pipeline.stage("first", source="a", publish_to="mid", visibility_timeout=2, max_receives=20, wait_s=1,
+    @pipeline.stage("first", source="a", publish_to="mid", visibility_timeout_s=2, max_receives=20, wait_s=1,
                     retry_base_s=0.1, retry_max_s=1)
     def first(ctx, msg):
         return Result(status=JobStatus.RUNNING, fields={"n": msg.payload["n"] + 1}, emit=[{"n": msg.payload["n"] + 1}])
 
-    @pipeline.stage("second", source="b", subscribe=("mid",), raw_subscription=False, visibility_timeout=2,
+    @pipeline.stage("second", source="b", subscribe=("mid",), raw_subscription=False, visibility_timeout_s=2,
                     max_receives=20, wait_s=1, retry_base_s=0.1, retry_max_s=1)
     def second(ctx, msg):
         return Result(status=JobStatus.COMPLETED, fields={"m": msg.payload["n"] * 10})

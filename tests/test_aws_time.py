@@ -44,7 +44,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Backend, Callable[[fl
 
 def take(backend: Backend, p: Pipeline, stage: str) -> list[Outcome]:
     st = p.get(stage)
-    got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout)
+    got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout_s)
     return Controller(p, st, backend, seed=1).handle_batch(got) if got else []
 
 

@@ -111,7 +111,7 @@ def test_a_settled_delivery_reports_no_lost_lease_while_its_batch_mates_run(back
 
     p = Pipeline("t", middleware=[Watch()])
 
-    @p.stage("s", source="in", visibility_timeout=3)
+    @p.stage("s", source="in", visibility_timeout_s=3)
     def s(ctx, msg):  # type: ignore[no-untyped-def]
         if msg.job_id == "fails":
             raise PermanentError("bad input")

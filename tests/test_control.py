@@ -99,7 +99,7 @@ def test_a_handler_running_when_its_job_is_cancelled_sees_it_and_its_result_is_f
     p = Pipeline("long")
     seen: list[bool] = []
 
-    @p.stage("work", source="work", emit_to="next", visibility_timeout=30)
+    @p.stage("work", source="work", emit_to="next", visibility_timeout_s=30)
     def work(ctx, msg):  # type: ignore[no-untyped-def]
         seen.append(ctx.cancelled)
         p.cancel(backend, msg.job_id, reason="stop")  # as if from another process, mid-run
@@ -307,7 +307,7 @@ from orchestrator import Pipeline, Result, JobStatus
 
 pipeline = Pipeline("cancelme")
 
-@pipeline.stage("slow", source="slow", emit_to="after", visibility_timeout=3, wait_s=0.05)
+@pipeline.stage("slow", source="slow", emit_to="after", visibility_timeout_s=3, wait_s=0.05)
 def slow(ctx, msg):
     for _ in range(100):           # up to 10 s, looking whether the job was cancelled
         if ctx.cancelled:

@@ -34,7 +34,7 @@ def two_stage(calls: dict[str, int] | None = None) -> Pipeline:
     p = Pipeline("t")
     calls = calls if calls is not None else {}
 
-    @p.stage("double", source="numbers", emit_to="doubled", max_receives=3, visibility_timeout=30, retry_base_s=1,
+    @p.stage("double", source="numbers", emit_to="doubled", max_receives=3, visibility_timeout_s=30, retry_base_s=1,
              retry_max_s=10)
     def double(ctx, msg):  # type: ignore[no-untyped-def]
         calls[msg.job_id] = calls.get(msg.job_id, 0) + 1
@@ -193,7 +193,7 @@ def test_a_stale_lease_can_neither_commit_nor_emit(backend: Backend) -> None:
     release = threading.Event()
     results: list[str] = []
 
-    @p.stage("s", source="in", emit_to="out", visibility_timeout=10)
+    @p.stage("s", source="in", emit_to="out", visibility_timeout_s=10)
     def s(ctx, msg):  # type: ignore[no-untyped-def]
         results.append(ctx.delivery.receipt)
         return Result(status=JobStatus.COMPLETED, fields={"by": ctx.delivery.receipt}, emit=[{"n": 1}])
@@ -292,12 +292,12 @@ def test_emit_can_target_other_queues_and_plain_bodies(backend: Backend) -> None
 
 def test_inconsistent_stage_settings_are_refused_at_start(backend: Backend) -> None:
     p = Pipeline("t")
-    p.stage("s", source="in", time_limit_s=13 * 3600, retry_max_s=3600, visibility_timeout=0.5)(lambda c, m: Result())
+    p.stage("s", source="in", time_limit_s=13 * 3600, retry_max_s=3600, visibility_timeout_s=0.5)(lambda c, m: Result())
     with pytest.raises(ConfigError) as err:
         Worker(p, "s", backend)
     text = str(err.value)
     assert "longer than the heartbeat can cover" in text
-    assert "retry_max_s 3600" in text and "visibility_timeout 0.5s" in text
+    assert "retry_max_s 3600" in text and "visibility_timeout_s 0.5s" in text
 
 
 def test_resubmitting_a_job_is_idempotent(backend: Backend) -> None:
@@ -320,7 +320,7 @@ def test_heartbeat_on_the_system_clock_keeps_a_long_handler_leased(tmp_path: Pat
     p = Pipeline("t")
     calls: list[int] = []
 
-    @p.stage("slow", source="in", visibility_timeout=1.0, max_receives=3, wait_s=0.05)
+    @p.stage("slow", source="in", visibility_timeout_s=1.0, max_receives=3, wait_s=0.05)
     def slow(ctx, msg):  # type: ignore[no-untyped-def]
         calls.append(ctx.attempt)
         time.sleep(2.5)
@@ -349,7 +349,7 @@ def test_stop_releases_prefetched_messages_at_once(tmp_path: Path) -> None:
     started = threading.Event()
     proceed = threading.Event()
 
-    @p.stage("s", source="in", visibility_timeout=300, batch_size=5, wait_s=0.05)
+    @p.stage("s", source="in", visibility_timeout_s=300, batch_size=5, wait_s=0.05)
     def s(ctx, msg):  # type: ignore[no-untyped-def]
         started.set()
         proceed.wait(5)

@@ -20,7 +20,7 @@ PIPE = textwrap.dedent(
     from orchestrator import Pipeline, Result
 
     pipeline = Pipeline("doc")
-    pipeline.stage("a", source="qa", visibility_timeout=45)(lambda ctx, msg: Result())
+    pipeline.stage("a", source="qa", visibility_timeout_s=45)(lambda ctx, msg: Result())
     pipeline.stage("b", source="qb")(lambda ctx, msg: Result())
     """
 )
@@ -43,7 +43,7 @@ def test_every_setting_is_shown_with_where_it_came_from(tmp_path: Path, monkeypa
     monkeypatch.setenv("ORCHESTRATOR_STAGES__A__RETRY_BASE_S", "3")
     report = run_doctor(tmp_path, monkeypatch, capsys, "--config", str(tmp_path / "o.toml"))
     rows = {(r["stage"], r["setting"]): (r["value"], r["source"]) for r in report["settings"]}  # type: ignore[union-attr, index]
-    assert rows[("a", "visibility_timeout")] == (45, "code")
+    assert rows[("a", "visibility_timeout_s")] == (45, "code")
     assert rows[("a", "max_receives")] == (7, "config file")
     assert rows[("a", "retry_base_s")] == (3, "environment")
     assert rows[("b", "wait_s")] == (0.5, "config file")
@@ -66,12 +66,12 @@ def test_handlers_slower_than_the_visibility_timeout_are_warned_about() -> None:
     clock = SimClock()
     p = Pipeline("slow")
 
-    @p.stage("slow", source="q", visibility_timeout=10)
+    @p.stage("slow", source="q", visibility_timeout_s=10)
     def slow(ctx, msg):  # type: ignore[no-untyped-def]
         clock.advance(12)
         return Result(status=JobStatus.COMPLETED)
 
-    p.stage("quick", source="q2", visibility_timeout=10)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.stage("quick", source="q2", visibility_timeout_s=10)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
     backend = memory_backend(clock)
     p.setup(backend)
     for i in range(25):
@@ -84,3 +84,22 @@ def test_handlers_slower_than_the_visibility_timeout_are_warned_about() -> None:
     # Then doctor warns about that stage only, with what it saw
     slow_findings = [f.message for f in diagnose(p, backend) if "visibility timeout" in f.message]
     assert len(slow_findings) == 1 and "handlers took up to 12.0s (p99 of 25 steps)" in slow_findings[0]
+
+
+def test_the_old_name_of_the_visibility_timeout_still_works_and_says_its_new_name(tmp_path: Path) -> None:
+    from orchestrator import Pipeline, Result
+    from orchestrator.errors import ConfigError
+    from orchestrator.settings import apply_settings, load_settings
+
+    p = Pipeline("renamed")
+    with pytest.warns(DeprecationWarning, match="visibility_timeout_s"):
+        p.stage("s", source="in", visibility_timeout=12)(lambda ctx, msg: Result())
+    assert p.get("s").visibility_timeout_s == 12
+    with pytest.raises(ConfigError, match="one setting"):
+        p.stage("t", source="in2", visibility_timeout=12, visibility_timeout_s=13)(lambda ctx, msg: Result())
+    # a config file written with the old name sets the same thing, and says it came from the file
+    cfg = tmp_path / "orchestrator.toml"
+    cfg.write_text("[stages.s]\nvisibility_timeout = 40\n")
+    apply_settings(p, load_settings(cfg))
+    assert p.get("s").visibility_timeout_s == 40
+    assert p.get("s").setting_sources["visibility_timeout_s"] == "config file"

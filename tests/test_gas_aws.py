@@ -28,7 +28,7 @@ def gas(monkeypatch: pytest.MonkeyPatch) -> Iterator[app.Gas]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
-        g = app.open_gas(URL, config=GasConfig(retention_s=1.0, visibility_timeout=10.0, retry_base_s=0.1,
+        g = app.open_gas(URL, config=GasConfig(retention_s=1.0, visibility_timeout_s=10.0, retry_base_s=0.1,
                                                restore_poll_s=0.2))  # moto restores at once
         app.setup(g)
         yield g
@@ -166,7 +166,7 @@ def glacier(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[app
     OFFSET[0] = 0.0
 
     def make(restore_s: float, **cfg: object) -> tuple[app.Gas, SlowGlacier, str]:
-        gas = app.open_gas(URL, config=GasConfig(**{"retention_s": 1.0, "visibility_timeout": 10.0,  # type: ignore[arg-type]
+        gas = app.open_gas(URL, config=GasConfig(**{"retention_s": 1.0, "visibility_timeout_s": 10.0,  # type: ignore[arg-type]
                                                      "retry_base_s": 0.1, "max_receives": 2, **cfg}),
                            clock=MotoClock())
         app.setup(gas)
@@ -343,7 +343,7 @@ def test_an_archive_the_web_apps_archiver_put_in_a_glacier_vault_is_restored_thr
                  }.items():
         monkeypatch.setenv(k, v)
     with mock_aws():
-        gas = app.open_gas(URL, config=GasConfig(retention_s=60.0, visibility_timeout=10.0, retry_base_s=0.1,
+        gas = app.open_gas(URL, config=GasConfig(retention_s=60.0, visibility_timeout_s=10.0, retry_base_s=0.1,
                                                  restore_poll_s=1.0))
         app.setup(gas)
         # Given a result the web app's own archiver moved to its vault before the switch-over

@@ -39,7 +39,7 @@ def open_gas(monkeypatch: pytest.MonkeyPatch) -> Iterator[Open]:
     with mock_aws():
         def make(**cfg: object) -> app.Gas:
             # a restore looks again at Glacier after 0.2 s, not the default 30 s: moto restores at once
-            base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout": 10.0, "retry_base_s": 0.1,
+            base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout_s": 10.0, "retry_base_s": 0.1,
                                        "restore_poll_s": 0.2}
             g = app.open_gas(URL, config=GasConfig(**{**base, **cfg}))  # type: ignore[arg-type]
             app.setup(g)
@@ -269,7 +269,7 @@ def test_the_settings_catalogue_states_the_defaults_gas_really_uses(monkeypatch:
     assert float(stated["GAS_RETENTION_S"]) == cfg.retention_s
     assert int(stated["GAS_MAX_RECEIVES"]) == cfg.max_receives
     assert float(stated["GAS_RETRY_BASE_S"]) == cfg.retry_base_s
-    assert float(stated["GAS_VISIBILITY_TIMEOUT_S"]) == cfg.visibility_timeout
+    assert float(stated["GAS_VISIBILITY_TIMEOUT_S"]) == cfg.visibility_timeout_s
     assert float(stated["GAS_ANNOTATOR_TIMEOUT_S"]) == cfg.annotator_timeout_s
     assert stated["GAS_FAILED_STATUS"] == cfg.failed_status and stated["GAS_ACCOUNTS"] == cfg.accounts
     assert stated["GAS_THAW_TOPIC"] == cfg.thaw_topic and stated["GAS_RESTORE_TIER"] == cfg.restore_tier

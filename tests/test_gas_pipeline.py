@@ -23,7 +23,7 @@ SLOW_ANNOTATOR = (f"{sys.executable} -c \"import runpy, sys, time; time.sleep(0.
 
 
 def config(**kw: object) -> GasConfig:
-    base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout": 3.0, "retry_base_s": 0.1,
+    base: dict[str, object] = {"retention_s": 1.0, "visibility_timeout_s": 3.0, "retry_base_s": 0.1,
                                "annotator_timeout_s": 30.0, "max_receives": 3}
     base.update(kw)
     return GasConfig(**base)  # type: ignore[arg-type]

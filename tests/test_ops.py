@@ -175,7 +175,7 @@ def test_doctor_explains_each_misconfiguration_on_moto(aws: None, project: Path,
         """
         from orchestrator import Pipeline, Result
         pipeline = Pipeline("doc")
-        pipeline.stage("a", source="qa", publish_to="ta", max_receives=5, visibility_timeout=30)(lambda c, m: Result())
+        pipeline.stage("a", source="qa", publish_to="ta", max_receives=5, visibility_timeout_s=30)(lambda c, m: Result())
         pipeline.stage("b", source="qb", subscribe=("ta",), raw_subscription=False)(lambda c, m: Result())
         pipeline.stage("c", source="qc", subscribe=("tc",), emit_to="nowhere", retry_max_s=5000)(lambda c, m: Result())
         """))
@@ -238,17 +238,17 @@ def test_metrics_and_health_endpoints(tmp_path: Path) -> None:
 def test_settings_come_from_toml_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "orchestrator.toml"
-    cfg.write_text('backend = "sqlite:///from-file.db"\n[stages.square]\nmax_receives = 9\nvisibility_timeout = 45\n')
+    cfg.write_text('backend = "sqlite:///from-file.db"\n[stages.square]\nmax_receives = 9\nvisibility_timeout_s = 45\n')
     monkeypatch.setenv("ORCHESTRATOR_STAGES__SQUARE__MAX_RECEIVES", "11")
     settings = load_settings(cfg)
     assert settings.backend == "sqlite:///from-file.db"
-    assert settings.stages["square"].max_receives == 11 and settings.stages["square"].visibility_timeout == 45
+    assert settings.stages["square"].max_receives == 11 and settings.stages["square"].visibility_timeout_s == 45
     from examples.quickstart import pipeline
     from orchestrator.settings import apply_settings
 
     apply_settings(pipeline, settings)
     assert pipeline.get("square").max_receives == 11
-    pipeline.get("square").max_receives, pipeline.get("square").visibility_timeout = 5, 5
+    pipeline.get("square").max_receives, pipeline.get("square").visibility_timeout_s = 5, 5
     cfg.write_text("[stages.nope]\nmax_receives = 1\n")
     monkeypatch.chdir(tmp_path)
     assert main(["setup", "examples.quickstart:pipeline", "--config", str(cfg), "--backend", "memory://"]) == 2

@@ -108,15 +108,15 @@ from orchestrator import Pipeline, Result, JobStatus
 
 pipeline = Pipeline("joinproc")
 
-@pipeline.stage("split", source="split", emit_to="parts", wait_s=0.05, visibility_timeout=2)
+@pipeline.stage("split", source="split", emit_to="parts", wait_s=0.05, visibility_timeout_s=2)
 def split(ctx, msg):
     return Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(msg.payload["parts"])])
 
-@pipeline.stage("part", source="parts", wait_s=0.05, visibility_timeout=2, batch_size=1)
+@pipeline.stage("part", source="parts", wait_s=0.05, visibility_timeout_s=2, batch_size=1)
 def part(ctx, msg):
     return Result(fields={"v": msg.payload["i"] + 1})
 
-@pipeline.join("merge", parts_of="part", wait_s=0.05, visibility_timeout=2)
+@pipeline.join("merge", parts_of="part", wait_s=0.05, visibility_timeout_s=2)
 def merge(ctx, msg):
     with open(os.environ["JOIN_LOG"], "a") as log:   # every run of the join's handler
         log.write(msg.job_id + "\\n")

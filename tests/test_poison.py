@@ -150,7 +150,7 @@ class RefusingStore:
 def pipeline() -> Pipeline:
     p = Pipeline("poison")
 
-    @p.stage("first", source="a", emit_to="b", max_receives=MAX_RECEIVES, visibility_timeout=30,
+    @p.stage("first", source="a", emit_to="b", max_receives=MAX_RECEIVES, visibility_timeout_s=30,
              retry_base_s=1, retry_max_s=4)
     def first(ctx, msg):  # type: ignore[no-untyped-def]
         kind = msg.payload.get("poison")
@@ -158,7 +158,7 @@ def pipeline() -> Pipeline:
             return HANDLER[kind]()
         return Result(status=JobStatus.RUNNING, fields={"n": msg.payload["n"]}, emit=[{"n": msg.payload["n"] + 1}])
 
-    @p.stage("second", source="b", max_receives=MAX_RECEIVES, visibility_timeout=30, retry_base_s=1, retry_max_s=4)
+    @p.stage("second", source="b", max_receives=MAX_RECEIVES, visibility_timeout_s=30, retry_base_s=1, retry_max_s=4)
     def second(ctx, msg):  # type: ignore[no-untyped-def]
         return Result(status=JobStatus.COMPLETED, fields={"m": msg.payload["n"]})
 
@@ -224,11 +224,11 @@ def _run(backend: Backend, p: Pipeline, stage: str) -> list[Outcome]:
     ctrl = Controller(p, st_, backend, seed=7)
     outcomes: list[Outcome] = []
     for _ in range(200):
-        got = backend.transport.receive(st_.source, max_messages=10, wait_s=0, visibility_s=st_.visibility_timeout)
+        got = backend.transport.receive(st_.source, max_messages=10, wait_s=0, visibility_s=st_.visibility_timeout_s)
         if not got:
             if backend.transport.depth(st_.source).total == 0:
                 return outcomes
-            clock.advance(st_.visibility_timeout + st_.retry_max_s + 1)
+            clock.advance(st_.visibility_timeout_s + st_.retry_max_s + 1)
             continue
         for d in got:
             assert d.receive_count <= MAX_RECEIVES + 1, f"{d.message_id} received {d.receive_count} times"

@@ -32,13 +32,13 @@ PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("pgfaults")
 
-    @pipeline.stage("first", source="a", emit_to="b", visibility_timeout=3, max_receives=50, wait_s=0.2,
+    @pipeline.stage("first", source="a", emit_to="b", visibility_timeout_s=3, max_receives=50, wait_s=0.2,
                     retry_base_s=0.1, retry_max_s=1)
     def first(ctx, msg):
         time.sleep(0.002)
         return Result(status=JobStatus.RUNNING, fields={"n": msg.payload["n"] + 1}, emit=[{"n": msg.payload["n"] + 1}])
 
-    @pipeline.stage("second", source="b", visibility_timeout=3, max_receives=50, wait_s=0.2,
+    @pipeline.stage("second", source="b", visibility_timeout_s=3, max_receives=50, wait_s=0.2,
                     retry_base_s=0.1, retry_max_s=1)
     def second(ctx, msg):
         time.sleep(0.002)

@@ -24,13 +24,13 @@ PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("chaos")
 
-    @pipeline.stage("first", source="a", emit_to="b", visibility_timeout=2, max_receives=20, wait_s=0.05,
+    @pipeline.stage("first", source="a", emit_to="b", visibility_timeout_s=2, max_receives=20, wait_s=0.05,
                     retry_base_s=0.1, retry_max_s=1)
     def first(ctx, msg):
         time.sleep(0.001)
         return Result(status=JobStatus.RUNNING, fields={"n": msg.payload["n"] + 1}, emit=[{"n": msg.payload["n"] + 1}])
 
-    @pipeline.stage("second", source="b", visibility_timeout=2, max_receives=20, wait_s=0.05,
+    @pipeline.stage("second", source="b", visibility_timeout_s=2, max_receives=20, wait_s=0.05,
                     retry_base_s=0.1, retry_max_s=1)
     def second(ctx, msg):
         time.sleep(0.001)

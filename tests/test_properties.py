@@ -130,7 +130,7 @@ def build(sc: Scenario, early: list[str] | None = None) -> Pipeline:
         if i > 0 and sc.via_topic and not sc.emit_delay.get(i - 1):
             opts["subscribe"] = (f"t{i - 1}",)
             opts["raw_subscription"] = i % 2 == 0  # odd stages get SNS-wrapped bodies
-        p.stage(f"s{i}", source=f"q{i}", max_receives=sc.max_receives, visibility_timeout=sc.visibility,
+        p.stage(f"s{i}", source=f"q{i}", max_receives=sc.max_receives, visibility_timeout_s=sc.visibility,
                 retry_base_s=0.5, retry_max_s=5.0, claim=sc.claim, **opts)(handler)  # type: ignore[arg-type]
     return p
 
@@ -233,7 +233,7 @@ def test_heartbeat_keeps_live_long_handlers_from_redelivery(n_jobs: int, visibil
     # Given handlers that run several visibility timeouts, and time passing between steps
     p = Pipeline("slow")
 
-    @p.stage("work", source="in", visibility_timeout=visibility, max_receives=2)
+    @p.stage("work", source="in", visibility_timeout_s=visibility, max_receives=2)
     def work(ctx, msg):  # type: ignore[no-untyped-def]
         ctx.clock.sleep(visibility * stretch)
         return Result(status=JobStatus.COMPLETED)
@@ -281,7 +281,7 @@ def build_join(sc: JoinScenario, joins: Counter[str]) -> Pipeline:
     p = Pipeline("joinprop")
     # more receives than the crash plan can take from one message (5 faults, twice each), so
     # every job must complete: a job given up as poison here would be the protocol's fault
-    opts = {"max_receives": 14, "visibility_timeout": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
+    opts = {"max_receives": 14, "visibility_timeout_s": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
             "claim": sc.claim}
     p.stage("split", source="split", emit_to="parts", **opts)(  # type: ignore[arg-type]
         lambda ctx, msg: Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(sc.parts)]))

@@ -149,7 +149,7 @@ SCHED_PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("ticks")
 
-    @pipeline.stage("tick", source="ticks", visibility_timeout=2, max_receives=20, wait_s=0.05)
+    @pipeline.stage("tick", source="ticks", visibility_timeout_s=2, max_receives=20, wait_s=0.05)
     def tick(ctx, msg):
         return Result(status=JobStatus.COMPLETED)
 

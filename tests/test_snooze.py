@@ -17,7 +17,7 @@ def waiting_pipeline(ready_after: float, *, max_receives: int = 2, max_snooze_s:
     """One stage whose handler snoozes 60 s at a time until the clock passes ``ready_after``."""
     p = Pipeline("w")
 
-    @p.stage("restore", source="restores", max_receives=max_receives, visibility_timeout=30,
+    @p.stage("restore", source="restores", max_receives=max_receives, visibility_timeout_s=30,
              max_snooze_s=max_snooze_s)
     def restore(ctx, msg):  # type: ignore[no-untyped-def]
         if ctx.clock.now() < ready_after:
@@ -29,7 +29,7 @@ def waiting_pipeline(ready_after: float, *, max_receives: int = 2, max_snooze_s:
 
 def step(backend: Backend, p: Pipeline) -> list[Outcome]:
     st = p.get("restore")
-    got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout)
+    got = backend.transport.receive(st.source, max_messages=10, wait_s=0, visibility_s=st.visibility_timeout_s)
     return Controller(p, st, backend, seed=1).handle_batch(got) if got else []
 
 

@@ -24,12 +24,12 @@ PIPELINE = textwrap.dedent(
 
     pipeline = Pipeline("sup")
 
-    @pipeline.stage("first", source="in", emit_to="mid", visibility_timeout=2, batch_size=1)
+    @pipeline.stage("first", source="in", emit_to="mid", visibility_timeout_s=2, batch_size=1)
     def first(ctx, msg):
         time.sleep(0.02)
         return Result(status=JobStatus.RUNNING, emit=[{"n": msg.payload["n"]}])
 
-    @pipeline.stage("second", source="mid", visibility_timeout=2, batch_size=1)
+    @pipeline.stage("second", source="mid", visibility_timeout_s=2, batch_size=1)
     def second(ctx, msg):
         time.sleep(0.02)
         return Result(status=JobStatus.COMPLETED)

@@ -24,7 +24,7 @@ HUNG = textwrap.dedent(
 
     pipeline = Pipeline("hung")
 
-    @pipeline.stage("work", source="in", visibility_timeout=60, max_receives=5, wait_s=0.05, batch_size=1)
+    @pipeline.stage("work", source="in", visibility_timeout_s=60, max_receives=5, wait_s=0.05, batch_size=1)
     def work(ctx, msg):
         if os.environ.get("HANG"):
             open(os.environ["HANG"], "w").close()  # tell the test the handler is running
@@ -176,7 +176,7 @@ def test_a_worker_backs_off_through_an_outage_counts_it_and_loses_nothing(tmp_pa
 
     p = Pipeline("outage")
 
-    @p.stage("work", source="in", visibility_timeout=2, wait_s=0.05)
+    @p.stage("work", source="in", visibility_timeout_s=2, wait_s=0.05)
     def work(ctx, msg):  # type: ignore[no-untyped-def]
         return Result(status=JobStatus.COMPLETED)
 

@@ -120,7 +120,7 @@ class GasConfig:
     annotator_cmd: list[str] = field(default_factory=lambda: shlex.split(os.environ["GAS_ANNOTATOR_CMD"])
                                      if os.environ.get("GAS_ANNOTATOR_CMD") else [sys.executable, "-m",
                                                                                   "examples.gas.annotator"])
-    visibility_timeout: float = field(default_factory=lambda: _env_float("GAS_VISIBILITY_TIMEOUT_S", 60.0))
+    visibility_timeout_s: float = field(default_factory=lambda: _env_float("GAS_VISIBILITY_TIMEOUT_S", 60.0))
     max_receives: int = field(default_factory=lambda: int(_env_float("GAS_MAX_RECEIVES", 3)))
     retry_base_s: float = field(default_factory=lambda: _env_float("GAS_RETRY_BASE_S", 2.0))
     free_limit_bytes: int = FREE_LIMIT_BYTES

@@ -73,7 +73,7 @@ def results_message(cfg: GasConfig, job_id: str, result: dict[str, Any]) -> dict
 
 def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
     p = Pipeline("gas")
-    common: dict[str, Any] = {"visibility_timeout": cfg.visibility_timeout, "max_receives": cfg.max_receives,
+    common: dict[str, Any] = {"visibility_timeout_s": cfg.visibility_timeout_s, "max_receives": cfg.max_receives,
                               "retry_base_s": cfg.retry_base_s, "retry_max_s": max(cfg.retry_base_s, 60.0),
                               "plain_json": True, "wait_s": 0.2}
     accounts = res.accounts or open_accounts(cfg.accounts)

@@ -185,7 +185,7 @@ class Controller:
         """A heartbeat lease per delivery of a received batch (one timer beats them all)."""
         st = self.stage
         return Lease.batch(self.backend.transport, deliveries, self.backend.clock,
-                           visibility_s=st.visibility_timeout, time_limit_s=st.time_limit_s,
+                           visibility_s=st.visibility_timeout_s, time_limit_s=st.time_limit_s,
                            on_extend=lambda d: self.hook("on_lease_extended", st, d),
                            on_lost=lambda d: self.hook("on_lease_lost", st, d))
 

@@ -170,7 +170,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 batch = transport.receive(st.source, max_messages=sizer.size, wait_s=self.wait_s,
-                                          visibility_s=st.visibility_timeout)
+                                          visibility_s=st.visibility_timeout_s)
             except FatalBackendError as exc:
                 self._die(exc)
                 return

@@ -63,16 +63,16 @@ def _stage_findings(st: Stage, backend: Backend) -> list[tuple[str, str]]:
                                "every message it held, so one crash can dead-letter healthy batch-mates (use >= 3, "
                                "or batch_size=1)"))
     observed = handler_p99(backend, st.name)
-    if observed is not None and st.claim == "eager" and observed[0] > st.visibility_timeout:
+    if observed is not None and st.claim == "eager" and observed[0] > st.visibility_timeout_s:
         out.append(("warning", f"handlers took up to {observed[0]:.1f}s (p99 of {observed[1]} steps), longer than "
-                               f"the visibility timeout {st.visibility_timeout:g}s: only the heartbeat keeps their "
-                               "leases; a stalled process loses them (raise visibility_timeout)"))
+                               f"the visibility timeout {st.visibility_timeout_s:g}s: only the heartbeat keeps their "
+                               "leases; a stalled process loses them (raise visibility_timeout_s)"))
     for problem in st.problems(max_visibility_s=t.max_visibility_s, max_delay_s=t.max_delay_s,
                                max_batch=t.max_batch):
         out.append(("error", problem.split(": ", 1)[-1]))
-    if st.time_limit_s is not None and st.time_limit_s < st.visibility_timeout:
+    if st.time_limit_s is not None and st.time_limit_s < st.visibility_timeout_s:
         out.append(("warning", f"time_limit_s {st.time_limit_s:g}s is shorter than the visibility timeout "
-                               f"{st.visibility_timeout:g}s: a runaway handler is only redelivered when its lease "
+                               f"{st.visibility_timeout_s:g}s: a runaway handler is only redelivered when its lease "
                                "lapses"))
     return out
 
@@ -92,10 +92,10 @@ def _queue_findings(st: Stage, backend: Backend) -> list[tuple[str, str]]:
         out.append(("error", f"queue {st.source} dead-letters after {spec.redrive_after} receives but the "
                              f"controller needs {st.max_receives + 1} (max_receives {st.max_receives}, plus one to "
                              "mark the job FAILED): poison would leave the queue while its job stays RUNNING"))
-    if abs(spec.visibility_timeout_s - st.visibility_timeout) > 0.5:
+    if abs(spec.visibility_timeout_s - st.visibility_timeout_s) > 0.5:
         out.append(("warning", f"queue {st.source} default visibility is {spec.visibility_timeout_s:g}s, the stage "
-                               f"leases for {st.visibility_timeout:g}s on every receive (heartbeat every "
-                               f"{st.visibility_timeout / 3:g}s); other consumers of the queue get the default"))
+                               f"leases for {st.visibility_timeout_s:g}s on every receive (heartbeat every "
+                               f"{st.visibility_timeout_s / 3:g}s); other consumers of the queue get the default"))
     if spec.delay_s != st.delay_s:
         out.append(("warning", f"queue {st.source} delays messages by {spec.delay_s:g}s, the stage expects "
                                f"{st.delay_s:g}s"))

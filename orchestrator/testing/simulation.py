@@ -247,7 +247,7 @@ class Simulation:
         st = self.pipeline.stages[stage]
         ctrl = self.random.choice(self.controllers[stage])
         got = self.transport.receive(st.source, max_messages=self.random.randint(1, 4), wait_s=0,
-                                     visibility_s=st.visibility_timeout)
+                                     visibility_s=st.visibility_timeout_s)
         for d in got:
             self.received.add((d.queue, d.message_id))
         batches = [got] if got and self.random.random() < self.batch_probability else [[d] for d in got]
@@ -280,7 +280,7 @@ class Simulation:
         for d in f.deliveries:
             with contextlib.suppress(MalformedMessage):
                 self.stalled_jobs[f.controller.stage.codec.decode(d.body).job_id] += 1
-        self.clock.advance(f.controller.stage.visibility_timeout + 0.5)
+        self.clock.advance(f.controller.stage.visibility_timeout_s + 0.5)
 
     # -- invariants -------------------------------------------------------------------------
     def check_invariants(self) -> Report:

@@ -258,12 +258,11 @@ class Controller:
         handled = self._handle_all(started, outcomes, should_stop)
         yield from self._crash("after_handle", handled)
         ready = []
-        for it in handled:  # time passed since the handler returned: decided again, the lease may be gone
-            action = self._decide(it, it.result)
-            if action.verdict == Verdict.ACK:
-                ready.append(it)
+        for it in handled:  # time passed since the handler returned: a lease lost meanwhile is decided on
+            if it.lease.lost:
+                self._finish(it, self._settle_by(it, it.result), outcomes)
             else:
-                self._finish(it, self._act(it, action), outcomes)
+                ready.append(it)
         if ready:
             yield from self._commit_emit_ack(ready, jobs, outcomes)
 

@@ -107,6 +107,9 @@ class UnknownJob:
     stage: str
 
 
+_SITUATIONS = (Undecodable, Unreadable, NothingAsked, Recorded, Stopping, Refused, UnknownJob)
+
+
 def recorded(job: dict[str, Any], step_key: str) -> Recorded | None:
     """The ``Recorded`` situation when the job's record settles a delivery for ``step_key``
     (cancelled job, finished step, job FAILED elsewhere); None when the step is still to do."""
@@ -131,9 +134,12 @@ def decide(
     extend up to ``max_snooze_s`` (None: without bound); ``job_status`` the job's status as
     the handler saw it (a finished job keeps it: a post-completion stage only adds fields).
     """
-    settled = _before_handling(outcome, attempt=attempt, max_receives=max_receives, backoff_s=backoff_s)
-    if settled is not None:
-        return settled
+    if type(outcome) is Result and not lease_lost:  # the common case, first (once per message)
+        status = outcome.status
+        return ACK if status is None or (job_status in TERMINAL and status != job_status) else \
+            Action(Verdict.ACK, status=status)
+    if isinstance(outcome, _SITUATIONS):
+        return _before_handling(outcome, attempt=attempt, max_receives=max_receives, backoff_s=backoff_s)
     match outcome:
         case JobCancelled():
             # job_not_cancelled failed: the job was cancelled while the handler ran. Whatever
@@ -161,8 +167,8 @@ def decide(
             return ACK
 
 
-def _before_handling(outcome: object, *, attempt: int, max_receives: int, backoff_s: float) -> Action | None:
-    """The situations met before or around a handler; None for a handler's outcome."""
+def _before_handling(outcome: object, *, attempt: int, max_receives: int, backoff_s: float) -> Action:
+    """The situations met before or around a handler."""
     match outcome:
         case Undecodable(reason=reason):
             return Action(Verdict.REJECT, reason, cause=outcome)
@@ -187,7 +193,7 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Refused(error=exc, what=what):
             return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000],
                           cause=outcome)
-    return None
+    raise TypeError(f"not a situation: {outcome!r}")
 
 
 def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: float) -> Action:

@@ -254,17 +254,32 @@ class StatusStore(Protocol):
     def create_doc(
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
         origin: OutMessage | None = None,
-    ) -> tuple[dict[str, Any], bool]: ...
+    ) -> tuple[dict[str, Any], bool]:
+        """Create the job PENDING at version 1, conditional on its id being free (another
+        program's item under that key is never overwritten): (document, True); an existing
+        job's document, unchanged, with False. Reads the job; writes one new record."""
+        ...
 
     def create_docs(self, jobs: Sequence[NewJob]) -> list[tuple[dict[str, Any], bool]]:
         """``create_doc`` for many jobs at once, in order: (document, created). A job id that
         exists already (or comes twice) answers its existing document with ``False``."""
         ...
 
-    def get_docs(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def get_docs(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The existing jobs among ``job_ids`` (duplicates and unknown ids left out), as whole
+        documents (defaults filled back), read consistently, in one round trip where the
+        backend allows. Writes nothing; never changes a returned document later."""
+        ...
 
     def begin_docs(self, items: Sequence[BeginItem], *, known: dict[str, dict[str, Any]] | None = None
-                   ) -> list[dict[str, Any] | StoreError]: ...
+                   ) -> list[dict[str, Any] | StoreError]:
+        """Claim each item's step for its delivery (PENDING -> RUNNING), one result per item
+        in order: the document written, or the ``StoreError`` its rule raised (``ConflictError``
+        with the current document when the step is finished or held under a newer claim,
+        ``JobCancelled``, ``JobNotFound``). Each write is conditional on the version of the
+        document it was judged on (``known``: documents just read; a job whose version moved
+        is read and judged again). Raises only for an outage or a batch the backend refused."""
+        ...
 
     def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, dict[str, Any]] | None = None
                     ) -> list[dict[str, Any] | StoreError]:

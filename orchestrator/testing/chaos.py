@@ -21,7 +21,7 @@ from orchestrator.errors import SimulatedCrash
 
 STORE_WRITES = ("create", "begin_step", "commit_step", "fail", "retried", "note", "delete", "snooze", "cancel",
                 "retry", "reset", "update_fields", "begin_steps", "commit_steps", "create_doc", "begin_docs",
-                "commit_docs", "apply")
+                "commit_docs", "apply", "create_docs")
 
 
 class InjectedFault(SimulatedCrash):

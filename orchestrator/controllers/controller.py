@@ -2,8 +2,11 @@
 
 ``Controller.process`` runs it over a received batch; a single message is a batch of one
 (``handle``). Each store and queue step is done for the batch at once: one lookup
-(``get_docs``), one ``begin_docs``, one ``commit_docs``, one send per target queue or topic,
-one ``ack_batch``. On SQLite and PostgreSQL commit, emit and ack are one transaction.
+(``get_docs``), one ``begin_docs``, the commits prepared with no lock held
+(``prepare_commits``), then, in one unit of work (``backend.unit()``: one transaction on SQLite
+and PostgreSQL), their writes (``apply``), one send per target queue or topic and one
+``ack_batch``. What becomes of each delivery is ``decide``'s choice; this module finds out what
+happened and carries the verdict out.
 
 ``process`` is a generator that yields the name of each crash point the batch passes, so the
 deterministic simulation can interleave batches step by step; the worker drives it to the end.

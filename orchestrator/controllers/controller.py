@@ -556,7 +556,7 @@ class Controller:
         action = self._decide(it, outcome)
         took = time.monotonic() - started
         self.handler_seconds += took
-        self.hook("after_handle", ctx, _LABELS.get(action.verdict, action.verdict.value), took)
+        self.hook("after_handle", ctx, _LABELS[action.verdict], took)
         if action.verdict == Verdict.ACK:
             it.status = action.status
         return action
@@ -741,9 +741,12 @@ class Controller:
                     on_emit=lambda m: self.hook("on_emit", self.stage, m))
 
 
+#: what ``after_handle`` hooks are told of a handler's outcome (the verdicts that follow a
+#: handler; the rest are settled before one runs)
 _LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
            Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed",
-           Verdict.DROP: "cancelled"}
+           Verdict.DROP: "cancelled", **{v: v.value for v in (Verdict.REPLAY, Verdict.SKIP, Verdict.REJECT,
+                                                           Verdict.HAND_BACK, Verdict.REFUSED)}}
 
 
 def step_error(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:

@@ -214,7 +214,7 @@ SYSTEMS: dict[str, tuple[Callable[[str, int], None], Stage, int]] = {
     "ours, SQLite default, 2 procs/stage": (ours_seed, ours_stage(None), 2),
     "ours, SQLite default, batch_size=10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
     "ours, SQLite default, batch_size=1, 1 proc/stage": (ours_seed, ours_stage(1), 1),
-    "ours, SQLite default, claim=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
+    "ours, SQLite default, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
     "huey SqliteHuey, 1 proc/stage": (huey_seed, huey_stage, 1),
     "persist-queue SQLiteAckQueue, 1 proc/stage": (pq_seed, pq_stage, 1),
     "raw sqlite3, per message, 1 proc/stage": (raw_seed, raw_stage(1), 1),

@@ -14,7 +14,7 @@ def one(ctx, msg):  # type: ignore[no-untyped-def]
 def two(ctx, msg):  # type: ignore[no-untyped-def]
     return Result(status=JobStatus.COMPLETED)
 
-# The same stages with claim="lazy": no begin write, the commit alone records the step.
+# The same stages with begin="lazy": no begin write, the commit alone records the step.
 lazy_pipeline = Pipeline("noop-lazy")
-lazy_pipeline.stage("one", source="bench_a", emit_to="bench_b", wait_s=0.05, claim="lazy")(one)
-lazy_pipeline.stage("two", source="bench_b", wait_s=0.05, claim="lazy")(two)
+lazy_pipeline.stage("one", source="bench_a", emit_to="bench_b", wait_s=0.05, begin="lazy")(one)
+lazy_pipeline.stage("two", source="bench_b", wait_s=0.05, begin="lazy")(two)

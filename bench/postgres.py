@@ -196,7 +196,7 @@ SYSTEMS: dict[str, tuple[Callable[[str, str, int], None], Stage, int]] = {
     "ours, PostgreSQL, 1 proc/stage": (ours_seed, ours_stage(None), 1),
     "ours, PostgreSQL, 2 procs/stage": (ours_seed, ours_stage(None), 2),
     "ours, PostgreSQL, batch_size=10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
-    "ours, PostgreSQL, claim=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
+    "ours, PostgreSQL, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
     "procrastinate, concurrency 1, 1 proc/stage": (procrastinate_seed, procrastinate_stage(1), 1),
     "procrastinate, concurrency 10, 1 proc/stage": (procrastinate_seed, procrastinate_stage(10), 1),
     "pgqueuer, batch 10, 1 proc/stage": (pgqueuer_seed, pgqueuer_stage, 1),

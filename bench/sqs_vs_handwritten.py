@@ -56,9 +56,9 @@ def orchestrator_run(n: int, claim: str = "eager") -> float:
     prefix = f"o{uuid.uuid4().hex[:6]}-"
     backend = aws_backend(f"aws://?region={REGION}&prefix={prefix}")
     p = Pipeline("bench")
-    p.stage("one", source="a", emit_to="b", wait_s=1, claim=claim)(
+    p.stage("one", source="a", emit_to="b", wait_s=1, begin=claim)(
         lambda ctx, msg: Result(status=JobStatus.RUNNING, emit=[{}]))
-    p.stage("two", source="b", wait_s=1, claim=claim)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.stage("two", source="b", wait_s=1, begin=claim)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
     p.setup(backend)
     for i in range(n):
         p.submit(backend, job_id=f"j{i}", payload={}, queue="a")
@@ -238,8 +238,8 @@ def main() -> None:
     runs: dict[str, Callable[[], float]] = {
         "hand-written, one message at a time": lambda: one_at_a_time(n),
         "hand-written, batched": lambda: batched(n),
-        "orchestrator (aws://, claim=eager)": lambda: orchestrator_run(n, "eager"),
-        "orchestrator (aws://, claim=lazy)": lambda: orchestrator_run(n, "lazy"),
+        "orchestrator (aws://, begin=eager)": lambda: orchestrator_run(n, "eager"),
+        "orchestrator (aws://, begin=lazy)": lambda: orchestrator_run(n, "lazy"),
     }
     results: dict[str, list[tuple[float, int, float]]] = {name: [] for name in runs}
     print(f"moto server ({args.server}), {n} jobs x 2 stages = {2 * n} messages per run, "

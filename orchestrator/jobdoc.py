@@ -232,7 +232,7 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
            join: JoinTrigger | None = None) -> Doc:
     """Record the step's result, its fields and its outbox; optionally move the status.
 
-    ``claim=None`` is a lazy claim (a stage with ``claim="lazy"`` writes no begin): the step
+    ``claim=None`` is a lazy claim (a stage with ``begin="lazy"`` writes no begin): the step
     is created here, a PENDING job passes through RUNNING in the same write, and the only
     condition is that nobody committed the step first.
     """

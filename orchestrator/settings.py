@@ -40,7 +40,9 @@ class StageSettings(BaseModel):
     wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1)")
     delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
     max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")
-    claim: Literal["eager", "lazy"] | None = Field(None, description="begin write before the handler or not (default eager)")
+    begin: Literal["eager", "lazy"] | None = Field(
+        None, description="begin write before the handler or not (default eager; was `claim`)",
+        validation_alias=AliasChoices("begin", "claim"))
 
 
 class Settings(BaseSettings):

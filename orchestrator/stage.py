@@ -30,7 +30,7 @@ from orchestrator.status import JobRecord, JobStatus
 
 #: settings a stage took under another name before, and their name now (the old one still works,
 #: with a DeprecationWarning)
-RENAMED_SETTINGS: dict[str, str] = {"visibility_timeout": "visibility_timeout_s"}
+RENAMED_SETTINGS: dict[str, str] = {"visibility_timeout": "visibility_timeout_s", "claim": "begin"}
 
 DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -196,7 +196,7 @@ class Stage:
     #: while it runs and a stale holder is fenced off by its claim. "lazy": no begin write;
     #: the commit alone records the step (first committer wins): one store write per message
     #: instead of two, for fast handlers.
-    claim: Literal["eager", "lazy"] = "eager"
+    begin: Literal["eager", "lazy"] = "eager"
     #: emitted bodies over 64 KiB go to the object store (claim check) and the queue and the
     #: outbox carry a pointer; without it a body over the queue's limit fails the step.
     #: Consumers of such bodies need a large enough ``max_body_bytes``.
@@ -285,8 +285,8 @@ class Stage:
         if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
             out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "
                        f"{self.priority_bands!r}")
-        if self.claim not in ("eager", "lazy"):
-            out.append(f"stage {self.name}: claim must be 'eager' or 'lazy', got {self.claim!r}")
+        if self.begin not in ("eager", "lazy"):
+            out.append(f"stage {self.name}: begin must be 'eager' or 'lazy', got {self.begin!r}")
         if self.emit_to and self.publish_to:
             out.append(f"stage {self.name}: set emit_to or publish_to, not both")
         for topic in self.subscribe:

@@ -56,7 +56,7 @@ def two_stage(calls: list[str]) -> Pipeline:
             raise PermanentError("bad input")
         return Result(status=JobStatus.RUNNING, emit=[Emit({"n": 1})])
 
-    @p.stage("second", source="b", max_receives=2, retry_base_s=1, retry_max_s=1, claim="lazy")
+    @p.stage("second", source="b", max_receives=2, retry_base_s=1, retry_max_s=1, begin="lazy")
     def second(ctx, msg):  # type: ignore[no-untyped-def]
         calls.append(f"second:{msg.job_id}")
         if ctx.job.fields.get("broken", True) and msg.job_id.startswith("flaky"):

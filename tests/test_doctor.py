@@ -103,3 +103,16 @@ def test_the_old_name_of_the_visibility_timeout_still_works_and_says_its_new_nam
     apply_settings(p, load_settings(cfg))
     assert p.get("s").visibility_timeout_s == 40
     assert p.get("s").setting_sources["visibility_timeout_s"] == "config file"
+
+
+def test_the_old_name_of_the_begin_mode_still_works_and_says_its_new_name(tmp_path: Path) -> None:
+    from orchestrator.settings import apply_settings, load_settings
+
+    p = Pipeline("renamed")
+    with pytest.warns(DeprecationWarning, match="begin="):
+        p.stage("s", source="in", claim="lazy")(lambda ctx, msg: Result())
+    assert p.get("s").begin == "lazy"
+    cfg = tmp_path / "orchestrator.toml"
+    cfg.write_text('[stages.s]\nclaim = "eager"\n')
+    apply_settings(p, load_settings(cfg))
+    assert p.get("s").begin == "eager" and p.get("s").setting_sources["begin"] == "config file"

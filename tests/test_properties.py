@@ -131,7 +131,7 @@ def build(sc: Scenario, early: list[str] | None = None) -> Pipeline:
             opts["subscribe"] = (f"t{i - 1}",)
             opts["raw_subscription"] = i % 2 == 0  # odd stages get SNS-wrapped bodies
         p.stage(f"s{i}", source=f"q{i}", max_receives=sc.max_receives, visibility_timeout_s=sc.visibility,
-                retry_base_s=0.5, retry_max_s=5.0, claim=sc.claim, **opts)(handler)  # type: ignore[arg-type]
+                retry_base_s=0.5, retry_max_s=5.0, begin=sc.claim, **opts)(handler)  # type: ignore[arg-type]
     return p
 
 
@@ -282,7 +282,7 @@ def build_join(sc: JoinScenario, joins: Counter[str]) -> Pipeline:
     # more receives than the crash plan can take from one message (5 faults, twice each), so
     # every job must complete: a job given up as poison here would be the protocol's fault
     opts = {"max_receives": 14, "visibility_timeout_s": sc.visibility, "retry_base_s": 0.5, "retry_max_s": 2.0,
-            "claim": sc.claim}
+            "begin": sc.claim}
     p.stage("split", source="split", emit_to="parts", **opts)(  # type: ignore[arg-type]
         lambda ctx, msg: Result(status=JobStatus.RUNNING, parts=[{"i": i} for i in range(sc.parts)]))
     p.stage("part", source="parts", **opts)(  # type: ignore[arg-type]

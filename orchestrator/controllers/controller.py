@@ -296,7 +296,7 @@ class Controller:
         """3. begin: claim each step with its delivery's receipt (lease fencing); a lazy stage
         writes none, its commit records the step. The items whose begin went through."""
         st = self.stage
-        if st.claim != "eager" or not live:
+        if st.begin != "eager" or not live:
             return live
         started = []
         begun = self._isolate(live, lambda sub: self.backend.store.begin_docs(
@@ -506,7 +506,7 @@ class Controller:
 
     def claim_of(self, d: Delivery) -> str | None:
         """The claim this delivery's writes are conditional on (None for a lazy stage)."""
-        return d.receipt if self.stage.claim == "eager" else None
+        return d.receipt if self.stage.begin == "eager" else None
 
     def _backoff(self, d: Delivery) -> float:
         return self.stage.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE))
 import boto3  # noqa: E402
 from sqs_vs_handwritten import REGION, _ProcessServer, free_port  # noqa: E402
 
+from orchestrator import records  # noqa: E402
 from orchestrator.status import JobStatus, OutMessage  # noqa: E402
 from orchestrator.stores.dynamodb import DynamoDBStatusStore  # noqa: E402
 
@@ -83,7 +84,7 @@ def measure(pid: int, n: int) -> dict[str, float]:
     ids = [f"j{i}" for i in range(n)]
     for job_id in ids:  # a job as stage two finds it: created, stage one committed
         store.create(job_id, fields={"input_file_name": "x.vcf"})
-        store.commit_step(job_id, stage="one", message_id=f"m-{job_id}", claim=None, status=JobStatus.RUNNING,
+        records.commit_step(store, job_id, stage="one", message_id=f"m-{job_id}", claim=None, status=JobStatus.RUNNING,
                           fields={}, outbox=[OutMessage(kind="queue", target="b", id=f"o-{job_id}",
                                                         body=json.dumps({"v": 1, "id": "a" * 32, "job_id": job_id,
                                                                         "task": "two"}))])

@@ -219,8 +219,11 @@ class Topic(Protocol):
 class StatusStore(Protocol):
     """Jobs and their step records. Every write is conditional (first committer wins).
 
-    Each method returns the record as written, or raises ``ConflictError`` /
-    ``InvalidTransition`` / ``JobNotFound`` carrying the current record.
+    The vocabulary is the document operations below (``*_docs``, ``prepare_commits``,
+    ``apply``): what the controller calls, what an adapter's policy implements once
+    (``stores/cas.py``). A single-job write returns the record as written, or raises
+    ``ConflictError`` / ``InvalidTransition`` / ``JobNotFound`` carrying the current record.
+    ``get`` and ``create`` are the typed read and create programs call.
     """
 
     def create(
@@ -231,26 +234,13 @@ class StatusStore(Protocol):
         ``False``."""
         ...
 
-    def get(self, job_id: str) -> JobRecord | None: ...
-
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        """The existing jobs among ``job_ids``, in one round trip where the backend allows."""
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job as a typed record (``get_docs`` of one), None when there is none."""
         ...
 
-    def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None
-                    ) -> list[JobRecord | StoreError]:
-        """``begin_step`` for several jobs; each result is the record or the error. ``known``
-        holds records just read: a backend may write against them in one round trip."""
-        ...
-
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
-                     ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each under its own conditions; each result is the
-        record or the error. Inside a backend's unit of work it is part of the unit."""
-        ...
-
-    # The same reads and batch writes on the store's documents (``orchestrator.jobdoc``): the
-    # controller's path, which never needs the typed record unless a handler asks for it.
+    # The reads and writes of jobs, on the store's documents (``orchestrator.jobdoc``): one
+    # vocabulary, batches first (a single job is a batch of one). Typed views of the step
+    # writes and of a batch read are helpers outside the protocol (``orchestrator.records``).
     def create_doc(
         self, job_id: str, *, user_id: str | None = None, fields: dict[str, Any] | None = None,
         origin: OutMessage | None = None,
@@ -299,29 +289,6 @@ class StatusStore(Protocol):
         it was prepared against; a job whose record moved since (or that had no known record)
         is read, judged by its rule and written again, as a single write is. Inside a unit of
         work the writes are part of it."""
-        ...
-
-    def begin_step(
-        self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
-        input_body: str | None = None, source: str | None = None,
-    ) -> JobRecord:
-        """Claim ``stage`` for the delivery holding ``claim``; PENDING -> RUNNING.
-        Raises ``ConflictError`` if the step is finished or the job FAILED."""
-        ...
-
-    def commit_step(
-        self,
-        job_id: str,
-        *,
-        stage: str,
-        message_id: str,
-        claim: str | None,
-        status: JobStatus | None,
-        fields: dict[str, Any],
-        outbox: list[OutMessage],
-    ) -> JobRecord:
-        """One conditional write: step committed with its outbox, fields merged, status
-        moved. Conditions: step_not_finished, lease_still_ours, transition allowed."""
         ...
 
     def fail(

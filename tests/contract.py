@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from orchestrator import records
 from orchestrator.base import Backend, Delivery, Outgoing, QueueSpec, StatusStore, Topic, Transport
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
@@ -307,10 +308,10 @@ class StatusStoreContract:
 
     def test_begin_moves_pending_to_running_and_commit_completes(self, store: StatusStore) -> None:
         store.create("j1")
-        rec = store.begin_step("j1", stage="s", message_id="m", claim="c1", attempt=1)
+        rec = records.begin_step(store, "j1", stage="s", message_id="m", claim="c1", attempt=1)
         assert rec.status == JobStatus.RUNNING
         out = OutMessage(kind="queue", target="next", id="m2", body="{}")
-        rec = store.commit_step("j1", stage="s", message_id="m", claim="c1", status=JobStatus.COMPLETED,
+        rec = records.commit_step(store, "j1", stage="s", message_id="m", claim="c1", status=JobStatus.COMPLETED,
                                 fields={"x": 1.5, "nested": {"a": [1, 2]}}, outbox=[out])
         got = store.get("j1")
         assert got is not None and got == rec
@@ -320,47 +321,47 @@ class StatusStoreContract:
 
     def test_first_committer_wins(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c1", attempt=1)
-        store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 1}, outbox=[])
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c1", attempt=1)
+        records.commit_step(store, "j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 1}, outbox=[])
         with pytest.raises(ConflictError) as err:
-            store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 2}, outbox=[])
+            records.commit_step(store, "j1", stage="s", message_id="m", claim="c1", status=None, fields={"v": 2}, outbox=[])
         assert err.value.current is not None and err.value.current.fields["v"] == 1
 
     def test_a_replaced_claim_cannot_commit_or_fail(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="old", attempt=1)
-        store.begin_step("j1", stage="s", message_id="m", claim="new", attempt=2)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="old", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="new", attempt=2)
         with pytest.raises(ConflictError):
-            store.commit_step("j1", stage="s", message_id="m", claim="old", status=None, fields={}, outbox=[])
+            records.commit_step(store, "j1", stage="s", message_id="m", claim="old", status=None, fields={}, outbox=[])
         with pytest.raises(ConflictError):
             store.fail("j1", stage="s", message_id="m", claim="old", reason="x", dead_letter=False)
         with pytest.raises(ConflictError):  # an older copy cannot take the step back either
-            store.begin_step("j1", stage="s", message_id="m", claim="older", attempt=1)
-        store.commit_step("j1", stage="s", message_id="m", claim="new", status=None, fields={}, outbox=[])
+            records.begin_step(store, "j1", stage="s", message_id="m", claim="older", attempt=1)
+        records.commit_step(store, "j1", stage="s", message_id="m", claim="new", status=None, fields={}, outbox=[])
 
     def test_status_never_goes_backwards(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)
         with pytest.raises(InvalidTransition):
-            store.commit_step("j1", stage="s", message_id="m", claim="c", status=JobStatus.PENDING, fields={}, outbox=[])
-        store.commit_step("j1", stage="s", message_id="m", claim="c", status=JobStatus.COMPLETED, fields={}, outbox=[])
+            records.commit_step(store, "j1", stage="s", message_id="m", claim="c", status=JobStatus.PENDING, fields={}, outbox=[])
+        records.commit_step(store, "j1", stage="s", message_id="m", claim="c", status=JobStatus.COMPLETED, fields={}, outbox=[])
         # a post-completion stage that fails leaves the job COMPLETED
-        store.begin_step("j1", stage="notify", message_id="n", claim="c2", attempt=1)
+        records.begin_step(store, "j1", stage="notify", message_id="n", claim="c2", attempt=1)
         rec = store.fail("j1", stage="notify", message_id="n", claim="c2", reason="smtp down", dead_letter=True)
         assert rec.status == JobStatus.COMPLETED
         assert rec.steps["notify"].state == "failed" and rec.history[-1].event == "step_failed"
 
     def test_a_failed_job_refuses_new_steps(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)
         rec = store.fail("j1", stage="s", message_id="m", claim="c", reason="input missing", dead_letter=False)
         assert rec.status == JobStatus.FAILED and rec.history[-1].reason == "input missing"
         with pytest.raises(ConflictError):
-            store.begin_step("j1", stage="t", message_id="m2", claim="c", attempt=1)
+            records.begin_step(store, "j1", stage="t", message_id="m2", claim="c", attempt=1)
 
     def test_reset_and_update_fields(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)
         store.fail("j1", stage="s", message_id="m", claim="c", reason="boom", dead_letter=True)
         rec = store.reset("j1", stage="s", reason="redrive")
         assert rec.status == JobStatus.PENDING and "s" not in rec.steps
@@ -370,7 +371,7 @@ class StatusStoreContract:
         store.create("j1")
         read = store.get("j1")
         assert read is not None
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)  # written since
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)  # written since
         assert store.delete("j1", version=read.version) is False and store.get("j1") is not None
         now = store.get("j1")
         assert now is not None and store.delete("j1", version=now.version) is True
@@ -378,7 +379,7 @@ class StatusStoreContract:
 
     def test_a_failed_attempt_is_kept_on_the_step_and_in_the_history(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)
         error = {"type": "RuntimeError", "message": "boom", "traceback": "Traceback...", "attempt": 1, "at": 1.0}
         rec = store.retried("j1", stage="s", message_id="m", claim="c", error=error, delay_s=2.0)
         assert rec.steps["s"].error is not None and rec.steps["s"].error.message == "boom"
@@ -393,20 +394,20 @@ class StatusStoreContract:
     def test_query_by_user_and_status(self, store: StatusStore) -> None:
         for i in range(4):
             store.create(f"j{i}", user_id="alice" if i % 2 == 0 else "bob")
-        store.begin_step("j0", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j0", stage="s", message_id="m", claim="c", attempt=1)
         assert [r.job_id for r in store.query(user_id="alice")] == ["j0", "j2"]
         assert [r.job_id for r in store.query(status=JobStatus.RUNNING)] == ["j0"]
         assert [r.job_id for r in store.query(user_id="bob", status=JobStatus.PENDING)] == ["j1", "j3"]
 
     def test_concurrent_committers_exactly_one_wins(self, store: StatusStore) -> None:
         store.create("j1")
-        store.begin_step("j1", stage="s", message_id="m", claim="c", attempt=1)
+        records.begin_step(store, "j1", stage="s", message_id="m", claim="c", attempt=1)
         wins: list[int] = []
         losses: list[int] = []
 
         def commit(i: int) -> None:
             try:
-                store.commit_step("j1", stage="s", message_id="m", claim="c", status=None, fields={"by": i}, outbox=[])
+                records.commit_step(store, "j1", stage="s", message_id="m", claim="c", status=None, fields={"by": i}, outbox=[])
                 wins.append(i)
             except ConflictError:
                 losses.append(i)
@@ -427,7 +428,7 @@ class BatchStoreContract:
     def test_get_many_returns_the_existing_jobs(self, store: StatusStore) -> None:
         for i in range(3):
             store.create(f"j{i}")
-        got = store.get_many(["j0", "j2", "missing", "j0"])
+        got = records.get_many(store, ["j0", "j2", "missing", "j0"])
         assert sorted(got) == ["j0", "j2"]
 
     def test_batched_begin_and_commit_judge_each_job_on_its_own(self, store: StatusStore) -> None:
@@ -435,13 +436,13 @@ class BatchStoreContract:
 
         for i in range(4):
             store.create(f"j{i}")
-        store.begin_step("j3", stage="s", message_id="m", claim="other", attempt=5)  # a newer holder
-        known = store.get_many([f"j{i}" for i in range(4)])
-        begun = store.begin_steps([BeginItem(f"j{i}", "s", "m", f"c{i}", 1) for i in range(4)], known=known)
+        records.begin_step(store, "j3", stage="s", message_id="m", claim="other", attempt=5)  # a newer holder
+        known = records.get_many(store, [f"j{i}" for i in range(4)])
+        begun = records.begin_steps(store, [BeginItem(f"j{i}", "s", "m", f"c{i}", 1) for i in range(4)], known=known)
         assert [type(r).__name__ for r in begun] == ["JobRecord", "JobRecord", "JobRecord", "ConflictError"]
-        known = store.get_many([f"j{i}" for i in range(3)])
-        store.commit_step("j1", stage="s", message_id="m", claim="c1", status=None, fields={"by": "single"}, outbox=[])
-        done = store.commit_steps([CommitItem(f"j{i}", "s", "m", f"c{i}", JobStatus.COMPLETED, {"by": "batch"}, [])
+        known = records.get_many(store, [f"j{i}" for i in range(3)])
+        records.commit_step(store, "j1", stage="s", message_id="m", claim="c1", status=None, fields={"by": "single"}, outbox=[])
+        done = records.commit_steps(store, [CommitItem(f"j{i}", "s", "m", f"c{i}", JobStatus.COMPLETED, {"by": "batch"}, [])
                                    for i in range(3)], known=known)
         assert [type(r).__name__ for r in done] == ["JobRecord", "ConflictError", "JobRecord"]
         j1 = store.get("j1")
@@ -454,10 +455,10 @@ class BatchStoreContract:
 
         for i in range(4):
             store.create(f"j{i}")
-        known = store.get_many([f"j{i}" for i in range(4)])
+        known = records.get_many(store, [f"j{i}" for i in range(4)])
         store.update_fields("j1", {"moved": True})  # j1's known record is now stale; the others are not
         store.update_fields("j3", {"moved": True})
-        done = store.commit_steps([CommitItem(f"j{i}", "s", f"m{i}", None, JobStatus.COMPLETED, {"by": "batch"}, [])
+        done = records.commit_steps(store, [CommitItem(f"j{i}", "s", f"m{i}", None, JobStatus.COMPLETED, {"by": "batch"}, [])
                                    for i in range(4)], known=known)
         assert [type(r).__name__ for r in done] == ["JobRecord"] * 4
         for i in range(4):
@@ -477,7 +478,7 @@ class BatchStoreContract:
                                         for i in range(3)], known=known)
         assert store.get_docs(["j0", "j1", "j2"]) == known  # preparing wrote nothing
         # between preparing and applying: j1's step is committed by someone else, j2 gains a field
-        store.commit_step("j1", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
+        records.commit_step(store, "j1", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
         store.update_fields("j2", {"other": "writer"})
         done = store.apply(writes)
         assert [type(r).__name__ for r in done] == ["dict", "ConflictError", "dict"]
@@ -486,12 +487,12 @@ class BatchStoreContract:
 
     def test_a_lazy_commit_records_the_step_and_passes_through_running(self, store: StatusStore) -> None:
         store.create("j")
-        rec = store.commit_step("j", stage="s", message_id="m", claim=None, status=JobStatus.COMPLETED,
+        rec = records.commit_step(store, "j", stage="s", message_id="m", claim=None, status=JobStatus.COMPLETED,
                                 fields={}, outbox=[])
         assert rec.status == JobStatus.COMPLETED and rec.steps["s"].state == "committed"
         assert [h.to_status for h in rec.history] == [JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED]
         with pytest.raises(ConflictError):
-            store.commit_step("j", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
+            records.commit_step(store, "j", stage="s", message_id="m", claim=None, status=None, fields={}, outbox=[])
 
 
 class UnitContract:

@@ -24,6 +24,7 @@ from contract import (
 )
 from moto import mock_aws
 
+from orchestrator import records
 from orchestrator.base import Backend, Outgoing, QueueSpec
 from orchestrator.clock import SimClock, SystemClock
 from orchestrator.codec import Codec
@@ -305,8 +306,8 @@ def test_dynamodb_adopts_items_written_by_another_program() -> None:
     rec = store.get("web-1")
     assert rec is not None and rec.version == 0 and rec.fields["input_file_name"] == "a.vcf"
     assert store.create("web-1")[1] is False  # never overwrites the web app's item
-    store.begin_step("web-1", stage="annotate", message_id="m", claim="c", attempt=1)
-    store.commit_step("web-1", stage="annotate", message_id="m", claim="c", status=JobStatus.COMPLETED,
+    records.begin_step(store, "web-1", stage="annotate", message_id="m", claim="c", attempt=1)
+    records.commit_step(store, "web-1", stage="annotate", message_id="m", claim="c", status=JobStatus.COMPLETED,
                       fields={"complete_time": 1700000100, "ratio": 0.25, "nested": {"a": [1, 2.5]}}, outbox=[])
     item = boto3.resource("dynamodb", region_name=REGION).Table("gas-annotations").get_item(Key={"job_id": "web-1"})["Item"]
     assert item["job_status"] == "COMPLETED" and item["input_file_name"] == "a.vcf" and item["complete_time"] == 1700000100
@@ -320,7 +321,7 @@ def test_attributes_another_program_writes_between_our_read_and_our_commit_survi
     store = DynamoDBStatusStore("gas-annotations", region=REGION)
     table = boto3.resource("dynamodb", region_name=REGION).Table("gas-annotations")
     table.put_item(Item={"job_id": "web-1", "user_id": "u", "job_status": "PENDING", "thaw_status": "none"})
-    store.begin_step("web-1", stage="restore", message_id="m", claim="c", attempt=1)
+    records.begin_step(store, "web-1", stage="restore", message_id="m", claim="c", attempt=1)
     known = store.get_docs(["web-1"])
     # When the app's own thaw script writes its attributes in between (not touching our version)
     table.update_item(Key={"job_id": "web-1"}, UpdateExpression="SET thaw_id = :i, thaw_status = :s",
@@ -336,7 +337,7 @@ def test_attributes_another_program_writes_between_our_read_and_our_commit_survi
     rec = store.get("web-1")
     assert rec is not None and rec.steps["restore"].state == "committed" and rec.fields["thaw_id"] == "t-1"
     # and a field our rule drops is removed, while theirs stay
-    store.commit_step("web-1", stage="notify", message_id="m2", claim=None, status=None, fields={"restored": None},
+    records.commit_step(store, "web-1", stage="notify", message_id="m2", claim=None, status=None, fields={"restored": None},
                       outbox=[])
     item = table.get_item(Key={"job_id": "web-1"})["Item"]
     assert "restored" not in item and item["thaw_id"] == "t-1"
@@ -358,7 +359,7 @@ def test_dynamodb_reads_items_in_the_earlier_layout_and_rewrites_them_in_the_cur
     assert rec is not None and rec.version == 3 and rec.fields == {"result_key": "r/old"}
     assert rec.steps["annotate"].outbox[0].id == "m0" and rec.history[0].event == "created"
     assert (rec.created_at, rec.updated_at) == (1.5, 2.5) and rec.origin is not None and rec.origin.target == "in"
-    store.commit_step("old", stage="notify", message_id="m2", claim=None, status=None, fields={}, outbox=[])
+    records.commit_step(store, "old", stage="notify", message_id="m2", claim=None, status=None, fields={}, outbox=[])
     # Then nothing was lost, and the item holds the current layout only
     item = table.get_item(Key={"job_id": "old"})["Item"]
     assert "orc_state" in item and not {"orc_steps", "orc_history", "orc_origin", "orc_created_at"} & set(item)
@@ -502,7 +503,7 @@ def test_unprocessed_keys_of_a_batch_get_are_asked_for_again() -> None:
     store.client = ddb = PartialBatchGets(store.client)
     for i in range(7):
         store.create(f"j{i}")
-    got = store.get_many([f"j{i}" for i in range(7)] + ["missing"])
+    got = records.get_many(store, [f"j{i}" for i in range(7)] + ["missing"])
     assert sorted(got) == [f"j{i}" for i in range(7)] and ddb.calls == 2
 
 
@@ -520,7 +521,7 @@ def test_a_batch_get_that_never_completes_backs_off_then_raises(monkeypatch: pyt
     store = DynamoDBStatusStore("stuck-jobs", region=REGION)
     store.client = NeverAnswers(store.client)
     with pytest.raises(StoreError, match="unprocessed"):
-        store.get_many(["a", "b"])
+        records.get_many(store, ["a", "b"])
     assert len(delays) == dynamodb_module.UNPROCESSED_RETRIES
     assert delays == sorted(delays) and delays[0] < delays[-1] <= 2.0
 

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator import records
 from orchestrator.backends import Backend
 from orchestrator.pipeline import Pipeline
 from orchestrator.status import JobRecord
@@ -70,7 +71,7 @@ def _latency(job: JobRecord) -> float | None:
 def report_for(pipeline: Pipeline, backend: Backend, job_ids: list[str], *, kills: int, duration_s: float) -> ChaosReport:
     rep = ChaosReport(submitted=len(job_ids), kills=kills, duration_s=round(duration_s, 2))
     pending_messages = sum(backend.transport.depth(st.source).total for st in pipeline.stages.values())
-    jobs = backend.store.get_many(job_ids)
+    jobs = records.get_many(backend.store, job_ids)
     latencies = []
     for job_id in job_ids:
         job = jobs.get(job_id)
@@ -169,7 +170,7 @@ class ChaosRun:
                     p.wait(timeout=max(1.0, end - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     p.kill()
-            jobs = self.backend.store.get_many(job_ids)
+            jobs = records.get_many(self.backend.store, job_ids)
             if all(j.status.terminal for j in jobs.values()) and len(jobs) == len(job_ids):
                 return
             if time.monotonic() > end:

@@ -17,7 +17,7 @@ from orchestrator import jobdoc
 from orchestrator.base import PreparedWrites
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
-from orchestrator.jobdoc import Doc, to_doc, to_record
+from orchestrator.jobdoc import Doc, to_record
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, NewJob, OutMessage
 
 MAX_CAS_RETRIES = 50
@@ -33,10 +33,6 @@ class Prepared:
     record: Doc
     expected_version: int
     encoded: Any = None
-
-
-def _records(results: list[Doc | StoreError]) -> list[JobRecord | StoreError]:
-    return [r if isinstance(r, StoreError) else to_record(r) for r in results]
 
 
 class VersionConflict(Exception):
@@ -138,12 +134,8 @@ class CasStatusStore(ABC):
                 continue  # someone wrote in between: judge the rule again on the fresh record
         raise ConflictError(f"job {job_id}: write kept racing", current=self._load(job_id))
 
-    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        """The existing jobs among ``job_ids`` (one round trip where the backend allows)."""
-        return {job_id: to_record(doc) for job_id, doc in self.get_docs(job_ids).items()}
-
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
-        """``get_many``, answering with documents. Backends override this with one read."""
+        """The existing jobs among ``job_ids``, as documents; one read per job (backends override this with one read)."""
         out = {}
         for job_id in dict.fromkeys(job_ids):
             doc = self._load(job_id)
@@ -214,14 +206,9 @@ class CasStatusStore(ABC):
                 out[pos] = exc
         return out
 
-    def begin_steps(self, items: Sequence[BeginItem], *, known: dict[str, JobRecord] | None = None
-                    ) -> list[JobRecord | StoreError]:
-        """``begin_step`` for several jobs; ``known`` are records just read (a hint)."""
-        return _records(self.begin_docs(items, known=_docs(known)))
-
     def begin_docs(self, items: Sequence[BeginItem], *, known: dict[str, Doc] | None = None
                    ) -> list[Doc | StoreError]:
-        """``begin_steps`` on documents (the controller's path)."""
+        """See ``StatusStore.begin_docs``."""
         now = self.clock.now()
 
         def rule(i: BeginItem) -> Rule:
@@ -230,14 +217,9 @@ class CasStatusStore(ABC):
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
-    def commit_steps(self, items: Sequence[CommitItem], *, known: dict[str, JobRecord] | None = None
-                     ) -> list[JobRecord | StoreError]:
-        """``commit_step`` for several jobs, each with its own conditions."""
-        return _records(self.commit_docs(items, known=_docs(known)))
-
     def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None
                     ) -> list[Doc | StoreError]:
-        """``commit_steps`` on documents (the controller's path)."""
+        """See ``StatusStore.commit_docs``."""
         return self.apply(self.prepare_commits(items, known=known))
 
     def prepare_commits(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None
@@ -251,33 +233,6 @@ class CasStatusStore(ABC):
 
         pairs = [(i.job_id, rule(i)) for i in items]
         return PreparedWrites(pairs, self._prepare(pairs, known or {}))
-
-    def begin_step(self, job_id: str, *, stage: str, message_id: str, claim: str, attempt: int,
-                   input_body: str | None = None, source: str | None = None) -> JobRecord:
-        now = self.clock.now()
-        return to_record(self._mutate(
-            job_id,
-            lambda r: jobdoc.begin(r, stage=stage, message_id=message_id, claim=claim, attempt=attempt, now=now,
-                                   input_body=input_body, source=source),
-        ))
-
-    def commit_step(
-        self,
-        job_id: str,
-        *,
-        stage: str,
-        message_id: str,
-        claim: str | None,
-        status: JobStatus | None,
-        fields: dict[str, Any],
-        outbox: list[OutMessage],
-    ) -> JobRecord:
-        now = self.clock.now()
-        return to_record(self._mutate(
-            job_id,
-            lambda r: jobdoc.commit(r, stage=stage, message_id=message_id, claim=claim, status=status,
-                                    fields=fields, outbox=outbox, now=now),
-        ))
 
     def fail(
         self, job_id: str, *, stage: str, message_id: str, claim: str | None, reason: str, dead_letter: bool,
@@ -328,6 +283,3 @@ class CasStatusStore(ABC):
         now = self.clock.now()
         return to_record(self._mutate(job_id, lambda r: jobdoc.set_fields(r, fields=fields, now=now)))
 
-
-def _docs(known: dict[str, JobRecord] | None) -> dict[str, Doc]:
-    return {k: to_doc(v) for k, v in (known or {}).items()}

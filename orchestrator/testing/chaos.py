@@ -19,9 +19,8 @@ from orchestrator.backends import Backend
 from orchestrator.base import Delivery, Outgoing, QueueDepth, QueueSpec, StatusStore, Transport
 from orchestrator.errors import SimulatedCrash
 
-STORE_WRITES = ("create", "begin_step", "commit_step", "fail", "retried", "note", "delete", "snooze", "cancel",
-                "retry", "reset", "update_fields", "begin_steps", "commit_steps", "create_doc", "begin_docs",
-                "commit_docs", "apply", "create_docs")
+STORE_WRITES = ("create", "fail", "retried", "note", "delete", "snooze", "cancel", "retry", "reset",
+                "update_fields", "create_doc", "create_docs", "begin_docs", "commit_docs", "apply")
 
 
 class InjectedFault(SimulatedCrash):

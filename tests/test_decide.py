@@ -31,7 +31,7 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     (Result(), {"lease_lost": True}, Verdict.DISCARD, "lease lost", 0.0),
     (PermanentError("input missing"), {}, Verdict.FAIL, "input missing", 0.0),
     (PermanentError("input missing"), {"lease_lost": True}, Verdict.DISCARD, "lease lost", 0.0),
-    (RuntimeError("flaky"), {}, Verdict.RELEASE, "RuntimeError: flaky", 4.0),
+    (RuntimeError("flaky"), {}, Verdict.RETRY, "RuntimeError: flaky", 4.0),
     (RuntimeError("flaky"), {"attempt": 3}, Verdict.DEAD_LETTER, "RuntimeError: flaky (attempt 3 of 3)", 0.0),
     (RuntimeError("flaky"), {"attempt": 3, "lease_lost": True}, Verdict.DISCARD, "lease lost", 0.0),
     (NoResult("gave up after 3 attempts"), {"attempt": 4}, Verdict.DEAD_LETTER, "gave up after 3", 0.0),
@@ -54,7 +54,7 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     # before a handler: the body, the job's record, the worker, the backend
     (Undecodable("malformed message: no job_id", "j"), {}, Verdict.REJECT, "malformed message", 0.0),
     (Undecodable("unknown task 'x' for stage s"), {"lease_lost": True}, Verdict.REJECT, "unknown task", 0.0),
-    (Unreadable(OSError("object store down")), {}, Verdict.RELEASE, "OSError: object store down", 4.0),
+    (Unreadable(OSError("object store down")), {}, Verdict.RETRY, "OSError: object store down", 4.0),
     (Unreadable(OSError("object store down")), {"attempt": 3}, Verdict.REJECT, "undecodable: OSError", 0.0),
     (NothingAsked("no archives to restore"), {}, Verdict.SKIP, "no archives", 0.0),
     (UnknownJob("j9", "notify"), {}, Verdict.REJECT, "unknown job 'j9': stage notify only continues", 0.0),
@@ -62,7 +62,7 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     (Recorded("COMPLETED", {"state": "committed"}), {}, Verdict.REPLAY, "already committed", 0.0),
     (Recorded("FAILED", {"state": "failed"}), {}, Verdict.REPLAY, "already failed", 0.0),
     (Recorded("FAILED", None), {}, Verdict.SKIP, "job already FAILED", 0.0),
-    (Stopping(), {}, Verdict.HAND_BACK, "worker stopped", 0.0),
+    (Stopping(), {}, Verdict.RELEASE, "worker stopped", 0.0),
     (Refused(ValueError("NUL in text"), "its commit"), {}, Verdict.REFUSED,
      "the backend refused its commit: ValueError: NUL in text", 0.0),
 ])

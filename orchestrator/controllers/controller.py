@@ -575,7 +575,7 @@ class Controller:
         match action.verdict:
             case Verdict.FAIL | Verdict.DEAD_LETTER:
                 return self._fail(it, action.reason, dead_letter=action.verdict == Verdict.DEAD_LETTER)
-            case Verdict.RELEASE:
+            case Verdict.RETRY:
                 return self._retry_later(it, action)
             case Verdict.SNOOZE:
                 return self._snooze(it, action)
@@ -587,8 +587,8 @@ class Controller:
                 return self._skip(it, action.reason)
             case Verdict.REJECT:
                 return self._reject(it, action.reason, getattr(action.cause, "job_id", None))
-            case Verdict.HAND_BACK:
-                return self._hand_back(it, action.reason)
+            case Verdict.RELEASE:
+                return self._release(it, action.reason)
             case Verdict.REFUSED:
                 return self._poisoned(it, action)
             case _:
@@ -599,7 +599,7 @@ class Controller:
         it.log.info("nothing to do; message acked", reason=reason)
         return Outcome.SKIPPED
 
-    def _hand_back(self, it: _Item, reason: str) -> Outcome:
+    def _release(self, it: _Item, reason: str) -> Outcome:
         self.backend.transport.release(it.delivery, 0)
         self._note(it, "released", reason)
         return Outcome.RELEASED
@@ -744,9 +744,9 @@ class Controller:
 #: what ``after_handle`` hooks are told of a handler's outcome (the verdicts that follow a
 #: handler; the rest are settled before one runs)
 _LABELS = {Verdict.ACK: "handled", Verdict.FAIL: "failed", Verdict.DEAD_LETTER: "dead_lettered",
-           Verdict.RELEASE: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed",
+           Verdict.RETRY: "retried", Verdict.DISCARD: "discarded", Verdict.SNOOZE: "snoozed",
            Verdict.DROP: "cancelled", **{v: v.value for v in (Verdict.REPLAY, Verdict.SKIP, Verdict.REJECT,
-                                                           Verdict.HAND_BACK, Verdict.REFUSED)}}
+                                                           Verdict.RELEASE, Verdict.REFUSED)}}
 
 
 def step_error(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:

@@ -22,17 +22,21 @@ from orchestrator.status import JobStatus
 
 
 class Verdict(StrEnum):
+    """What to do with a delivery. The controller carries it out and reports what happened as
+    an ``Outcome`` named after it (RETRY: RETRIED, RELEASE: RELEASED, DROP: CANCELLED, REPLAY:
+    DUPLICATE; REJECT and REFUSED: DEAD_LETTERED), the same word in metrics and logs."""
+
     ACK = "ack"  # commit the result, emit its outbox, delete the message
     FAIL = "fail"  # record the step failed (job FAILED), delete the message: retrying cannot help
     DEAD_LETTER = "dead_letter"  # record the step failed, move the message to the dead-letter queue
-    RELEASE = "release"  # transient: make the message visible again after ``delay_s``
+    RETRY = "retry"  # transient: make the message visible again after ``delay_s``, an attempt spent
     DISCARD = "discard"  # not ours any more: write nothing, leave the message to its current holder
     SNOOZE = "snooze"  # not yet: visible again after ``delay_s``, no attempt used, status unchanged
     DROP = "drop"  # the job was cancelled: delete the message, write nothing
     REPLAY = "replay"  # the step was finished before: settle the message as its record says
     SKIP = "skip"  # nothing to do for this message: delete it, write nothing
     REJECT = "reject"  # this stage cannot take the message: dead-letter it, noted on its job if any
-    HAND_BACK = "hand_back"  # never started (the worker stops): visible again at once, no attempt spent
+    RELEASE = "release"  # never started (the worker stops): visible again at once, no attempt spent
     REFUSED = "refused"  # the backend refused this message's own write: dead-letter it with the reason
 
 
@@ -173,7 +177,7 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Undecodable(reason=reason):
             return Action(Verdict.REJECT, reason, cause=outcome)
         case Unreadable(error=exc) if attempt < max_receives:
-            return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
         case Unreadable(error=exc):
             return Action(Verdict.REJECT, f"undecodable: {type(exc).__name__}: {exc} (attempt {attempt} of "
                                           f"{max_receives})")
@@ -189,7 +193,7 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Recorded():
             return Action(Verdict.SKIP, "job already FAILED")
         case Stopping():
-            return Action(Verdict.HAND_BACK, "the worker stopped before the handler started")
+            return Action(Verdict.RELEASE, "the worker stopped before the handler started")
         case Refused(error=exc, what=what):
             return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000],
                           cause=outcome)
@@ -207,4 +211,4 @@ def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: 
         case _ if attempt >= max_receives:
             return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {exc} (attempt {attempt} of {max_receives})")
         case _:
-            return Action(Verdict.RELEASE, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)

@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dynamodb_ops.py --out bench/RESULTS.md
 	$(BIN)/python bench/time_features.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/job_size.py --out bench/RESULTS.md --append
+	$(BIN)/python bench/row_cost.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/submit.py --jobs 5000 --singles 1000 --rounds 3 --out bench/RESULTS.md --append
 	$(BIN)/python bench/latency.py --jobs 500 --rate 50 --rounds 3 --out bench/RESULTS.md --append
 	$(BIN)/python bench/targets.py

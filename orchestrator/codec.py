@@ -39,7 +39,7 @@ class Codec:
 
     def decode(self, body: str) -> Envelope:
         try:
-            size = len(body.encode())
+            size = len(body) if body.isascii() else len(body.encode())
         except UnicodeEncodeError as exc:  # bytes another program wrote, read with surrogateescape
             raise MalformedMessage(f"body is not valid UTF-8 (at character {exc.start})") from None
         if size > self.max_body_bytes:
@@ -160,8 +160,8 @@ def _str_or_none(value: Any) -> str | None:
 def _text_or_none(value: Any) -> str | None:
     """``value`` as a string that encodes as UTF-8, else None."""
     text = _str_or_none(value)
-    if text is None:
-        return None
+    if text is None or text.isascii():
+        return text
     try:
         text.encode()
     except UnicodeEncodeError:

@@ -50,10 +50,19 @@ def lean(doc: Doc) -> Doc:
     default (a step's stage is its key), so a finished job takes a third fewer bytes. ``full``
     puts them back."""
     out = dict(doc)
-    out["steps"] = {k: {n: v for n, v in s.items() if (n != "stage" or v != k) and (
-        n not in STEP_DEFAULTS or v != STEP_DEFAULTS[n])} for k, s in doc["steps"].items()}
+    steps = {}
+    for k, s in doc["steps"].items():  # every write of every message: kept to one lookup a key
+        t = {n: v for n, v in s.items() if v != _default(n, _NO_DEFAULT)}
+        if t.get("stage") == k:
+            del t["stage"]
+        steps[k] = t
+    out["steps"] = steps
     # history entries are made lean (``_history``); one an earlier version wrote whole stays so
     return out
+
+
+_NO_DEFAULT = object()
+_default = STEP_DEFAULTS.get
 
 
 def full(doc: Doc) -> Doc:

@@ -172,6 +172,7 @@ class Controller:
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self._join_stage = pipeline.join_of(self.stage.name)  # the join waiting for this stage's parts
         self._takes_new_jobs = pipeline.takes_submissions(self.stage)
+        self._codec = self.stage.codec  # made once: a stage's settings are fixed by now
         self.backend = backend
         self.faults = faults
         self.random = random.Random(seed)
@@ -488,7 +489,7 @@ class Controller:
         """Decode into ``it.env``; an ``Outcome`` when the message is settled here."""
         d, st = it.delivery, self.stage
         try:
-            env = st.codec.decode(resolve_body(self.backend.objects, d.body))
+            env = self._codec.decode(resolve_body(self.backend.objects, d.body))
         except NothingToDo as exc:
             return self._settle_by(it, NothingAsked(str(exc)))
         except MalformedMessage as exc:

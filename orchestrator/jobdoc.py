@@ -232,8 +232,13 @@ def _delivered(steps: Doc, stage: str, message_id: str) -> None:
     arrived (for a topic, that it was published), so no replay of that step needs to send it
     again, and a finished job does not carry every message it ever sent."""
     for k, s in list(steps.items()):
-        if k != stage and s["outbox"] and any(m["id"] == message_id for m in s["outbox"]):
-            steps[k] = {**s, "outbox": [m for m in s["outbox"] if m["id"] != message_id]}
+        outbox = s["outbox"]
+        if not outbox or k == stage:
+            continue
+        for m in outbox:  # a loop, not any(): it runs for every step of every commit
+            if m["id"] == message_id:
+                steps[k] = {**s, "outbox": [m for m in outbox if m["id"] != message_id]}
+                break
 
 
 def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: str | None,

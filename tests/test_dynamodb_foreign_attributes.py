@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -99,40 +99,45 @@ def _ours(store: Interleaved, op: str, stage: str, fields: dict[str, Any], statu
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # one mock for the whole test, each example on a table of its own: a mock started and
+    # stopped per example (a new boto3 session each time) made the moto tests after it slower
     aws_test_env(monkeypatch)
+    with mock_aws():
+        yield
 
 
 def _run(adopted: bool, first: list[tuple[str, Any]], steps: list[Step]) -> set[str]:
-    """Run ``steps`` with their writes of theirs interleaved, checking the property after each;
-    the kinds of write of ours that went through."""
-    with mock_aws():
-        name = f"jobs-{uuid.uuid4().hex[:8]}"
-        store = Interleaved(name, region=REGION)
-        table = boto3.resource("dynamodb", region_name=REGION).Table(name)
-        theirs: dict[str, Any] = {}
-        if adopted:  # the web app made the item: ours is the first framework write to it
-            table.put_item(Item={"job_id": JOB, "user_id": "u", "job_status": "PENDING"})
-        else:
-            store.create(JOB, user_id="u")
-        _their_write(table, first, theirs)()
-        wrote: set[str] = set()
-        for op, stage, writes, fields, status in steps:
-            before = table.get_item(Key={"job_id": JOB})["Item"].get("orc_version")
-            store.pending = _their_write(table, writes, theirs)
-            with contextlib.suppress(StoreError):  # the rule refused (a commit with no running step...)
-                _ours(store, op, stage, fields, status)
-            store.interleave()  # a write of theirs not made yet (our write read nothing) is made now
-            item = table.get_item(Key={"job_id": JOB})["Item"]
-            if item.get("orc_version") != before:
-                wrote.add(op)
-            # Then every attribute of theirs holds what they last wrote, whatever we wrote since
-            assert {k: item[k] for k in THEIRS if k in item} == theirs, (op, item)
-            # and the item is still one our store reads, their attributes among its fields
-            doc = store.get_docs([JOB])[JOB]
-            assert {k: doc["fields"][k] for k in THEIRS if k in doc["fields"]} == theirs
-            assert item["job_status"] in {s.value for s in JobStatus}
-        return wrote
+    """Run ``steps`` with their writes of theirs interleaved, checking the property after each,
+    on a table of its own (inside the test's one moto mock); the kinds of write of ours that
+    went through."""
+    name = f"jobs-{uuid.uuid4().hex[:8]}"
+    store = Interleaved(name, region=REGION)
+    table = boto3.resource("dynamodb", region_name=REGION).Table(name)
+    theirs: dict[str, Any] = {}
+    if adopted:  # the web app made the item: ours is the first framework write to it
+        table.put_item(Item={"job_id": JOB, "user_id": "u", "job_status": "PENDING"})
+    else:
+        store.create(JOB, user_id="u")
+    _their_write(table, first, theirs)()
+    wrote: set[str] = set()
+    for op, stage, writes, fields, status in steps:
+        before = table.get_item(Key={"job_id": JOB})["Item"].get("orc_version")
+        store.pending = _their_write(table, writes, theirs)
+        with contextlib.suppress(StoreError):  # the rule refused (a commit with no running step...)
+            _ours(store, op, stage, fields, status)
+        store.interleave()  # a write of theirs not made yet (our write read nothing) is made now
+        item = table.get_item(Key={"job_id": JOB})["Item"]
+        if item.get("orc_version") != before:
+            wrote.add(op)
+        # Then every attribute of theirs holds what they last wrote, whatever we wrote since
+        assert {k: item[k] for k in THEIRS if k in item} == theirs, (op, item)
+        # and the item is still one our store reads, their attributes among its fields
+        doc = store.get_docs([JOB])[JOB]
+        assert {k: doc["fields"][k] for k in THEIRS if k in doc["fields"]} == theirs
+        assert item["job_status"] in {s.value for s in JobStatus}
+    table.delete()
+    return wrote
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,7 +26,14 @@ def _session() -> Any:
         _LOADER = core.get_component("data_loader")
     else:
         core.register_component("data_loader", _LOADER)
-    return boto3.session.Session(botocore_session=core)
+    session = boto3.session.Session(botocore_session=core)
+    # boto3 appends its data folder to the loader's search paths for every session: on the
+    # shared loader the list grew by one a session, and every file lookup scanned it all (a
+    # process opening thousands of sessions slowed tenfold)
+    paths = _LOADER.search_paths
+    if len(paths) != len(set(paths)):
+        paths[:] = list(dict.fromkeys(paths))
+    return session
 
 
 def client(service: str, *, region: str = DEFAULT_REGION, session: Any = None) -> Any:

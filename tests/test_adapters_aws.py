@@ -758,3 +758,17 @@ def test_sqs_spec_says_none_only_for_a_queue_that_is_gone_and_lets_other_errors_
     t.sqs.get_queue_attributes = failing("ThrottlingException")
     with pytest.raises(ClientError, match="Throttling"):
         t.spec(q)  # a busy service is not "no queue": doctor must not report a missing queue
+
+
+def test_opening_many_sessions_does_not_grow_the_shared_loaders_search_paths() -> None:
+    # Given the loader of service descriptions every session of ours shares
+    from orchestrator import aws_common
+
+    aws_common.client("sqs", region=REGION)
+    before = list(aws_common._LOADER.search_paths)
+    # When a long-running process opens many more sessions (each boto3 session adds its folder)
+    for _ in range(50):
+        aws_common.client("sqs", region=REGION)
+    # Then the loader still searches each folder once: lookups do not slow down as it runs
+    after = aws_common._LOADER.search_paths
+    assert after == before and len(after) == len(set(after))

@@ -204,3 +204,39 @@ def test_a_worker_backs_off_through_an_outage_counts_it_and_loses_nothing(tmp_pa
     # the receives' waits double while the outage lasts; after a good receive they start again
     first = worker_module.UNAVAILABLE_BACKOFF_S
     assert waits == [first, first * 2, first * 4, first * 8, first]
+
+
+def test_a_worker_polling_an_empty_queue_without_waiting_leaves_the_other_threads_time(tmp_path: Path) -> None:
+    # Given a stage that polls without waiting (wait_s=0), on a transport that answers at once
+    p = Pipeline("idle")
+    p.stage("work", source="in", wait_s=0)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    backend = sqlite_backend(tmp_path / "i.db")
+    p.setup(backend)
+    polls = [0]
+    receive = backend.transport.receive
+
+    def counted(*a: object, **kw: object) -> object:
+        polls[0] += 1
+        return receive(*a, **kw)  # type: ignore[arg-type]
+
+    backend.transport.receive = counted  # type: ignore[method-assign]
+    w = Worker(p, "work", backend, concurrency=2)
+    # When it runs on an empty queue for a second while this thread waits in short steps
+    w.start()
+    late = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.0:
+        a = time.monotonic()
+        time.sleep(0.01)
+        late.append(time.monotonic() - a - 0.01)
+    w.stop()
+    # Then each thread polled at most about 50 times a second (not thousands), and this
+    # thread's sleeps overran by little (a thread polling in a tight loop starves the others)
+    assert 10 <= polls[0] <= 2 * 60, polls[0]
+    assert max(late) < 0.2, max(late)
+    # And work submitted now is still picked up at once
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    Worker(p, "work", backend).run(until_idle=True)
+    rec = backend.store.get("j")
+    assert rec is not None and rec.status == JobStatus.COMPLETED
+    backend.close()

@@ -22,6 +22,11 @@ from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.schedules import Scheduler
 
 IDLE_CHECK_INTERVAL_S = 0.1
+#: an empty receive that came back sooner than this (a stage with ``wait_s=0``, or a transport
+#: that does not block) is followed by a pause for the rest: a thread polling an empty queue in a
+#: tight loop costs a request each time on SQS and, in-process, holds the GIL so long that the
+#: other threads (heartbeats, the idle check, a web server) wait seconds for it
+EMPTY_POLL_FLOOR_S = 0.02
 RECEIVE_ERROR_BACKOFF_S = 1.0
 #: an unavailable backend is tried again after this, doubling per failure in a row up to the max
 UNAVAILABLE_BACKOFF_S = 0.1
@@ -168,6 +173,7 @@ class Worker:
         sizer = BatchSizer(limit=transport.max_batch, fixed=self.batch_size)
         outages = 0  # in a row
         while not self._stopping.is_set():
+            polled_at = time.monotonic()
             try:
                 batch = transport.receive(st.source, max_messages=sizer.size, wait_s=self.wait_s,
                                           visibility_s=st.visibility_timeout_s)
@@ -183,6 +189,9 @@ class Worker:
             self.ready = True
             ctrl.hook("on_receive", st, len(batch))
             if not batch:
+                pause = EMPTY_POLL_FLOOR_S - (self.last_loop_at - polled_at)
+                if pause > 0:
+                    self._stopping.wait(pause)
                 continue
             with self._lock:
                 self._busy += len(batch)

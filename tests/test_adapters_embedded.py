@@ -111,3 +111,29 @@ class TestPostgres(TransportContract, TopicContract, StatusStoreContract, BatchS
     @pytest.fixture
     def store(self, db: PostgresDatabase, clock: SimClock) -> StatusStore:
         return PostgresStatusStore(db, clock=clock)
+
+
+def test_receipts_and_message_ids_drawn_in_forked_workers_differ() -> None:
+    # Given a process that drew receipts, then forked workers (as `orchestrator worker --processes` does)
+    import os
+
+    from orchestrator.transports.common import new_receipt
+
+    mine = {new_receipt() for _ in range(100)}
+    read, write = os.pipe()
+    pids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:  # a child draws its own
+            os.write(write, " ".join(new_receipt() for _ in range(100)).encode() + b"\n")
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        theirs = [line.split() for line in f.read().splitlines()]
+    # Then no two draws anywhere are alike: a child does not repeat its parent's or a sibling's
+    drawn = [r for batch in theirs for r in batch] + sorted(mine)
+    assert len(theirs) == 4 and len(drawn) == 500 and len(set(drawn)) == 500
+    assert all(len(r) == 32 and int(r, 16) >= 0 for r in drawn)

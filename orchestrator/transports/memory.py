@@ -215,16 +215,18 @@ class MemoryTransport:
         return m if m is not None and m.receipt == receipt else None
 
     def ack(self, delivery: Delivery) -> bool:
-        with self._cond:
-            m = self._held(delivery)
-            if m is None:
-                return False
-            self._queues[delivery.queue].remove(m)
-            self._cond.notify_all()
-            return True
+        return self.ack_batch([delivery])[0]
 
     def ack_batch(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        return [self.ack(d) for d in deliveries]
+        out = []
+        with self._cond:  # one lock and one wake-up for the batch
+            for d in deliveries:
+                m = self._held(d)
+                if m is not None:
+                    self._queues[d.queue].remove(m)
+                out.append(m is not None)
+            self._cond.notify_all()
+        return out
 
     def extend(self, delivery: Delivery, seconds: float) -> None:
         with self._cond:

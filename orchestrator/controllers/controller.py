@@ -124,6 +124,8 @@ def _rounds(items: list[_Item]) -> list[list[_Item]]:
     """Split a batch so that no round holds two messages for one job. A stage has one step
     per job, so a second copy (a duplicate request, a redelivery) runs in a later round, where
     the lookup sees the first copy's commit and replays it instead of running the handler."""
+    if len({it.job_id for it in items}) == len(items):  # the usual batch: one job a message
+        return [items] if items else []
     rounds: list[list[_Item]] = []
     seen: list[set[str]] = []
     for it in items:
@@ -233,8 +235,8 @@ class Controller:
     def process(self, batch: Sequence[tuple[Delivery, Lease]], *,
                 should_stop: Callable[[], bool] = lambda: False) -> Steps:
         outcomes: dict[int, Outcome] = {}
-        items = [_Item(n, d, lease, self.log.bind(message_id=d.message_id, attempt=d.receive_count))
-                 for n, (d, lease) in enumerate(batch)]
+        # each item's logger is bound once, by _decode, when the message's own id is known
+        items = [_Item(n, d, lease, self.log) for n, (d, lease) in enumerate(batch)]
         yield from self._crash("after_receive", items)
 
         # 1. decode, message by message: one undecodable body never holds up its batch-mates
@@ -487,16 +489,17 @@ class Controller:
         d, st = it.delivery, self.stage
         try:
             env = self._codec.decode(resolve_body(self.backend.objects, d.body))
-        except NothingToDo as exc:
-            return self._settle_by(it, NothingAsked(str(exc)))
-        except MalformedMessage as exc:
-            return self._settle_by(it, Undecodable(f"malformed message: {exc.reason}", exc.job_id))
-        except Exception as exc:  # the object store behind a claim check is unavailable: retry
-            it.error = exc
+        except Exception as exc:
+            it.log = self.log.bind(message_id=d.message_id, attempt=d.receive_count)
+            if isinstance(exc, NothingToDo):
+                return self._settle_by(it, NothingAsked(str(exc)))
+            if isinstance(exc, MalformedMessage):
+                return self._settle_by(it, Undecodable(f"malformed message: {exc.reason}", exc.job_id))
+            it.error = exc  # the object store behind a claim check is unavailable: retry
             return self._settle_by(it, Unreadable(exc))
         it.env = d.envelope = env
         it.job_id = env.job_id
-        it.log = it.log.bind(job_id=env.job_id, message_id=env.id)
+        it.log = self.log.bind(message_id=env.id, attempt=d.receive_count, job_id=env.job_id)
         if not st.accepts(env.task):
             # Addressed to some other stage or pipeline: not this job's business, so the job
             # is left as it is.

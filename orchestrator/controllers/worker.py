@@ -189,9 +189,7 @@ class Worker:
             self.ready = True
             ctrl.hook("on_receive", st, len(batch))
             if not batch:
-                pause = EMPTY_POLL_FLOOR_S - (self.last_loop_at - polled_at)
-                if pause > 0:
-                    self._stopping.wait(pause)
+                self._stopping.wait(max(0.0, EMPTY_POLL_FLOOR_S - (self.last_loop_at - polled_at)))
                 continue
             with self._lock:
                 self._busy += len(batch)
@@ -206,8 +204,7 @@ class Worker:
                 handled_before = ctrl.handler_seconds
                 outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
                 sizer.record(len(batch), ctrl.handler_seconds - handled_before)
-                for outcome in outcomes:
-                    self.stats[outcome.value] += 1
+                self.stats.update(outcome.value for outcome in outcomes)
             except FatalBackendError as exc:
                 self._die(exc)
                 return

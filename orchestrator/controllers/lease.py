@@ -47,7 +47,7 @@ class _Heartbeat:
         if last:
             # Let go of the leases: a lease points at its heartbeat, so holding them back would
             # make a reference cycle per batch (deliveries, envelopes and all) that only the
-            # cyclic garbage collector frees; its passes cost the embedded pipeline a third.
+            # cyclic garbage collector frees (its passes were 11% of the in-memory pipeline).
             self.leases = []
             if self.timer is not None:
                 self.timer.cancel()

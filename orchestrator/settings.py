@@ -37,7 +37,7 @@ class StageSettings(BaseModel):
     retry_max_s: float | None = Field(None, description="longest retry delay, seconds (default 300)")
     batch_size: int | None = Field(None, description="messages per receive, up to 100 on SQLite and PostgreSQL, "
                                    "10 on SQS and in memory (default: sized to the handlers' pace)")
-    wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1)")
+    wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1; at 0 an empty receive is followed by a 20 ms pause)")
     delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
     max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")
     begin: Literal["eager", "lazy"] | None = Field(

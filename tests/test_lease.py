@@ -66,7 +66,6 @@ def test_leases_stopped_from_two_threads_at_once_stop_the_timer_exactly_when_the
         assert clock.cancelled == 1
 
 
-
 def test_committed_batches_leave_no_reference_cycles_behind() -> None:
     # Given a two-stage pipeline on the memory backend, and the cyclic collector switched off
     import gc

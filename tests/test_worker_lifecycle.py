@@ -234,7 +234,7 @@ def test_a_worker_polling_an_empty_queue_without_waiting_leaves_the_other_thread
     # thread's sleeps overran by little (a thread polling in a tight loop starves the others)
     assert 10 <= polls[0] <= 2 * 60, polls[0]
     assert max(late) < 0.2, max(late)
-    # And work submitted now is still picked up at once
+    # And work submitted afterwards is still picked up and done
     p.submit(backend, job_id="j", payload={}, queue="in")
     Worker(p, "work", backend).run(until_idle=True)
     rec = backend.store.get("j")

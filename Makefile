@@ -30,12 +30,17 @@ docs: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.gas --log-level warning demo
 
+# the code before the unit of work and the job table's narrow begin: bench/versus.py measures
+# PostgreSQL against it in the same run
+BASELINE ?= 04b95ba
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embedded.py --jobs 4000 --rounds 5 --out bench/RESULTS.md
 	$(BIN)/python bench/scaling.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/recovery.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/postgres.py --jobs 1500 --rounds 3 --out bench/RESULTS.md --append
+	$(BIN)/python bench/versus.py $(BASELINE) --suite postgres --rounds 5 --out bench/RESULTS.md --append
 	$(BIN)/python bench/sqs_vs_handwritten.py --jobs 100 --repeat 3 --out bench/RESULTS.md
 	$(BIN)/python bench/dynamodb_ops.py --out bench/RESULTS.md
 	$(BIN)/python bench/time_features.py --out bench/RESULTS.md --append

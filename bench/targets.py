@@ -65,6 +65,11 @@ def main() -> None:
         cost = re.search(r"\(([0-9.]+)x now\)", readless[-1])
         checks.append(("SQS: the read-less lazy commit on DynamoDB (server CPU per message vs the read + put now)",
                        f"{cost.group(1) if cost else '?'}x", False, "not built: it costs more on moto than it saves"))
+    then = r.get("ours, PostgreSQL, 1 proc/stage, this tree")  # bench/versus.py against the baseline commit
+    if then is not None:
+        got = num(then[1])
+        checks.append(("PostgreSQL >= 1.5x the code before the unit of work (same run, interleaved)", f"{got:.2f}x",
+                       got >= 1.5, f"{1.5 / got:.2f}x short" if got < 1.5 else ""))
     # the latency table's rows share their names with the throughput table's: its cells are in ms
     lat = {cells[0]: cells[1:] for cells in all_rows if len(cells) == 3 and all(c.endswith(" ms") for c in cells[1:])}
     ours_latency, peer_latency = lat.get("ours, PostgreSQL, 1 proc/stage"), lat.get("pgqueuer, batch 10, 1 proc/stage")

@@ -42,23 +42,39 @@ def _row(b: Backend, job_id: str) -> tuple[str, str | None]:
 
 def test_a_begin_leaves_the_document_as_it_was_and_a_commit_folds_the_begins_in(sql_backend: Backend) -> None:
     store = sql_backend.store
-    # Given a job, begun twice (a redelivery after a crash) without a commit
+    # Given a job with two steps begun (two stages at once), neither committed
     store.create_doc("j")
     written, _ = _row(sql_backend, "j")
     store.begin_docs([BeginItem("j", "s", "m", "c1", 1)])
-    [second] = store.begin_docs([BeginItem("j", "s", "m", "c2", 2)])
+    [second] = store.begin_docs([BeginItem("j", "t", "m2", "c2", 1)])
     # Then the row's document is the one the create wrote, and the two begins are two lines
     doc, begun = _row(sql_backend, "j")
     assert doc == written and begun is not None and len(begun.strip().split("\n")) == 2
-    # and a reader sees what the second begin returned: RUNNING, held by the second claim
+    # and a reader sees what the second begin returned: RUNNING, both steps held
     read = store.get_docs(["j"])["j"]
-    assert read == second and read["status"] == "RUNNING" and read["steps"]["s"]["claim"] == "c2"
-    # When the holder commits
-    [done] = store.commit_docs([CommitItem("j", "s", "m", "c2", JobStatus.COMPLETED)])
+    assert read == second and read["status"] == "RUNNING"
+    assert (read["steps"]["s"]["claim"], read["steps"]["t"]["claim"]) == ("c1", "c2")
+    # When one holder commits
+    [done] = store.commit_docs([CommitItem("j", "t", "m2", "c2", JobStatus.RUNNING)])
     # Then the document holds everything and nothing is left to apply
     doc, begun = _row(sql_backend, "j")
     assert begun is None and doc != written
-    assert store.get_docs(["j"])["j"] == done and done["status"] == "COMPLETED"
+    assert store.get_docs(["j"])["j"] == done and done["steps"]["s"]["claim"] == "c1"
+
+
+def test_redeliveries_write_the_whole_document_so_a_row_does_not_grow_with_them(sql_backend: Backend) -> None:
+    store = sql_backend.store
+    store.create_doc("j")
+    # Given a message delivered, then redelivered again and again (its handler never commits)
+    store.begin_docs([BeginItem("j", "s", "m", "c1", 1, input_body="x" * 1000)])
+    for attempt in range(2, 40):
+        store.begin_docs([BeginItem("j", "s", "m", f"c{attempt}", attempt, input_body="x" * 1000)])
+    # Then the row holds one document, with the input once, and no lines of begins
+    doc, begun = _row(sql_backend, "j")
+    assert begun is None and doc.count("x" * 1000) == 1
+    # and a reader sees the last holder
+    step = store.get_docs(["j"])["j"]["steps"]["s"]
+    assert step["claim"] == "c39" and step["attempt"] == 39
 
 
 def _apply(store: StatusStore, job_id: str, op: tuple[Any, ...], known: dict[str, Any] | None) -> Any:

@@ -6,9 +6,10 @@ before the write transaction; inside it only the swaps run, and a job whose swap
 judged and swapped again there. Called inside a backend's unit of work, the writes join its
 transaction (the controller's commit, emit and ack are one).
 
-A begin writes no document: it sets the row's status and version and appends its arguments to
-``begun`` (one JSON line), and whoever reads the row applies those begins again to the document
-(``row_doc``). Every other write stores the whole document and clears ``begun``. A begin is
+A first attempt's begin writes no document: it sets the row's status and version and appends its
+arguments to ``begun`` (one JSON line), and whoever reads the row applies those begins again to
+the document (``row_doc``). Every other write, a redelivery's begin included, stores the whole
+document and clears ``begun``. A begin is
 most of a stage's writes, and its document, 1-2 KB of JSON, was encoded and rewritten only to
 change a step's claim and a status.
 """
@@ -97,8 +98,15 @@ class SqlStatusStore(CasStatusStore):
         pairs = [(i.job_id, begin_rule(a)) for i, a in zip(items, args, strict=True)]
         prepared = self._prepare(pairs, known, encode=False)
         for pre, a in zip(prepared, args, strict=True):
-            if pre is not None:
+            if pre is None:
+                continue
+            # A redelivery or a retry writes the whole document, which clears the lines: a
+            # message redelivered without end must not grow its row by a line (and its input)
+            # each time.
+            if a["attempt"] == 1:
                 pre.append = "\n" + encode(a)
+            else:
+                pre.encoded = self._encode(pre.record)
         return self.apply(PreparedWrites(pairs, prepared))
 
     def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:

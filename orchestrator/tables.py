@@ -27,29 +27,21 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON {t}messages(queue, message_i
 CREATE TABLE IF NOT EXISTS {t}topics (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS {t}subscriptions (
     topic TEXT NOT NULL, queue TEXT NOT NULL, raw INTEGER NOT NULL, PRIMARY KEY (topic, queue));
--- begun: the begins made since doc was last written, one JSON line each (see stores/sql.py):
--- a begin appends a line and sets status and version, and rewrites no document
 CREATE TABLE IF NOT EXISTS {t}jobs (
     job_id TEXT PRIMARY KEY, user_id TEXT, status TEXT NOT NULL, version INTEGER NOT NULL,
-    created_at {real} NOT NULL, doc TEXT NOT NULL, begun TEXT);
+    created_at {real} NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_user ON {t}jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON {t}jobs(status, created_at);
 """
 _POSTGRES_ONLY = "CREATE TABLE IF NOT EXISTS {t}objects (key TEXT PRIMARY KEY, data BYTEA NOT NULL);\n"
 
-#: the schema this code writes (table ``schema_version``); a newer database is refused
-SCHEMA_VERSION = 3
-
-#: the statements that take a database from the version before each to it
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # messages gain a priority; the ready index becomes per priority
-    2: ("ALTER TABLE {t}messages ADD COLUMN{if_absent} priority INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE {t}queues ADD COLUMN{if_absent} priorities INTEGER NOT NULL DEFAULT 1",
-        "DROP INDEX IF EXISTS {t}messages_ready",
-        "CREATE INDEX IF NOT EXISTS messages_ready_p ON {t}messages(queue, priority, visible_at, seq)"),
-    # jobs gain the begins made since their document was written
-    3: ("ALTER TABLE {t}jobs ADD COLUMN{if_absent} begun TEXT",),
-}
+#: schema 1 -> 2: messages gain a priority; the ready index becomes per priority
+_MIGRATE_TO_2 = (
+    "ALTER TABLE {t}messages ADD COLUMN{if_absent} priority INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE {t}queues ADD COLUMN{if_absent} priorities INTEGER NOT NULL DEFAULT 1",
+    "DROP INDEX IF EXISTS {t}messages_ready",
+    "CREATE INDEX IF NOT EXISTS messages_ready_p ON {t}messages(queue, priority, visible_at, seq)",
+)
 
 
 def _words(dialect: Dialect, schema: str | None) -> dict[str, str]:
@@ -65,10 +57,7 @@ def schema(dialect: Dialect, schema_name: str | None = None) -> str:
     return text.format(**_words(dialect, schema_name))
 
 
-def migrate(dialect: Dialect, schema_name: str | None, found: int) -> tuple[str, ...]:
-    """The statements that take a database at version ``found`` to ``SCHEMA_VERSION``.
-
-    SQLite has no ADD COLUMN IF NOT EXISTS: a caller runs these once, in the transaction that
-    reads the schema version, so a column is never added twice."""
-    words = _words(dialect, schema_name)
-    return tuple(s.format(**words) for version in range(found + 1, SCHEMA_VERSION + 1) for s in _MIGRATIONS[version])
+def migrate_to_2(dialect: Dialect, schema_name: str | None = None) -> tuple[str, ...]:
+    # SQLite has no ADD COLUMN IF NOT EXISTS: it runs these once, in the transaction that
+    # reads the schema version, so a column is never added twice
+    return tuple(s.format(**_words(dialect, schema_name)) for s in _MIGRATE_TO_2)

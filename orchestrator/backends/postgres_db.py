@@ -33,6 +33,8 @@ from orchestrator.outage import is_outage
 T = TypeVar("T")
 log = structlog.get_logger("orchestrator.postgres")
 
+#: the schema this code writes; a database at a newer version is refused
+SCHEMA_VERSION = 2
 DEFAULT_SCHEMA = "orchestrator"
 DEFAULT_POOL_SIZE = 8
 DEFAULT_RECONNECT_TIMEOUT_S = 120.0
@@ -243,18 +245,18 @@ class PostgresDatabase:
                         "?schema=")
                 c.conn.execute(tables.schema("postgres", s))  # several statements: no parameters, no placeholders
                 c.execute(f"CREATE TABLE {s}.schema_version (version INTEGER NOT NULL)")
-                c.execute(f"INSERT INTO {s}.schema_version(version) VALUES (?)", (tables.SCHEMA_VERSION,))
+                c.execute(f"INSERT INTO {s}.schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
                 return
             row = c.execute(f"SELECT MAX(version) FROM {s}.schema_version").fetchone()
             found = row[0] if row else None
-            if found is None or found > tables.SCHEMA_VERSION:
+            if found is None or found > SCHEMA_VERSION:
                 raise ConfigError(
                     f"database schema {s!r} is at version {found}, newer than this orchestrator knows "
-                    f"({tables.SCHEMA_VERSION}): upgrade orchestrator on this machine before running it against this database")
-            if found < tables.SCHEMA_VERSION:
-                for statement in tables.migrate("postgres", s, found):
+                    f"({SCHEMA_VERSION}): upgrade orchestrator on this machine before running it against this database")
+            if found < 2:
+                for statement in tables.migrate_to_2("postgres", s):
                     c.conn.execute(statement)
-                c.execute(f"UPDATE {s}.schema_version SET version=?", (tables.SCHEMA_VERSION,))
+                c.execute(f"UPDATE {s}.schema_version SET version=?", (SCHEMA_VERSION,))
 
         # Straight to the server, without the pool's retries: a wrong URL or a server that is
         # down fails the command at once, with the reason.

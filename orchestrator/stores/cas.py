@@ -33,24 +33,6 @@ class Prepared:
     record: Doc
     expected_version: int
     encoded: Any = None
-    #: a store that records a begin as its arguments (``stores/sql.py``): the line to append,
-    #: written instead of the document
-    append: str | None = None
-
-
-def begin_args(item: BeginItem, now: float) -> Doc:
-    """``jobdoc.begin``'s arguments for one begin (what a SQL store records of it)."""
-    args: Doc = {"stage": item.stage, "message_id": item.message_id, "claim": item.claim, "attempt": item.attempt,
-                 "now": now}
-    if item.input_body is not None:
-        args["input_body"] = item.input_body
-    if item.source is not None:
-        args["source"] = item.source
-    return args
-
-
-def begin_rule(args: Doc) -> Rule:
-    return lambda r: jobdoc.begin(r, **args)
 
 
 class VersionConflict(Exception):
@@ -171,8 +153,7 @@ class CasStatusStore(ABC):
         this in a transaction of its own, or joins the unit of work it is called in."""
         return self._write_many(writes.rules, writes.prepared)
 
-    def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc], *, encode: bool = True
-                 ) -> list[Prepared | None]:
+    def _prepare(self, pairs: Sequence[tuple[str, Rule]], known: dict[str, Doc]) -> list[Prepared | None]:
         """Apply each rule to the record the caller knew and encode the result: no I/O, so a
         store can do it before it takes a write lock. None where there is no known record or
         its rule refused it (judged again on a fresh read by ``_write_many``)."""
@@ -187,7 +168,7 @@ class CasStatusStore(ABC):
                 out.append(None)
                 continue
             new["version"] = current["version"] + 1
-            out.append(Prepared(new, current["version"], self._encode(new, current) if encode else None))
+            out.append(Prepared(new, current["version"], self._encode(new, current)))
         return out
 
     def _write_many(self, pairs: Sequence[tuple[str, Rule]], prepared: Sequence[Prepared | None]
@@ -229,7 +210,12 @@ class CasStatusStore(ABC):
                    ) -> list[Doc | StoreError]:
         """See ``StatusStore.begin_docs``."""
         now = self.clock.now()
-        return self._mutate_many([(i.job_id, begin_rule(begin_args(i, now))) for i in items], known or {})
+
+        def rule(i: BeginItem) -> Rule:
+            return lambda r: jobdoc.begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
+                                          attempt=i.attempt, now=now, input_body=i.input_body, source=i.source)
+
+        return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
     def commit_docs(self, items: Sequence[CommitItem], *, known: dict[str, Doc] | None = None
                     ) -> list[Doc | StoreError]:

@@ -16,9 +16,10 @@ from typing import Any
 
 from orchestrator.backends.postgres_db import PgConn, PostgresDatabase
 from orchestrator.clock import Clock
-from orchestrator.jobdoc import Doc
+from orchestrator.errors import StoreError
+from orchestrator.jobdoc import Doc, decode, full
 from orchestrator.stores.cas import Prepared
-from orchestrator.stores.sql import DOC_COLUMNS, SqlStatusStore, row_doc
+from orchestrator.stores.sql import SqlStatusStore
 
 
 class PostgresStatusStore(SqlStatusStore):
@@ -30,10 +31,10 @@ class PostgresStatusStore(SqlStatusStore):
         ids = list(dict.fromkeys(job_ids))
         if len(ids) < 2:
             return super().get_docs(ids)
-        rows = self.db.read(f"SELECT {DOC_COLUMNS} FROM jobs WHERE job_id = ANY(?::text[])", (ids,))
+        rows = self.db.read("SELECT doc FROM jobs WHERE job_id = ANY(?::text[])", (ids,))
         out: dict[str, Doc] = {}
-        for row in rows:
-            doc = row_doc(*row)
+        for (text,) in rows:
+            doc = full(decode(text))
             out[doc["job_id"]] = doc
         return out
 
@@ -50,18 +51,29 @@ class PostgresStatusStore(SqlStatusStore):
                     "ON CONFLICT DO NOTHING RETURNING job_id", [list(col) for col in columns])
         return {r[0] for r in cur.fetchall()}
 
-    def _update_many(self, updates: Sequence[Prepared]) -> set[str]:
-        """One statement of six arrays, not a pipelined one per job: the server plans and runs
-        one UPDATE instead of a hundred (measured in one process: 5.3 -> 2.9 ms for a batch of ~80)."""
-        columns = [list(col) for col in zip(*self._update_rows(updates), strict=True)]
+    def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:
+        """The batch's swaps as one statement of five arrays: every row's version is its own
+        compare, and RETURNING names the jobs whose swap won (the others are judged again by
+        ``_write_many``). One statement, not a pipelined one per job: the server plans and runs
+        one UPDATE instead of a hundred (measured: 5 ms -> 1 ms for a batch of 75)."""
+        updates = [(pos, p) for pos, p in prepared if p.expected_version > 0]
+        out = super()._swap_many([(pos, p) for pos, p in prepared if p.expected_version == 0])
+        if not updates:
+            return out
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for _, p in updates:
+            for col, value in zip(columns, (p.record["job_id"], p.expected_version, p.record["status"],
+                                            p.record["version"], self._doc(p.record, p.encoded)), strict=True):
+                col.append(value)
 
         def tx(c: PgConn) -> set[str]:
             cur = c.conn.cursor(binary=True)
-            cur.execute("UPDATE jobs SET status=v.status, version=v.version, doc=COALESCE(v.doc, jobs.doc), "
-                        "begun=CASE WHEN v.append IS NULL THEN NULL ELSE COALESCE(jobs.begun, '') || v.append END "
-                        "FROM unnest(%b::text[], %b::int[], %b::text[], %b::int[], %b::text[], %b::text[]) "
-                        "AS v(job_id, expected, status, version, doc, append) "
+            cur.execute("UPDATE jobs SET status=v.status, version=v.version, doc=v.doc "
+                        "FROM unnest(%b::text[], %b::int[], %b::text[], %b::int[], %b::text[]) "
+                        "AS v(job_id, expected, status, version, doc) "
                         "WHERE jobs.job_id=v.job_id AND jobs.version=v.expected RETURNING jobs.job_id", columns)
             return {r[0] for r in cur.fetchall()}
 
-        return self.db.run(tx)
+        won = self.db.run(tx)
+        out.update((pos, p.record) for pos, p in updates if p.record["job_id"] in won)
+        return out

@@ -242,3 +242,32 @@ def test_a_postgres_schema_from_before_priorities_is_migrated_in_place(pg_url: s
         assert sorted(d.message_id for d in got) == ["new", "old"] and got[0].message_id == "new"
     finally:
         b.close()
+
+
+def test_a_file_from_before_the_version_table_is_brought_to_this_schema(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orchestrator.backends import sqlite_backend
+
+    # Given a file with the first version's tables (no priorities) and no version table
+    path = tmp_path / "legacy.db"
+    sqlite_backend(path).close()
+    c = sqlite3.connect(path)
+    c.executescript("""
+        DROP TABLE schema_version; DROP INDEX messages_ready_p;
+        ALTER TABLE messages DROP COLUMN priority; ALTER TABLE queues DROP COLUMN priorities;
+        CREATE INDEX messages_ready ON messages(queue, visible_at, seq);
+        INSERT INTO queues(name, visibility_s, max_receives) VALUES ('q', 30, 5);
+        INSERT INTO messages(queue, message_id, body, visible_at, enqueued_at) VALUES ('q', 'old', 'x', 0, 0);
+    """)
+    c.close()
+    # When this version opens it
+    b = sqlite_backend(path)
+    try:
+        # Then its message is delivered and the file is at this version's schema
+        got = b.transport.receive("q", max_messages=10, wait_s=0, visibility_s=30)
+        assert [d.message_id for d in got] == ["old"] and got[0].receive_count == 1
+        version = b.transport.db.read("SELECT MAX(version) FROM schema_version")[0][0]  # type: ignore[attr-defined]
+        assert version == 2
+    finally:
+        b.close()

@@ -116,10 +116,7 @@ class SqliteDatabase:
             if found is None or found > SCHEMA_VERSION:
                 raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
                                   f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
-            if found < 2:  # messages gain a priority; the ready index becomes per priority
-                for statement in migrate_to_2("sqlite"):
-                    c.execute(statement)
-                c.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
+            self._migrate(c, found)
             return
         ours = tables & OUR_TABLES
         jobs_cols = {r[1] for r in c.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()
@@ -127,11 +124,20 @@ class SqliteDatabase:
         if (tables and not legacy) or (not tables and not create):
             what = f"tables {', '.join(sorted(tables))}" if tables else "no tables"
             raise ConfigError(f"{self.path} is not an orchestrator database ({what}); refusing to write to it")
-        for statement in table_schema("sqlite").split(";"):  # not executescript: it would COMMIT our transaction
+        # a file made before the version table has the first version's tables: migrated from there
+        for statement in [] if legacy else table_schema("sqlite").split(";"):  # not executescript: it would COMMIT
             if statement.strip():
                 c.execute(statement)
         c.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        c.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+        c.execute("INSERT INTO schema_version(version) VALUES (?)", (1 if legacy else SCHEMA_VERSION,))
+        self._migrate(c, 1 if legacy else SCHEMA_VERSION)
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection, found: int) -> None:
+        if found < 2:  # messages gain a priority; the ready index becomes per priority
+            for statement in migrate_to_2("sqlite"):
+                c.execute(statement)
+            c.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION,))
 
     def conn(self) -> sqlite3.Connection:
         loc = self._local

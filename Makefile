@@ -30,8 +30,7 @@ docs: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m examples.gas --log-level warning demo
 
-# the code before the unit of work and the job table's narrow begin: bench/versus.py measures
-# PostgreSQL against it in the same run
+# the code before the unit of work: bench/versus.py measures PostgreSQL against it in the same run
 BASELINE ?= 04b95ba
 
 bench: $(STAMP)

@@ -55,16 +55,15 @@ class PostgresStatusStore(SqlStatusStore):
         """The batch's swaps as one statement of five arrays: every row's version is its own
         compare, and RETURNING names the jobs whose swap won (the others are judged again by
         ``_write_many``). One statement, not a pipelined one per job: the server plans and runs
-        one UPDATE instead of a hundred (measured: 5 ms -> 1 ms for a batch of 75)."""
+        one UPDATE instead of a hundred (measured in one process: 5.3 -> 2.9 ms for a batch of
+        ~80). New jobs (expected version 0) are inserted one by one."""
         updates = [(pos, p) for pos, p in prepared if p.expected_version > 0]
         out = super()._swap_many([(pos, p) for pos, p in prepared if p.expected_version == 0])
         if not updates:
             return out
-        columns: list[list[Any]] = [[], [], [], [], []]
-        for _, p in updates:
-            for col, value in zip(columns, (p.record["job_id"], p.expected_version, p.record["status"],
-                                            p.record["version"], self._doc(p.record, p.encoded)), strict=True):
-                col.append(value)
+        rows = [(p.record["job_id"], p.expected_version, p.record["status"], p.record["version"],
+                 self._doc(p.record, p.encoded)) for _, p in updates]
+        columns = [list(col) for col in zip(*rows, strict=True)]
 
         def tx(c: PgConn) -> set[str]:
             cur = c.conn.cursor(binary=True)

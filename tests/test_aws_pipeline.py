@@ -117,8 +117,11 @@ def test_worker_processes_on_a_moto_server_survive_a_sigkill(moto_server: str, t
     for i in (0, 2):
         procs[i].send_signal(signal.SIGKILL)
         procs[i].wait()
-    finishers = [spawn("first", True), spawn("second", True)]
-    for p in finishers:
+    # finishers run stage by stage: a second-stage finisher started beside the first stage's can
+    # find its queue empty for a moment while the first stage still has messages to redeliver,
+    # and exit before their emits arrive
+    for stage in ("first", "second"):
+        p = spawn(stage, True)
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err.decode()[-2000:]
     for p in (procs[1], procs[3]):
@@ -133,22 +136,22 @@ def test_worker_processes_on_a_moto_server_survive_a_sigkill(moto_server: str, t
     assert all(j.fields["m"] == (int(j.job_id[4:]) + 1) * 10 for j in jobs)
 
 
-def _seconds_until_polling(stage: str, url: str, expect: int) -> dict[str, float]:
-    """Start ``examples.gas worker --stage STAGE`` and return, per stage, the seconds from the
-    start to its "worker started" record (at most 30 s)."""
+def _seconds_until_polling(stages: list[str], url: str, expect: int) -> dict[str, float]:
+    """Start ``examples.gas worker --stage S`` for each S in ``stages``, all at once, and return,
+    per stage, the seconds from the start to its "worker started" record (at most 30 s)."""
     import json
     import threading
 
     root = Path(__file__).resolve().parent.parent
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "examples.gas", "--log-level", "info", "worker", "--stage", stage,
-                             "--backend", url], cwd=root, env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "examples.gas", "--log-level", "info", "worker", "--stage", s,
+                               "--backend", url], cwd=root, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for s in stages]
     polling: dict[str, float] = {}
 
-    def read() -> None:
-        # five processes share the pipe: a line may hold two records (one process's newline
-        # written after another's record), so each line is read as a run of JSON objects
+    def read(proc: subprocess.Popen[str]) -> None:
+        # a supervisor's five processes share the pipe: a line may hold two records (one
+        # process's newline written after another's record), so a line is a run of JSON objects
         assert proc.stderr is not None
         decoder = json.JSONDecoder()
         for line in proc.stderr:
@@ -162,30 +165,34 @@ def _seconds_until_polling(stage: str, url: str, expect: int) -> dict[str, float
                     polling[record["stage"]] = time.monotonic() - started
                 at = line.find("{", end)
 
-    threading.Thread(target=read, daemon=True).start()
+    for proc in procs:
+        threading.Thread(target=read, args=(proc,), daemon=True).start()
     try:
         deadline = time.monotonic() + 30
-        while len(polling) < expect and time.monotonic() < deadline and proc.poll() is None:
+        while len(polling) < expect and time.monotonic() < deadline and all(p.poll() is None for p in procs):
             time.sleep(0.05)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
     return polling
 
 
 def test_gas_worker_for_all_stages_has_five_stages_polling_within_5s(moto_server: str) -> None:
     root = Path(__file__).resolve().parent.parent
     url = "aws://?region=us-east-1&prefix=boot-"
+    five = ["annotate", "archive", "notify", "restore", "thaw"]
     # Given a deployment set up once (its operator's deploy step)
     subprocess.run([sys.executable, "-m", "examples.gas", "setup", "--backend", url], cwd=root, check=True,
                    capture_output=True)
-    # and how long one stage alone takes to start polling on this machine right now
-    alone = _seconds_until_polling("annotate", url, 1)["annotate"]
+    # and how long five stage processes started at once by hand take to poll on this machine now
+    by_hand = max(_seconds_until_polling(five, url, 5).values())
     # When the supervisor starts a process per stage (it sets up once more, the children not at all)
-    polling = _seconds_until_polling("all", url, 5)
+    polling = _seconds_until_polling(["all"], url, 5)
     # Then all five stages are polling within 5 s of the start. A shared machine can run several
-    # times slower than usual for minutes; five processes starting on its two cores then take
-    # about 2.5x what one takes alone, so the bound grows with that (past 5 s only when one stage
-    # alone takes over 1.7 s), and still catches children that set up or start one by one.
-    assert sorted(polling) == ["annotate", "archive", "notify", "restore", "thaw"], polling
-    assert max(polling.values()) <= max(5.0, 3 * alone), (polling, alone)
+    # times slower than usual for minutes (or run a second test suite beside this one): then the
+    # bound is 1.5x what the five processes started by hand took, which still catches children
+    # that set up again or start one after another.
+    assert sorted(polling) == five, polling
+    assert max(polling.values()) <= max(5.0, 1.5 * by_hand), (polling, by_hand)

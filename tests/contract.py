@@ -136,6 +136,20 @@ class TransportContract:
         advance_clock(2.5)
         one(transport, q)
 
+    def test_the_queues_own_delay_holds_a_send_that_names_none(self, transport: Transport,
+                                                                advance_clock: Advance) -> None:
+        # Given a queue that delays every message by 4 s
+        q = make_queue(transport, delay_s=4)
+        # When one message names no delay, one its own of 1 s, in one batch
+        transport.send_batch(q, [Outgoing(body="queue's", message_id="m1"),
+                                 Outgoing(body="own", message_id="m2", delay_s=1)])
+        # Then the second comes after its own delay, the first after the queue's
+        assert transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS) == []
+        advance_clock(2)
+        assert [d.body for d in transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS)] == ["own"]
+        advance_clock(3)
+        assert [d.body for d in transport.receive(q, max_messages=10, wait_s=0, visibility_s=VIS)] == ["queue's"]
+
     def test_a_snooze_brings_the_message_back_after_its_delay_with_its_receive_taken_back(
             self, transport: Transport, advance_clock: Advance) -> None:
         # Given a message received once

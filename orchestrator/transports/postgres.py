@@ -1,6 +1,6 @@
-"""Queues and topics in PostgreSQL (``transports/sql.py`` with PostgreSQL's two differences).
+"""Queues and topics in PostgreSQL (``transports/sql.py`` with PostgreSQL's differences).
 
-A claim locks its rows ``FOR UPDATE SKIP LOCKED``: concurrent receivers on many machines pass
+A send is one statement (the queue's delay, the rows, the notification). A claim locks its rows ``FOR UPDATE SKIP LOCKED``: concurrent receivers on many machines pass
 over each other's rows instead of queueing behind them. Each send calls ``pg_notify`` in its own
 transaction (delivered at commit, once per queue per transaction), which wakes idle receivers
 at once: they neither busy-poll nor sleep a full poll interval.
@@ -18,6 +18,18 @@ from orchestrator.transports.sql import PRIORITIES, SqlTopic, SqlTransport
 #: an idle receiver looks again at least this often, notification or not (a listener that
 #: reconnects can miss one)
 MAX_IDLE_WAIT_S = 1.0
+
+
+#: ``_send``'s statement: (queue, queue, now, now, ids, bodies, attrs, delays, priorities,
+#: channel, queue) -> the queue's priority mask (NULL when the queue has no row). A delay of 0
+#: takes the queue's own, as ``SqlTransport._send`` does.
+_SEND = (
+    "WITH q AS (SELECT delay_s, priorities FROM queues WHERE name=%b), "
+    "ins AS (INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
+    "SELECT %b, m, b, a, %b::float8 + CASE WHEN d <> 0 THEN d ELSE COALESCE((SELECT delay_s FROM q), 0) END, "
+    "%b::float8, p FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::int[]) "
+    "WITH ORDINALITY AS t(m, b, a, d, p, n) ORDER BY n ON CONFLICT DO NOTHING) "
+    "SELECT (SELECT priorities FROM q), pg_notify(%b, %b)")
 
 
 class PostgresTransport(SqlTransport):
@@ -40,22 +52,21 @@ class PostgresTransport(SqlTransport):
         super().__init__(db, clock=clock)
         self.pg = db
 
-    def _insert_messages(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
-        # one statement of arrays (in binary: as text the bodies would be escaped character by
-        # character), in the rows' order, whatever their number
-        if len(rows) < 2:
-            return super()._insert_messages(c, rows)
-        cols = [list(col) for col in zip(*rows, strict=True)]
+    def _send(self, c: Conn, queue: str, encoded: list[tuple[str, str, str, float, int]], mask: int) -> None:
+        # One statement: the queue's own delay read, the rows inserted as arrays (in binary: as
+        # text the bodies would be escaped character by character), in order, and the
+        # notification, which PostgreSQL delivers at commit. Three statements were three round
+        # trips of ~0.2 ms each on a submit or a batch's emit.
+        if not encoded:  # (an empty array has no type to send in binary)
+            return super()._send(c, queue, encoded, mask)
         assert isinstance(c, PgConn)
-        c.conn.cursor(binary=True).execute(
-            "INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
-            "SELECT q, m, b, a, v, e, p FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], "
-            "%b::float8[], %b::int[]) WITH ORDINALITY AS t(q, m, b, a, v, e, p, n) ORDER BY n "
-            "ON CONFLICT DO NOTHING", cols)
-        return None
-
-    def _sent(self, c: Conn, queue: str) -> None:
-        c.execute("SELECT pg_notify(?, ?)", (self.pg.channel, queue))
+        now = self.clock.now()
+        cur = c.conn.cursor(binary=True)
+        columns = ([mid for mid, *_ in encoded], [body for _, body, *_ in encoded], [a for _, _, a, _, _ in encoded],
+                   [float(delay) for *_, delay, _ in encoded], [prio for *_, prio in encoded])
+        cur.execute(_SEND, [queue, queue, now, now, *columns, self.pg.channel, queue])
+        row = cur.fetchone()
+        self._note_priorities(c, queue, row[0] if row else None, mask)
 
     def _wait(self, queue: str, deadline: float) -> None:
         if not isinstance(self.clock, SystemClock):

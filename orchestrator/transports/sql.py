@@ -88,9 +88,6 @@ class SqlTransport:
         self.clock: Clock = clock or SystemClock()
 
     # -- dialect hooks ------------------------------------------------------------------------
-    def _sent(self, c: Conn, queue: str) -> None:
-        """Called in the transaction that enqueued into ``queue`` (PostgreSQL wakes receivers)."""
-
     def _wait(self, queue: str, deadline: float) -> None:
         """Idle until a message may have become ready or ``deadline`` (on ``self.clock``)."""
         self.clock.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - self.clock.now())))
@@ -133,22 +130,29 @@ class SqlTransport:
         mask = 1
         for m in messages:
             mask |= 1 << m.priority
-
-        def tx(c: Conn) -> None:
-            now = self.clock.now()
-            row = c.execute("SELECT delay_s, priorities FROM queues WHERE name=?", (queue,)).fetchone()
-            default_delay = row[0] if row else 0.0
-            if row is None:  # sending creates the queue, as publishing to a fresh subscription does
-                c.execute("INSERT INTO queues(name, visibility_s, max_receives, priorities) VALUES (?,?,?,?) "
-                          "ON CONFLICT DO NOTHING", (queue, 30.0, 5, mask))
-            elif mask & ~row[1]:  # a first message of this priority: receives probe it from now on
-                c.execute("UPDATE queues SET priorities = priorities | ? WHERE name=?", (mask, queue))
-            self._insert_messages(c, [(queue, mid, body, attrs, now + (delay or default_delay), now, prio)
-                                      for mid, body, attrs, delay, prio in encoded])
-            self._sent(c, queue)
-
-        self.db.run(tx)
+        self.db.run(lambda c: self._send(c, queue, encoded, mask))
         return ids
+
+    def _send(self, c: Conn, queue: str, encoded: list[tuple[str, str, str, float, int]], mask: int) -> None:
+        """Insert the (message id, body, attributes, delay, priority) rows: a delay of 0 takes
+        the queue's own. A dialect hook: PostgreSQL does it in one statement, and wakes the
+        queue's receivers."""
+        now = self.clock.now()
+        row = c.execute("SELECT delay_s, priorities FROM queues WHERE name=?", (queue,)).fetchone()
+        default_delay = row[0] if row else 0.0
+        self._insert_messages(c, [(queue, mid, body, attrs, now + (delay or default_delay), now, prio)
+                                  for mid, body, attrs, delay, prio in encoded])
+        self._note_priorities(c, queue, row[1] if row else None, mask)
+
+    def _note_priorities(self, c: Conn, queue: str, known: int | None, mask: int) -> None:
+        """Record the priorities ``mask`` sent to ``queue`` (``known``: the queue's mask, None
+        when it has no row: sending creates the queue, as publishing to a fresh subscription
+        does). A first message of a priority makes receives probe it from now on."""
+        if known is None:
+            c.execute("INSERT INTO queues(name, visibility_s, max_receives, priorities) VALUES (?,?,?,?) "
+                      "ON CONFLICT DO NOTHING", (queue, 30.0, 5, mask))
+        elif mask & ~known:
+            c.execute("UPDATE queues SET priorities = priorities | ? WHERE name=?", (mask, queue))
 
     def _insert_messages(self, c: Conn, rows: list[tuple[Any, ...]]) -> None:
         """(queue, message_id, body, attrs, visible_at, enqueued_at, priority) rows, in order.

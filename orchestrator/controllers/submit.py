@@ -104,9 +104,8 @@ def _request(backend: Backend, job_id: str, payload: dict[str, Any], *, queue: s
     assert target is not None
     check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority)
     now = backend.clock.now()
-    env = Envelope(id=submit_id(job_id, target), task=task or target, job_id=job_id, payload=payload,
-                   created_at=now)
-    env = env.model_copy(update={"trace_id": env.id})
+    mid = submit_id(job_id, target)  # a job's trace is its first message's id
+    env = Envelope(id=mid, task=task or target, job_id=job_id, payload=payload, created_at=now, trace_id=mid)
     body = travelling_body(env)
     origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body,
                         due_at=due, priority=priority)
@@ -124,14 +123,16 @@ def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None,
         # in a transaction the refusal undoes the writes (no read first); elsewhere the jobs
         # are read first.
         before = {} if backend.transactional else backend.store.get_docs([r.job.job_id for r in requests])
-        firsts: dict[str, Doc] = {}
+        firsts: dict[str, _Request] = {}
         for r in requests:
-            known = before.get(r.job.job_id) or firsts.get(r.job.job_id)
+            known = before.get(r.job.job_id)
             if known is not None:
                 _check_same(known, r)
-            else:  # a second copy in this batch is checked against the first
-                firsts[r.job.job_id] = jobdoc.new_doc(r.job.job_id, user_id=r.job.user_id, fields={},
-                                                      now=0.0, origin=r.job.origin)
+            elif (first := firsts.setdefault(r.job.job_id, r)) is not r:
+                # a second copy in this batch is checked against the first (its job as the
+                # first would make it: rare, so made only here)
+                _check_same(jobdoc.new_doc(first.job.job_id, user_id=first.job.user_id, fields={}, now=0.0,
+                                           origin=first.job.origin), r)
         made = backend.store.create_docs([r.job for r in requests])
         outs = []
         for r, (doc, created) in zip(requests, made, strict=True):

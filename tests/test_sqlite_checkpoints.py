@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.backends import sqlite_backend
 from orchestrator.backends.sqlite_db import CHECKPOINT_INTERVAL_S, WAL_AUTOCHECKPOINT_PAGES
 
@@ -66,3 +68,38 @@ def test_the_checkpointer_ends_with_its_database_and_never_recreates_a_deleted_f
     assert _wait_for(lambda: not any(t.is_alive() for t in ours), timeout=20 * CHECKPOINT_INTERVAL_S)
     time.sleep(2 * CHECKPOINT_INTERVAL_S)
     assert not paths[1].exists()
+
+
+def _page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_new_file_gets_the_larger_page_and_a_file_made_before_keeps_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.backends import sqlite_db
+    from orchestrator.base import Outgoing, QueueSpec
+
+    # Given a file an earlier version made, with SQLite's default 4 KB pages, a message waiting
+    old = tmp_path / "old.db"
+    with monkeypatch.context() as m:
+        m.setattr(sqlite_db, "PAGE_SIZE", 4096)
+        b = sqlite_backend(old)
+        b.transport.ensure_queue(QueueSpec("q"))
+        b.transport.send("q", Outgoing(body="before", message_id="m0"))
+        b.close()
+    # When this code opens it, and creates a new file beside it
+    for path in (old, tmp_path / "new.db"):
+        b = sqlite_backend(path)
+        b.transport.ensure_queue(QueueSpec("q"))
+        b.transport.send("q", Outgoing(body="x" * 20_000, message_id="m1"))  # a body over a page
+        got = b.transport.receive("q", max_messages=10, wait_s=0, visibility_s=30)
+        # Then both work, what was there before and bodies larger than a page included
+        assert [d.body for d in got] == (["before"] if path == old else []) + ["x" * 20_000]
+        b.close()
+    # And the old file keeps its pages (WAL fixes them), the new one has the larger ones
+    assert (_page_size(old), _page_size(tmp_path / "new.db")) == (4096, sqlite_db.PAGE_SIZE)
+    assert sqlite_db.PAGE_SIZE > 4096

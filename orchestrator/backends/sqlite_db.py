@@ -37,6 +37,8 @@ CHECKPOINT_INTERVAL_S = 0.5
 #: how often a thread's transactions look whether the database file was deleted or replaced
 FILE_CHECK_INTERVAL_S = 0.25
 
+#: the page size of a file this code creates (bytes)
+PAGE_SIZE = 8192
 #: the schema this code writes (table ``schema_version``); a newer file is refused
 SCHEMA_VERSION = 2
 OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"})
@@ -145,6 +147,10 @@ class SqliteDatabase:
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s,
                                        check_same_thread=False)
+                # A new file's pages (set before WAL, which fixes them; a file that exists keeps
+                # its own): a COMMIT writes a log frame per page it changed, and fewer, larger
+                # frames held the write lock for less (the two-stage pipeline +4%, bench/why.md).
+                conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 # WAL lets readers run beside the one writer; NORMAL sync survives a killed
                 # process (only an OS crash can lose the last transactions).
                 conn.execute("PRAGMA journal_mode=WAL")

@@ -149,7 +149,7 @@ class SqliteDatabase:
                                        check_same_thread=False)
                 # A new file's pages (set before WAL, which fixes them; a file that exists keeps
                 # its own): a COMMIT writes a log frame per page it changed, and fewer, larger
-                # frames held the write lock for less (the two-stage pipeline +4%, bench/why.md).
+                # frames held the write lock for less (the two-stage pipeline +4 to +17%, bench/why.md).
                 conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 # WAL lets readers run beside the one writer; NORMAL sync survives a killed
                 # process (only an OS crash can lose the last transactions).

@@ -1,9 +1,10 @@
 """Queues and topics in PostgreSQL (``transports/sql.py`` with PostgreSQL's differences).
 
-A send is one statement (the queue's delay, the rows, the notification). A claim locks its rows ``FOR UPDATE SKIP LOCKED``: concurrent receivers on many machines pass
-over each other's rows instead of queueing behind them. Each send calls ``pg_notify`` in its own
-transaction (delivered at commit, once per queue per transaction), which wakes idle receivers
-at once: they neither busy-poll nor sleep a full poll interval.
+A send is one statement: it reads the queue's own delay, inserts the rows and calls
+``pg_notify`` (delivered at commit, once per queue per transaction), which wakes idle receivers
+at once: they neither busy-poll nor sleep a full poll interval. A claim locks its rows
+``FOR UPDATE SKIP LOCKED``: concurrent receivers on many machines pass over each other's rows
+instead of queueing behind them.
 """
 
 from __future__ import annotations

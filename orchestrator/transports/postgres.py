@@ -63,9 +63,9 @@ class PostgresTransport(SqlTransport):
         assert isinstance(c, PgConn)
         now = self.clock.now()
         cur = c.conn.cursor(binary=True)
-        columns = ([mid for mid, *_ in encoded], [body for _, body, *_ in encoded], [a for _, _, a, _, _ in encoded],
-                   [float(delay) for *_, delay, _ in encoded], [prio for *_, prio in encoded])
-        cur.execute(_SEND, [queue, queue, now, now, *columns, self.pg.channel, queue])
+        ids, bodies, attrs, delays, priorities = (list(col) for col in zip(*encoded, strict=True))
+        delays = [float(d) for d in delays]  # (an int among floats would make the array mixed)
+        cur.execute(_SEND, [queue, queue, now, now, ids, bodies, attrs, delays, priorities, self.pg.channel, queue])
         row = cur.fetchone()
         self._note_priorities(c, queue, row[0] if row else None, mask)
 

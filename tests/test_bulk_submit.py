@@ -7,7 +7,7 @@ import itertools
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import Pipeline
@@ -32,6 +32,9 @@ def _queue_bodies(backend: Backend, queue: str) -> dict[str, dict[str, object]]:
 # each example works under job ids and queues of its own, so the backend is shared safely
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(jobs=items, again=items)
+# an existing job's id twice in one call, once without its user: each copy is judged against the
+# stored job, as one submit at a time judges it (not the second copy against the first)
+@example(jobs=[("j0", {"x": 0}, "ann")], again=[("j0", {"x": 0}, None), ("j0", {"x": 0}, "ann")])
 def test_submit_many_does_what_submit_does_for_each_item(backend: Backend, jobs: list, again: list) -> None:
     n = next(_runs)
     bulk_q, one_q = f"bulk{n}", f"one{n}"

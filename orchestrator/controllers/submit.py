@@ -119,20 +119,21 @@ def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None,
     """Create the jobs and send their first messages, in one unit of work: one statement for
     the jobs and one for the messages on SQLite and PostgreSQL, however many there are."""
     with backend.unit():
-        # A resubmission that is not the same request is refused before anything is written:
-        # in a transaction the refusal undoes the writes (no read first); elsewhere the jobs
-        # are read first.
-        before = {} if backend.transactional else backend.store.get_docs([r.job.job_id for r in requests])
-        firsts: dict[str, _Request] = {}
-        for r in requests:
-            known = before.get(r.job.job_id)
-            if known is not None:
-                _check_same(known, r)
-            elif (first := firsts.setdefault(r.job.job_id, r)) is not r:
-                # a second copy in this batch is checked against the first (its job as the
-                # first would make it: rare, so made only here)
-                _check_same(jobdoc.new_doc(first.job.job_id, user_id=first.job.user_id, fields={}, now=0.0,
-                                           origin=first.job.origin), r)
+        # A resubmission that is not the same request is refused before anything is written.
+        # In a transaction that is the check below, after the writes, against what each copy
+        # found (the job stored before, or the first copy of its id in this call): the
+        # refusal undoes the writes. Elsewhere the jobs are read and checked first, and a
+        # second copy of a new id is checked against the first.
+        if not backend.transactional:
+            before = backend.store.get_docs([r.job.job_id for r in requests])
+            firsts: dict[str, _Request] = {}
+            for r in requests:
+                known = before.get(r.job.job_id)
+                if known is not None:
+                    _check_same(known, r)
+                elif (first := firsts.setdefault(r.job.job_id, r)) is not r:
+                    _check_same(jobdoc.new_doc(first.job.job_id, user_id=first.job.user_id, fields={}, now=0.0,
+                                               origin=first.job.origin), r)
         made = backend.store.create_docs([r.job for r in requests])
         outs = []
         for r, (doc, created) in zip(requests, made, strict=True):

@@ -158,8 +158,9 @@ def check_transition(current: str, requested: str, doc: Doc) -> None:
 
 
 def begin(doc: Doc, *, stage: str, message_id: str, claim: str, attempt: int, now: float,
-          input_body: str | None = None, source: str | None = None) -> Doc:
-    """Claim ``stage`` for this delivery; PENDING becomes RUNNING.
+          input_body: str | None = None, source: str | None = None, started_at: float | None = None) -> Doc:
+    """Claim ``stage`` for this delivery; PENDING becomes RUNNING. ``started_at``: when the
+    step started, if before ``now`` (a deferred begin).
 
     Raises ``ConflictError`` when the step is already finished (committed or failed) or the
     job is FAILED: the caller replays the recorded outcome instead of running the handler.
@@ -180,7 +181,8 @@ def begin(doc: Doc, *, stage: str, message_id: str, claim: str, attempt: int, no
     # redelivered the message), so from here on its commit must lose (lease fencing).
     out["steps"][stage] = {
         "stage": stage, "message_id": message_id, "state": "running", "claim": claim, "attempt": attempt,
-        "started_at": now, "finished_at": None, "outbox": [], "reason": None, "dead_letter": False,
+        "started_at": now if started_at is None else started_at, "finished_at": None, "outbox": [], "reason": None,
+        "dead_letter": False,
         "input": input_body, "source": source,
     }
     if step is not None and step.get("error") is not None:
@@ -243,12 +245,13 @@ def _delivered(steps: Doc, stage: str, message_id: str) -> None:
 
 def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: str | None,
            fields: dict[str, Any], outbox: list[OutMessage], now: float, result: dict[str, Any] | None = None,
-           join: JoinTrigger | None = None) -> Doc:
+           join: JoinTrigger | None = None, attempt: int = 0) -> Doc:
     """Record the step's result, its fields and its outbox; optionally move the status.
 
     ``claim=None`` is a lazy claim (a stage with ``begin="lazy"`` writes no begin): the step
-    is created here, a PENDING job passes through RUNNING in the same write, and the only
-    condition is that nobody committed the step first.
+    is created here (with ``attempt``, the delivery's receive count), a PENDING job passes
+    through RUNNING in the same write, and the only condition is that nobody committed the step
+    first.
     """
     prev = _own_running_step(doc, stage, claim)
     out = _copy(doc)
@@ -259,7 +262,7 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
         status = str(status)
         check_transition(out["status"], status, doc)
     step = dict(prev) if prev is not None else {**STEP_DEFAULTS, "stage": stage, "message_id": message_id,
-                                                 "started_at": now}
+                                                 "started_at": now, "attempt": attempt}
     step["state"], step["finished_at"], step["outbox"] = "committed", now, [out_doc(m) for m in outbox]
     # the input was kept to re-send a step whose message was lost, or retry a failed one: a
     # committed step needs neither (its outbox carries what comes next)

@@ -40,9 +40,13 @@ class StageSettings(BaseModel):
     wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1; at 0 an empty receive is followed by a 20 ms pause)")
     delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
     max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")
-    begin: Literal["eager", "lazy"] | None = Field(
-        None, description="begin write before the handler or not (default eager; was `claim`)",
-        validation_alias=AliasChoices("begin", "claim"))
+    begin: Literal["deferred", "eager", "lazy"] | None = Field(
+        None, description="when the begin is written: deferred (only for a step still running after "
+        "begin_after_s; a redelivery at once), eager (before every handler) or lazy (never) (default deferred; "
+        "was `claim`)", validation_alias=AliasChoices("begin", "claim"))
+    begin_after_s: float | None = Field(
+        None, description="with begin=deferred: seconds a round's handlers run before their begin is written "
+        "(default 1)")
 
 
 class Settings(BaseSettings):

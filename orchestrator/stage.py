@@ -36,6 +36,9 @@ DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_MAX_S = 300.0
 DEFAULT_WAIT_S = 1.0
 DEFAULT_MAX_SNOOZE_S = 7 * 24 * 3600.0
+#: how long a round's handlers run before a deferred begin is written: a step that takes
+#: longer shows RUNNING within about a second of its start
+DEFAULT_BEGIN_AFTER_S = 1.0
 MIN_VISIBILITY_TIMEOUT_S = 1.0
 
 
@@ -192,11 +195,16 @@ class Stage:
     emit_format: Literal["envelope", "plain"] = "envelope"
     max_body_bytes: int = MAX_BODY_BYTES
     accepts_tasks: tuple[str, ...] = ()
-    #: "eager": write a begin (claim + RUNNING) before the handler, so the status shows RUNNING
-    #: while it runs and a stale holder is fenced off by its claim. "lazy": no begin write;
-    #: the commit alone records the step (first committer wins): one store write per message
-    #: instead of two, for fast handlers.
-    begin: Literal["eager", "lazy"] = "eager"
+    #: "deferred": a first delivery's begin (claim + RUNNING) is written only if its round's
+    #: handlers are still running ``begin_after_s`` after it started (a step that takes longer
+    #: shows RUNNING and is fenced by its claim from then on; a faster one is recorded by its
+    #: commit alone, one store write per message instead of two); a redelivery is begun before
+    #: its handler. "eager": every begin before the handler, so the status shows RUNNING
+    #: from the start and a stale holder is always fenced off by its claim. "lazy": no begin
+    #: write; the commit alone records the step (first committer wins).
+    begin: Literal["deferred", "eager", "lazy"] = "deferred"
+    #: with ``begin="deferred"``: how long a round's handlers run before their begin is written
+    begin_after_s: float = DEFAULT_BEGIN_AFTER_S
     #: emitted bodies over 64 KiB go to the object store (claim check) and the queue and the
     #: outbox carry a pointer; without it a body over the queue's limit fails the step.
     #: Consumers of such bodies need a large enough ``max_body_bytes``.
@@ -285,8 +293,10 @@ class Stage:
         if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
             out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "
                        f"{self.priority_bands!r}")
-        if self.begin not in ("eager", "lazy"):
-            out.append(f"stage {self.name}: begin must be 'eager' or 'lazy', got {self.begin!r}")
+        if self.begin not in ("deferred", "eager", "lazy"):
+            out.append(f"stage {self.name}: begin must be 'deferred', 'eager' or 'lazy', got {self.begin!r}")
+        if not self.begin_after_s > 0:
+            out.append(f"stage {self.name}: begin_after_s must be > 0, got {self.begin_after_s}")
         if self.emit_to and self.publish_to:
             out.append(f"stage {self.name}: set emit_to or publish_to, not both")
         for topic in self.subscribe:

@@ -151,6 +151,8 @@ class BeginItem:
     attempt: int
     input_body: str | None = None
     source: str | None = None
+    #: when the step started, if before the begin is written (a deferred begin); None: now
+    started_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -177,3 +179,5 @@ class CommitItem:
     #: a part's result, kept in its step (None: not a part)
     result: dict[str, Any] | None = None
     join: JoinTrigger | None = None
+    #: the delivery's receive count, recorded on a step the commit creates (no begin wrote it)
+    attempt: int = 0

@@ -147,12 +147,15 @@ class RefusingStore:
         return self._inner.apply(writes)
 
 
-def pipeline() -> Pipeline:
+def pipeline(begin: str = "deferred") -> Pipeline:
     p = Pipeline("poison")
 
     @p.stage("first", source="a", emit_to="b", max_receives=MAX_RECEIVES, visibility_timeout_s=30,
-             retry_base_s=1, retry_max_s=4)
+             retry_base_s=1, retry_max_s=4, begin=begin)  # type: ignore[arg-type]
     def first(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.job_id.startswith("store_refuses_begin"):
+            # slow enough that a deferred stage writes its round's begin while it runs
+            ctx.clock.sleep(ctx.stage.begin_after_s + 0.5)
         kind = msg.payload.get("poison")
         if kind is not None:
             return HANDLER[kind]()
@@ -236,8 +239,9 @@ def _run(backend: Backend, p: Pipeline, stage: str) -> list[Outcome]:
     raise AssertionError(f"stage {stage} never drained")
 
 
-def check_poison_never_holds_a_batch(kind: str, tmp: Path, n: int, layout: list[str | None]) -> None:
-    p = pipeline()
+def check_poison_never_holds_a_batch(kind: str, tmp: Path, n: int, layout: list[str | None],
+                                     begin: str = "deferred") -> None:
+    p = pipeline(begin)
     with _backend(kind, tmp, n) as (backend, url):
         p.setup(backend)
         store = backend.store
@@ -284,21 +288,25 @@ layouts = st.lists(st.one_of(st.none(), st.sampled_from(KINDS)), min_size=2, max
 _counter = iter(range(10**9))
 
 
+begins = st.sampled_from(["deferred", "eager"])
+
+
 @settings(max_examples=60)
-@given(layout=layouts)
+@given(layout=layouts, begin=begins)
 def test_poison_never_holds_a_batch_on_sqlite(tmp_path_factory: pytest.TempPathFactory,
-                                                layout: list[str | None]) -> None:
-    check_poison_never_holds_a_batch("sqlite", tmp_path_factory.mktemp("poison"), next(_counter), layout)
+                                                layout: list[str | None], begin: str) -> None:
+    check_poison_never_holds_a_batch("sqlite", tmp_path_factory.mktemp("poison"), next(_counter), layout, begin)
 
 
 @settings(max_examples=25)
-@given(layout=layouts)
+@given(layout=layouts, begin=begins)
 def test_poison_never_holds_a_batch_on_postgres(pg_server: str, tmp_path_factory: pytest.TempPathFactory,
-                                                  layout: list[str | None]) -> None:
-    check_poison_never_holds_a_batch("postgres", tmp_path_factory.mktemp("poison"), next(_counter), layout)
+                                                  layout: list[str | None], begin: str) -> None:
+    check_poison_never_holds_a_batch("postgres", tmp_path_factory.mktemp("poison"), next(_counter), layout, begin)
 
 
+@pytest.mark.parametrize("begin", ["deferred", "eager"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_poison_kind_is_settled_beside_a_good_message(tmp_path: Path, kind: str) -> None:
+def test_each_poison_kind_is_settled_beside_a_good_message(tmp_path: Path, kind: str, begin: str) -> None:
     # every entry of the catalogue, at least once, whatever hypothesis draws
-    check_poison_never_holds_a_batch("sqlite", tmp_path, next(_counter), [None, kind, None])
+    check_poison_never_holds_a_batch("sqlite", tmp_path, next(_counter), [None, kind, None], begin)

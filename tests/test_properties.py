@@ -76,7 +76,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         max_receives=draw(st.integers(2, 5)), behaviour=behaviour, flaky_failures=draw(st.integers(1, 4)),
         faults=faults, seed=draw(st.integers(0, 2**32)), stall_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
         via_topic=draw(st.booleans()), batch_probability=draw(st.sampled_from([0.0, 0.5, 1.0])),
-        claim=draw(st.sampled_from(["eager", "lazy"])),
+        claim=draw(st.sampled_from(["deferred", "eager", "lazy"])),
         snoozes=draw(st.integers(1, 7)),
         submit_delay=draw(st.dictionaries(st.integers(0, n_jobs - 1), st.sampled_from(DELAYS), max_size=6)),
         emit_delay=draw(st.dictionaries(st.integers(0, n_stages - 1), st.sampled_from(DELAYS), max_size=2)),
@@ -274,7 +274,7 @@ def join_scenarios(draw: st.DrawFn) -> JoinScenario:
         seed=draw(st.integers(0, 2**32)), stall_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
         batch_probability=draw(st.sampled_from([0.0, 0.5, 1.0])),
         cancel_probability=draw(st.sampled_from([0.0, 0.0, 0.02])),
-        claim=draw(st.sampled_from(["eager", "lazy"])), visibility=draw(st.sampled_from([3.0, 10.0])))
+        claim=draw(st.sampled_from(["deferred", "eager", "lazy"])), visibility=draw(st.sampled_from([3.0, 10.0])))
 
 
 def build_join(sc: JoinScenario, joins: Counter[str]) -> Pipeline:

@@ -48,6 +48,7 @@ from orchestrator.controllers.decide import (
     decide,
     recorded,
 )
+from orchestrator.controllers.deferred import DeferredBegin
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope, derive_id
@@ -108,6 +109,8 @@ class _Item:
     error: BaseException | None = None  # what the handler raised, for the on_retry hook
     snooze: Snooze | None = None  # what the handler returned to snooze
     job_id: str = ""  # the envelope's, set with it (read a dozen times a message)
+    claim: str | None = None  # the receipt, once a deferred stage's begin claimed the step with it
+    refusal: Exception | None = None  # why a deferred begin was refused (settled after the handler)
 
     def key(self, stage: str) -> str:
         """The step this delivery writes: the stage's, or a part's own (``stage#i``)."""
@@ -256,9 +259,15 @@ class Controller:
                ) -> Generator[str, None, None]:
         jobs: dict[str, Doc] = {}
         live = self._lookup(items, jobs, outcomes)
-        started = self._begin(live, jobs, outcomes)
-        yield from self._crash("after_begin", started)
-        handled = self._handle_all(started, outcomes, should_stop)
+        started, deferred = self._begin(live, jobs, outcomes)
+        try:
+            yield from self._crash("after_begin", started)
+            handled = self._handle_all(started, jobs, outcomes, should_stop, deferred)
+            if deferred is not None:
+                deferred.close()
+        finally:
+            if deferred is not None:  # a crash, or the generator dropped: no begin from here on
+                deferred.cancel()
         yield from self._crash("after_handle", handled)
         ready = []
         for it in handled:  # time passed since the handler returned: a lease lost meanwhile is decided on
@@ -292,45 +301,105 @@ class Controller:
                 live.append(it)
         return live
 
-    def _begin(self, live: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]) -> list[_Item]:
-        """3. begin: claim each step with its delivery's receipt (lease fencing); a lazy stage
-        writes none, its commit records the step. The items whose begin went through."""
+    def _begin(self, live: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]
+               ) -> tuple[list[_Item], DeferredBegin[_Item] | None]:
+        """3. begin: claim each step with its delivery's receipt (lease fencing). A lazy stage
+        writes none (its commit records the step); a deferred one begins a redelivery now and
+        a first delivery only if its round is still running ``begin_after_s`` from now. The
+        items to handle, and the deferred begin."""
         st = self.stage
-        if st.begin != "eager" or not live:
-            return live
-        started = []
-        begun = self._isolate(live, lambda sub: self.backend.store.begin_docs(
+        if st.begin == "lazy" or not live:
+            return live, None
+        if st.begin == "eager":
+            return self._begin_now(live, jobs, outcomes), None
+        later = [it for it in live if it.delivery.receive_count <= 1]
+        if len(later) == len(live):
+            started = live
+        else:
+            started = self._begin_now([it for it in live if it.delivery.receive_count > 1], jobs, outcomes)
+            started = sorted(started + later, key=lambda it: it.index)
+        deferred = DeferredBegin(self.backend.clock, st.begin_after_s, later,
+                                 lambda todo, at: self._begin_later(todo, jobs, at)) if later else None
+        return started, deferred
+
+    def _begin_items(self, items: list[_Item], jobs: dict[str, Doc], started_at: float | None
+                     ) -> list[Doc | Exception]:
+        st = self.stage
+        return self._isolate(items, lambda sub: self.backend.store.begin_docs(
             [BeginItem(it.job_id, it.key(st.name), it.env.id, it.delivery.receipt, it.delivery.receive_count,
-                       kept_input(it.delivery.body), st.source) for it in sub], known=jobs))
-        for it, res in zip(live, begun, strict=True):
-            if isinstance(res, StoreError):
-                # finished meanwhile (settled as the record says), or a newer delivery holds it
-                current = res.current_doc if isinstance(res, ConflictError) else None
-                settled = recorded(current, it.key(st.name)) if current is not None else None
-                if settled is not None:
-                    it.job = current
-                self._finish(it, self._settle_by(it, settled or res), outcomes)
-            elif isinstance(res, Exception):
-                self._finish(it, self._settle_by(it, Refused(res, "its begin")), outcomes)
+                       kept_input(it.delivery.body), st.source, started_at) for it in sub], known=jobs))
+
+    def _begin_now(self, live: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome],
+                   started_at: float | None = None) -> list[_Item]:
+        """The begins written now; the items whose begin went through."""
+        started = []
+        for it, res in zip(live, self._begin_items(live, jobs, started_at), strict=True):
+            if isinstance(res, Exception):
+                self._begin_refused(it, res, outcomes)
             else:
-                it.job = jobs[it.job_id] = res
+                self._took(it, res, jobs)
                 started.append(it)
         return started
 
-    def _handle_all(self, started: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool]
-                    ) -> list[_Item]:
+    @staticmethod
+    def _took(it: _Item, job: Doc, jobs: dict[str, Doc]) -> None:
+        """``it``'s begin went through: its job as begun, and its claim."""
+        it.job = jobs[it.job_id] = job
+        it.claim = it.delivery.receipt
+
+    def _begin_later(self, items: list[_Item], jobs: dict[str, Doc], started_at: float) -> None:
+        """A deferred begin (on the timer): a refusal is settled once the item's handler is done."""
+        for it, res in zip(items, self._begin_items(items, jobs, started_at), strict=True):
+            if isinstance(res, Exception):
+                it.refusal = res
+            else:
+                self._took(it, res, jobs)
+
+    def _begin_refused(self, it: _Item, res: Exception, outcomes: dict[int, Outcome]) -> None:
+        if isinstance(res, StoreError):
+            # finished meanwhile (settled as the record says), or a newer delivery holds it
+            current = res.current_doc if isinstance(res, ConflictError) else None
+            settled = recorded(current, it.key(self.stage.name)) if current is not None else None
+            if settled is not None:
+                it.job = current
+            self._finish(it, self._settle_by(it, settled or res), outcomes)
+        else:
+            self._finish(it, self._settle_by(it, Refused(res, "its begin")), outcomes)
+
+    def _handle_all(self, started: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome],
+                    should_stop: Callable[[], bool], deferred: DeferredBegin[_Item] | None) -> list[_Item]:
         """4. handle, one by one; the decision is ``decide``'s. The items to commit."""
         handled: list[_Item] = []
         for it in started:
-            if should_stop():
+            stopping = it.refusal is None and should_stop()
+            action = None if stopping or it.refusal is not None else self._run_handler(it)
+            if deferred is not None:
+                deferred.finished(it)
+            if it.refusal is not None:  # a deferred begin was refused: the record decides
+                self._begin_refused(it, it.refusal, outcomes)
+            elif action is None:  # the worker is stopping: handed back unrun
                 self._finish(it, self._settle_by(it, Stopping()), outcomes)
-                continue
-            action = self._run_handler(it)
-            if action.verdict == Verdict.ACK:
+            elif action.verdict == Verdict.ACK:
                 handled.append(it)
-            else:
+            elif self._begun_to_record(it, action, jobs, outcomes, deferred):
                 self._finish(it, self._act(it, action), outcomes)
         return handled
+
+    def _begun_to_record(self, it: _Item, action: Action, jobs: dict[str, Doc], outcomes: dict[int, Outcome],
+                         deferred: DeferredBegin[_Item] | None) -> bool:
+        """A deferred step whose handler failed, raised or snoozed is begun before that is
+        written, so its record holds the attempt and the input (an operator's retry re-sends
+        it) as an eager stage's does. False: the begin was refused, which settled the item."""
+        if deferred is None or it.claim is not None or action.verdict not in _RECORDED_ON_THE_STEP:
+            return True
+        res = self._begin_items([it], jobs, deferred.started_at)[0]
+        if isinstance(res, JobNotFound):  # purged meanwhile: the write that follows finds that out too
+            return True
+        if isinstance(res, Exception):
+            self._begin_refused(it, res, outcomes)
+            return False
+        self._took(it, res, jobs)
+        return True
 
     def _commit_emit_ack(self, ready: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]
                          ) -> Generator[str, None, None]:
@@ -449,9 +518,9 @@ class Controller:
         part = it.env.part is not None
         # a part keeps its fields in its own step, for the join (the parts would overwrite
         # each other's in the job's fields)
-        return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it.delivery), it.status,
+        return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it), it.status,
                           {} if part else fields, it.outbox, result=dict(fields) if part else None,
-                          join=self._join(it))
+                          join=self._join(it), attempt=it.delivery.receive_count)
 
     def _join(self, it: _Item) -> JoinTrigger | None:
         """For a part of a stage that has a join: the join's one message, which the commit
@@ -506,9 +575,11 @@ class Controller:
             return self._settle_by(it, Undecodable(f"unknown task {env.task!r} for stage {st.name}"))
         return None
 
-    def claim_of(self, d: Delivery) -> str | None:
-        """The claim this delivery's writes are conditional on (None for a lazy stage)."""
-        return d.receipt if self.stage.begin == "eager" else None
+    def claim_of(self, it: _Item) -> str | None:
+        """The claim this delivery's writes are conditional on: its receipt on an eager stage;
+        elsewhere the receipt once a begin claimed the step with it, else None (the first
+        committer wins)."""
+        return it.delivery.receipt if self.stage.begin == "eager" else it.claim
 
     def _backoff(self, d: Delivery) -> float:
         return self.stage.backoff_s(d.receive_count) * (0.8 + 0.4 * self.random.random())
@@ -614,7 +685,7 @@ class Controller:
         if it.job is not None:  # None: released before its job was looked up (a claim check unreadable)
             try:
                 self.backend.store.retried(it.job_id, stage=it.key(self.stage.name), message_id=it.env.id,
-                                           claim=self.claim_of(d), delay_s=action.delay_s,
+                                           claim=self.claim_of(it), delay_s=action.delay_s,
                                            error=step_error(error, d.receive_count, self.backend.clock.now()))
             except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
                 return self._settle_by(it, exc)
@@ -675,7 +746,7 @@ class Controller:
         try:
             with self.backend.unit():
                 rec = self.backend.store.fail(it.job_id, stage=it.key(st.name), message_id=it.env.id,
-                                              claim=self.claim_of(d) if begun else None, reason=reason,
+                                              claim=self.claim_of(it) if begun else None, reason=reason,
                                               dead_letter=dead_letter, error=failure, join=self._join(it))
                 self._check("after_commit", [it])
                 step = rec.steps[it.key(st.name)]
@@ -706,7 +777,7 @@ class Controller:
         try:
             with self.backend.unit():
                 self.backend.store.snooze(it.job_id, stage=it.key(st.name), message_id=it.env.id,
-                                          claim=self.claim_of(d), reason=reason, until=until,
+                                          claim=self.claim_of(it), reason=reason, until=until,
                                           fields=it.snooze.fields if it.snooze is not None else None)
                 self._check("after_commit", [it])
                 it.lease.stop()  # a beat after the snooze would find the receipt gone
@@ -742,6 +813,9 @@ class Controller:
         outbox.emit(self.backend, [(it.outbox, it.job_id) for it in items],
                     on_emit=lambda m: self.hook("on_emit", self.stage, m))
 
+
+#: the verdicts after a handler that write its step (a deferred stage begins the step first)
+_RECORDED_ON_THE_STEP = frozenset({Verdict.FAIL, Verdict.DEAD_LETTER, Verdict.RETRY, Verdict.SNOOZE})
 
 #: what ``after_handle`` hooks are told of a handler's outcome (the verdicts that follow a
 #: handler; the rest are settled before one runs)

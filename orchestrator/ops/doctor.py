@@ -63,7 +63,7 @@ def _stage_findings(st: Stage, backend: Backend) -> list[tuple[str, str]]:
                                "every message it held, so one crash can dead-letter healthy batch-mates (use >= 3, "
                                "or batch_size=1)"))
     observed = handler_p99(backend, st.name)
-    if observed is not None and st.begin == "eager" and observed[0] > st.visibility_timeout_s:
+    if observed is not None and st.begin != "lazy" and observed[0] > st.visibility_timeout_s:
         out.append(("warning", f"handlers took up to {observed[0]:.1f}s (p99 of {observed[1]} steps), longer than "
                                f"the visibility timeout {st.visibility_timeout_s:g}s: only the heartbeat keeps their "
                                "leases; a stalled process loses them (raise visibility_timeout_s)"))

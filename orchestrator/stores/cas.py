@@ -213,7 +213,8 @@ class CasStatusStore(ABC):
 
         def rule(i: BeginItem) -> Rule:
             return lambda r: jobdoc.begin(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
-                                          attempt=i.attempt, now=now, input_body=i.input_body, source=i.source)
+                                          attempt=i.attempt, now=now, input_body=i.input_body, source=i.source,
+                                          started_at=i.started_at)
 
         return self._mutate_many([(i.job_id, rule(i)) for i in items], known or {})
 
@@ -229,7 +230,7 @@ class CasStatusStore(ABC):
         def rule(i: CommitItem) -> Rule:
             return lambda r: jobdoc.commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
                                            status=i.status, fields=i.fields, outbox=i.outbox, now=now,
-                                           result=i.result, join=i.join)
+                                           result=i.result, join=i.join, attempt=i.attempt)
 
         pairs = [(i.job_id, rule(i)) for i in items]
         return PreparedWrites(pairs, self._prepare(pairs, known or {}))

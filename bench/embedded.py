@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from common import Counting, emit_table, versions  # noqa: E402
-from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
+from noop_pipeline import PIPELINES, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
 
@@ -72,14 +72,14 @@ def ours_seed(db: str, n: int) -> None:
     submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
 
 
-def ours_stage(batch: int | None, lazy: bool = False) -> Stage:
+def ours_stage(batch: int | None, begin: str = "deferred") -> Stage:
     """A ``Worker`` on one stage; ``batch`` None: the default, batches sized to the handlers' pace."""
     def run(db: str, stage: int, counter: Any) -> None:
         from orchestrator import Worker
         from orchestrator.backends import sqlite_backend
 
         configure_logging(level="error")
-        w = Worker(lazy_pipeline if lazy else pipeline, ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
+        w = Worker(PIPELINES[begin], ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
                    wait_s=0.02)
         w.middleware.append(Counting(counter))
         w.run()
@@ -214,7 +214,8 @@ SYSTEMS: dict[str, tuple[Callable[[str, int], None], Stage, int]] = {
     "ours, SQLite default, 2 procs/stage": (ours_seed, ours_stage(None), 2),
     "ours, SQLite default, batch_size=10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
     "ours, SQLite default, batch_size=1, 1 proc/stage": (ours_seed, ours_stage(1), 1),
-    "ours, SQLite default, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
+    "ours, SQLite default, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, "lazy"), 1),
+    "ours, SQLite default, begin=eager, 1 proc/stage": (ours_seed, ours_stage(None, "eager"), 1),
     "huey SqliteHuey, 1 proc/stage": (huey_seed, huey_stage, 1),
     "persist-queue SQLiteAckQueue, 1 proc/stage": (pq_seed, pq_stage, 1),
     "raw sqlite3, per message, 1 proc/stage": (raw_seed, raw_stage(1), 1),

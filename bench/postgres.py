@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from common import Counting, emit_table, versions  # noqa: E402
-from noop_pipeline import lazy_pipeline, pipeline  # noqa: E402
+from noop_pipeline import PIPELINES, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
 
@@ -75,7 +75,7 @@ def ours_seed(url: str, schema: str, n: int) -> None:
     backend.close()
 
 
-def ours_stage(batch: int | None, lazy: bool = False) -> Stage:
+def ours_stage(batch: int | None, begin: str = "deferred") -> Stage:
     """A ``Worker`` on one stage; ``batch`` None: the default, batches sized to the handlers' pace."""
     def run(url: str, schema: str, stage: int, counter: Any) -> None:
         from orchestrator import Worker
@@ -83,7 +83,7 @@ def ours_stage(batch: int | None, lazy: bool = False) -> Stage:
 
         configure_logging(level="error")
         backend = postgres_backend(f"{url}{'&' if '?' in url else '?'}schema={schema}")
-        w = Worker(lazy_pipeline if lazy else pipeline, ("one", "two")[stage], backend, batch_size=batch, wait_s=0.5)
+        w = Worker(PIPELINES[begin], ("one", "two")[stage], backend, batch_size=batch, wait_s=0.5)
         w.middleware.append(Counting(counter))
         w.run()
     return run
@@ -196,7 +196,8 @@ SYSTEMS: dict[str, tuple[Callable[[str, str, int], None], Stage, int]] = {
     "ours, PostgreSQL, 1 proc/stage": (ours_seed, ours_stage(None), 1),
     "ours, PostgreSQL, 2 procs/stage": (ours_seed, ours_stage(None), 2),
     "ours, PostgreSQL, batch_size=10, 1 proc/stage": (ours_seed, ours_stage(10), 1),
-    "ours, PostgreSQL, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, lazy=True), 1),
+    "ours, PostgreSQL, begin=lazy, 1 proc/stage": (ours_seed, ours_stage(None, "lazy"), 1),
+    "ours, PostgreSQL, begin=eager, 1 proc/stage": (ours_seed, ours_stage(None, "eager"), 1),
     "procrastinate, concurrency 1, 1 proc/stage": (procrastinate_seed, procrastinate_stage(1), 1),
     "procrastinate, concurrency 10, 1 proc/stage": (procrastinate_seed, procrastinate_stage(10), 1),
     "pgqueuer, batch 10, 1 proc/stage": (pgqueuer_seed, pgqueuer_stage, 1),

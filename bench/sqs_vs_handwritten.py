@@ -52,7 +52,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def orchestrator_run(n: int, claim: str = "eager") -> float:
+def orchestrator_run(n: int, claim: str = "deferred") -> float:
     prefix = f"o{uuid.uuid4().hex[:6]}-"
     backend = aws_backend(f"aws://?region={REGION}&prefix={prefix}")
     p = Pipeline("bench")
@@ -238,6 +238,7 @@ def main() -> None:
     runs: dict[str, Callable[[], float]] = {
         "hand-written, one message at a time": lambda: one_at_a_time(n),
         "hand-written, batched": lambda: batched(n),
+        "orchestrator (aws://, default: begin=deferred)": lambda: orchestrator_run(n, "deferred"),
         "orchestrator (aws://, begin=eager)": lambda: orchestrator_run(n, "eager"),
         "orchestrator (aws://, begin=lazy)": lambda: orchestrator_run(n, "lazy"),
     }

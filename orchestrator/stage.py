@@ -153,7 +153,8 @@ class Context:
 
     @cached_property
     def job(self) -> JobRecord:
-        """The job as of this step's begin (a copy: changing it changes nothing stored)."""
+        """The job as the step started: as begun, where the begin came first (a copy: changing it
+        changes nothing stored)."""
         return to_record(self.job_doc)
 
     @property

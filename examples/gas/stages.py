@@ -88,10 +88,11 @@ def build_pipeline(cfg: GasConfig, res: GasResources) -> Pipeline:
 
 def _add_annotate(p: Pipeline, cfg: GasConfig, res: GasResources, common: dict[str, Any]) -> None:
     # batch_size=1 for annotate: each annotation takes seconds, so a prefetched batch would wait
-    # behind it while other workers idle.
+    # behind it while other workers idle. begin="eager": the web app shows RUNNING as soon as an
+    # annotator takes the job, as GAS's own annotator did (an annotation is slow: the write is free).
     @p.stage("annotate", source="gas_annotate", subscribe=(JOB_REQUESTS,), raw_subscription=False,
              publish_to=JOB_RESULTS, emit_format="plain", required_fields=REQUEST_KEYS,
-             time_limit_s=cfg.annotator_timeout_s * 2, batch_size=1, **common)
+             time_limit_s=cfg.annotator_timeout_s * 2, batch_size=1, begin="eager", **common)
     def annotate(ctx: Context, msg: Envelope) -> Result:
         req = msg.payload
         bucket, key = str(req["s3_inputs_bucket"]), str(req["s3_key_input_file"])

@@ -68,10 +68,7 @@ def measure(vis: float, handler_s: float) -> tuple[float, float]:
         a = subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # A is up before the job exists, so A takes it
         mod.pipeline.submit(backend, job_id="j", payload={}, queue="in")
-        while True:
-            job = backend.store.get("j")
-            if job is not None and "work" in job.steps:
-                break
+        while backend.transport.depth("in").in_flight == 0:  # A has received it (its begin is deferred)
             time.sleep(0.01)
         b = subprocess.Popen(cmd, cwd=tmp, env=env, stderr=subprocess.DEVNULL)
         time.sleep(min(1.5, handler_s * 0.8) if handler_s > 1 else 0.5)  # B is idle and polling

@@ -245,11 +245,12 @@ def _delivered(steps: Doc, stage: str, message_id: str) -> None:
 
 def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: str | None,
            fields: dict[str, Any], outbox: list[OutMessage], now: float, result: dict[str, Any] | None = None,
-           join: JoinTrigger | None = None, attempt: int = 0) -> Doc:
+           join: JoinTrigger | None = None, attempt: int = 0, started_at: float | None = None) -> Doc:
     """Record the step's result, its fields and its outbox; optionally move the status.
 
     ``claim=None`` is a lazy claim (a stage with ``begin="lazy"`` writes no begin): the step
-    is created here (with ``attempt``, the delivery's receive count), a PENDING job passes
+    is created here (with ``attempt``, the delivery's receive count, and ``started_at``, when its
+    handler started; else now), a PENDING job passes
     through RUNNING in the same write, and the only condition is that nobody committed the step
     first.
     """
@@ -262,7 +263,8 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
         status = str(status)
         check_transition(out["status"], status, doc)
     step = dict(prev) if prev is not None else {**STEP_DEFAULTS, "stage": stage, "message_id": message_id,
-                                                 "started_at": now, "attempt": attempt}
+                                                 "started_at": now if started_at is None else started_at,
+                                                 "attempt": attempt}
     step["state"], step["finished_at"], step["outbox"] = "committed", now, [out_doc(m) for m in outbox]
     # the input was kept to re-send a step whose message was lost, or retry a failed one: a
     # committed step needs neither (its outbox carries what comes next)

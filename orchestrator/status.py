@@ -179,5 +179,7 @@ class CommitItem:
     #: a part's result, kept in its step (None: not a part)
     result: dict[str, Any] | None = None
     join: JoinTrigger | None = None
-    #: the delivery's receive count, recorded on a step the commit creates (no begin wrote it)
+    #: the delivery's receive count and when its handler started, recorded on a step the commit
+    #: creates (no begin wrote it)
     attempt: int = 0
+    started_at: float | None = None

@@ -49,9 +49,15 @@ def counted(backend: Backend) -> tuple[Backend, CountingStore]:
 
 
 def test_a_fast_step_is_recorded_by_its_commit_alone(backend: Backend) -> None:
-    # Given a deferred stage (the default) with a fast handler, and two jobs
+    # Given a deferred stage (the default) with a handler that takes a quarter of a second, and
+    # two jobs
     p = Pipeline("fast")
-    p.stage("s", source="in")(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+
+    @p.stage("s", source="in")
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        ctx.clock.sleep(0.25)
+        return Result(status=JobStatus.COMPLETED)
+
     p.setup(backend)
     for j in ("a", "b"):
         p.submit(backend, job_id=j, payload={}, queue="in")
@@ -60,12 +66,17 @@ def test_a_fast_step_is_recorded_by_its_commit_alone(backend: Backend) -> None:
     assert drain(b, p, "s") == [Outcome.COMMITTED, Outcome.COMMITTED]
     # Then no begin was written, and each record reads as an eager stage's does
     assert store.begins == []
+    took = []
     for j in ("a", "b"):
         job = backend.store.get(j)
         assert job is not None and job.status == JobStatus.COMPLETED
         assert [h.event for h in job.history] == ["created", "begin", "commit"]
         step = job.steps["s"]
-        assert step.state == "committed" and step.attempt == 1 and step.started_at is not None
+        assert step.state == "committed" and step.attempt == 1
+        assert step.started_at is not None and step.finished_at is not None
+        took.append(step.finished_at - step.started_at)
+    # from its handler's start to the round's commit, though no begin wrote when it started
+    assert sorted(took) == pytest.approx([0.25, 0.5])
 
 
 def test_a_failed_attempt_and_its_redelivery_are_on_the_record_as_an_eager_stages(backend: Backend) -> None:

@@ -111,6 +111,7 @@ class _Item:
     job_id: str = ""  # the envelope's, set with it (read a dozen times a message)
     claim: str | None = None  # the receipt, once a deferred stage's begin claimed the step with it
     refusal: Exception | None = None  # why a deferred begin was refused (settled after the handler)
+    started_at: float | None = None  # when its handler started (a commit that creates the step says so)
 
     def key(self, stage: str) -> str:
         """The step this delivery writes: the stage's, or a part's own (``stage#i``)."""
@@ -520,7 +521,7 @@ class Controller:
         # each other's in the job's fields)
         return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it), it.status,
                           {} if part else fields, it.outbox, result=dict(fields) if part else None,
-                          join=self._join(it), attempt=it.delivery.receive_count)
+                          join=self._join(it), attempt=it.delivery.receive_count, started_at=it.started_at)
 
     def _join(self, it: _Item) -> JoinTrigger | None:
         """For a part of a stage that has a join: the join's one message, which the commit
@@ -610,6 +611,7 @@ class Controller:
         ctx = Context(job_doc=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
                       log=it.log, objects=self.backend.objects, lease=it.lease, cancel_check=self._cancel_check(it))
         self.hook("before_handle", ctx)
+        it.started_at = self.backend.clock.now()
         started = time.monotonic()
         outcome: object
         try:

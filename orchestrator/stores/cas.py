@@ -230,7 +230,8 @@ class CasStatusStore(ABC):
         def rule(i: CommitItem) -> Rule:
             return lambda r: jobdoc.commit(r, stage=i.stage, message_id=i.message_id, claim=i.claim,
                                            status=i.status, fields=i.fields, outbox=i.outbox, now=now,
-                                           result=i.result, join=i.join, attempt=i.attempt)
+                                           result=i.result, join=i.join, attempt=i.attempt,
+                                           started_at=i.started_at)
 
         pairs = [(i.job_id, rule(i)) for i in items]
         return PreparedWrites(pairs, self._prepare(pairs, known or {}))

@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator import JobStatus, Pipeline, Result
-from orchestrator.backends import Backend, memory_backend, sqlite_backend
+from orchestrator.backends import Backend, memory_backend, postgres_backend, sqlite_backend
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
-from orchestrator.errors import BackendUnavailable
+from orchestrator.errors import BackendUnavailable, SimulatedCrash
 
 
 class CountingStore:
@@ -171,10 +171,13 @@ def test_the_same_holds_on_sqlite(took: list[float], after: float) -> None:
         check_round(lambda clock: sqlite_backend(Path(tmp) / "o.db", clock=clock), took, after)
 
 
-def test_on_the_system_clock_a_slow_handler_shows_running_while_it_runs(tmp_path: Path) -> None:
-    # Given a deferred stage on SQLite and the real clock: the begin is written by the timer
-    # thread while the handler's thread is busy
-    backend = sqlite_backend(tmp_path / "o.db")
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_on_the_system_clock_a_slow_handler_shows_running_while_it_runs(kind: str, tmp_path: Path,
+                                                                        request: pytest.FixtureRequest) -> None:
+    # Given a deferred stage on the real clock: the begin is written by the timer thread while
+    # the handler's thread is busy (and reads the store itself)
+    backend = (sqlite_backend(tmp_path / "o.db") if kind == "sqlite"
+               else postgres_backend(request.getfixturevalue("pg_url")))
     p = Pipeline("slow")
     seen: list[str] = []
     done = threading.Event()
@@ -201,7 +204,7 @@ def test_on_the_system_clock_a_slow_handler_shows_running_while_it_runs(tmp_path
     backend.close()
 
 
-def test_an_outage_met_by_a_deferred_begin_leaves_the_whole_round_for_redelivery() -> None:
+def test_an_outage_met_by_a_deferred_begin_leaves_the_steps_to_their_commits() -> None:
     # Given a slow round whose deferred begin meets an outage
     clock = SimClock()
     backend = memory_backend(clock)
@@ -220,11 +223,41 @@ def test_an_outage_met_by_a_deferred_begin_leaves_the_whole_round_for_redelivery
     b, store = counted(backend)
     store.fail_begins = True
     got = backend.transport.receive("in", max_messages=2, wait_s=0, visibility_s=10)
-    # When it is handled, the outage is raised in the handler's thread (as an eager begin's is)
-    with pytest.raises(BackendUnavailable):
+    # When it is handled
+    outcomes = Controller(p, "s", b).handle_batch(got)
+    # Then the begin was tried once, and the round's commits recorded both steps: no handler
+    # ran twice for want of a begin
+    assert len(store.begins) == 1 and outcomes == [Outcome.COMMITTED, Outcome.COMMITTED]
+    for j in ("a", "b"):
+        job = backend.store.get(j)
+        assert job is not None and job.status == JobStatus.COMPLETED and job.commits("s") == 1
+        assert job.steps["s"].attempt == 1
+    assert runs == {"a": 1, "b": 1} and backend.transport.depth("in").total == 0
+
+
+def test_a_crash_inside_a_deferred_begin_is_the_rounds_crash() -> None:
+    # Given a slow round whose deferred begin dies (a simulated crash of the process)
+    clock = SimClock()
+    backend = memory_backend(clock)
+    p = Pipeline("crash")
+
+    @p.stage("s", source="in", begin_after_s=0.5, visibility_timeout_s=10)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        ctx.clock.sleep(1.0)
+        return Result(status=JobStatus.COMPLETED)
+
+    p.setup(backend)
+    p.submit(backend, job_id="a", payload={}, queue="in")
+    b, store = counted(backend)
+
+    def crash(items: Any, **kw: Any) -> Any:
+        raise SimulatedCrash("inside the deferred begin")
+
+    store.begin_docs = crash  # type: ignore[method-assign]
+    got = backend.transport.receive("in", max_messages=1, wait_s=0, visibility_s=10)
+    # When it is handled, the crash comes out of the handler's thread: nothing was committed
+    with pytest.raises(SimulatedCrash):
         Controller(p, "s", b).handle_batch(got)
-    # Then nothing was committed or acked, and both messages come back and complete
-    assert all(backend.store.get(j).status == JobStatus.PENDING for j in ("a", "b"))  # type: ignore[union-attr]
-    store.fail_begins = False
-    assert sorted(drain(b, p, "s")) == [Outcome.COMMITTED, Outcome.COMMITTED]
-    assert all(backend.store.get(j).commits("s") == 1 for j in ("a", "b"))  # type: ignore[union-attr]
+    assert backend.store.get("a").status == JobStatus.PENDING  # type: ignore[union-attr]
+    # and the message comes back and completes
+    assert drain(backend, p, "s") == [Outcome.COMMITTED]

@@ -349,8 +349,18 @@ class Controller:
         it.claim = it.delivery.receipt
 
     def _begin_later(self, items: list[_Item], jobs: dict[str, Doc], started_at: float) -> None:
-        """A deferred begin (on the timer): a refusal is settled once the item's handler is done."""
-        for it, res in zip(items, self._begin_items(items, jobs, started_at), strict=True):
+        """A deferred begin (on the timer): a refusal is settled once the item's handler is done.
+        An outage leaves the round's steps to their commits, whose own conditions hold without
+        a claim (the first committer wins), rather than throwing the handlers' work away."""
+        try:
+            begun = self._begin_items(items, jobs, started_at)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self.log.warning("deferred begin not written; the commits will record the steps",
+                             error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+            return
+        for it, res in zip(items, begun, strict=True):
             if isinstance(res, Exception):
                 it.refusal = res
             else:

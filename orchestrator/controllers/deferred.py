@@ -11,8 +11,8 @@ goes on the record.
 
 The write runs on the clock's timer (the timer thread, or inside ``SimClock.advance``) while
 the handler's thread runs handlers; a lock makes the two take turns. Whatever the write raised
-(an outage, a simulated crash) is raised again in the handler's thread, which abandons the
-round as a failed eager begin would.
+(a simulated crash, say; the controller's write lets an outage pass as no begin) is raised
+again in the handler's thread, which abandons the round as a crash there would.
 """
 
 from __future__ import annotations

@@ -248,11 +248,10 @@ def commit(doc: Doc, *, stage: str, message_id: str, claim: str | None, status: 
            join: JoinTrigger | None = None, attempt: int = 0, started_at: float | None = None) -> Doc:
     """Record the step's result, its fields and its outbox; optionally move the status.
 
-    ``claim=None`` is a lazy claim (a stage with ``begin="lazy"`` writes no begin): the step
-    is created here (with ``attempt``, the delivery's receive count, and ``started_at``, when its
-    handler started; else now), a PENDING job passes
-    through RUNNING in the same write, and the only condition is that nobody committed the step
-    first.
+    ``claim=None``: no begin claimed the step (``begin="lazy"``, or a deferred begin not
+    written). The step is created here if need be, with ``attempt`` (the delivery's receive
+    count) and ``started_at`` (when its handler started; else now); a PENDING job passes through
+    RUNNING in the same write; the only condition is that nobody committed the step first.
     """
     prev = _own_running_step(doc, stage, claim)
     out = _copy(doc)

@@ -49,9 +49,14 @@ def whole(text: str, *, low: int, high: int | None = None, out_of_range: str = "
     return value
 
 
+#: the largest count a command takes: what SQLite and PostgreSQL hold in an integer (a count
+#: beyond it is passed to a query's LIMIT and would fail there, with a traceback)
+MAX_COUNT = 2**63 - 1
+
+
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or -1 workers is a mistake, not a request for one)."""
-    return whole(text, low=1)
+    """argparse type: an integer 1..MAX_COUNT (0 or -1 workers is a mistake, not a request for one)."""
+    return whole(text, low=1, high=MAX_COUNT)
 
 
 #: threads per worker process: beyond this, start more processes (each thread holds a batch)
@@ -131,8 +136,9 @@ def priority_arg(text: str) -> int:
 
 
 def limit_arg(text: str) -> int:
-    """argparse type: a count >= 0 (0: no limit)."""
-    return whole(text, low=0, out_of_range="must be 0 (no limit) or more, got {value}")
+    """argparse type: a count 0..MAX_COUNT (0: no limit)."""
+    return whole(text, low=0, high=MAX_COUNT,
+                 out_of_range=f"must be 0 (no limit) up to {MAX_COUNT}, got {{value}}")
 
 
 def since_arg(text: str) -> float:

@@ -18,7 +18,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.backends import open_backend
@@ -154,6 +154,9 @@ def run(argv: list[str], stdin: str = DEEP) -> tuple[int, str]:
 
 @settings(max_examples=400)
 @given(argv=command_lines())
+# a count beyond a 64-bit integer reached the SQLite query's LIMIT (found by this property)
+@example(argv=["dlq", "show", "in-dlq", "--limit", "9223372036854775808", "--backend", "sqlite:///fuzz.db"])
+@example(argv=["status", "--limit", "9223372036854775808", "--backend", "sqlite:///fuzz.db"])
 def test_no_command_line_shows_a_traceback(project: Path, argv: list[str]) -> None:
     code, err = run(argv)
     assert "Traceback" not in err, err

@@ -264,11 +264,12 @@ class Controller:
         try:
             yield from self._crash("after_begin", started)
             handled = self._handle_all(started, jobs, outcomes, should_stop, deferred)
-            if deferred is not None:
-                deferred.close()
-        finally:
+        except BaseException:
             if deferred is not None:  # a crash, or the generator dropped: no begin from here on
                 deferred.cancel()
+            raise
+        if deferred is not None:
+            deferred.close()
         yield from self._crash("after_handle", handled)
         ready = []
         for it in handled:  # time passed since the handler returned: a lease lost meanwhile is decided on

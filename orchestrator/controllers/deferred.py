@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from orchestrator.clock import Clock
+from orchestrator.clock import Cancel, Clock
 
 T = TypeVar("T")
 
@@ -37,10 +37,12 @@ class DeferredBegin(Generic[T]):
         self._over = False  # written or closed: nothing more to write
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
+        self._timer: Cancel | None = None
         self._timer = clock.every(after_s, self._fire)
 
     def _fire(self) -> None:
-        self._timer.cancel()  # once
+        if self._timer is not None:  # (None: it fired before ``every`` returned it)
+            self._timer.cancel()  # once
         with self._lock:
             if self._over:
                 return
@@ -60,7 +62,7 @@ class DeferredBegin(Generic[T]):
 
     def close(self) -> None:
         """No write from now on (waits for one under way); raises what a write raised."""
-        self._timer.cancel()
+        self._stop_timer()
         with self._lock:
             self._over = True
             self._raise()
@@ -68,10 +70,14 @@ class DeferredBegin(Generic[T]):
     def cancel(self) -> None:
         """No write from now on (waits for one under way), whatever it raised: the round is
         being abandoned already."""
-        self._timer.cancel()
+        self._stop_timer()
         with self._lock:
             self._over = True
             self._failure = None
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
     def _raise(self) -> None:
         failure, self._failure = self._failure, None

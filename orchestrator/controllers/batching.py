@@ -27,8 +27,13 @@ class BatchSizer:
 
     def record(self, count: int, seconds: float) -> None:
         """A batch of ``count`` messages spent ``seconds`` in its handlers: size the next one."""
+        self.size = self.next_size(count, seconds)
+
+    def next_size(self, count: int, seconds: float) -> int:
+        """The size ``record(count, seconds)`` would set, without setting it (a batch's commit
+        claims the next batch before the worker records the batch)."""
         if self.fixed is not None or count <= 0:
-            return
+            return self.size
         per_message = seconds / count
         fits = int(self.target_s / per_message) if per_message > 0 else self.limit
-        self.size = max(1, min(self.limit, fits, 2 * self.size))
+        return max(1, min(self.limit, fits, 2 * self.size))

@@ -51,6 +51,7 @@ from orchestrator.controllers.decide import (
 from orchestrator.controllers.deferred import DeferredBegin
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
+from orchestrator.controllers.prefetch import Prefetch
 from orchestrator.envelope import Envelope, derive_id
 from orchestrator.errors import (
     ConflictError,
@@ -182,6 +183,7 @@ class Controller:
         self.worker_id = worker_id or uuid.uuid4().hex[:8]
         #: seconds spent in handlers so far (the worker sizes its batches by it)
         self.handler_seconds = 0.0
+        self._prefetched: list[Delivery] = []
         self.log = structlog.get_logger("orchestrator.controller").bind(stage=self.stage.name, worker=self.worker_id)
 
     # -- entry points -----------------------------------------------------------------------
@@ -208,17 +210,27 @@ class Controller:
         return self.handle_batch([delivery], None if lease is None else [lease])[0]
 
     def handle_batch(self, deliveries: Sequence[Delivery], leases: Sequence[Lease] | None = None, *,
-                     should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
+                     should_stop: Callable[[], bool] = lambda: False,
+                     prefetch: int | Callable[[], int] = 0) -> list[Outcome]:
         """Run the whole protocol for a received batch (the worker's path); one outcome per
-        delivery, in order. Leases made here are stopped here."""
+        delivery, in order. Leases made here are stopped here. ``prefetch``: where a unit of
+        work is one transaction, the batch's last one also claims up to that many messages of
+        the stage's source (``prefetch.py``; a function is asked at the claim);
+        ``take_prefetched`` hands them over."""
         own = leases is None
         held = self.leases(deliveries) if leases is None else list(leases)
         try:
-            return drive(self.process(list(zip(deliveries, held, strict=True)), should_stop=should_stop))
+            return drive(self.process(list(zip(deliveries, held, strict=True)), should_stop=should_stop,
+                                      prefetch=prefetch))
         finally:
             if own:
                 for lease in held:
                     lease.stop()
+
+    def take_prefetched(self) -> list[Delivery]:
+        """The messages the last batch claimed for the next one (leased, not yet handled)."""
+        got, self._prefetched = self._prefetched, []
+        return got
 
     # -- crash points -----------------------------------------------------------------------
     def _check(self, point: str, items: Sequence[_Item]) -> None:
@@ -237,7 +249,8 @@ class Controller:
 
     # -- the protocol -----------------------------------------------------------------------
     def process(self, batch: Sequence[tuple[Delivery, Lease]], *,
-                should_stop: Callable[[], bool] = lambda: False) -> Steps:
+                should_stop: Callable[[], bool] = lambda: False,
+                prefetch: int | Callable[[], int] = 0) -> Steps:
         outcomes: dict[int, Outcome] = {}
         # each item's logger is bound once, by _decode, when the message's own id is known
         items = [_Item(n, d, lease, self.log) for n, (d, lease) in enumerate(batch)]
@@ -252,12 +265,21 @@ class Controller:
             else:
                 self._finish(it, rejected, outcomes)
 
-        for round_ in _rounds(decoded):
-            yield from self._round(round_, outcomes, should_stop)
+        rounds = _rounds(decoded)
+        for n, round_ in enumerate(rounds):
+            # only the last round's commit claims the next batch: no handler runs after it
+            nxt = self._prefetch(prefetch, should_stop) if n == len(rounds) - 1 else None
+            yield from self._round(round_, outcomes, should_stop, nxt)
         return [outcomes[n] for n in range(len(items))]
 
-    def _round(self, items: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool]
-               ) -> Generator[str, None, None]:
+    def _prefetch(self, size: int | Callable[[], int], should_stop: Callable[[], bool]) -> Prefetch | None:
+        if not size:
+            return None
+        st = self.stage
+        return Prefetch(size if callable(size) else lambda: size, st.source, st.visibility_timeout_s, should_stop)
+
+    def _round(self, items: list[_Item], outcomes: dict[int, Outcome], should_stop: Callable[[], bool],
+               nxt: Prefetch | None) -> Generator[str, None, None]:
         jobs: dict[str, Doc] = {}
         live = self._lookup(items, jobs, outcomes)
         started, deferred = self._begin(live, jobs, outcomes)
@@ -278,7 +300,7 @@ class Controller:
             else:
                 ready.append(it)
         if ready:
-            yield from self._commit_emit_ack(ready, jobs, outcomes)
+            yield from self._commit_emit_ack(ready, jobs, outcomes, nxt)
 
     def _lookup(self, items: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]) -> list[_Item]:
         """2. lookup: one read for the round (a job that cannot be read settles its message
@@ -413,11 +435,11 @@ class Controller:
         self._took(it, res, jobs)
         return True
 
-    def _commit_emit_ack(self, ready: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome]
-                         ) -> Generator[str, None, None]:
+    def _commit_emit_ack(self, ready: list[_Item], jobs: dict[str, Doc], outcomes: dict[int, Outcome],
+                         nxt: Prefetch | None) -> Generator[str, None, None]:
         """5-7. commit, emit, ack: one unit of work per (isolated) sub-batch."""
         won: list[_Item] = []
-        results = yield from self._isolate_steps(ready, lambda sub: self._settle(sub, jobs, won))
+        results = yield from self._isolate_steps(ready, lambda sub: self._settle(sub, jobs, won, nxt))
         for it, res in zip(ready, results, strict=True):
             if isinstance(res, StoreError):
                 self._finish(it, self._act(it, self._decide(it, res)), outcomes)
@@ -429,11 +451,11 @@ class Controller:
             self.hook("on_commit", self.stage, it.delivery)
             self._finish(it, Outcome.COMMITTED, outcomes)
 
-    def _settle(self, sub: list[_Item], jobs: dict[str, Doc], won: list[_Item]
+    def _settle(self, sub: list[_Item], jobs: dict[str, Doc], won: list[_Item], nxt: Prefetch | None
                 ) -> Generator[str, None, list[Doc | StoreError]]:
-        """Commit, emit and ack ``sub`` as one unit of work. The commits are worked out first,
-        with no lock held; on SQLite and PostgreSQL the unit is one transaction, so a crash
-        anywhere inside leaves none of the three."""
+        """Commit, emit and ack ``sub`` as one unit of work (and claim the next batch in it,
+        when asked). The commits are worked out first, with no lock held; on SQLite and
+        PostgreSQL the unit is one transaction, so a crash anywhere inside leaves none of them."""
         store = self.backend.store
         writes = store.prepare_commits([self._commit_item(it) for it in sub], known=jobs)
         with self.backend.unit() as u:
@@ -444,7 +466,9 @@ class Controller:
             yield from self._point(u, "after_emit", sub_won)
             if sub_won:
                 self.backend.transport.ack_batch([it.delivery for it in sub_won])
+            claimed = nxt.claim(self.backend.transport) if nxt is not None and u.atomic else []
         won.extend(sub_won)  # only now: the unit that acked them is done
+        self._prefetched.extend(claimed)  # (and claimed these)
         return results
 
     def _point(self, u: Unit, point: str, items: Sequence[_Item]) -> Iterator[str]:

@@ -175,8 +175,9 @@ class Worker:
         while not self._stopping.is_set():
             polled_at = time.monotonic()
             try:
-                batch = transport.receive(st.source, max_messages=sizer.size, wait_s=self.wait_s,
-                                          visibility_s=st.visibility_timeout_s)
+                # the last batch's commit may have claimed this one in its transaction
+                batch = ctrl.take_prefetched() or transport.receive(
+                    st.source, max_messages=sizer.size, wait_s=self.wait_s, visibility_s=st.visibility_timeout_s)
             except FatalBackendError as exc:
                 self._die(exc)
                 return
@@ -191,40 +192,61 @@ class Worker:
             if not batch:
                 self._stopping.wait(max(0.0, EMPTY_POLL_FLOOR_S - (self.last_loop_at - polled_at)))
                 continue
+            outages = self._work(ctrl, sizer, batch, outages)
+        if self.fatal is None:
+            self._hand_back(ctrl.take_prefetched())
+
+    def _work(self, ctrl: Controller, sizer: BatchSizer, batch: list[Delivery], outages: int) -> int:
+        """Handle one received batch, its messages kept alive meanwhile; the outages in a row."""
+        with self._lock:
+            self._busy += len(batch)
+        leases = ctrl.leases(batch)  # prefetched messages stay leased too
+        me = threading.current_thread().name
+        self._holding[me] = (batch, leases)
+        try:
+            if self._stopping.is_set():
+                for d in batch:  # stopped while receiving: hand them back at once
+                    self.backend.transport.release(d, 0)
+                return outages
+            handled_before = ctrl.handler_seconds
+
+            def next_size() -> int:  # sized by this batch's handlers, as ``record`` below sizes it
+                return sizer.next_size(len(batch), ctrl.handler_seconds - handled_before)
+
+            outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set, prefetch=next_size)
+            sizer.record(len(batch), ctrl.handler_seconds - handled_before)
+            self.stats.update(outcome.value for outcome in outcomes)
+        except FatalBackendError as exc:
+            self._die(exc)
+        except SimulatedCrash:
+            # An in-process "crash": the batch is dropped, leases and all, as a dead
+            # process would drop it. The queue redelivers after the visibility timeout.
+            ctrl.take_prefetched()  # (and what it claimed for the next)
+            self.stats["crashed"] += 1
+        except Exception as exc:  # store or queue unavailable: redelivery retries
+            self.stats["errors"] += 1
+            self.errors.append(exc)
+            if is_outage(exc):
+                return self._back_off(ctrl, exc, outages, "batch")
+            log.exception("batch not processed; left for redelivery", stage=self.stage.name)
+        finally:
+            self._holding.pop(me, None)
+            for lease in leases:
+                lease.stop()
             with self._lock:
-                self._busy += len(batch)
-            leases = ctrl.leases(batch)  # prefetched messages stay leased too
-            me = threading.current_thread().name
-            self._holding[me] = (batch, leases)
+                self._busy -= len(batch)
+        return outages
+
+    def _hand_back(self, deliveries: list[Delivery]) -> None:
+        """Messages claimed for a next batch as the stop came: visible again at once (if the
+        backend cannot say so now, their visibility timeout will)."""
+        for d in deliveries:
             try:
-                if self._stopping.is_set():
-                    for d in batch:  # stopped while receiving: hand them back at once
-                        transport.release(d, 0)
-                    continue
-                handled_before = ctrl.handler_seconds
-                outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set)
-                sizer.record(len(batch), ctrl.handler_seconds - handled_before)
-                self.stats.update(outcome.value for outcome in outcomes)
-            except FatalBackendError as exc:
-                self._die(exc)
+                self.backend.transport.release(d, 0)
+            except Exception as exc:
+                log.warning("prefetched message not handed back; it returns after its visibility timeout",
+                            stage=self.stage.name, error=f"{type(exc).__name__}: {exc}"[:300])
                 return
-            except SimulatedCrash:
-                # An in-process "crash": the batch is dropped, leases and all, as a dead
-                # process would drop it. The queue redelivers after the visibility timeout.
-                self.stats["crashed"] += 1
-            except Exception as exc:  # store or queue unavailable: redelivery retries
-                self.stats["errors"] += 1
-                self.errors.append(exc)
-                if is_outage(exc):
-                    outages = self._back_off(ctrl, exc, outages, "batch")
-                else:
-                    log.exception("batch not processed; left for redelivery", stage=st.name)
-            finally:
-                self._holding.pop(me, None)
-                for lease in leases:
-                    lease.stop()
-                with self._lock:
-                    self._busy -= len(batch)
 
     def _back_off(self, ctrl: Controller, exc: Exception, outages: int, what: str) -> int:
         """Wait before trying the backend again: doubling while it stays unavailable (counted

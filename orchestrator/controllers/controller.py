@@ -5,7 +5,7 @@
 (``get_docs``), one ``begin_docs``, the commits prepared with no lock held
 (``prepare_commits``), then, in one unit of work (``backend.unit()``: one transaction on SQLite
 and PostgreSQL), their writes (``apply``), one send per target queue or topic and one
-``ack_batch``. What becomes of each delivery is ``decide``'s choice; this module finds out what
+``ack_batch`` (and, for a worker, the claim of its next batch: ``prefetch.py``). What becomes of each delivery is ``decide``'s choice; this module finds out what
 happened and carries the verdict out.
 
 ``process`` is a generator that yields the name of each crash point the batch passes, so the

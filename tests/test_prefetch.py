@@ -21,6 +21,7 @@ from orchestrator.base import Delivery
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import CRASH_POINTS, Fault, FaultPlan
+from orchestrator.controllers.worker import Worker
 from orchestrator.errors import BackendUnavailable, SimulatedCrash
 
 VISIBILITY_S = 30.0
@@ -210,3 +211,27 @@ def drive(backend: Backend, ctrl: Controller, sizes: list[int], prefetch: list[i
             if crash.point in ("after_commit", "after_emit"):  # inside the transaction
                 assert claimed == [] and backend.transport.depth(source).in_flight <= in_flight
     raise AssertionError(f"{ctrl.stage.name} did not drain")
+
+
+def test_a_worker_that_stops_hands_the_claimed_batch_back_at_once(tmp_path: Path) -> None:
+    # Given a worker on the embedded default, four jobs waiting, and a stop that comes just
+    # after the first batch's commit (which claimed the next batch in its transaction)
+    backend = sqlite_backend(tmp_path / "o.db")
+    p = submitted(backend, 4)
+    committed: list[str] = []
+
+    class StopAfterTheFirstCommit:
+        def on_commit(self, stage: Any, delivery: Delivery) -> None:
+            committed.append(delivery.message_id)
+            worker.request_stop()
+
+    worker = Worker(p, "one", backend, wait_s=0.05, batch_size=2, middleware=[StopAfterTheFirstCommit()])
+    # When it runs until it stops
+    worker.run()
+    # Then it committed the first batch only, and the two messages it had claimed for the next
+    # are visible again now, not after their visibility timeout
+    assert len(committed) == 2
+    depth = backend.transport.depth("a")
+    assert (depth.visible, depth.in_flight) == (2, 0)
+    again = receive(backend, "a", 10)
+    assert len(again) == 2 and all(d.receive_count == 2 for d in again)  # (they were received once)

@@ -204,9 +204,8 @@ class Worker:
         me = threading.current_thread().name
         self._holding[me] = (batch, leases)
         try:
-            if self._stopping.is_set():
-                for d in batch:  # stopped while receiving: hand them back at once
-                    self.backend.transport.release(d, 0)
+            if self._stopping.is_set():  # stopped while receiving: hand them back at once
+                self._hand_back(batch)
                 return outages
             handled_before = ctrl.handler_seconds
 
@@ -238,13 +237,13 @@ class Worker:
         return outages
 
     def _hand_back(self, deliveries: list[Delivery]) -> None:
-        """Messages claimed for a next batch as the stop came: visible again at once (if the
-        backend cannot say so now, their visibility timeout will)."""
+        """Messages received (or claimed by the last commit) as the stop came, not started:
+        visible again at once (if the backend cannot say so now, their visibility timeout will)."""
         for d in deliveries:
             try:
                 self.backend.transport.release(d, 0)
             except Exception as exc:
-                log.warning("prefetched message not handed back; it returns after its visibility timeout",
+                log.warning("message not handed back; it returns after its visibility timeout",
                             stage=self.stage.name, error=f"{type(exc).__name__}: {exc}"[:300])
                 return
 

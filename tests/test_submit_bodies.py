@@ -1,0 +1,66 @@
+"""What ``submit`` accepts, its consumer can read: every payload either travels (the stage's
+codec decodes the body it sent back to the same payload) or is refused with the reason before
+anything is written. Never a job waiting on a message no consumer can decode."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from orchestrator.backends import memory_backend
+from orchestrator.base import QueueSpec
+from orchestrator.codec import Codec
+from orchestrator.controllers.submit import submit
+from orchestrator.errors import InvalidPayload, InvalidSubmission
+from orchestrator.storable import MAX_DEPTH
+
+# JSON-like values as a caller might hand them over, with what no backend or consumer could
+# take among them: integers of any size (beyond 64 bits, beyond 4,300 digits), NaN and the
+# infinities, text with lone surrogates, deep nesting
+text = st.text(st.characters(exclude_categories=()), max_size=8)
+scalars = (st.none() | st.booleans() | st.integers() | st.floats() | text
+           | st.sampled_from([-(2**64), 2**64 - 1, "\ud800", float("nan")])
+           | st.builds(pow, st.just(10), st.integers(4300, 4400)))  # (built, not listed: no repr of 4,300 digits)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+                      max_leaves=12)
+payloads = st.dictionaries(text, values, max_size=4)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@given(payload=payloads)
+@example(payload={"n": 10**5000})  # decodes to a ValueError in Python
+@example(payload={"n": 2**64})  # beyond what DynamoDB and PostgreSQL keep as a number
+@example(payload={"s": "\ud800"})  # no UTF-8 encoding
+@example(payload={"deep": _nested(MAX_DEPTH + 1)})  # deeper than every store keeps
+def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(payload: dict[str, Any]) -> None:
+    backend = memory_backend()
+    backend.transport.ensure_queue(QueueSpec("in"))
+    try:
+        submit(backend, job_id="j", payload=payload, queue="in")
+    except (InvalidPayload, InvalidSubmission) as exc:
+        assert "payload" in str(exc)
+        assert backend.store.get("j") is None
+        assert backend.transport.depth("in").total == 0
+        return
+    [d] = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
+    env = Codec().decode(d.body)
+    assert env.job_id == "j" and _same(env.payload, payload)

@@ -1,4 +1,4 @@
-"""What ``submit`` accepts, its consumer can read: every payload either travels (the stage's
+"""What ``submit`` accepts, its consumer can read: every payload and task either travels (the stage's
 codec decodes the body it sent back to the same payload) or is refused with the reason before
 anything is written. Never a job waiting on a message no consumer can decode."""
 
@@ -46,21 +46,26 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@given(payload=payloads)
-@example(payload={"n": 10**5000})  # decodes to a ValueError in Python
-@example(payload={"n": 2**64})  # beyond what DynamoDB and PostgreSQL keep as a number
-@example(payload={"s": "\ud800"})  # no UTF-8 encoding
-@example(payload={"deep": _nested(MAX_DEPTH + 1)})  # deeper than every store keeps
-def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(payload: dict[str, Any]) -> None:
+tasks = st.none() | text | st.sampled_from(["", " ", "t\ud800", "a\x00", "x" * 600])
+
+
+@given(payload=payloads, task=tasks)
+@example(payload={"n": 10**5000}, task=None)  # decodes to a ValueError in Python
+@example(payload={"n": 2**64}, task=None)  # beyond what DynamoDB and PostgreSQL keep as a number
+@example(payload={"s": "\ud800"}, task=None)  # no UTF-8 encoding
+@example(payload={"deep": _nested(MAX_DEPTH + 1)}, task=None)  # deeper than every store keeps
+@example(payload={}, task="t\ud800")  # a task no consumer could read: a pydantic error, untyped, before
+def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(payload: dict[str, Any],
+                                                                              task: str | None) -> None:
     backend = memory_backend()
     backend.transport.ensure_queue(QueueSpec("in"))
     try:
-        submit(backend, job_id="j", payload=payload, queue="in")
+        submit(backend, job_id="j", payload=payload, queue="in", task=task)
     except (InvalidPayload, InvalidSubmission) as exc:
-        assert "payload" in str(exc)
+        assert "payload" in str(exc) or "task" in str(exc)
         assert backend.store.get("j") is None
         assert backend.transport.depth("in").total == 0
         return
     [d] = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
     env = Codec().decode(d.body)
-    assert env.job_id == "j" and _same(env.payload, payload)
+    assert env.job_id == "j" and _same(env.payload, payload) and env.task == (task or "in")

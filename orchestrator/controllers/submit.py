@@ -102,7 +102,7 @@ def _request(backend: Backend, job_id: str, payload: dict[str, Any], *, queue: s
         raise ConfigError("submit needs exactly one of queue= or topic=")
     target = queue or topic
     assert target is not None
-    check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority)
+    check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority, task=task)
     now = backend.clock.now()
     mid = submit_id(job_id, target)  # a job's trace is its first message's id
     env = Envelope(id=mid, task=task or target, job_id=job_id, payload=payload, created_at=now, trace_id=mid)
@@ -159,10 +159,11 @@ def _check_same(doc: Doc, r: _Request) -> None:
 
 
 def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | None,
-                     fields: dict[str, Any] | None, priority: int) -> None:
+                     fields: dict[str, Any] | None, priority: int, task: str | None = None) -> None:
     """Refuse, with the reason, what no store could keep or no consumer could read."""
     check_timing(priority=priority)
-    problem = id_problem(job_id) or id_problem(user_id, "user id", optional=True)
+    problem = (id_problem(job_id) or id_problem(user_id, "user id", optional=True)
+               or id_problem(task or None, "task", optional=True))  # (no task: the target's)
     if problem is not None:
         raise InvalidSubmission(problem)
     problem = value_problem(payload, "payload") or (value_problem(fields, "fields") if fields else None)

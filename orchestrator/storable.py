@@ -119,9 +119,17 @@ def check_value(value: Any, where: str) -> None:
         raise Unstorable(problem)
 
 
-def check_fields(fields: dict[str, Any], where: str = "fields") -> None:
-    """A job's fields: storable values under non-empty names."""
+def fields_problem(fields: object, where: str = "fields") -> str | None:
+    """Why ``fields`` cannot be a job's fields (storable values under non-empty names), or None."""
+    if not isinstance(fields, dict):
+        return f"{where} must be a JSON object (a dict), got {type(fields).__name__}"
     for name in fields:
         if not isinstance(name, str) or not name:
-            raise Unstorable(f"{where}: field name {name!r} must be non-empty text")
-    check_value(fields, where)
+            return f"{where}: field name {name!r} must be non-empty text"
+    return value_problem(fields, where)
+
+
+def check_fields(fields: dict[str, Any], where: str = "fields") -> None:
+    problem = fields_problem(fields, where)
+    if problem is not None:
+        raise Unstorable(problem)

@@ -1,6 +1,6 @@
-"""What ``submit`` accepts, its consumer can read: every payload and task either travels (the stage's
-codec decodes the body it sent back to the same payload) or is refused with the reason before
-anything is written. Never a job waiting on a message no consumer can decode."""
+"""What ``submit`` accepts, its consumer can read: every payload, task and set of fields
+either travels (the stage's codec decodes the body it sent back to the same payload; the job
+keeps the fields) or is refused with a typed error and its reason before anything is written. Never a job waiting on a message no consumer can decode."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ scalars = (st.none() | st.booleans() | st.integers() | st.floats() | text
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
                       max_leaves=12)
 payloads = st.dictionaries(text, values, max_size=4)
+fieldses = st.none() | payloads | values  # (not a dict, among them)
 
 
 def _nested(depth: int) -> Any:
@@ -49,23 +50,27 @@ def _same(a: Any, b: Any) -> bool:
 tasks = st.none() | text | st.sampled_from(["", " ", "t\ud800", "a\x00", "x" * 600])
 
 
-@given(payload=payloads, task=tasks)
-@example(payload={"n": 10**5000}, task=None)  # decodes to a ValueError in Python
-@example(payload={"n": 2**64}, task=None)  # beyond what DynamoDB and PostgreSQL keep as a number
-@example(payload={"s": "\ud800"}, task=None)  # no UTF-8 encoding
-@example(payload={"deep": _nested(MAX_DEPTH + 1)}, task=None)  # deeper than every store keeps
-@example(payload={}, task="t\ud800")  # a task no consumer could read: a pydantic error, untyped, before
-def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(payload: dict[str, Any],
-                                                                              task: str | None) -> None:
+@given(payload=payloads | values, task=tasks, fields=fieldses)
+@example(payload={"n": 10**5000}, task=None, fields=None)  # decodes to a ValueError in Python
+@example(payload={"n": 2**64}, task=None, fields=None)  # beyond what DynamoDB and PostgreSQL keep as a number
+@example(payload={"s": "\ud800"}, task=None, fields=None)  # no UTF-8 encoding
+@example(payload={"deep": _nested(MAX_DEPTH + 1)}, task=None, fields=None)  # deeper than every store keeps
+@example(payload={}, task="t\ud800", fields=None)  # a task no consumer could read: a pydantic error, untyped, before
+@example(payload=[1], task=None, fields=None)  # not an object: a pydantic error, untyped, before
+@example(payload={}, task=None, fields=[1])  # a TypeError, before
+@example(payload={}, task=None, fields={"": 1})  # a field with no name
+def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(
+        payload: Any, task: str | None, fields: Any) -> None:
     backend = memory_backend()
     backend.transport.ensure_queue(QueueSpec("in"))
     try:
-        submit(backend, job_id="j", payload=payload, queue="in", task=task)
+        job, _ = submit(backend, job_id="j", payload=payload, queue="in", task=task, fields=fields)
     except (InvalidPayload, InvalidSubmission) as exc:
-        assert "payload" in str(exc) or "task" in str(exc)
+        assert any(what in str(exc) for what in ("payload", "task", "fields")), exc
         assert backend.store.get("j") is None
         assert backend.transport.depth("in").total == 0
         return
     [d] = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
     env = Codec().decode(d.body)
     assert env.job_id == "j" and _same(env.payload, payload) and env.task == (task or "in")
+    assert _same(job.fields, fields or {}) and _same(backend.store.get("j").fields, fields or {})  # type: ignore[union-attr]

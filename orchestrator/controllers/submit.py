@@ -16,7 +16,7 @@ from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.jobdoc import Doc, to_record
 from orchestrator.status import JobRecord, NewJob, OutMessage
-from orchestrator.storable import id_problem, value_problem
+from orchestrator.storable import fields_problem, id_problem, value_problem
 
 #: how far in the past ``at=`` may be (a clock a little behind, a request that queued) before
 #: it is refused as a mistake; within it the job runs at once
@@ -166,7 +166,9 @@ def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | Non
                or id_problem(task or None, "task", optional=True))  # (no task: the target's)
     if problem is not None:
         raise InvalidSubmission(problem)
-    problem = value_problem(payload, "payload") or (value_problem(fields, "fields") if fields else None)
+    if not isinstance(payload, dict):  # (the envelope's payload is a JSON object)
+        raise InvalidPayload(f"job {job_id!r}: payload must be a JSON object (a dict), got {type(payload).__name__}")
+    problem = value_problem(payload, "payload") or (fields_problem(fields) if fields is not None else None)
     if problem is not None:
         raise InvalidPayload(f"job {job_id!r}: {problem}")
 

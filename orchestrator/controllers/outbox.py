@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.backends import Backend
@@ -15,7 +15,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.objects.claim_check import offload_body
 from orchestrator.pipeline import Emit, Result, Stage
 from orchestrator.status import OutMessage
-from orchestrator.storable import check_value
+from orchestrator.storable import check_value, id_problem
 from orchestrator.transports.common import sns_wrapped_bytes
 
 # Outbox bodies above this go by claim check when the stage allows it, keeping job records
@@ -36,7 +36,7 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
             raise PermanentError(f"stage {stage.name} returned parts but has no emit_to/publish_to")
         n = len(result.parts)
         for i, payload in enumerate(result.parts):
-            check_value(payload, f"parts[{i}]")
+            _check_payload(payload, f"parts[{i}]")
             part = env.child(stage=stage.name, index=i, task=target, payload=dict(payload), now=now, part=i, parts=n)
             body = _fit(stage, backend, part.to_json(), part.id, via_topic=target_topic is not None)
             out.append(OutMessage(kind="topic" if target_topic else "queue", target=target, id=part.id, body=body,
@@ -44,9 +44,13 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
     for i, item in enumerate(result.emit):
         # a plain dict is an Emit of that payload with every default (read from one made
         # once: a frozen Emit per message cost a microsecond on the commonest path)
-        em = item if isinstance(item, Emit) else _DEFAULTS
-        payload = item.payload if isinstance(item, Emit) else dict(item)
-        check_value(payload, f"emit[{i}]")
+        if isinstance(item, Emit):
+            em, payload = item, item.payload
+        else:
+            em, payload = _DEFAULTS, dict(item) if isinstance(item, Mapping) else item
+        _check_payload(payload, f"emit[{i}]")
+        if em.task and (problem := id_problem(em.task, f"emit[{i}].task")) is not None:
+            raise PermanentError(problem)
         topic = em.topic if em.topic is not None else (None if em.to else stage.publish_to)
         queue = em.to if em.to is not None else (None if em.topic else stage.emit_to)
         target = topic or queue
@@ -63,6 +67,14 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
         out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body,
                               due_at=now + em.delay_s if em.delay_s else None, priority=priority))
     return out
+
+
+def _check_payload(payload: object, where: str) -> None:
+    # what no envelope can carry fails the job at once, with the reason (not a retry that
+    # would fail the same way)
+    if not isinstance(payload, dict):
+        raise PermanentError(f"{where}: a payload must be a JSON object (a dict), got {type(payload).__name__}")
+    check_value(payload, where)
 
 
 def _fit(stage: Stage, backend: Backend, body: str, message_id: str, *, via_topic: bool) -> str:

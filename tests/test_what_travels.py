@@ -1,19 +1,30 @@
-"""What ``submit`` accepts, its consumer can read: every payload, task and set of fields
-either travels (the stage's codec decodes the body it sent back to the same payload; the job
-keeps the fields) or is refused with a typed error and its reason before anything is written. Never a job waiting on a message no consumer can decode."""
+"""What goes onto a queue, a consumer can read.
+
+- What ``submit`` is handed (a payload, a task, fields) either travels (the stage's codec
+  decodes the body it sent back to the same payload; the job keeps the fields) or is refused
+  with a typed error and its reason before anything is written.
+- What a handler emits either travels the same way, or its job FAILs at the first attempt with
+  the reason (not after every retry, which would fail the same way).
+
+Never a job waiting on a message no consumer can decode."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from helpers import drain
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from orchestrator import Emit, JobStatus, Pipeline, Result
 from orchestrator.backends import memory_backend
 from orchestrator.base import QueueSpec
+from orchestrator.clock import SimClock
 from orchestrator.codec import Codec
+from orchestrator.controllers.controller import Outcome
 from orchestrator.controllers.submit import submit
+from orchestrator.envelope import canonical_json
 from orchestrator.errors import InvalidPayload, InvalidSubmission
 from orchestrator.storable import MAX_DEPTH
 
@@ -74,3 +85,48 @@ def test_a_submitted_payload_travels_or_is_refused_before_anything_is_written(
     env = Codec().decode(d.body)
     assert env.job_id == "j" and _same(env.payload, payload) and env.task == (task or "in")
     assert _same(job.fields, fields or {}) and _same(backend.store.get("j").fields, fields or {})  # type: ignore[union-attr]
+
+
+# -- what a handler emits: each item travels, or the job FAILs at once with the reason --------
+clean_text = st.text(max_size=8)  # (no lone surrogates)
+clean = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | clean_text, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(clean_text, inner, max_size=3),
+    max_leaves=8)
+clean_payloads = st.dictionaries(clean_text, clean, max_size=3)
+good_items = clean_payloads | st.builds(Emit, clean_payloads, task=st.none() | clean_text.filter(str.strip))
+bad_items = st.sampled_from([
+    [1, 2], "text", Emit([1]),  # type: ignore[arg-type]
+    Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"),
+    {"x": float("nan")}, {"x": 2**70}, {"x": "\udcff"},
+])
+
+
+def _travelled(item: Any) -> tuple[str, str]:
+    """(task, payload as canonical JSON) of an emitted item, as its message should carry them."""
+    payload, task = (item.payload, item.task) if isinstance(item, Emit) else (item, None)
+    return task or "out", canonical_json(payload)
+
+
+@given(items=st.lists(st.tuples(st.booleans(), good_items, bad_items).map(lambda t: (t[1] if t[0] else t[2], t[0])),
+                      min_size=1, max_size=4))
+def test_what_a_handler_emits_travels_or_fails_its_job_at_once_with_the_reason(items: list[tuple[Any, bool]]) -> None:
+    backend = memory_backend(clock=SimClock())
+    p = Pipeline("emits")
+    p.stage("s", source="in", emit_to="out", max_receives=5)(lambda ctx, msg: Result(emit=[i for i, _ in items]))
+    p.setup(backend)
+    backend.transport.ensure_queue(QueueSpec("out"))
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    outcomes = drain(backend, p, "s")
+    job = backend.store.get("j")
+    assert job is not None
+    if not all(good for _, good in items):
+        # at the first attempt, not after max_receives of them: the same result fails the same way
+        assert outcomes == [Outcome.FAILED] and job.status == JobStatus.FAILED, outcomes
+        assert "emit[" in (job.steps["s"].reason or "")
+        assert backend.transport.depth("out").total == 0
+        return
+    assert outcomes == [Outcome.COMMITTED]
+    got = backend.transport.receive("out", max_messages=10, wait_s=0, visibility_s=30)
+    sent = sorted((env.task, canonical_json(env.payload)) for env in map(Codec().decode, (d.body for d in got)))
+    assert sent == sorted(_travelled(i) for i, _ in items)

@@ -97,7 +97,7 @@ clean_payloads = st.dictionaries(clean_text, clean, max_size=3)
 good_items = clean_payloads | st.builds(Emit, clean_payloads, task=st.none() | clean_text.filter(str.strip))
 bad_items = st.sampled_from([
     [1, 2], "text", Emit([1]),  # type: ignore[arg-type]
-    Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"),
+    Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"), Emit({}, to="q\ud800"),
     {"x": float("nan")}, {"x": 2**70}, {"x": "\udcff"},
 ])
 

@@ -49,14 +49,17 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
         else:
             em, payload = _DEFAULTS, dict(item) if isinstance(item, Mapping) else item
         _check_payload(payload, f"emit[{i}]")
-        if em.task and (problem := id_problem(em.task, f"emit[{i}].task")) is not None:
-            raise PermanentError(problem)
         topic = em.topic if em.topic is not None else (None if em.to else stage.publish_to)
         queue = em.to if em.to is not None else (None if em.topic else stage.emit_to)
         target = topic or queue
         if target is None:
             raise PermanentError(f"stage {stage.name} emitted a message but has no emit_to/publish_to")
-        child = env.child(stage=stage.name, index=i, task=em.task or target, payload=payload, now=now)
+        task = em.task or target
+        if em is item:  # an Emit names its own target or task (a plain dict goes where the stage's settings say)
+            problem = id_problem(target, f"emit[{i}] target") or id_problem(task, f"emit[{i}].task")
+            if problem is not None:
+                raise PermanentError(problem)
+        child = env.child(stage=stage.name, index=i, task=task, payload=payload, now=now)
         plain = em.plain if em.plain is not None else stage.emit_format == "plain"
         body = _fit(stage, backend, _plain_body(child) if plain else child.to_json(), child.id,
                     via_topic=topic is not None)

@@ -33,6 +33,17 @@ _SEND = (
     "SELECT (SELECT priorities FROM q), pg_notify(%b, %b)")
 
 
+#: ``_SEND`` for one message, its columns as plain values: (queue, queue, id, body, attrs, now,
+#: delay, delay, priority, now, channel, queue). A submit sends one, and psycopg's Python
+#: array dumpers cost more than the rest of the statement's client side.
+_SEND_ONE = (
+    "WITH q AS (SELECT delay_s, priorities FROM queues WHERE name=%s), "
+    "ins AS (INSERT INTO messages(queue, message_id, body, attrs, visible_at, enqueued_at, priority) "
+    "SELECT %s, %s, %s, %s, %s::float8 + CASE WHEN %s::float8 <> 0 THEN %s::float8 "
+    "ELSE COALESCE((SELECT delay_s FROM q), 0) END, %s::float8, %s::int ON CONFLICT DO NOTHING) "
+    "SELECT (SELECT priorities FROM q), pg_notify(%s, %s)")
+
+
 class PostgresTransport(SqlTransport):
     single_statement_claims = True
 
@@ -63,9 +74,15 @@ class PostgresTransport(SqlTransport):
         assert isinstance(c, PgConn)
         now = self.clock.now()
         cur = c.conn.cursor(binary=True)
-        ids, bodies, attrs, delays, priorities = (list(col) for col in zip(*encoded, strict=True))
-        delays = [float(d) for d in delays]  # (an int among floats would make the array mixed)
-        cur.execute(_SEND, [queue, queue, now, now, ids, bodies, attrs, delays, priorities, self.pg.channel, queue])
+        if len(encoded) == 1:
+            [(mid, body, attrs, delay, priority)] = encoded
+            cur.execute(_SEND_ONE, [queue, queue, mid, body, attrs, now, float(delay), float(delay), now, priority,
+                                    self.pg.channel, queue])
+        else:
+            ids, bodies, attrses, delays, priorities = (list(col) for col in zip(*encoded, strict=True))
+            delays = [float(d) for d in delays]  # (an int among floats would make the array mixed)
+            cur.execute(_SEND, [queue, queue, now, now, ids, bodies, attrses, delays, priorities, self.pg.channel,
+                                queue])
         row = cur.fetchone()
         self._note_priorities(c, queue, row[0] if row else None, mask)
 

@@ -14,7 +14,7 @@ from orchestrator import Pipeline
 from orchestrator.backends import Backend
 from orchestrator.base import QueueSpec
 from orchestrator.controllers.submit import BULK_CHUNK, submit, submit_many
-from orchestrator.errors import DuplicateJob, InvalidPayload
+from orchestrator.errors import DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.status import JobStatus
 
 _runs = itertools.count()
@@ -78,6 +78,16 @@ def test_a_bad_item_refuses_the_whole_bulk_before_anything_is_written(backend: B
     backend.transport.ensure_queue(QueueSpec("in"))
     with pytest.raises(InvalidPayload):
         submit_many(backend, [("good", {"x": 1}), ("bad", {"x": float("nan")})], queue="in")
+    assert backend.store.get("good") is None
+    assert backend.transport.depth("in").total == 0
+
+
+@pytest.mark.parametrize("bad", [("j",), "j", {"job_id": "j"}, ("j", {}, "ann", "extra")], ids=repr)
+def test_an_item_of_the_wrong_shape_is_refused_with_its_place_before_anything_is_written(
+        backend: Backend, bad: object) -> None:
+    backend.transport.ensure_queue(QueueSpec("in"))
+    with pytest.raises(InvalidSubmission, match=r"jobs\[1\]: an item is \(job id, payload\)"):
+        submit_many(backend, [("good", {"x": 1}), bad], queue="in")  # type: ignore[list-item]
     assert backend.store.get("good") is None
     assert backend.transport.depth("in").total == 0
 

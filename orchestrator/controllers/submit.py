@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -205,6 +206,14 @@ def check_same_request(rec: JobRecord, *, payload: dict[str, Any], user_id: str 
                            "a resubmission must repeat the request (use a new job id for a new one)")
 
 
+def _item(i: int, item: object) -> tuple[Any, Any, Any]:
+    """(job id, payload, user id or None) of ``submit_many``'s item ``i``, or InvalidSubmission."""
+    if isinstance(item, tuple | list) and len(item) in (2, 3):
+        return item[0], item[1], item[2] if len(item) == 3 else None
+    raise InvalidSubmission(f"jobs[{i}]: an item is (job id, payload) or (job id, payload, user id), got "
+                            f"{type(item).__name__} {str(item)[:80]!r}")
+
+
 def submit_many(
     backend: Backend,
     jobs: Sequence[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str | None]],
@@ -222,9 +231,9 @@ def submit_many(
     writes one, in units of ``BULK_CHUNK`` (on SQLite and PostgreSQL: a few statements each,
     all or none per unit). Idempotent as ``submit`` is: a resubmitted job adds nothing."""
     due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
-    requests = [_request(backend, item[0], item[1], queue=queue, topic=topic,
-                         user_id=(item[2] if len(item) > 2 else None) or user_id,
-                         task=None, fields=None, due=due, priority=priority) for item in jobs]
+    requests = [_request(backend, job_id, payload, queue=queue, topic=topic, user_id=user or user_id,
+                         task=None, fields=None, due=due, priority=priority)
+                for job_id, payload, user in map(_item, itertools.count(), jobs)]
     created = 0
     with backend.unit():  # on SQLite and PostgreSQL: all of them or none
         for start in range(0, len(requests), BULK_CHUNK):

@@ -50,6 +50,9 @@ class Pipeline:
         if stage.name in self.stages:
             raise ConfigError(f"pipeline {self.name}: stage {stage.name} is defined twice")
         stage.subscribe = tuple(stage.subscribe)
+        problems = stage.declaration_problems()
+        if problems:
+            raise ConfigError(f"pipeline {self.name}: " + "; ".join(problems))
         self.stages[stage.name] = stage
         return stage
 

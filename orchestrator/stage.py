@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
 from orchestrator.errors import ConfigError
 from orchestrator.jobdoc import to_record
 from orchestrator.status import JobRecord, JobStatus
+from orchestrator.storable import id_problem
 
 #: settings a stage took under another name before, and their name now (the old one still works,
 #: with a DeprecationWarning)
@@ -171,6 +173,17 @@ class Context:
         return derive_id("effect", self.envelope.job_id, self.stage.name, self.envelope.id, name)
 
 
+#: a stage's settings in seconds: whether None may stand for "no bound"
+_SECONDS = {"visibility_timeout_s": False, "time_limit_s": True, "retry_base_s": False, "retry_max_s": False,
+            "wait_s": False, "delay_s": False, "begin_after_s": False, "max_snooze_s": True}
+
+
+def _finite(value: object, optional: bool) -> bool:
+    if value is None:
+        return optional
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class Stage:
     name: str
@@ -264,9 +277,27 @@ class Stage:
         """Exponential backoff for retry ``attempt`` (1-based), capped at ``retry_max_s``."""
         return float(min(self.retry_max_s, self.retry_base_s * 2 ** max(0, attempt - 1)))
 
+    def declaration_problems(self) -> list[str]:
+        """What no backend could run, each explained: names no queue or consumer could carry,
+        a handler that cannot be called. Checked where the stage is declared."""
+        out = [f"stage {self.name!r}: {problem}" for what, value, optional in (
+            ("name", self.name, False), ("source", self.source, False), ("emit_to", self.emit_to, True),
+            ("publish_to", self.publish_to, True)) if (problem := id_problem(value, what, optional=optional))]
+        out += [f"stage {self.name!r}: subscribe: {problem}" for t in self.subscribe if (problem := id_problem(t, "topic"))]
+        if not callable(self.handler):
+            out.append(f"stage {self.name!r}: the handler must be a function (ctx, msg), got {type(self.handler).__name__}")
+        return out
+
     def problems(self, *, max_visibility_s: float, max_delay_s: float, max_batch: int = 10) -> list[str]:
         """Inconsistent settings, each explained; empty when the stage can start."""
-        out = []
+        out = [f"stage {self.name}: {name} must be a finite number of seconds, got {value!r}"
+               for name, optional in _SECONDS.items() if not _finite(value := getattr(self, name), optional)]
+        if out:
+            return out  # (the comparisons below would pass NaN without a word)
+        out += [f"stage {self.name}: {name} must be >= 0, got {value}"
+                for name in ("wait_s", "delay_s") if (value := getattr(self, name)) < 0]
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            out.append(f"stage {self.name}: time_limit_s must be > 0 or None, got {self.time_limit_s}")
         if self.max_receives < 1:
             out.append(f"stage {self.name}: max_receives must be >= 1, got {self.max_receives}")
         if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:

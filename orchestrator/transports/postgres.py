@@ -34,7 +34,7 @@ _SEND = (
 
 
 #: ``_SEND`` for one message, its columns as plain values: (queue, queue, id, body, attrs, now,
-#: delay, delay, priority, now, channel, queue). A submit sends one, and psycopg's Python
+#: delay, delay, now, priority, channel, queue). A submit sends one, and psycopg's Python
 #: array dumpers cost more than the rest of the statement's client side.
 _SEND_ONE = (
     "WITH q AS (SELECT delay_s, priorities FROM queues WHERE name=%s), "

@@ -14,7 +14,8 @@ from orchestrator import Pipeline, Result, Worker
 from orchestrator.backends import memory_backend
 from orchestrator.errors import ConfigError
 
-good_names = st.sampled_from(["s", "in", "a.b-c_d", "stage two"])
+GOOD_NAMES = ["s", "in", "a.b-c_d", "stage two"]
+good_names = st.sampled_from(GOOD_NAMES)
 bad_names = st.sampled_from(["", " ", "q\ud800", "a\x00", "x" * 600, None, 5])
 seconds = (st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 100_000)
            | st.sampled_from(["5", True]))
@@ -45,7 +46,7 @@ def test_a_stage_with_names_no_consumer_could_carry_or_no_handler_is_refused(
         name: Any, source: Any, emit_to: Any, handler: Any) -> None:
     p = _declare(name, source, emit_to, handler, {})
     good = [name, source, *([emit_to] if emit_to is not None else [])]
-    assert (p is not None) == (all(n in ("s", "in", "a.b-c_d", "stage two") for n in good) and handler is _noop)
+    assert (p is not None) == (all(n in GOOD_NAMES for n in good) and handler is _noop)
 
 
 @given(settings=st.dictionaries(st.sampled_from(SECONDS), seconds))

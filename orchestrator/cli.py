@@ -32,6 +32,7 @@ from orchestrator.cli_args import (
     duration_arg,
     job_id_arg,
     limit_arg,
+    path_arg,
     pipeline_from,
     port_arg,
     positive_seconds_arg,
@@ -421,9 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def backend_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
-    sp.add_argument("--backend", default=None,
+    sp.add_argument("--backend", default=None, type=path_arg,
                     help=f"sqlite:///PATH, memory:// or aws://?region=R&prefix=P (default {DEFAULT_BACKEND})")
-    sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"),
+    sp.add_argument("--config", default=os.environ.get("ORCHESTRATOR_CONFIG"), type=path_arg,
                     help="TOML file of settings (see docs/reference.md); ORCHESTRATOR_* variables override it")
 
 
@@ -435,8 +436,9 @@ def _run_commands(sub: Any) -> None:
     s.add_argument("--queue", type=text_arg)
     s.add_argument("--topic", type=text_arg)
     s.add_argument("--job-id", type=job_id_arg)
-    s.add_argument("--payload", default="{}", help="JSON object, @FILE.json, or - (read from standard input)")
-    s.add_argument("--jobs", metavar="FILE.jsonl",
+    s.add_argument("--payload", default="{}", type=path_arg,
+                   help="JSON object, @FILE.json, or - (read from standard input)")
+    s.add_argument("--jobs", metavar="FILE.jsonl", type=path_arg,
                    help='many jobs, one {"job_id": ..., "payload": {...}, "user_id": ...} per line, in one '
                         "transaction on the SQL backends (- reads standard input)")
     s.add_argument("--user", type=user_arg)

@@ -185,6 +185,14 @@ def text_arg(text: str) -> str:
     return text
 
 
+def path_arg(text: str) -> str:
+    """argparse type: a file name, or text holding one (no NUL: no file name can contain it;
+    other bytes, even ones that are not UTF-8, can name a file)."""
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"{_shown(text)!r} contains a NUL character, which no file name can")
+    return text
+
+
 def _shown(text: str) -> str:
     """``text`` printable on any terminal: undecodable bytes as \\x escapes, cut to 80."""
     try:

@@ -81,6 +81,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
             values = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the name
+            raise ConfigError(f"cannot read config file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"invalid config file {path}: {exc}") from exc
     Settings.file_values = values

@@ -51,7 +51,7 @@ BAD = [
     "a:b", "fuzzpipe:nothing", "nosuch_module_xyz:pipeline", ":", "fuzzpipe:", "in", "mid", "in-dlq", "mid-dlq",
     "first", "second", "nowhere", "1h", "90s", "1h30m", "-5s", "2026-12-05T09:00:00Z", "2026-12-05T09:00:00",
     "1999-01-01T00:00:00Z", "PENDING", "COMPLETED", "done-1", "failed-1", "running-1", "jobs.jsonl", "deep.jsonl",
-    "surrogate.jsonl", "big.jsonl",
+    "surrogate.jsonl", "big.jsonl", "\x00", "a\x00b", "@a\x00", "sqlite:///a\x00.db",
 ]
 values = st.sampled_from(BAD) | st.text(max_size=12) | st.integers(-(2**70), 2**70).map(str)
 
@@ -157,6 +157,8 @@ def run(argv: list[str], stdin: str = DEEP) -> tuple[int, str]:
 # a count beyond a 64-bit integer reached the SQLite query's LIMIT (found by this property)
 @example(argv=["dlq", "show", "in-dlq", "--limit", "9223372036854775808", "--backend", "sqlite:///fuzz.db"])
 @example(argv=["status", "--limit", "9223372036854775808", "--backend", "sqlite:///fuzz.db"])
+# a NUL in a file name raised ValueError where the file was opened (found by this property)
+@example(argv=["submit", "fuzzpipe:pipeline", "--config", "\x00", "--backend", "sqlite:///fuzz.db"])
 def test_no_command_line_shows_a_traceback(project: Path, argv: list[str]) -> None:
     code, err = run(argv)
     assert "Traceback" not in err, err

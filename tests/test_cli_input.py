@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Pipeline, Result
-from orchestrator.backends import sqlite_backend
+from orchestrator.backends import open_backend, sqlite_backend
 from orchestrator.cli import main
 from orchestrator.errors import ConfigError, InvalidPayload
+from orchestrator.settings import load_settings
 
 PIPE = "quickpipe:pipeline"
 
@@ -95,6 +96,28 @@ def test_a_missing_payload_file_is_one_line(pipe_dir: Path, capsys: pytest.Captu
     assert main(["submit", PIPE, "--queue", "in", "--job-id", "f", "--payload", "@nope.json",
                  "--backend", f"sqlite:///{pipe_dir}/o.db"]) == 2
     assert "cannot read nope.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", [["--config", "a\x00.toml"], ["--payload", "@a\x00.json"], ["--jobs", "a\x00"],
+                                    ["--backend", "sqlite:///a\x00.db"]])
+def test_a_file_name_with_a_nul_is_one_line(pipe_dir: Path, option: list[str], capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    argv = ["submit", PIPE, "--queue", "in", *(["--job-id", "n"] if option[0] != "--jobs" else []), *option]
+    assert main([*argv, *(["--backend", f"sqlite:///{pipe_dir}/o.db"] if option[0] != "--backend" else [])]) == 2
+    assert "contains a NUL character" in capsys.readouterr().err
+    assert not list(pipe_dir.glob("a*"))
+
+
+@pytest.mark.parametrize("url", ["sqlite:///a\x00.db", "postgresql://localhost/te\x00st", "memory://\x00"])
+def test_a_backend_url_with_a_nul_is_a_config_error(pipe_dir: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="NUL"):
+        open_backend(url)
+
+
+@pytest.mark.parametrize("name", ["a\x00.toml", "."])
+def test_a_config_file_that_cannot_be_read_is_a_config_error(pipe_dir: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(name)
 
 
 def test_many_jobs_from_a_jsonl_file_are_submitted_all_or_none(pipe_dir: Path, capsys: pytest.CaptureFixture[str]

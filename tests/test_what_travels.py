@@ -94,7 +94,8 @@ clean = st.recursive(
     | clean_text, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(clean_text, inner, max_size=3),
     max_leaves=8)
 clean_payloads = st.dictionaries(clean_text, clean, max_size=3)
-good_items = clean_payloads | st.builds(Emit, clean_payloads, task=st.none() | clean_text.filter(str.strip))
+task_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8).filter(str.strip)  # (a NUL is bad)
+good_items = clean_payloads | st.builds(Emit, clean_payloads, task=st.none() | task_names)
 bad_items = st.sampled_from([
     [1, 2], "text", Emit([1]),  # type: ignore[arg-type]
     Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"), Emit({}, to="q\ud800"),
@@ -110,6 +111,7 @@ def _travelled(item: Any) -> tuple[str, str]:
 
 @given(items=st.lists(st.tuples(st.booleans(), good_items, bad_items).map(lambda t: (t[1] if t[0] else t[2], t[0])),
                       min_size=1, max_size=4))
+@example(items=[(Emit({}, task="\x00"), False)])  # a NUL task: refused, the job FAILED
 def test_what_a_handler_emits_travels_or_fails_its_job_at_once_with_the_reason(items: list[tuple[Any, bool]]) -> None:
     backend = memory_backend(clock=SimClock())
     p = Pipeline("emits")

@@ -34,6 +34,8 @@ def open_backend(url: str | None = None, *, clock: Clock | None = None, create: 
     ``create=False``: read-only use (status, queues): a SQLite file or PostgreSQL schema that
     does not exist yet is an error, not created empty."""
     url = url or DEFAULT_BACKEND
+    if "\x00" in url:  # no file, database or region name holds one; the drivers would cut it off or raise
+        raise ConfigError(f"backend URL {url!r} contains a NUL character")
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         # sqlite:///PATH: PATH is what follows the third slash (relative, or absolute with a

@@ -35,8 +35,8 @@ class StageSettings(BaseModel):
     time_limit_s: float | None = Field(None, description="heartbeat stops extending after this, seconds (default none)")
     retry_base_s: float | None = Field(None, description="first retry delay, doubled each attempt, seconds (default 1)")
     retry_max_s: float | None = Field(None, description="longest retry delay, seconds (default 300)")
-    batch_size: int | None = Field(None, description="messages per receive, up to 100 on SQLite and PostgreSQL, "
-                                   "10 on SQS and in memory (default: sized to the handlers' pace)")
+    batch_size: int | None = Field(None, description="messages per receive, up to 100 on SQLite, PostgreSQL "
+                                   "and in memory, 10 on SQS (default: sized to the handlers' pace)")
     wait_s: float | None = Field(None, description="long-poll wait per receive, seconds (default 1; at 0 an empty receive is followed by a 20 ms pause)")
     delay_s: float | None = Field(None, description="delay of every message of the source queue, seconds (default 0)")
     max_body_bytes: int | None = Field(None, description="largest accepted body, bytes (default 262144)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import JobStatus, Pipeline, Result, Worker
-from orchestrator.backends import sqlite_backend
+from orchestrator.backends import memory_backend, sqlite_backend
 from orchestrator.controllers.batching import BATCH_TARGET_S, BatchSizer
 from orchestrator.controllers.submit import submit_many
 from orchestrator.errors import ConfigError
@@ -76,7 +76,7 @@ class Batches(Middleware):
 
 
 def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | None = None,
-               commit_s: float = 0.0) -> list[int]:
+               commit_s: float = 0.0, backend_kind: str = "sqlite") -> list[int]:
     pipeline = Pipeline("sized")
 
     @pipeline.stage("work", source="in", wait_s=0.05, batch_size=batch_size)
@@ -84,7 +84,7 @@ def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | No
         time.sleep(handler_s)
         return Result(status=JobStatus.COMPLETED)
 
-    backend = sqlite_backend(tmp_path / "q.db")
+    backend = sqlite_backend(tmp_path / "q.db") if backend_kind == "sqlite" else memory_backend()
     if commit_s:  # a distant store: every batch's commit takes a round trip of commit_s
         commit_docs = backend.store.commit_docs
 
@@ -106,8 +106,10 @@ def run_worker(tmp_path: Path, handler_s: float, jobs: int, batch_size: int | No
     return seen.sizes
 
 
-def test_a_worker_takes_bigger_batches_than_sqs_allows_when_handlers_are_fast(tmp_path: Path) -> None:
-    got = run_worker(tmp_path, 0.0, 600)
+@pytest.mark.parametrize("backend_kind", ["sqlite", "memory"])
+def test_a_worker_takes_bigger_batches_than_sqs_allows_when_handlers_are_fast(tmp_path: Path, backend_kind: str
+                                                                              ) -> None:
+    got = run_worker(tmp_path, 0.0, 600, backend_kind=backend_kind)
     assert got[:3] == [1, 2, 4] and max(got) > 10
 
 

@@ -4,8 +4,8 @@ A stage with ``batch_size`` set takes that many. Otherwise the worker sizes each
 the stage's pace: a batch's handlers should take about ``BATCH_TARGET_S`` in all. Only the
 handlers count: a batch's round trips to the queue and the store cost about the same for one
 message or a hundred, and counting them would shrink batches exactly where they pay (a
-distant database, SQS). Fast handlers get the transport's largest batch (100 on SQLite and
-PostgreSQL, 10 on SQS and in memory), which spreads a transaction's fixed cost over many
+distant database, SQS). Fast handlers get the transport's largest batch (100 on SQLite,
+PostgreSQL and in memory, 10 on SQS), which spreads a transaction's fixed cost over many
 messages; slow handlers get batches of one, so a worker never holds queued messages another
 worker could be running, and a crash delays only the message in hand. The first receive takes
 one message; the size at most doubles from one batch to the next (a single fast batch cannot

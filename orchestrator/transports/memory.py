@@ -18,6 +18,7 @@ from orchestrator.envelope import MAX_BODY_BYTES
 from orchestrator.errors import LeaseLostError
 from orchestrator.transports.common import (
     DEAD_LETTER_REASON,
+    DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_S,
     DEFAULT_MAX_VISIBILITY_S,
     check_size,
@@ -120,8 +121,9 @@ class _Queue:
 class MemoryTransport:
     max_delay_s = DEFAULT_MAX_DELAY_S
     max_visibility_s = DEFAULT_MAX_VISIBILITY_S
-    max_batch = 10  # as SQS, whose semantics this transport mirrors for tests (and with no
-    # transaction to spread over a batch, bigger batches only kept more objects alive at once)
+    # as the embedded default's: a batch spreads the controller's per-batch work (the job
+    # lookup, the commit's preparation, one send and one ack) over up to this many messages
+    max_batch = DEFAULT_MAX_BATCH
     max_body_bytes = MAX_BODY_BYTES
 
     def __init__(self, *, clock: Clock | None = None) -> None:

@@ -24,6 +24,7 @@ import pydantic_core
 
 from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled
 from orchestrator.status import ALLOWED, JobRecord, JobStatus, JoinTrigger, OutMessage, StepRecord
+from orchestrator.storable import storable_text
 
 Doc = dict[str, Any]
 
@@ -124,7 +125,7 @@ def _history(now: float, event: str, stage: str | None, from_status: str | None,
     if from_status is not None:
         entry["from_status"] = from_status
     if reason is not None:
-        entry["reason"] = reason
+        entry["reason"] = storable_text(reason)
     if message_id is not None:
         entry["message_id"] = message_id
     if error is not None and error.get("traceback"):
@@ -300,7 +301,7 @@ def fail(doc: Doc, *, stage: str, message_id: str, claim: str | None, reason: st
     out["steps"][stage] = {
         **STEP_DEFAULTS, "stage": stage, "message_id": message_id, "state": "failed", "claim": claim,
         "attempt": prev["attempt"] if prev else 0, "started_at": prev["started_at"] if prev else now,
-        "finished_at": now, "outbox": [], "reason": reason, "dead_letter": dead_letter,
+        "finished_at": now, "outbox": [], "reason": storable_text(reason), "dead_letter": dead_letter,
         # kept for a retry: the input the step was begun with, and its queue
         "input": prev["input"] if prev else None, "source": prev["source"] if prev else None,
     }

@@ -25,7 +25,7 @@ from orchestrator.codec import Codec
 from orchestrator.controllers.lease import Lease
 from orchestrator.controllers.submit import check_timing
 from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
 from orchestrator.status import JobRecord, JobStatus
 from orchestrator.storable import id_problem
@@ -63,6 +63,9 @@ class Emit:
 
     def __post_init__(self) -> None:
         check_timing(delay_s=self.delay_s, priority=self.priority)
+        if self.to is not None and self.topic is not None:
+            raise InvalidSubmission(f"an Emit goes to a queue (to={self.to!r}) or a topic (topic={self.topic!r}), "
+                                    "not both")
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,9 @@ class Snooze:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seconds, (int, float)) or not 0 <= self.seconds < float("inf"):
-            raise ValueError(f"Snooze seconds must be a finite number >= 0, got {self.seconds!r}")
+            raise InvalidSubmission(f"Snooze seconds must be a finite number >= 0, got {self.seconds!r}")
+        if not isinstance(self.reason, str):
+            raise InvalidSubmission(f"Snooze reason must be text, got {type(self.reason).__name__}")
 
 
 @dataclass

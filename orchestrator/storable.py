@@ -15,6 +15,9 @@ result fields are checked against the narrowest backend before they reach any of
   models) are written as pydantic writes them, as before.
 
 A breach raises ``Unstorable`` (a ``PermanentError``: retrying cannot help) with where and why.
+
+Text the project writes itself (a failure's reason, an exception's message) is made storable
+instead: ``storable_text`` escapes what no store takes and keeps a long text's head and tail.
 """
 
 from __future__ import annotations
@@ -27,10 +30,25 @@ from orchestrator.errors import PermanentError
 MAX_ID_BYTES = 512
 MAX_DEPTH = 32
 MAX_INT = 2**64 - 1
+#: the longest reason (a failure's, a snooze's, a cancel's) a job's history keeps: a handler's
+#: exception may carry megabytes, and every write of the job rewrites its history
+MAX_REASON_CHARS = 2000
 
 
 class Unstorable(PermanentError, ValueError):
     """A value no backend can store and read back as it is."""
+
+
+def storable_text(value: object, limit: int | None = MAX_REASON_CHARS) -> str:
+    """``value`` as text every store and queue takes: a lone surrogate or a NUL shown escaped,
+    and past ``limit`` characters its head and its tail around " ... " (the tail of a reason
+    says the attempt, of a traceback where it was raised)."""
+    text = value if isinstance(value, str) else str(value)
+    text = text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+    if limit is not None and len(text) > limit:
+        half = (limit - 5) // 2
+        text = f"{text[:half]} ... {text[-half:]}"
+    return text
 
 
 def id_problem(value: object, what: str = "job id", *, optional: bool = False) -> str | None:

@@ -20,7 +20,14 @@ from orchestrator.controllers.decide import (
     decide,
     recorded,
 )
-from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled, RecordTooLarge
+from orchestrator.errors import (
+    ConflictError,
+    InvalidPayload,
+    InvalidSubmission,
+    InvalidTransition,
+    JobCancelled,
+    RecordTooLarge,
+)
 
 A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
 
@@ -39,6 +46,10 @@ A = dict(attempt=2, max_receives=3, lease_lost=False, backoff_s=4.0)
     (ConflictError("not ours"), {"lease_lost": True}, Verdict.DISCARD, "write refused", 0.0),
     (InvalidTransition("COMPLETED -> RUNNING"), {}, Verdict.DEAD_LETTER, "invalid status change", 0.0),
     (RecordTooLarge("j", 500_000, 400_000), {}, Verdict.FAIL, "over the store's", 0.0),
+    # a value the project refused (an Emit or Snooze built badly, a submit of a bad payload):
+    # at the first attempt, as a PermanentError
+    (InvalidSubmission("priority must be an integer 0..9"), {}, Verdict.FAIL, "priority must be", 0.0),
+    (InvalidPayload("payload is not JSON"), {}, Verdict.FAIL, "payload is not JSON", 0.0),
     # a snooze uses no attempt, so even the last one may snooze
     (Snooze(60, "restoring"), {"attempt": 3}, Verdict.SNOOZE, "restoring", 60.0),
     (Snooze(60), {"waited_s": 100.0, "max_snooze_s": 160.0}, Verdict.SNOOZE, "snoozed", 60.0),

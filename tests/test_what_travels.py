@@ -11,13 +11,14 @@ Never a job waiting on a message no consumer can decode."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from helpers import drain
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from orchestrator import Emit, JobStatus, Pipeline, Result
+from orchestrator import Emit, JobStatus, PermanentError, Pipeline, Result, Snooze
 from orchestrator.backends import memory_backend
 from orchestrator.base import QueueSpec
 from orchestrator.clock import SimClock
@@ -132,3 +133,66 @@ def test_what_a_handler_emits_travels_or_fails_its_job_at_once_with_the_reason(i
     got = backend.transport.receive("out", max_messages=10, wait_s=0, visibility_s=30)
     sent = sorted((env.task, canonical_json(env.payload)) for env in map(Codec().decode, (d.body for d in got)))
     assert sent == sorted(_travelled(i) for i, _ in items)
+
+
+# -- what a handler returns or raises: a job ends as it should, and its record stays small ---
+HUGE = 1_000_000
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+#: (what the handler does, whether that is good); each built inside the handler, since
+#: building a bad Emit or Snooze raises there
+RETURNS: list[tuple[Callable[[int], Any], bool]] = [
+    (lambda n: None, True),
+    (lambda n: Result(), True),
+    (lambda n: Result(emit=None), True),  # nothing emitted, as emit=()
+    (lambda n: Result(emit=({"x": "y" * min(n, 1000)},)), True),
+    (lambda n: Result(emit=iter([{}])), True),  # any iterable of payloads
+    (lambda n: Snooze(1.0, reason="r" * n), True),
+    (lambda n: Result(emit="abc"), False),  # a string is no list of payloads
+    (lambda n: Result(emit={"a": 1}), False),  # nor is one payload
+    (lambda n: Result(emit=5), False),  # type: ignore[arg-type]
+    (lambda n: Result(parts="ab"), False),  # type: ignore[arg-type]
+    (lambda n: Result(parts=7), False),  # type: ignore[arg-type]
+    (lambda n: Result(emit=[Emit({}, to="out", topic="t")]), False),  # both a queue and a topic
+    (lambda n: Result(emit=[Emit({}, priority=True)]), False),
+    (lambda n: Result(emit=[Emit({}, delay_s=math.nan)]), False),
+    (lambda n: Snooze(1.0, reason=5), False),  # type: ignore[arg-type]
+    (lambda n: Snooze(math.nan), False),
+    (lambda n: Result(fields=[1]), False),  # type: ignore[arg-type]
+    (lambda n: 5, False),
+    (lambda n: _raise(PermanentError("p" * n + "\ud800\x00")), False),
+]
+
+
+@given(case=st.sampled_from(RETURNS), n=st.sampled_from([0, 10, 5000, HUGE]))
+@example(case=RETURNS[14], n=0)  # a Snooze whose reason was a number crashed the worker's batch
+@example(case=RETURNS[-1], n=HUGE)  # a megabyte of reason was written into the job twice
+def test_what_a_handler_returns_ends_its_job_as_it_should_and_keeps_its_record_small(
+        case: tuple[Callable[[int], Any], bool], n: int) -> None:
+    does, good = case
+    calls: list[int] = []
+
+    def handler(ctx: Any, msg: Any) -> Any:
+        calls.append(1)
+        return does(n) if len(calls) == 1 else None  # (a snooze comes back to a finished step)
+
+    backend = memory_backend(clock=SimClock())
+    p = Pipeline("returns")
+    p.stage("s", source="in", emit_to="out", max_receives=5)(handler)
+    p.setup(backend)
+    backend.transport.ensure_queue(QueueSpec("out"))
+    p.submit(backend, job_id="j", payload={}, queue="in")
+    outcomes = drain(backend, p, "s")  # (nothing may escape the controller)
+    doc = backend.store.get_docs(["j"])["j"]
+    assert len(canonical_json(doc)) < 32 * 1024, "a handler's text made the job's record grow without bound"
+    if good:
+        assert outcomes[-1] == Outcome.COMMITTED and doc["status"] != "FAILED", outcomes
+        return
+    # the first attempt decides: a retry would get the same answer
+    assert outcomes in ([Outcome.FAILED], [Outcome.DEAD_LETTERED]) and doc["status"] == "FAILED", outcomes
+    assert len(calls) == 1 and doc["history"][-1].get("reason"), doc["history"]
+    assert backend.transport.depth("out").total == 0

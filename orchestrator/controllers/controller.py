@@ -68,7 +68,7 @@ from orchestrator.objects.claim_check import resolve_body
 from orchestrator.outage import is_outage
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import BeginItem, CommitItem, JobStatus, JoinTrigger, OutMessage
-from orchestrator.storable import check_fields
+from orchestrator.storable import check_fields, storable_text
 
 Steps = Generator[str, None, "list[Outcome]"]
 R = TypeVar("R")
@@ -521,7 +521,7 @@ class Controller:
         """Settle a message whose own write (or read) the backend refused: dead-letter it
         with the reason, failing its job where the job can still be written."""
         refused: Refused = action.cause
-        reason = _storable_text(action.reason)
+        reason = storable_text(action.reason)
         it.log.error("message poisons its writes; dead-lettered", reason=reason)
         if it.job is not None:
             try:
@@ -776,7 +776,7 @@ class Controller:
     def _fail(self, it: _Item, reason: str, *, dead_letter: bool, begun: bool = True,
               error: BaseException | None = None) -> Outcome:
         st, transport, d = self.stage, self.backend.transport, it.delivery
-        reason = _storable_text(reason)  # it may quote what the handler raised
+        reason = storable_text(reason)  # it may quote what the handler raised
         error = error or it.error
         failure = step_error(error, d.receive_count, self.backend.clock.now()) if error is not None else None
 
@@ -809,7 +809,7 @@ class Controller:
         message to come back after its visibility timeout: a shorter wait, never a loss."""
         st, transport, d = self.stage, self.backend.transport, it.delivery
         until = self.backend.clock.now() + action.delay_s
-        reason = _storable_text(action.reason)
+        reason = storable_text(action.reason)
 
         try:
             with self.backend.unit():
@@ -821,14 +821,14 @@ class Controller:
                 transport.snooze(d, action.delay_s)
         except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
             return self._settle_by(it, exc)
-        it.log.info("snoozed", seconds=action.delay_s, reason=action.reason)
-        self.hook("on_snooze", st, d, action.delay_s, action.reason)
+        it.log.info("snoozed", seconds=action.delay_s, reason=reason)
+        self.hook("on_snooze", st, d, action.delay_s, reason)
         return Outcome.SNOOZED
 
     def _reject(self, it: _Item, reason: str, job_id: str | None) -> Outcome:
         """Dead-letter a message this stage cannot take; fail its job if there is one."""
         store, st, d = self.backend.store, self.stage, it.delivery
-        reason = _storable_text(reason)
+        reason = storable_text(reason)
 
         with self.backend.unit():
             if job_id and store.get(job_id) is not None:
@@ -868,13 +868,8 @@ def step_error(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > MAX_TRACEBACK_CHARS:
         tb = "...\n" + tb[-MAX_TRACEBACK_CHARS:]
-    return {"type": type(exc).__name__, "message": _storable_text(str(exc))[:2000],
-            "traceback": _storable_text(tb), "attempt": attempt, "at": now}
-
-
-def _storable_text(text: str) -> str:
-    # an exception may quote a value no store takes (a lone surrogate, a NUL): shown escaped
-    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+    return {"type": type(exc).__name__, "message": storable_text(str(exc)),
+            "traceback": storable_text(tb, None), "attempt": attempt, "at": now}
 
 
 def kept_input(body: str) -> str | None:

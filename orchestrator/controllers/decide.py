@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.errors import InvalidTransition, JobCancelled, PermanentError, RecordTooLarge, StoreError
+from orchestrator.errors import (
+    InvalidPayload,
+    InvalidSubmission,
+    InvalidTransition,
+    JobCancelled,
+    PermanentError,
+    RecordTooLarge,
+    StoreError,
+)
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL
 from orchestrator.stage import Result, Snooze
 from orchestrator.status import JobStatus
@@ -204,7 +212,9 @@ def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: 
     match exc:
         case InvalidTransition():
             return Action(Verdict.DEAD_LETTER, f"handler asked for an invalid status change: {exc}")
-        case RecordTooLarge() | PermanentError():
+        case RecordTooLarge() | PermanentError() | InvalidSubmission() | InvalidPayload():
+            # (the last two: a value the project refused, as an Emit or Snooze built with a
+            # bad delay, or a submit of a bad payload: the same code refuses it again)
             return Action(Verdict.FAIL, str(exc) or type(exc).__name__)
         case NoResult():
             return Action(Verdict.DEAD_LETTER, str(exc))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.backends import Backend
@@ -29,19 +29,20 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
     a re-run after a crash emits the same ids. Raises ``PermanentError`` for a message with
     nowhere to go or too large for its queue."""
     now, out = backend.clock.now(), []
-    if result.parts:
+    parts, emits = _listed(result.parts, "parts"), _listed(result.emit, "emit")
+    if parts:
         target_topic, target_queue = stage.publish_to, stage.emit_to
         target = target_topic or target_queue
         if target is None:
             raise PermanentError(f"stage {stage.name} returned parts but has no emit_to/publish_to")
-        n = len(result.parts)
-        for i, payload in enumerate(result.parts):
+        n = len(parts)
+        for i, payload in enumerate(parts):
             _check_payload(payload, f"parts[{i}]")
             part = env.child(stage=stage.name, index=i, task=target, payload=dict(payload), now=now, part=i, parts=n)
             body = _fit(stage, backend, part.to_json(), part.id, via_topic=target_topic is not None)
             out.append(OutMessage(kind="topic" if target_topic else "queue", target=target, id=part.id, body=body,
                                   priority=stage.priority))
-    for i, item in enumerate(result.emit):
+    for i, item in enumerate(emits):
         # a plain dict is an Emit of that payload with every default (read from one made
         # once: a frozen Emit per message cost a microsecond on the commonest path)
         if isinstance(item, Emit):
@@ -70,6 +71,18 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
         out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body,
                               due_at=now + em.delay_s if em.delay_s else None, priority=priority))
     return out
+
+
+def _listed(items: object, name: str) -> Sequence[Any]:
+    """``Result.emit`` or ``Result.parts`` as a sequence (None: nothing); a single payload, a
+    string or a number there is a mistake no retry mends, named as such."""
+    if items is None:
+        return ()
+    if isinstance(items, (list, tuple)):
+        return items
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise PermanentError(f"Result.{name} must be a list of payloads (dicts) or Emit, got {type(items).__name__}")
+    return list(items)
 
 
 def _check_payload(payload: object, where: str) -> None:

@@ -17,7 +17,7 @@ from orchestrator import records
 from orchestrator.base import Backend, Delivery, Outgoing, QueueSpec, StatusStore, Topic, Transport
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
-from orchestrator.errors import BodyTooLarge, ConflictError, InvalidTransition, LeaseLostError
+from orchestrator.errors import BodyTooLarge, ConflictError, InvalidTransition, JobNotFound, LeaseLostError
 from orchestrator.status import JobStatus, OutMessage
 
 Advance = Callable[[float], None]
@@ -412,6 +412,16 @@ class StatusStoreContract:
         assert [r.job_id for r in store.query(user_id="alice")] == ["j0", "j2"]
         assert [r.job_id for r in store.query(status=JobStatus.RUNNING)] == ["j0"]
         assert [r.job_id for r in store.query(user_id="bob", status=JobStatus.PENDING)] == ["j1", "j3"]
+
+    @pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x" * 600, "", " "])
+    def test_a_job_or_user_no_store_can_hold_is_not_found(self, store: StatusStore, bad: str) -> None:
+        # (a dashboard's URL, an API call: not an error of the database's, a job that is not there)
+        store.create("j1", user_id="alice")
+        assert store.get(bad) is None
+        assert store.get_docs([bad, "j1"]).keys() == {"j1"}
+        assert store.query(user_id=bad) == []
+        with pytest.raises(JobNotFound):
+            store.cancel(bad, reason="r")
 
     def test_concurrent_committers_exactly_one_wins(self, store: StatusStore) -> None:
         store.create("j1")

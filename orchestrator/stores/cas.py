@@ -9,7 +9,7 @@ always judged against the latest record.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.jobdoc import Doc, to_record
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, NewJob, OutMessage
+from orchestrator.storable import id_problem
 
 MAX_CAS_RETRIES = 50
 
@@ -37,6 +38,18 @@ class Prepared:
 
 class VersionConflict(Exception):
     """Internal: the record changed between load and swap."""
+
+
+def holdable(job_ids: Iterable[str]) -> list[str]:
+    """``job_ids`` without repeats and without those no store can hold (blank, a NUL, a lone
+    surrogate, over 512 bytes): no job has such an id, so a read of one finds nothing, where a
+    database driver would raise its encoding error. For the stores that read a database."""
+    return [i for i in dict.fromkeys(job_ids) if id_problem(i) is None]
+
+
+def unholdable(value: str | None) -> bool:
+    """A job or user id no store can hold (so no job has it); None is no id."""
+    return value is not None and id_problem(value) is not None
 
 
 class CasStatusStore(ABC):
@@ -76,6 +89,8 @@ class CasStatusStore(ABC):
 
     # -- policy -----------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
+        if unholdable(job_id):
+            return None
         doc = self._load(job_id)
         return to_record(doc) if doc is not None else None
 
@@ -111,6 +126,8 @@ class CasStatusStore(ABC):
     def _mutate(self, job_id: str, rule: Rule, known: Doc | None = None) -> Doc:
         """Apply ``rule`` and swap. ``known`` is a record just read or written: the first try
         swaps against it without reading again (the version condition still guards it)."""
+        if unholdable(job_id):
+            raise JobNotFound(f"job {job_id!r} does not exist")
         for _ in range(MAX_CAS_RETRIES):
             fresh = known is None
             current, known = (self._load(job_id) if fresh else known), None

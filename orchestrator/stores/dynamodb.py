@@ -32,7 +32,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
 from orchestrator.jobdoc import Doc, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus
-from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict, holdable, unholdable
 
 BATCH_GET_MAX = 100
 ACCESS_DENIED = FORBIDDEN
@@ -267,7 +267,7 @@ class DynamoDBStatusStore(CasStatusStore):
         self._put(record, *self._condition(expected_version), update=encoded)
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
-        ids = list(dict.fromkeys(job_ids))
+        ids = holdable(job_ids)
         out: dict[str, Doc] = {}
         for start in range(0, len(ids), BATCH_GET_MAX):
             request: dict[str, Any] | None = {self.table_name: {
@@ -327,6 +327,8 @@ class DynamoDBStatusStore(CasStatusStore):
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
         from boto3.dynamodb.conditions import Attr, Key
 
+        if unholdable(user_id):
+            return []
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
         if status is not None:

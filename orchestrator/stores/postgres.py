@@ -18,7 +18,7 @@ from orchestrator.backends.postgres_db import PgConn, PostgresDatabase
 from orchestrator.clock import Clock
 from orchestrator.errors import StoreError
 from orchestrator.jobdoc import Doc, decode, full
-from orchestrator.stores.cas import Prepared
+from orchestrator.stores.cas import Prepared, holdable
 from orchestrator.stores.sql import SqlStatusStore
 
 
@@ -28,7 +28,7 @@ class PostgresStatusStore(SqlStatusStore):
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
         # one array parameter, not a placeholder per id (a bulk submit reads 500 at once)
-        ids = list(dict.fromkeys(job_ids))
+        ids = holdable(job_ids)
         if len(ids) < 2:
             return super().get_docs(ids)
         rows = self.db.read("SELECT doc FROM jobs WHERE job_id = ANY(?::text[])", (ids,))

@@ -19,7 +19,7 @@ from orchestrator.database import Conn, Database
 from orchestrator.errors import ConflictError, StoreError
 from orchestrator.jobdoc import Doc, decode, encode, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus, NewJob, OutMessage
-from orchestrator.stores.cas import CasStatusStore, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, VersionConflict, holdable, unholdable
 
 #: rows per INSERT of ``create_docs`` (6 parameters each: within SQLite's and psycopg's limits)
 INSERT_CHUNK = 200
@@ -75,7 +75,7 @@ class SqlStatusStore(CasStatusStore):
         return self.db.run(lambda c: self._write_many(writes.rules, writes.prepared))
 
     def get_docs(self, job_ids: Sequence[str]) -> dict[str, Doc]:
-        ids = list(dict.fromkeys(job_ids))
+        ids = holdable(job_ids)
         out: dict[str, Doc] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
@@ -133,6 +133,8 @@ class SqlStatusStore(CasStatusStore):
             "DELETE FROM jobs WHERE job_id=? AND version=?", (job_id, version)).rowcount))
 
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        if unholdable(user_id):
+            return []
         sql, params = "SELECT doc FROM jobs WHERE 1=1", []
         if user_id is not None:
             sql += " AND user_id=?"

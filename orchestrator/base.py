@@ -20,6 +20,9 @@ from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, Joi
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_RECEIVES = 5
+#: the most attempts a stage may allow: SQS's redrive policy counts at most 1,000 receives, and
+#: its backstop sits two above the stage's own limit
+MAX_RECEIVES = 998
 #: priorities run from 0 (the default, lowest) to MAX_PRIORITY
 MAX_PRIORITY = 9
 

@@ -15,6 +15,7 @@ from orchestrator.base import (
     DEFAULT_MAX_RECEIVES,
     DEFAULT_VISIBILITY_TIMEOUT_S,
     MAX_PRIORITY,
+    MAX_RECEIVES,
     Delivery,
     ObjectStore,
     QueueSpec,
@@ -303,8 +304,10 @@ class Stage:
                 for name in ("wait_s", "delay_s") if (value := getattr(self, name)) < 0]
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             out.append(f"stage {self.name}: time_limit_s must be > 0 or None, got {self.time_limit_s}")
-        if self.max_receives < 1:
-            out.append(f"stage {self.name}: max_receives must be >= 1, got {self.max_receives}")
+        if isinstance(self.max_receives, bool) or not isinstance(self.max_receives, int) \
+                or not 1 <= self.max_receives <= MAX_RECEIVES:
+            out.append(f"stage {self.name}: max_receives must be a whole number 1..{MAX_RECEIVES}, "
+                       f"got {self.max_receives!r}")
         if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:
             out.append(f"stage {self.name}: visibility_timeout_s {self.visibility_timeout_s}s is below "
                        f"{MIN_VISIBILITY_TIMEOUT_S}s; the heartbeat could not keep the lease")
@@ -321,11 +324,12 @@ class Stage:
             out.append(f"stage {self.name}: retry_base_s must be between 0 and retry_max_s ({self.retry_max_s}s)")
         if self.delay_s > max_delay_s:
             out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
-        if self.batch_size is not None and not 1 <= self.batch_size <= max_batch:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or not 1 <= self.batch_size <= max_batch):
             out.append(f"stage {self.name}: batch_size must be 1..{max_batch} on this backend, got {self.batch_size}")
         if self.max_snooze_s is not None and not self.max_snooze_s >= 0:
             out.append(f"stage {self.name}: max_snooze_s must be >= 0 or None, got {self.max_snooze_s}")
-        if not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+        if isinstance(self.priority, bool) or not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
             out.append(f"stage {self.name}: priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}")
         if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
             out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "

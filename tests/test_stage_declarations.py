@@ -5,13 +5,15 @@ exception at start, never a worker that runs with a NaN lease or a queue no cons
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from orchestrator import Pipeline, Result, Worker
-from orchestrator.backends import memory_backend
+from orchestrator.backends import Backend, memory_backend, sqlite_backend
 from orchestrator.errors import ConfigError
 
 GOOD_NAMES = ["s", "in", "a.b-c_d", "stage two"]
@@ -27,10 +29,11 @@ def _noop(ctx, msg):  # type: ignore[no-untyped-def]
     return Result()
 
 
-def _declare(name: Any, source: Any, emit_to: Any, handler: Any, settings: dict[str, Any]) -> Pipeline | None:
+def _declare(name: Any, source: Any, emit_to: Any, handler: Any, settings: dict[str, Any],
+             backend: Backend | None = None) -> Pipeline | None:
     """The pipeline of that one stage, set up and a worker made for it; None if refused (ConfigError)."""
     p = Pipeline("declared")
-    backend = memory_backend()
+    backend = backend or memory_backend()
     try:
         p.stage(name, source=source, emit_to=emit_to, **settings)(handler)
         p.setup(backend)
@@ -61,3 +64,23 @@ def test_a_stage_starts_with_settings_it_can_honour_or_is_refused(settings: dict
             continue
         assert type(value) in (int, float) and math.isfinite(value) and value >= 0, (key, value)
         assert key != "time_limit_s" or value > 0
+
+
+WHOLE = {"max_receives": (1, 998), "batch_size": (1, 100), "priority": (0, 9)}  # (SQS's receive count caps the first)
+wholes = st.integers(-(2**70), 2**70) | st.sampled_from([0, 1, 998, 999, 10**20, 2.5, "5", True, None])
+
+
+@given(settings=st.dictionaries(st.sampled_from(sorted(WHOLE)), wholes))
+@example(settings={"max_receives": 10**20})  # OverflowError where SQLite stored the queue's settings
+@example(settings={"batch_size": 2.5})  # a worker took it, and asked its queue for 2.5 messages
+def test_a_stage_takes_whole_number_settings_in_their_range_or_is_refused(settings: dict[str, Any]) -> None:
+    # (on SQLite: a count beyond 64 bits raised OverflowError where the queue was created)
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = sqlite_backend(Path(tmp) / "q.db")
+        try:
+            p = _declare("s", "in", "out", _noop, settings, backend)
+        finally:
+            backend.close()
+    in_range = all((v is None and k != "max_receives" and k != "priority")
+                   or (type(v) is int and WHOLE[k][0] <= v <= WHOLE[k][1]) for k, v in settings.items())
+    assert (p is not None) == in_range, settings

@@ -95,7 +95,8 @@ class Worker:
         self._busy = 0
         self._threads: list[threading.Thread] = []
         pipeline.validate(backend)
-        if self.batch_size is not None and not 1 <= self.batch_size <= backend.transport.max_batch:
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or not 1 <= self.batch_size <= backend.transport.max_batch):
             raise ConfigError(f"batch_size must be 1..{backend.transport.max_batch} on this backend, "
                               f"got {self.batch_size}")
 

@@ -43,7 +43,8 @@ class Codec:
         except UnicodeEncodeError as exc:  # bytes another program wrote, read with surrogateescape
             raise MalformedMessage(f"body is not valid UTF-8 (at character {exc.start})") from None
         if size > self.max_body_bytes:
-            raise MalformedMessage(f"body is {size} bytes, over the {self.max_body_bytes}-byte limit")
+            raise MalformedMessage(f"body is {size} bytes, over the {self.max_body_bytes}-byte limit",
+                                   job_id=self._job_of(body))
         env = self._envelope(body)
         # Ids become keys in every store, and the payload travels on to stores and queues:
         # what some backend cannot store (see ``orchestrator.storable``) would fail the write
@@ -58,6 +59,15 @@ class Codec:
         if problem is not None:
             raise MalformedMessage(problem, job_id=env.job_id)
         return env
+
+    def _job_of(self, body: str) -> str | None:
+        """The job a body refused for its size names, if it names one: that job is FAILED with
+        the reason, not left waiting for a message that was dead-lettered."""
+        try:
+            job_id = self._envelope(body).job_id
+        except (MalformedMessage, NothingToDo):
+            return None
+        return job_id if id_problem(job_id) is None else None
 
     def _envelope(self, body: str) -> Envelope:
         if body.startswith('{"v":'):

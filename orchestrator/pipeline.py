@@ -49,10 +49,10 @@ class Pipeline:
     def add_stage(self, stage: Stage) -> Stage:
         if stage.name in self.stages:
             raise ConfigError(f"pipeline {self.name}: stage {stage.name} is defined twice")
-        stage.subscribe = tuple(stage.subscribe)
-        problems = stage.declaration_problems()
+        problems = stage.declaration_problems()  # (before the lists become tuples: a string is a mistake)
         if problems:
             raise ConfigError(f"pipeline {self.name}: " + "; ".join(problems))
+        stage.subscribe = tuple(stage.subscribe)
         self.stages[stage.name] = stage
         return stage
 

@@ -180,6 +180,12 @@ class Context:
 
 
 #: a stage's settings in seconds: whether None may stand for "no bound"
+#: the flags of a stage (True: None is allowed too, meaning "decide for me")
+_FLAGS = {"raw_subscription": False, "plain_json": False, "allow_failed": False, "offload_large_bodies": False,
+          "takes_submissions": True}
+#: the smallest body limit a stage may set: an envelope of a 512-byte job id, and room for a payload
+#: (below it the stage's messages would be dead-lettered before their job could be read from them)
+MIN_BODY_BYTES = 1024
 _SECONDS = {"visibility_timeout_s": False, "time_limit_s": True, "retry_base_s": False, "retry_max_s": False,
             "wait_s": False, "delay_s": False, "begin_after_s": False, "max_snooze_s": True}
 
@@ -292,6 +298,33 @@ class Stage:
         out += [f"stage {self.name!r}: subscribe: {problem}" for t in self.subscribe if (problem := id_problem(t, "topic"))]
         if not callable(self.handler):
             out.append(f"stage {self.name!r}: the handler must be a function (ctx, msg), got {type(self.handler).__name__}")
+        return [*out, *(f"stage {self.name!r}: {problem}" for problem in self._shape_problems())]
+
+    def _shape_problems(self) -> list[str]:
+        """Settings of the wrong kind, that Python would take and read otherwise: a string
+        where names are listed (one topic per letter), "no" where a flag is asked (true)."""
+        out = [f"{what} must be a list of names, not one string" for what in
+               ("subscribe", "required_fields", "accepts_tasks") if isinstance(getattr(self, what), str)]
+        out += [problem for t in self.accepts_tasks if not isinstance(self.accepts_tasks, str)
+                and (problem := id_problem(t, "accepts_tasks: a task"))]
+        out += [f"required_fields: {f!r} is no field name" for f in self.required_fields
+                if not isinstance(self.required_fields, str) and not (isinstance(f, str) and f.strip())]
+        out += [f"{what} must be True or False, got {value!r}" for what, optional in _FLAGS.items()
+                if not (isinstance(value := getattr(self, what), bool) or (optional and value is None))]
+        if self.dead_letter is not None:
+            if (problem := id_problem(self.dead_letter, "dead_letter")) is not None:
+                out.append(problem)
+            elif self.dead_letter == self.source:
+                out.append(f"dead_letter {self.dead_letter!r} is the stage's own source: a dead letter would come back")
+        if self.emit_format not in ("envelope", "plain"):
+            out.append(f"emit_format must be 'envelope' or 'plain', got {self.emit_format!r}")
+        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) \
+                or not self.max_body_bytes >= MIN_BODY_BYTES:
+            out.append(f"max_body_bytes must be a whole number >= {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
+        if not isinstance(self.job_id_field, str) or not self.job_id_field.strip():
+            out.append(f"job_id_field must name a field, got {self.job_id_field!r}")
+        if self.nothing_to_do is not None and not callable(self.nothing_to_do):
+            out.append(f"nothing_to_do must be a function (payload) -> bool, got {type(self.nothing_to_do).__name__}")
         return out
 
     def problems(self, *, max_visibility_s: float, max_delay_s: float, max_batch: int = 10) -> list[str]:

@@ -95,14 +95,17 @@ def test_malformed_messages_go_to_the_dead_letter_queue_with_their_reason(backen
 
 def test_an_oversize_body_is_dead_lettered(backend: Backend) -> None:
     p = Pipeline("t")
-    p.stage("s", source="in", max_body_bytes=1000)(lambda ctx, msg: Result())
+    p.stage("s", source="in", max_body_bytes=1024)(lambda ctx, msg: Result())
     p.setup(backend)
     env = Envelope(task="in", job_id="big", payload={"blob": "x" * 2000})
     backend.store.create("big")
     backend.transport.send("in", Outgoing(body=env.to_json()))
     assert drain(backend, p, "s") == [Outcome.DEAD_LETTERED]
     [(_, why)] = dead_letters(backend, "in-dlq")
-    assert "over the 1000-byte limit" in why
+    assert "over the 1024-byte limit" in why
+    # and the job it names is FAILED with the reason, not left PENDING for a message that is gone
+    job = backend.store.get("big")
+    assert job is not None and job.status == JobStatus.FAILED and "over the 1024-byte limit" in str(job.history[-1].reason)
 
 
 def test_a_stray_message_with_an_unknown_task_is_dead_lettered_without_touching_its_job(backend: Backend) -> None:

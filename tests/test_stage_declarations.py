@@ -84,3 +84,32 @@ def test_a_stage_takes_whole_number_settings_in_their_range_or_is_refused(settin
     in_range = all((v is None and k != "max_receives" and k != "priority")
                    or (type(v) is int and WHOLE[k][0] <= v <= WHOLE[k][1]) for k, v in settings.items())
     assert (p is not None) == in_range, settings
+
+
+#: setting -> (values of the right kind, values Python would take and misread)
+SHAPES: dict[str, tuple[list[Any], list[Any]]] = {
+    "dead_letter": ([None, "elsewhere-dlq"], ["", "a\x00", "in"]),  # ("in": its own source)
+    "emit_format": (["envelope", "plain"], ["xml", None]),
+    "max_body_bytes": ([1024, 262_144, 10**7], [0, -1, 1023, 2.5, True]),
+    "job_id_field": (["job_id", "archives_data.0.job_id|job_id"], ["", " ", 5, None]),
+    "required_fields": ([(), ["a"], ("a", "b")], ["abc", [5], [""]]),
+    "accepts_tasks": ([(), ["t"]], ["abc", [""], ["a\x00"]]),
+    "subscribe": ([(), ["t1", "t2"]], ["topic", [""]]),
+    "nothing_to_do": ([None, lambda payload: False], [5]),
+    "plain_json": ([True, False], ["yes", None]),
+    "takes_submissions": ([None, True, False], ["no", 0]),
+    "raw_subscription": ([True, False], [None, 1]),
+    "offload_large_bodies": ([True, False], ["true"]),
+}
+shaped = st.sampled_from(sorted(SHAPES)).flatmap(
+    lambda k: st.tuples(st.just(k), st.sampled_from([(v, True) for v in SHAPES[k][0]] + [(v, False) for v in SHAPES[k][1]])))
+
+
+@given(drawn=st.lists(shaped, unique_by=lambda kv: kv[0], max_size=4))
+@example(drawn=[("subscribe", ("topic", False))])  # subscribed to the topics "t", "o", "p", "i" and "c"
+@example(drawn=[("takes_submissions", ("no", False))])  # "no" is true: it took submissions
+@example(drawn=[("dead_letter", ("in", False))])  # every dead letter came back to the stage
+def test_a_stage_setting_of_the_wrong_kind_is_refused_where_it_is_declared(drawn: list[tuple[str, Any]]) -> None:
+    settings = {k: v for k, (v, _) in drawn}
+    p = _declare("s", "in", "out", _noop, settings)
+    assert (p is not None) == all(good for _, (_, good) in drawn), settings

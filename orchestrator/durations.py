@@ -7,6 +7,8 @@ import math
 import re
 from datetime import datetime
 
+from orchestrator.errors import InvalidArgument
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
@@ -40,3 +42,18 @@ def parse_time(text: str) -> datetime:
     if at.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone (end it with Z or an offset like +01:00)")
     return at
+
+
+def check_age(value: object, what: str = "older_than_s") -> float:
+    """``value`` as an age in seconds, or ``InvalidArgument``: NaN compares false with every
+    time, so a purge by a NaN age would take every job, however new."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def check_count(value: object, what: str = "limit") -> int:
+    """``value`` as a count of things to list or move, or ``InvalidArgument``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{what} must be a whole number >= 0, got {value!r}")
+    return value

@@ -59,6 +59,11 @@ class InvalidSubmission(OrchestratorError, ValueError):
     time long past, a priority outside 0..9."""
 
 
+class InvalidArgument(OrchestratorError, ValueError):
+    """An operation (purge, sweep, a dead-letter listing or redrive) was given a value it cannot
+    act on: an age that is NaN, infinite or negative, a count that is not a whole number."""
+
+
 class NotADeadLetterQueue(OrchestratorError, ValueError):
     """A dead-letter operation (show, redrive) named a queue that is not a dead-letter queue."""
 

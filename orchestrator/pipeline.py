@@ -100,7 +100,9 @@ class Pipeline:
         if name in self.schedules:
             raise ConfigError(f"pipeline {self.name}: schedule {name} is defined twice")
         every_s = every.total_seconds() if isinstance(every, timedelta) else every
-        sch = Schedule(name=name, payload=dict(payload or {}), queue=queue, topic=topic, cron=cron, every_s=every_s,
+        kept = {} if payload is None else dict(payload) if isinstance(payload, dict) else payload  # (a copy)
+        sch = Schedule(name=name, payload=kept,
+                       queue=queue, topic=topic, cron=cron, every_s=every_s,
                        timezone=timezone, missed=missed, priority=priority, user_id=user_id, grace_s=grace_s,
                        max_catch_up=max_catch_up)
         self.schedules[name] = sch

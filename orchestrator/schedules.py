@@ -29,6 +29,7 @@ from croniter import croniter
 from orchestrator.base import MAX_PRIORITY, Backend
 from orchestrator.errors import ConfigError
 from orchestrator.status import JobRecord
+from orchestrator.storable import id_problem, value_problem
 
 Missed = Literal["skip", "latest", "all"]
 MISSED_POLICIES: tuple[Missed, ...] = ("skip", "latest", "all")
@@ -60,30 +61,43 @@ class Schedule:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.name or "@" in self.name or len(self.name.encode()) > 200:
-            problems.append(f"schedule name {self.name!r}: 1..200 bytes, without '@'")
+        if id_problem(self.name, "schedule name") or "@" in self.name or len(self.name.encode()) > 200:
+            problems.append(f"schedule name {self.name!r}: text of 1..200 bytes, without '@' or NUL")
+        problems += [f"schedule {self.name!r}: {problem}" for problem in self._shape_problems()]
         if (self.cron is None) == (self.every_s is None):
             problems.append(f"schedule {self.name}: give cron= or every=, exactly one")
-        if self.cron is not None and not croniter.is_valid(self.cron):
+        if self.cron is not None and not (isinstance(self.cron, str) and croniter.is_valid(self.cron)):
             problems.append(f"schedule {self.name}: {self.cron!r} is not a cron expression "
                             "(five fields: minute hour day-of-month month day-of-week)")
         if self.every_s is not None and not (isinstance(self.every_s, (int, float)) and 0 < self.every_s < math.inf):
             problems.append(f"schedule {self.name}: every must be a positive interval, got {self.every_s!r}")
         try:
             ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
             problems.append(f"schedule {self.name}: unknown time zone {self.timezone!r}")
         if self.missed not in MISSED_POLICIES:
             problems.append(f"schedule {self.name}: missed must be one of {', '.join(MISSED_POLICIES)}, "
                             f"got {self.missed!r}")
         if (self.queue is None) == (self.topic is None):
             problems.append(f"schedule {self.name}: give queue= or topic=, exactly one")
-        if not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+        if isinstance(self.priority, bool) or not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
             problems.append(f"schedule {self.name}: priority must be 0..{MAX_PRIORITY}")
-        if self.max_catch_up < 1:
-            problems.append(f"schedule {self.name}: max_catch_up must be >= 1")
+        if isinstance(self.max_catch_up, bool) or not isinstance(self.max_catch_up, int) or self.max_catch_up < 1:
+            problems.append(f"schedule {self.name}: max_catch_up must be a whole number >= 1")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _shape_problems(self) -> list[str]:
+        """What each tick's submit would refuse, found once where the schedule is declared."""
+        out = [problem for what, value in (("queue", self.queue), ("topic", self.topic), ("user_id", self.user_id))
+               if (problem := id_problem(value, what, optional=True))]
+        if not isinstance(self.payload, dict):
+            out.append(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
+        elif (problem := value_problem(self.payload, "payload")) is not None:
+            out.append(problem)
+        if self.grace_s is not None and not (isinstance(self.grace_s, (int, float)) and 0 <= self.grace_s < math.inf):
+            out.append(f"grace_s must be a finite number of seconds >= 0, got {self.grace_s!r}")
+        return out
 
     # -- ticks ------------------------------------------------------------------------------
     def previous(self, t: float) -> float:

@@ -412,6 +412,10 @@ class StatusStoreContract:
         assert [r.job_id for r in store.query(user_id="alice")] == ["j0", "j2"]
         assert [r.job_id for r in store.query(status=JobStatus.RUNNING)] == ["j0"]
         assert [r.job_id for r in store.query(user_id="bob", status=JobStatus.PENDING)] == ["j1", "j3"]
+        # the status by its name, as a dashboard or a script has it
+        assert [r.job_id for r in store.query(status="RUNNING")] == ["j0"]  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="BOGUS"):
+            store.query(status="BOGUS")  # type: ignore[arg-type]
 
     @pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x" * 600, "", " "])
     def test_a_job_or_user_no_store_can_hold_is_not_found(self, store: StatusStore, bad: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -230,6 +230,8 @@ def submit_many(
     call with its reason); then the jobs and their first messages are written as ``submit``
     writes one, in units of ``BULK_CHUNK`` (on SQLite and PostgreSQL: a few statements each,
     all or none per unit). Idempotent as ``submit`` is: a resubmitted job adds nothing."""
+    if isinstance(jobs, str | bytes | Mapping) or not isinstance(jobs, Iterable):
+        raise InvalidSubmission(f"jobs must be a list of (job id, payload[, user id]), got {type(jobs).__name__}")
     due = due_time(backend.clock.now(), delay_s=delay_s, at=at)
     requests = [_request(backend, job_id, payload, queue=queue, topic=topic, user_id=user or user_id,
                          task=None, fields=None, due=due, priority=priority)

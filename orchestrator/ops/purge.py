@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from orchestrator.backends import Backend
 from orchestrator.codec import Codec
-from orchestrator.errors import MalformedMessage
+from orchestrator.durations import check_age
+from orchestrator.errors import InvalidArgument, MalformedMessage
 from orchestrator.pipeline import Pipeline
 from orchestrator.status import JobStatus
 
@@ -32,9 +33,10 @@ def purge(pipeline: Pipeline, backend: Backend, *, older_than_s: float,
           statuses: Iterable[JobStatus] = TERMINAL, dry_run: bool = False) -> PurgeReport:
     """Remove the terminal jobs among ``statuses`` unchanged for ``older_than_s`` seconds, and
     their dead letters. ``dry_run`` lists them and removes nothing."""
+    older_than_s = check_age(older_than_s)
     wanted = [JobStatus(s) for s in statuses]
     if any(s not in TERMINAL for s in wanted):
-        raise ValueError("purge removes finished jobs only: COMPLETED, FAILED or CANCELLED")
+        raise InvalidArgument("purge removes finished jobs only: COMPLETED, FAILED or CANCELLED")
     report = PurgeReport(dry_run=dry_run)
     cutoff = backend.clock.now() - older_than_s
     for status in wanted:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing
+from orchestrator.durations import check_age
 from orchestrator.pipeline import Pipeline
 from orchestrator.status import JobRecord, JobStatus, OutMessage
 
@@ -83,6 +84,7 @@ def sweep_job(pipeline: Pipeline, backend: Backend, job: JobRecord, *, dry_run: 
 
 def sweep(pipeline: Pipeline, backend: Backend, *, older_than_s: float = DEFAULT_OLDER_THAN_S,
           dry_run: bool = False) -> SweepReport:
+    older_than_s = check_age(older_than_s)
     report = SweepReport()
     now = backend.clock.now()
     for status in (JobStatus.PENDING, JobStatus.RUNNING):

@@ -332,6 +332,7 @@ class DynamoDBStatusStore(CasStatusStore):
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
         if status is not None:
+            status = JobStatus(status)  # (the name as text is taken too)
             kwargs["FilterExpression"] = Attr(self.status_attr).eq(self._status_out.get(status.value, status.value))
         if user_id is not None:
             kwargs.update(IndexName=USER_INDEX, KeyConditionExpression=Key("user_id").eq(user_id))

@@ -41,6 +41,7 @@ class MemoryStatusStore(CasStatusStore):
             return True
 
     def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+        status = None if status is None else JobStatus(status)  # (an unknown name: ValueError, as elsewhere)
         with self._lock:
             docs = list(self._jobs.values())
         return sorted(

@@ -141,7 +141,7 @@ class SqlStatusStore(CasStatusStore):
             params.append(user_id)
         if status is not None:
             sql += " AND status=?"
-            params.append(status.value)
+            params.append(JobStatus(status).value)  # (the name as text is taken too)
         rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
         return [to_record(full(decode(r[0]))) for r in rows]
 

@@ -277,7 +277,12 @@ class Stage:
     def accepts(self, task: str) -> bool:
         """A task names where a message was addressed: this stage, its queue, a topic it
         subscribes to, or a task it declares."""
-        return task in {self.name, self.source, *self.subscribe, *self.accepts_tasks}
+        return task in self._accepted
+
+    @cached_property
+    def _accepted(self) -> frozenset[str]:
+        # made once (asked for every message): a stage's names are fixed once it is declared
+        return frozenset({self.name, self.source, *self.subscribe, *self.accepts_tasks})
 
     def queue_spec(self) -> QueueSpec:
         return QueueSpec(

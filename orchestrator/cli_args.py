@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from orchestrator.base import MAX_PRIORITY
+from orchestrator.controllers.worker import MAX_CONCURRENCY
 from orchestrator.durations import parse_duration, parse_time
 from orchestrator.pipeline import Pipeline
 from orchestrator.settings import apply_settings
@@ -60,7 +61,6 @@ def positive_int(text: str) -> int:
 
 
 #: threads per worker process: beyond this, start more processes (each thread holds a batch)
-MAX_CONCURRENCY = 1024
 #: the longest long poll a receive may wait (SQS's limit; the others follow it)
 MAX_WAIT_S = 20.0
 

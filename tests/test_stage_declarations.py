@@ -113,3 +113,29 @@ def test_a_stage_setting_of_the_wrong_kind_is_refused_where_it_is_declared(drawn
     settings = {k: v for k, (v, _) in drawn}
     p = _declare("s", "in", "out", _noop, settings)
     assert (p is not None) == all(good for _, (_, good) in drawn), settings
+
+
+#: a Worker's own arguments -> (good values, bad ones)
+WORKER_ARGS: dict[str, tuple[list[Any], list[Any]]] = {
+    "concurrency": ([1, 4, 1024], [0, -1, 2.5, 10**6, True, "2"]),  # (2.5 started no thread, 10**6 a million)
+    "batch_size": ([None, 1, 100], [0, 101, 2.5, True]),
+    "wait_s": ([None, 0, 0.05, 20], [math.nan, math.inf, -1, "1"]),
+    "grace_s": ([0, 30.0], [math.nan, -1, None]),
+    "idle_queues": ([None, ["in", "out"]], ["in", [5]]),  # ("in": read as the queues "i" and "n")
+}
+worker_args = st.sampled_from(sorted(WORKER_ARGS)).flatmap(lambda k: st.tuples(
+    st.just(k), st.sampled_from([(v, True) for v in WORKER_ARGS[k][0]] + [(v, False) for v in WORKER_ARGS[k][1]])))
+
+
+@given(drawn=st.lists(worker_args, unique_by=lambda kv: kv[0], max_size=3))
+@example(drawn=[("concurrency", (2.5, False))])
+def test_a_worker_starts_with_arguments_it_can_run_with_or_is_refused(drawn: list[tuple[str, Any]]) -> None:
+    p = Pipeline("w")
+    p.stage("s", source="in")(_noop)
+    backend = memory_backend()
+    try:
+        Worker(p, "s", backend, **{k: v for k, (v, _) in drawn})
+    except ConfigError:
+        assert not all(good for _, (_, good) in drawn), drawn
+        return
+    assert all(good for _, (_, good) in drawn), drawn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -81,10 +82,10 @@ class Worker:
         self.ready = False  # readiness: a receive has succeeded
         self.stage = stage if isinstance(stage, Stage) else pipeline.get(stage)
         self.backend = backend
-        self.concurrency = max(1, concurrency)
+        self.concurrency = concurrency
         self.faults = faults
         #: messages per receive when fixed; None: sized to the handler's pace (``BatchSizer``)
-        self.batch_size = batch_size or self.stage.batch_size
+        self.batch_size = self.stage.batch_size if batch_size is None else batch_size
         self.wait_s = self.stage.wait_s if wait_s is None else wait_s
         self.id = uuid.uuid4().hex[:8]
         self.stats: Counter[str] = Counter()
@@ -95,10 +96,10 @@ class Worker:
         self._busy = 0
         self._threads: list[threading.Thread] = []
         pipeline.validate(backend)
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or not 1 <= self.batch_size <= backend.transport.max_batch):
-            raise ConfigError(f"batch_size must be 1..{backend.transport.max_batch} on this backend, "
-                              f"got {self.batch_size}")
+        problems = _problems(concurrency=concurrency, batch_size=batch_size, wait_s=wait_s, grace_s=grace_s,
+                             idle_queues=idle_queues, max_batch=backend.transport.max_batch)
+        if problems:
+            raise ConfigError(f"worker for stage {self.stage.name}: " + "; ".join(problems))
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -271,3 +272,30 @@ class Worker:
 
     def count(self, outcome: Outcome) -> int:
         return self.stats[outcome.value]
+
+
+#: the most threads one worker process runs (as the command line allows)
+MAX_CONCURRENCY = 1024
+
+
+def _problems(*, concurrency: object, batch_size: object, wait_s: object, grace_s: object, idle_queues: object,
+              max_batch: int) -> list[str]:
+    """What a worker cannot run with, each explained (a concurrency of 2.5 started no thread
+    and a million started a million; a string of queues was read letter by letter)."""
+    def whole(value: object, low: int, high: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    def seconds(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
+    out = [] if whole(concurrency, 1, MAX_CONCURRENCY) else [
+        f"concurrency must be a whole number 1..{MAX_CONCURRENCY}, got {concurrency!r}"]
+    if batch_size is not None and not whole(batch_size, 1, max_batch):
+        out.append(f"batch_size must be 1..{max_batch} on this backend, got {batch_size!r}")
+    out += [f"{name} must be a finite number of seconds >= 0, got {value!r}"
+            for name, value in (("wait_s", wait_s), ("grace_s", grace_s))
+            if not seconds(value) and not (name == "wait_s" and value is None)]  # (None: the stage's wait)
+    if idle_queues is not None and (isinstance(idle_queues, str) or not isinstance(idle_queues, list | tuple)
+                                    or not all(isinstance(q, str) for q in idle_queues)):
+        out.append(f"idle_queues must be a list of queue names, got {idle_queues!r}")
+    return out

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from examples.quickstart import pipeline as quickstart
-from orchestrator import FaultPlan, JobStatus, Pipeline, Result
+from orchestrator import ConfigError, FaultPlan, JobStatus, Pipeline, Result
 from orchestrator.codec import Codec
 from orchestrator.envelope import Envelope
 from orchestrator.testing import Simulation, crash_plans, envelopes, pipeline_property
@@ -105,3 +109,13 @@ def test_a_fault_appended_to_the_fixture_plan_fires(sim, fault_plan) -> None:  #
     # Then the crash fired once and the job still completed
     assert [f[0] for f in fault_plan.fired] == ["after_handle"]
     assert s.check_invariants().ok
+
+
+@pytest.mark.parametrize("settings", [{"stall_probability": math.nan}, {"cancel_probability": 1.5},
+                                      {"tick_probability": -0.1}, {"batch_probability": "0.5"},
+                                      {"controllers_per_stage": 0}, {"controllers_per_stage": 1.5}])
+def test_a_simulation_with_odds_or_controllers_it_cannot_run_is_refused(settings: dict[str, Any]) -> None:
+    p = Pipeline("sim")
+    p.stage("s", source="in")(lambda ctx, msg: Result())
+    with pytest.raises(ConfigError, match=next(iter(settings))):
+        Simulation(p, **settings)

@@ -24,7 +24,14 @@ from orchestrator.controllers.controller import Controller, Outcome, Steps
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.envelope import Envelope
-from orchestrator.errors import InvalidTransition, MalformedMessage, PermanentError, RetryImpossible, SimulatedCrash
+from orchestrator.errors import (
+    ConfigError,
+    InvalidTransition,
+    MalformedMessage,
+    PermanentError,
+    RetryImpossible,
+    SimulatedCrash,
+)
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import ALLOWED, WAYS_BACK, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
@@ -81,6 +88,18 @@ class Report:
         return "; ".join(parts) or "all invariants hold"
 
 
+def _check_settings(controllers_per_stage: object, **odds: object) -> None:
+    """``ConfigError`` for odds outside 0..1 (NaN never fires) or no controllers (every message
+    would wait unhandled and the run would look stuck)."""
+    problems = [f"{name} must be a probability 0..1, got {p!r}" for name, p in odds.items()
+                if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1]
+    if isinstance(controllers_per_stage, bool) or not isinstance(controllers_per_stage, int) \
+            or controllers_per_stage < 1:
+        problems.append(f"controllers_per_stage must be a whole number >= 1, got {controllers_per_stage!r}")
+    if problems:
+        raise ConfigError("simulation: " + "; ".join(problems))
+
+
 class Simulation:
     def __init__(
         self,
@@ -99,6 +118,9 @@ class Simulation:
         chaos: ChaosOdds | None = None,
         backend: Backend | None = None,
     ) -> None:
+        _check_settings(controllers_per_stage, stall_probability=stall_probability,
+                        cancel_probability=cancel_probability, retry_probability=retry_probability,
+                        tick_probability=tick_probability, batch_probability=batch_probability)
         self.random = random.Random(seed)
         if backend is not None:
             if not isinstance(backend.clock, SimClock) or not hasattr(backend.transport, "next_visible_at"):

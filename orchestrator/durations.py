@@ -50,10 +50,3 @@ def check_age(value: object, what: str = "older_than_s") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
         raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)
-
-
-def check_count(value: object, what: str = "limit") -> int:
-    """``value`` as a count of things to list or move, or ``InvalidArgument``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgument(f"{what} must be a whole number >= 0, got {value!r}")
-    return value

@@ -8,8 +8,7 @@ from typing import Any
 from orchestrator.backends import Backend
 from orchestrator.base import Outgoing, is_default_dead_letter, source_of_dead_letter
 from orchestrator.codec import Codec
-from orchestrator.durations import check_count
-from orchestrator.errors import MalformedMessage, NotADeadLetterQueue
+from orchestrator.errors import InvalidArgument, MalformedMessage, NotADeadLetterQueue
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.status import JobStatus
 from orchestrator.transports.common import DEAD_LETTER_REASON
@@ -36,7 +35,7 @@ def summary(backend: Backend, pipeline: Pipeline | None = None) -> list[dict[str
 def show(backend: Backend, queue: str, *, limit: int = 20, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """The dead letters of ``queue``, each with its reason and, where its job keeps one, the
     exception its last attempt raised (``error``: type, message, traceback)."""
-    limit = min(check_count(limit), MAX_LIMIT)  # (the databases' LIMIT takes 64 bits)
+    limit = min(_count(limit), MAX_LIMIT)  # (the databases' LIMIT takes 64 bits)
     out = []
     for d in backend.transport.peek(queue, limit):
         source = d.attributes.get("source_queue", source_of_dead_letter(queue))
@@ -87,7 +86,7 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
     left as it is (never moved backwards: a copy that is no longer needed is settled as a
     duplicate); a CANCELLED job's is refused. Refused ones stay dead-lettered. Raises
     ``NotADeadLetterQueue`` for any other queue."""
-    limit = check_count(limit)
+    limit = _count(limit)
     check_dead_letter_queue(backend, pipeline, queue)
     store, transport = backend.store, backend.transport
     done = RedriveResult([], [])
@@ -134,3 +133,10 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
                 transport.ack(d)
             done.redriven.append(d.message_id)
     return done
+
+
+def _count(limit: object) -> int:
+    """``limit`` as a count of dead letters to list or move, or ``InvalidArgument``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidArgument(f"limit must be a whole number >= 0, got {limit!r}")
+    return limit

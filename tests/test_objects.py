@@ -85,12 +85,27 @@ def test_a_large_file_is_written_from_a_stream(store: ObjectStore) -> None:
     assert store.get("big/file.bin") == big
 
 
-@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../../b", "nul\x00", ""])
+@pytest.mark.parametrize("bad", ["../x", "/abs", "a/../../b", "nul\x00", "", "\ud800", "k" * 1025, None, 5])
 def test_a_key_that_could_leave_the_store_is_refused(store: ObjectStore, bad: str) -> None:
+    # (a lone surrogate, a key over S3's 1,024 bytes and a key that is no text raised
+    # UnicodeEncodeError, OSError or TypeError from one store or another)
     for call in (lambda: store.put(bad, b"x"), lambda: store.put_file(bad, io.BytesIO(b"x")),
                  lambda: store.get(bad), lambda: store.exists(bad), lambda: store.delete(bad)):
         with pytest.raises(InvalidKey):
             call()
+
+
+@pytest.mark.parametrize("data", [None, "text", 5])
+def test_object_data_is_bytes(store: ObjectStore, data: object) -> None:
+    with pytest.raises(TypeError, match="must be bytes"):  # (None was stored as an empty object)
+        store.put("d", data)  # type: ignore[arg-type]
+    assert not store.exists("d")
+
+
+def test_on_a_file_system_a_key_part_longer_than_a_file_name_is_refused(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    with pytest.raises(InvalidKey, match="255-byte"):  # (OSError: File name too long)
+        store.put("dir/" + "y" * 256, b"x")
 
 
 def test_url_names_the_object_and_presigns_says_whether_a_browser_may_fetch_it(store: ObjectStore) -> None:

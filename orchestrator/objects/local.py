@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from orchestrator.base import ObjectStore
 from orchestrator.errors import InvalidKey, ObjectNotFound
-from orchestrator.objects.keys import validate_key
+from orchestrator.objects.keys import MAX_SEGMENT_BYTES, check_data, validate_key
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -60,6 +60,9 @@ class LocalObjectStore:
     def _dir(self, key: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
         """An open descriptor of the directory holding ``key``'s file, and the file's name."""
         parts = validate_key(key).replace("\\", "/").split("/")
+        if any(len(part.encode()) > MAX_SEGMENT_BYTES for part in parts):  # (S3 takes them; a disk does not)
+            raise InvalidKey(f"invalid object key {key[:40]!r}...: a part of it is over the {MAX_SEGMENT_BYTES}-byte "
+                             "limit of a file name")
         if create:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
         try:
@@ -121,6 +124,7 @@ class LocalObjectStore:
 
     # -- the store ------------------------------------------------------------------------------
     def put(self, key: str, data: bytes) -> None:
+        check_data(data)
         self.put_file(key, io.BytesIO(data))
 
     def put_file(self, key: str, source: BinaryIO) -> None:

@@ -8,7 +8,7 @@ from typing import BinaryIO
 from orchestrator.backends.postgres_db import PostgresDatabase
 from orchestrator.base import ObjectStore
 from orchestrator.errors import ObjectNotFound
-from orchestrator.objects.keys import validate_key
+from orchestrator.objects.keys import check_data, validate_key
 
 
 class PostgresObjectStore:
@@ -18,6 +18,7 @@ class PostgresObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         key = validate_key(key)
+        check_data(data)
         self.db.run(lambda c: c.execute(
             "INSERT INTO objects(key, data) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET data=excluded.data",
             (key, data)) and None)

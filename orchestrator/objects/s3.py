@@ -17,7 +17,7 @@ from orchestrator.aws_common import (
 )
 from orchestrator.base import ObjectStore
 from orchestrator.errors import ConfigError, ObjectArchived, ObjectNotFound
-from orchestrator.objects.keys import validate_key
+from orchestrator.objects.keys import check_data, validate_key
 
 NOT_FOUND = OBJECT_MISSING
 
@@ -67,6 +67,7 @@ class S3ObjectStore:
         return self.prefix + validate_key(key)
 
     def put(self, key: str, data: bytes) -> None:
+        check_data(data)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if self.storage_class:
             kwargs["StorageClass"] = self.storage_class

@@ -8,6 +8,7 @@ import re
 from datetime import datetime
 
 from orchestrator.errors import InvalidArgument
+from orchestrator.kinds import seconds
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -47,6 +48,6 @@ def parse_time(text: str) -> datetime:
 def check_age(value: object, what: str = "older_than_s") -> float:
     """``value`` as an age in seconds, or ``InvalidArgument``: NaN compares false with every
     time, so a purge by a NaN age would take every job, however new."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+    if not seconds(value):
         raise InvalidArgument(f"{what} must be a finite number of seconds >= 0, got {value!r}")
     return float(value)

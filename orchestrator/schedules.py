@@ -28,6 +28,7 @@ from croniter import croniter
 
 from orchestrator.base import MAX_PRIORITY, Backend
 from orchestrator.errors import ConfigError
+from orchestrator.kinds import seconds, whole
 from orchestrator.status import JobRecord
 from orchestrator.storable import id_problem, value_problem
 
@@ -80,9 +81,9 @@ class Schedule:
                             f"got {self.missed!r}")
         if (self.queue is None) == (self.topic is None):
             problems.append(f"schedule {self.name}: give queue= or topic=, exactly one")
-        if isinstance(self.priority, bool) or not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+        if not whole(self.priority, 0, MAX_PRIORITY):
             problems.append(f"schedule {self.name}: priority must be 0..{MAX_PRIORITY}")
-        if isinstance(self.max_catch_up, bool) or not isinstance(self.max_catch_up, int) or self.max_catch_up < 1:
+        if not whole(self.max_catch_up, 1):
             problems.append(f"schedule {self.name}: max_catch_up must be a whole number >= 1")
         if problems:
             raise ConfigError("; ".join(problems))
@@ -95,7 +96,7 @@ class Schedule:
             out.append(f"payload must be a JSON object (a dict), got {type(self.payload).__name__}")
         elif (problem := value_problem(self.payload, "payload")) is not None:
             out.append(problem)
-        if self.grace_s is not None and not (isinstance(self.grace_s, (int, float)) and 0 <= self.grace_s < math.inf):
+        if self.grace_s is not None and not seconds(self.grace_s):
             out.append(f"grace_s must be a finite number of seconds >= 0, got {self.grace_s!r}")
         return out
 

@@ -28,6 +28,7 @@ from orchestrator.controllers.submit import check_timing
 from orchestrator.envelope import MAX_BODY_BYTES, Envelope, derive_id
 from orchestrator.errors import ConfigError, InvalidSubmission
 from orchestrator.jobdoc import to_record
+from orchestrator.kinds import whole
 from orchestrator.status import JobRecord, JobStatus
 from orchestrator.storable import id_problem
 
@@ -323,8 +324,7 @@ class Stage:
                 out.append(f"dead_letter {self.dead_letter!r} is the stage's own source: a dead letter would come back")
         if self.emit_format not in ("envelope", "plain"):
             out.append(f"emit_format must be 'envelope' or 'plain', got {self.emit_format!r}")
-        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) \
-                or not self.max_body_bytes >= MIN_BODY_BYTES:
+        if not whole(self.max_body_bytes, MIN_BODY_BYTES):
             out.append(f"max_body_bytes must be a whole number >= {MIN_BODY_BYTES}, got {self.max_body_bytes!r}")
         if not isinstance(self.job_id_field, str) or not self.job_id_field.strip():
             out.append(f"job_id_field must name a field, got {self.job_id_field!r}")
@@ -342,8 +342,7 @@ class Stage:
                 for name in ("wait_s", "delay_s") if (value := getattr(self, name)) < 0]
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             out.append(f"stage {self.name}: time_limit_s must be > 0 or None, got {self.time_limit_s}")
-        if isinstance(self.max_receives, bool) or not isinstance(self.max_receives, int) \
-                or not 1 <= self.max_receives <= MAX_RECEIVES:
+        if not whole(self.max_receives, 1, MAX_RECEIVES):
             out.append(f"stage {self.name}: max_receives must be a whole number 1..{MAX_RECEIVES}, "
                        f"got {self.max_receives!r}")
         if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:
@@ -362,12 +361,11 @@ class Stage:
             out.append(f"stage {self.name}: retry_base_s must be between 0 and retry_max_s ({self.retry_max_s}s)")
         if self.delay_s > max_delay_s:
             out.append(f"stage {self.name}: delay_s {self.delay_s}s exceeds the backend's maximum delay of {max_delay_s:.0f}s")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or not 1 <= self.batch_size <= max_batch):
+        if self.batch_size is not None and not whole(self.batch_size, 1, max_batch):
             out.append(f"stage {self.name}: batch_size must be 1..{max_batch} on this backend, got {self.batch_size}")
         if self.max_snooze_s is not None and not self.max_snooze_s >= 0:
             out.append(f"stage {self.name}: max_snooze_s must be >= 0 or None, got {self.max_snooze_s}")
-        if isinstance(self.priority, bool) or not (isinstance(self.priority, int) and 0 <= self.priority <= MAX_PRIORITY):
+        if not whole(self.priority, 0, MAX_PRIORITY):
             out.append(f"stage {self.name}: priority must be an integer 0..{MAX_PRIORITY}, got {self.priority!r}")
         if any(not isinstance(b, int) or not 0 < b <= MAX_PRIORITY for b in self.priority_bands):
             out.append(f"stage {self.name}: priority_bands must be priorities 1..{MAX_PRIORITY}, got "

@@ -16,6 +16,7 @@ from orchestrator.base import MAX_PRIORITY, Outgoing
 from orchestrator.envelope import Envelope, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.jobdoc import Doc, to_record
+from orchestrator.kinds import seconds, whole
 from orchestrator.status import JobRecord, NewJob, OutMessage
 from orchestrator.storable import fields_problem, id_problem, value_problem
 
@@ -28,10 +29,9 @@ BULK_CHUNK = 500
 
 def check_timing(*, delay_s: float = 0.0, priority: int | None = 0) -> None:
     """Raise ``InvalidSubmission`` for a delay or priority no backend can honour."""
-    if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s < float("inf"):
+    if not seconds(delay_s):
         raise InvalidSubmission(f"delay must be a finite number of seconds >= 0, got {delay_s!r}")
-    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
-                                 or not 0 <= priority <= MAX_PRIORITY):
+    if priority is not None and not whole(priority, 0, MAX_PRIORITY):
         raise InvalidSubmission(f"priority must be an integer 0..{MAX_PRIORITY}, got {priority!r}")
 
 

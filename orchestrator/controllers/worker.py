@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
+from orchestrator.kinds import seconds, whole
 from orchestrator.middleware import Middleware
 from orchestrator.outage import is_outage
 from orchestrator.pipeline import Pipeline, Stage
@@ -282,12 +282,6 @@ def _problems(*, concurrency: object, batch_size: object, wait_s: object, grace_
               max_batch: int) -> list[str]:
     """What a worker cannot run with, each explained (a concurrency of 2.5 started no thread
     and a million started a million; a string of queues was read letter by letter)."""
-    def whole(value: object, low: int, high: int) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-    def seconds(value: object) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
-
     out = [] if whole(concurrency, 1, MAX_CONCURRENCY) else [
         f"concurrency must be a whole number 1..{MAX_CONCURRENCY}, got {concurrency!r}"]
     if batch_size is not None and not whole(batch_size, 1, max_batch):

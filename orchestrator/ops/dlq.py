@@ -9,6 +9,7 @@ from orchestrator.backends import Backend
 from orchestrator.base import Outgoing, is_default_dead_letter, source_of_dead_letter
 from orchestrator.codec import Codec
 from orchestrator.errors import InvalidArgument, MalformedMessage, NotADeadLetterQueue
+from orchestrator.kinds import whole
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.status import JobStatus
 from orchestrator.transports.common import DEAD_LETTER_REASON
@@ -137,6 +138,6 @@ def redrive(backend: Backend, pipeline: Pipeline, queue: str, *, limit: int = 10
 
 def _count(limit: object) -> int:
     """``limit`` as a count of dead letters to list or move, or ``InvalidArgument``."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    if not whole(limit, 0):
         raise InvalidArgument(f"limit must be a whole number >= 0, got {limit!r}")
     return limit

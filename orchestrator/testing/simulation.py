@@ -32,6 +32,7 @@ from orchestrator.errors import (
     RetryImpossible,
     SimulatedCrash,
 )
+from orchestrator.kinds import seconds, whole
 from orchestrator.pipeline import Context, Pipeline, Result, Snooze, Stage
 from orchestrator.status import ALLOWED, WAYS_BACK, JobStatus
 from orchestrator.testing.chaos import ChaosOdds, chaos_backend
@@ -92,9 +93,8 @@ def _check_settings(controllers_per_stage: object, **odds: object) -> None:
     """``ConfigError`` for odds outside 0..1 (NaN never fires) or no controllers (every message
     would wait unhandled and the run would look stuck)."""
     problems = [f"{name} must be a probability 0..1, got {p!r}" for name, p in odds.items()
-                if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1]
-    if isinstance(controllers_per_stage, bool) or not isinstance(controllers_per_stage, int) \
-            or controllers_per_stage < 1:
+                if not (seconds(p) and p <= 1)]  # (a finite number >= 0, as seconds are)
+    if not whole(controllers_per_stage, 1):
         problems.append(f"controllers_per_stage must be a whole number >= 1, got {controllers_per_stage!r}")
     if problems:
         raise ConfigError("simulation: " + "; ".join(problems))

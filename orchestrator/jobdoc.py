@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pydantic_core
 
 from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled
+from orchestrator.jsontext import dumps
 from orchestrator.status import ALLOWED, JobRecord, JobStatus, JoinTrigger, OutMessage, StepRecord
 from orchestrator.storable import storable_text
 
@@ -81,19 +81,10 @@ def to_doc(rec: JobRecord) -> Doc:
     return rec.model_dump(mode="json")
 
 
-# orjson writes what pydantic writes (checked byte for byte by tests/test_jobdoc.py) in a
-# third of the time; what it has no native form for (datetimes, decimals, enums, models)
-# goes through pydantic's own conversion, so ``fields`` accept what they always did.
-_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
-
-
 def encode(doc: Doc) -> str:
     """The document's JSON, as ``JobRecord.model_dump_json`` writes it (any value pydantic can
     serialise is accepted in ``fields``)."""
-    try:
-        return orjson.dumps(doc, default=pydantic_core.to_jsonable_python, option=_ORJSON_OPTIONS).decode()
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits, which pydantic writes exactly
-        return pydantic_core.to_json(doc, inf_nan_mode="null").decode()
+    return dumps(doc)
 
 
 def decode(text: str | bytes) -> Doc:

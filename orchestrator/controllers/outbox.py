@@ -60,15 +60,17 @@ def build_outbox(stage: Stage, backend: Backend, env: Envelope, result: Result) 
             problem = id_problem(target, f"emit[{i}] target") or id_problem(task, f"emit[{i}].task")
             if problem is not None:
                 raise PermanentError(problem)
-        child = env.child(stage=stage.name, index=i, task=task, payload=payload, now=now)
-        plain = em.plain if em.plain is not None else stage.emit_format == "plain"
-        body = _fit(stage, backend, _plain_body(child) if plain else child.to_json(), child.id,
-                    via_topic=topic is not None)
+        if em.plain if em.plain is not None else stage.emit_format == "plain":
+            child = env.child(stage=stage.name, index=i, task=task, payload=payload, now=now)
+            child_id, text = child.id, _plain_body(child)
+        else:
+            child_id, text = env.child_json(stage=stage.name, index=i, task=task, payload=payload, now=now)
+        body = _fit(stage, backend, text, child_id, via_topic=topic is not None)
         if em.delay_s and topic and not getattr(backend.topic, "delays", True):
             raise PermanentError(f"stage {stage.name} emitted a delayed message to topic {topic!r}, and this "
                                  "backend's topics cannot delay (emit it to a queue instead)")
         priority = em.priority if em.priority is not None else stage.priority
-        out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child.id, body=body,
+        out.append(OutMessage(kind="topic" if topic else "queue", target=target, id=child_id, body=body,
                               due_at=now + em.delay_s if em.delay_s else None, priority=priority))
     return out
 

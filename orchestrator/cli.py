@@ -48,7 +48,7 @@ from orchestrator.cli_args import (
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
 from orchestrator.errors import OrchestratorError
-from orchestrator.logging import configure_logging
+from orchestrator.logging import configure_logging, error_text
 from orchestrator.ops import cli as ops_cli
 from orchestrator.pipeline import Pipeline
 from orchestrator.schedules import describe
@@ -286,7 +286,7 @@ def _start_sweeper(pipeline: Pipeline, backend: Backend, *, every_s: float, olde
                 if report.actions:
                     log.warning("sweeper re-drove jobs", actions=report.actions[:20], count=len(report.actions))
             except Exception as exc:  # a failed sweep is retried at the next interval
-                log.warning("sweep failed", error=str(exc))
+                log.warning("sweep failed", error=error_text(exc))
 
     threading.Thread(target=loop, daemon=True, name="orchestrator-sweeper").start()
 

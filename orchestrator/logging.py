@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import structlog
+
+from orchestrator.storable import said, storable_text
+
+#: the most of an exception's traceback one log line carries (its head and its tail): a
+#: handler's exception may hold megabytes, and a console renderer given the live exception
+#: (rich's, which structlog uses when it is installed) spent minutes drawing 100 KB of one
+MAX_LOGGED_TRACEBACK_CHARS = 8 * 1024
 
 
 class _CurrentStderr:
@@ -38,3 +46,15 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+
+
+def exception_text(error: BaseException) -> str:
+    """``error``'s traceback as a log line's ``exception`` field: text, bounded, storable. Log
+    calls pass this, never the live exception (``exc_info``), so no renderer's time or output
+    grows with what an exception says."""
+    return storable_text("".join(traceback.format_exception(error)), MAX_LOGGED_TRACEBACK_CHARS)
+
+
+def error_text(error: BaseException) -> str:
+    """``error`` as a log line's ``error`` field: its type and message, bounded (head and tail)."""
+    return storable_text(f"{type(error).__name__}: {said(error)}")

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from orchestrator.base import Delivery
+from orchestrator.logging import error_text, exception_text
 from orchestrator.stage import Context, Stage
 from orchestrator.status import OutMessage
 
@@ -67,8 +68,9 @@ class LoggingMiddleware(Middleware):
                         job_id=env.job_id if env else None, attempt=delivery.receive_count)
 
     def on_retry(self, stage: Stage, delivery: Delivery, error: BaseException, delay_s: float) -> None:
-        self._log(stage, delivery).warning("handler failed; retrying", error=f"{type(error).__name__}: {error}",
-                                           retry_in_s=round(delay_s, 3), exc_info=error)
+        self._log(stage, delivery).warning("handler failed; retrying",
+                                           error=error_text(error),
+                                           retry_in_s=round(delay_s, 3), exception=exception_text(error))
 
     def on_dead_letter(self, stage: Stage, delivery: Delivery, reason: str) -> None:
         self._log(stage, delivery).error("message dead-lettered", reason=reason, queue=delivery.queue)
@@ -90,4 +92,4 @@ def call_hooks(middleware: list[Middleware], name: str, *args: object) -> None:
         try:
             getattr(m, name)(*args)
         except Exception as exc:
-            log.warning("middleware hook failed", hook=name, middleware=type(m).__name__, error=str(exc))
+            log.warning("middleware hook failed", hook=name, middleware=type(m).__name__, error=error_text(exc))

@@ -29,6 +29,7 @@ from croniter import croniter
 from orchestrator.base import MAX_PRIORITY, Backend
 from orchestrator.errors import ConfigError
 from orchestrator.kinds import seconds, whole
+from orchestrator.logging import error_text
 from orchestrator.status import JobRecord
 from orchestrator.storable import id_problem, value_problem
 
@@ -218,7 +219,7 @@ class Scheduler:
             try:
                 self.fire_due()
             except Exception as exc:
-                log.warning("firing schedules failed; trying again", error=f"{type(exc).__name__}: {exc}")
+                log.warning("firing schedules failed; trying again", error=error_text(exc))
             stop.wait(self.poll_s)
 
     def start(self, stop: threading.Event) -> threading.Thread | None:

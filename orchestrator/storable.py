@@ -43,12 +43,22 @@ def storable_text(value: object, limit: int | None = MAX_REASON_CHARS) -> str:
     """``value`` as text every store and queue takes: a lone surrogate or a NUL shown escaped,
     and past ``limit`` characters its head and its tail around " ... " (the tail of a reason
     says the attempt, of a traceback where it was raised)."""
-    text = value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else said(value)
     text = text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
     if limit is not None and len(text) > limit:
         half = (limit - 5) // 2
         text = f"{text[:half]} ... {text[-half:]}"
     return text
+
+
+def said(value: object) -> str:
+    """``str(value)``, or a note where it raises: a handler's exception is written into
+    reasons, records and logs, and one whose ``__str__`` raises must fail its own job, not
+    the batch it came in."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}: str() raised>"
 
 
 def id_problem(value: object, what: str = "job id", *, optional: bool = False) -> str | None:

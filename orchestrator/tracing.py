@@ -24,7 +24,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from orchestrator.logging import exception_text
 from orchestrator.middleware import Middleware
+from orchestrator.storable import storable_text
 
 if TYPE_CHECKING:
     from orchestrator.base import Delivery
@@ -118,7 +120,12 @@ class TracingMiddleware(Middleware):
         with self._lock:
             pair = self._open.get(self._key(delivery))
         if pair is not None:
-            pair[0].record_exception(error)
+            # the event ``record_exception`` makes, bounded and safe: it would hold every byte of
+            # the exception's message, and raise where the exception's ``__str__`` does
+            pair[0].add_event("exception", {"exception.type": type(error).__name__,
+                                            "exception.message": storable_text(error),
+                                            "exception.stacktrace": exception_text(error),
+                                            "exception.escaped": False})
             pair[0].set_attribute("orchestrator.retry_in_s", delay_s)
         self._finish(delivery, "retried", error=True)
 

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 from helpers import drain
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
-from orchestrator import JobStatus, Pipeline, Result
-from orchestrator.backends import Backend, sqlite_backend
+from orchestrator import JobStatus, PermanentError, Pipeline, Result
+from orchestrator.backends import Backend, memory_backend, sqlite_backend
 from orchestrator.cli import main
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
+from orchestrator.controllers.submit import submit_many
 from orchestrator.logging import configure_logging
 from orchestrator.ops.dlq import show
 
@@ -134,3 +138,63 @@ def test_a_job_purged_while_its_handler_failed_leaves_the_message_to_come_back(b
     [got] = backend.transport.receive("in", max_messages=1, wait_s=0, visibility_s=30)
     assert Controller(p, "s", backend).handle(got) == Outcome.RETRIED
     assert backend.transport.depth("in").total == 1 and backend.store.get("j") is None
+
+
+# -- whatever a handler raises: its own job settles, its batch-mates commit, the logs stay small --
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot say what it is")
+
+
+class _UnprintablePermanent(PermanentError):
+    def __str__(self) -> str:
+        raise RuntimeError("nor can this one")
+
+
+class _NotText(Exception):
+    def __str__(self) -> str:
+        return 42  # type: ignore[return-value]
+
+
+_messages = st.one_of(st.text(st.characters(exclude_categories=()), max_size=50),
+                      st.sampled_from(["", "\udcff\x00", "x" * 100_000]),
+                      st.integers(1, 1_000_000).map(lambda n: "y" * n))
+_raised = st.one_of(
+    st.builds(ValueError, _messages), st.builds(PermanentError, _messages), st.builds(KeyError, _messages),
+    st.just(_Unprintable()), st.just(_UnprintablePermanent()), st.just(_NotText()),
+    st.builds(lambda m: RuntimeError(m, {"nested": [m]}), _messages),
+)
+_LOGGED_CHARS = 16 * 1024
+
+
+@given(error=_raised, max_receives=st.sampled_from([1, 3]))
+@settings(deadline=None)
+def test_whatever_a_handler_raises_settles_its_own_job_and_keeps_every_log_line_small(
+        error: BaseException, max_receives: int) -> None:
+    p = Pipeline("t")
+
+    @p.stage("s", source="in", max_receives=max_receives)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.job_id == "bad":
+            raise error
+        return Result(status=JobStatus.COMPLETED)
+
+    backend = memory_backend(clock=SimClock())
+    p.setup(backend)
+    submit_many(backend, [("bad", {}), ("good", {})], queue="in")
+    with capture_logs() as logs:
+        got = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
+        outcomes = Controller(p, "s", backend, seed=1).handle_batch(got)  # never raises
+    by_job = {d.envelope.job_id: o for d, o in zip(got, outcomes, strict=True) if d.envelope is not None}
+    assert by_job["good"] == Outcome.COMMITTED
+    permanent = isinstance(error, PermanentError)
+    assert by_job["bad"] == (Outcome.FAILED if permanent else
+                             Outcome.DEAD_LETTERED if max_receives == 1 else Outcome.RETRIED)
+    bad = backend.store.get("bad")
+    assert bad is not None and bad.status == (JobStatus.RUNNING if by_job["bad"] == Outcome.RETRIED else JobStatus.FAILED)
+    # the live exception goes to no renderer, and no line grows with what the exception says
+    assert logs and not [e for e in logs if "exc_info" in e]
+    assert all(len(v) <= _LOGGED_CHARS for e in logs for v in e.values() if isinstance(v, str))
+    failed = [e for e in logs if e["event"] in ("handler failed for good", "handler failed; retrying")]
+    assert failed and all(e["exception"].startswith("Traceback (most recent call last)") for e in failed)
+    assert all(type(error).__name__ in e["exception"] for e in failed)

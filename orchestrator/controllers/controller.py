@@ -63,6 +63,7 @@ from orchestrator.errors import (
     TransactionConflict,
 )
 from orchestrator.jobdoc import CANCELLED, Doc, out_message, part_key
+from orchestrator.logging import error_text, exception_text
 from orchestrator.middleware import LoggingMiddleware, Middleware, call_hooks, overriding
 from orchestrator.objects.claim_check import resolve_body
 from orchestrator.outage import is_outage
@@ -741,7 +742,7 @@ class Controller:
             self.backend.store.note(it.job_id, event=event, stage=it.key(self.stage.name), message_id=it.env.id,
                                     reason=reason)
         except Exception as exc:
-            it.log.warning("history entry not written", history_event=event, error=f"{type(exc).__name__}: {exc}")
+            it.log.warning("history entry not written", history_event=event, error=error_text(exc))
 
     def _drop(self, it: _Item) -> Outcome:
         """The job is CANCELLED: the message has nothing left to do (and a committed step's
@@ -796,7 +797,7 @@ class Controller:
         except ConflictError as exc:  # (JobCancelled too) the write's refusal is decided on
             return self._settle_by(it, exc)
         if error is not None:  # the whole story once, with the traceback
-            it.log.error("handler failed for good", reason=reason, exc_info=error)
+            it.log.error("handler failed for good", reason=reason, exception=exception_text(error))
         if dead_letter:
             self.hook("on_dead_letter", st, d, reason)
         elif error is None:
@@ -868,7 +869,7 @@ def step_error(exc: BaseException, attempt: int, now: float) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > MAX_TRACEBACK_CHARS:
         tb = "...\n" + tb[-MAX_TRACEBACK_CHARS:]
-    return {"type": type(exc).__name__, "message": storable_text(str(exc)),
+    return {"type": type(exc).__name__, "message": storable_text(exc),
             "traceback": storable_text(tb, None), "attempt": attempt, "at": now}
 
 

@@ -27,6 +27,7 @@ from orchestrator.errors import (
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL
 from orchestrator.stage import Result, Snooze
 from orchestrator.status import JobStatus
+from orchestrator.storable import said
 
 
 class Verdict(StrEnum):
@@ -185,9 +186,9 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Undecodable(reason=reason):
             return Action(Verdict.REJECT, reason, cause=outcome)
         case Unreadable(error=exc) if attempt < max_receives:
-            return Action(Verdict.RETRY, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, f"{type(exc).__name__}: {said(exc)}", delay_s=backoff_s)
         case Unreadable(error=exc):
-            return Action(Verdict.REJECT, f"undecodable: {type(exc).__name__}: {exc} (attempt {attempt} of "
+            return Action(Verdict.REJECT, f"undecodable: {type(exc).__name__}: {said(exc)} (attempt {attempt} of "
                                           f"{max_receives})")
         case NothingAsked(reason=reason):
             return Action(Verdict.SKIP, reason)
@@ -203,7 +204,7 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Stopping():
             return Action(Verdict.RELEASE, "the worker stopped before the handler started")
         case Refused(error=exc, what=what):
-            return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {exc}"[:1000],
+            return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {said(exc)}"[:1000],
                           cause=outcome)
     raise TypeError(f"not a situation: {outcome!r}")
 
@@ -211,14 +212,14 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
 def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: float) -> Action:
     match exc:
         case InvalidTransition():
-            return Action(Verdict.DEAD_LETTER, f"handler asked for an invalid status change: {exc}")
+            return Action(Verdict.DEAD_LETTER, f"handler asked for an invalid status change: {said(exc)}")
         case RecordTooLarge() | PermanentError() | InvalidSubmission() | InvalidPayload():
             # (the last two: a value the project refused, as an Emit or Snooze built with a
             # bad delay, or a submit of a bad payload: the same code refuses it again)
-            return Action(Verdict.FAIL, str(exc) or type(exc).__name__)
+            return Action(Verdict.FAIL, said(exc) or type(exc).__name__)
         case NoResult():
-            return Action(Verdict.DEAD_LETTER, str(exc))
+            return Action(Verdict.DEAD_LETTER, said(exc))
         case _ if attempt >= max_receives:
-            return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {exc} (attempt {attempt} of {max_receives})")
+            return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {said(exc)} (attempt {attempt} of {max_receives})")
         case _:
-            return Action(Verdict.RETRY, f"{type(exc).__name__}: {exc}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, f"{type(exc).__name__}: {said(exc)}", delay_s=backoff_s)

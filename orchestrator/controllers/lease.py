@@ -10,6 +10,7 @@ import structlog
 from orchestrator.base import Delivery, Transport
 from orchestrator.clock import Cancel, Clock
 from orchestrator.errors import LeaseLostError, SimulatedCrash
+from orchestrator.logging import error_text
 
 log = structlog.get_logger("orchestrator.lease")
 
@@ -120,7 +121,7 @@ class Lease:
             if self.on_lost is not None:
                 self.on_lost(self.delivery)
         except (Exception, SimulatedCrash) as exc:  # a failed beat is retried at the next one, never fatal
-            log.warning("lease extension failed", message_id=self.delivery.message_id, error=str(exc))
+            log.warning("lease extension failed", message_id=self.delivery.message_id, error=error_text(exc))
 
     def pause(self, paused: bool = True) -> None:
         """Simulate a stalled process (GC pause, partition): its heartbeat stops firing, for

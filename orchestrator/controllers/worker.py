@@ -17,6 +17,7 @@ from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
 from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
 from orchestrator.kinds import seconds, whole
+from orchestrator.logging import error_text, exception_text
 from orchestrator.middleware import Middleware
 from orchestrator.outage import is_outage
 from orchestrator.pipeline import Pipeline, Stage
@@ -229,7 +230,8 @@ class Worker:
             self.errors.append(exc)
             if is_outage(exc):
                 return self._back_off(ctrl, exc, outages, "batch")
-            log.exception("batch not processed; left for redelivery", stage=self.stage.name)
+            log.error("batch not processed; left for redelivery", stage=self.stage.name,
+                      exception=exception_text(exc))
         finally:
             self._holding.pop(me, None)
             for lease in leases:
@@ -254,7 +256,7 @@ class Worker:
         in ``stats["unavailable"]`` and the ``on_backend_unavailable`` hook); a fixed pause
         after any other receive error. The failures in a row so far."""
         if not is_outage(exc):
-            log.warning(f"{what} failed; backing off", error=str(exc), stage=self.stage.name)
+            log.warning(f"{what} failed; backing off", error=error_text(exc), stage=self.stage.name)
             self._stopping.wait(RECEIVE_ERROR_BACKOFF_S)
             return outages
         delay = min(UNAVAILABLE_BACKOFF_MAX_S, UNAVAILABLE_BACKOFF_S * 2 ** min(outages, 20))
@@ -266,7 +268,7 @@ class Worker:
         return outages + 1
 
     def _die(self, exc: FatalBackendError) -> None:
-        log.error("worker stopping", stage=self.stage.name, error=str(exc))
+        log.error("worker stopping", stage=self.stage.name, error=error_text(exc))
         self.fatal = exc
         self._stopping.set()
 

@@ -12,7 +12,8 @@ result fields are checked against the narrowest backend before they reach any of
   are refused, not rounded: DynamoDB keeps 38 digits and JSON readers differ past 64 bits);
   finite floats (JSON has no NaN or infinity); nesting at most 32 deep (DynamoDB's limit);
   object keys that are text. Other values pydantic can write (datetimes, decimals, enums,
-  models) are written as pydantic writes them, as before.
+  sets, models) are written as pydantic writes them, and what it writes them as is held to
+  the same rule; a value it cannot write (an arbitrary object) is refused.
 
 A breach raises ``Unstorable`` (a ``PermanentError``: retrying cannot help) with where and why.
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+import pydantic_core
 
 from orchestrator.errors import PermanentError
 
@@ -138,7 +141,18 @@ def _find(v: Any, depth: int) -> tuple[str, str] | None:
         return _find(int(v), depth)
     if isinstance(v, float):
         return _find(float(v), depth)
-    return None  # what pydantic writes itself (datetimes, decimals, models)
+    return _written_by_pydantic(v, depth)
+
+
+def _written_by_pydantic(v: Any, depth: int) -> tuple[str, str] | None:
+    """Datetimes, decimals, sets, models and the like are written as pydantic writes them:
+    what it writes them as is checked as any value is; what it cannot write at all is refused
+    here (every backend but memory, which keeps objects as they are, failed at the write)."""
+    try:
+        plain = pydantic_core.to_jsonable_python(v)
+    except Exception as exc:  # PydanticSerializationError, or whatever the object's own code raises
+        return "", f"a value of type {type(v).__name__}, which no store can write ({type(exc).__name__})"
+    return None if type(plain) is type(v) else _find(plain, depth)
 
 
 def check_value(value: Any, where: str) -> None:

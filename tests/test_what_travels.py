@@ -10,6 +10,7 @@ Never a job waiting on a message no consumer can decode."""
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable
 from typing import Any
@@ -97,10 +98,17 @@ clean = st.recursive(
 clean_payloads = st.dictionaries(clean_text, clean, max_size=3)
 task_names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8).filter(str.strip)  # (a NUL is bad)
 good_items = clean_payloads | st.builds(Emit, clean_payloads, task=st.none() | task_names)
+
+
+class _Unwritable:
+    """An object no JSON writer takes (pydantic raises for it)."""
+
+
 bad_items = st.sampled_from([
     [1, 2], "text", Emit([1]),  # type: ignore[arg-type]
     Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"), Emit({}, to="q\ud800"),
     {"x": float("nan")}, {"x": 2**70}, {"x": "\udcff"},
+    {"x": _Unwritable()}, {"x": [b"\xff"]}, {"x": {"when": datetime.date(2026, 1, 1), "what": _Unwritable()}},
 ])
 
 
@@ -163,6 +171,11 @@ RETURNS: list[tuple[Callable[[int], Any], bool]] = [
     (lambda n: Snooze(1.0, reason=5), False),  # type: ignore[arg-type]
     (lambda n: Snooze(math.nan), False),
     (lambda n: Result(fields=[1]), False),  # type: ignore[arg-type]
+    (lambda n: Result(fields={"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC), "ids": {1, 2}}), True),
+    # no store could write these: memory kept the object, and every other backend failed its write
+    (lambda n: Result(fields={"x": _Unwritable()}), False),
+    (lambda n: Result(parts=[{"x": _Unwritable()}]), False),
+    (lambda n: Result(emit=[{"x": _Unwritable()}]), False),
     (lambda n: 5, False),
     (lambda n: _raise(PermanentError("p" * n + "\ud800\x00")), False),
 ]

@@ -14,11 +14,13 @@ from structlog.testing import capture_logs
 
 from orchestrator import JobStatus, PermanentError, Pipeline, Result
 from orchestrator.backends import Backend, memory_backend, sqlite_backend
+from orchestrator.base import QueueSpec
 from orchestrator.cli import main
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.submit import submit_many
 from orchestrator.logging import configure_logging
+from orchestrator.middleware import Middleware
 from orchestrator.ops.dlq import show
 
 
@@ -198,3 +200,30 @@ def test_whatever_a_handler_raises_settles_its_own_job_and_keeps_every_log_line_
     failed = [e for e in logs if e["event"] in ("handler failed for good", "handler failed; retrying")]
     assert failed and all(e["exception"].startswith("Traceback (most recent call last)") for e in failed)
     assert all(type(error).__name__ in e["exception"] for e in failed)
+
+
+@given(error=_raised, hook=st.sampled_from(["before_handle", "after_handle", "on_commit", "on_emit"]))
+@settings(deadline=None)
+def test_a_middleware_hook_that_raises_anything_is_logged_small_and_changes_nothing(
+        error: BaseException, hook: str) -> None:
+    class Raising(Middleware):
+        pass
+
+    setattr(Raising, hook, lambda self, *args: _raise(error))
+    p = Pipeline("t")
+    p.stage("s", source="in", emit_to="out")(lambda ctx, msg: Result(status=JobStatus.COMPLETED, emit=[{}]))
+    backend = memory_backend(clock=SimClock())
+    p.setup(backend)
+    backend.transport.ensure_queue(QueueSpec("out"))
+    submit_many(backend, [("a", {}), ("b", {})], queue="in")
+    with capture_logs() as logs:
+        got = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
+        outcomes = Controller(p, "s", backend, middleware=[Raising()]).handle_batch(got)
+    assert outcomes == [Outcome.COMMITTED, Outcome.COMMITTED]
+    assert backend.transport.depth("out").total == 2
+    failed = [e for e in logs if e["event"] == "middleware hook failed"]
+    assert failed and all(e["hook"] == hook and len(e["error"]) <= 2000 for e in failed)
+
+
+def _raise(error: BaseException) -> None:
+    raise error

@@ -64,6 +64,15 @@ def said(value: object) -> str:
         return f"<{type(value).__name__}: str() raised>"
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, or its type where that raises, and at most 100 characters."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<a {type(value).__name__}>"
+    return text if len(text) <= 100 else f"{text[:97]}..."
+
+
 def id_problem(value: object, what: str = "job id", *, optional: bool = False) -> str | None:
     """Why ``value`` cannot be a job (or user) id, or None when it can."""
     if value is None and optional:
@@ -120,7 +129,7 @@ def _find(v: Any, depth: int) -> tuple[str, str] | None:
             return "", f"nested more than {MAX_DEPTH} deep"
         for k, item in v.items():
             if not isinstance(k, str):
-                return "", f"key {k!r} is not text"
+                return "", f"key {shown(k)} is not text"
             bad = _find(k, depth) or _find(item, depth + 1)
             if bad is not None:
                 return f".{k}{bad[0]}", bad[1]
@@ -167,7 +176,7 @@ def fields_problem(fields: object, where: str = "fields") -> str | None:
         return f"{where} must be a JSON object (a dict), got {type(fields).__name__}"
     for name in fields:
         if not isinstance(name, str) or not name:
-            return f"{where}: field name {name!r} must be non-empty text"
+            return f"{where}: field name {shown(name)} must be non-empty text"
     return value_problem(fields, where)
 
 

@@ -104,11 +104,17 @@ class _Unwritable:
     """An object no JSON writer takes (pydantic raises for it)."""
 
 
+class _NoRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
 bad_items = st.sampled_from([
     [1, 2], "text", Emit([1]),  # type: ignore[arg-type]
     Emit({}, task="t\ud800"), Emit({}, task=" "), Emit({}, task="a\x00"), Emit({}, to="q\ud800"),
     {"x": float("nan")}, {"x": 2**70}, {"x": "\udcff"},
     {"x": _Unwritable()}, {"x": [b"\xff"]}, {"x": {"when": datetime.date(2026, 1, 1), "what": _Unwritable()}},
+    {"x": {_NoRepr(): 1}}, {"x": {("k" * 10**6,): 1}},  # keys that are not text: no repr, a megabyte of one
 ])
 
 
@@ -174,6 +180,7 @@ RETURNS: list[tuple[Callable[[int], Any], bool]] = [
     (lambda n: Result(fields={"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC), "ids": {1, 2}}), True),
     # no store could write these: memory kept the object, and every other backend failed its write
     (lambda n: Result(fields={"x": _Unwritable()}), False),
+    (lambda n: Result(fields={_NoRepr(): 1}), False),
     (lambda n: Result(parts=[{"x": _Unwritable()}]), False),
     (lambda n: Result(emit=[{"x": _Unwritable()}]), False),
     (lambda n: 5, False),

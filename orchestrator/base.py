@@ -356,7 +356,12 @@ class StatusStore(Protocol):
         """Merge fields without touching status or steps (producers, operators)."""
         ...
 
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]: ...
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None, since: float | None = None,
+              limit: int | None = None) -> list[JobRecord]:
+        """Jobs of ``user_id`` and in ``status`` (None: any), created at or after ``since``,
+        oldest first (by creation time, then id). ``limit``: only the latest ``limit`` of them,
+        read as such (a dashboard's page of a million jobs reads its page, not the million)."""
+        ...
 
 
 class ObjectStore(Protocol):

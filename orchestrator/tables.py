@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS {t}jobs (
     created_at {real} NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_user ON {t}jobs(user_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON {t}jobs(status, created_at);
+-- the latest jobs of all (a dashboard's page, its charts): read from the end of this index
+CREATE INDEX IF NOT EXISTS jobs_created ON {t}jobs(created_at, job_id);
 """
 _POSTGRES_ONLY = "CREATE TABLE IF NOT EXISTS {t}objects (key TEXT PRIMARY KEY, data BYTEA NOT NULL);\n"
 
@@ -61,3 +63,11 @@ def migrate_to_2(dialect: Dialect, schema_name: str | None = None) -> tuple[str,
     # SQLite has no ADD COLUMN IF NOT EXISTS: it runs these once, in the transaction that
     # reads the schema version, so a column is never added twice
     return tuple(s.format(**_words(dialect, schema_name)) for s in _MIGRATE_TO_2)
+
+
+def added_indexes(dialect: Dialect, schema_name: str | None = None) -> tuple[str, ...]:
+    """Indexes added since a file or schema was made, created where missing each time one is
+    opened: an index changes no row, so an earlier orchestrator still reads the tables (no
+    schema version is bumped for one)."""
+    return tuple(line.strip().rstrip(";").format(**_words(dialect, schema_name))
+                 for line in _TABLES.splitlines() if line.startswith("CREATE INDEX IF NOT EXISTS jobs_created"))

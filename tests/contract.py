@@ -417,6 +417,23 @@ class StatusStoreContract:
         with pytest.raises(ValueError, match="BOGUS"):
             store.query(status="BOGUS")  # type: ignore[arg-type]
 
+    def test_query_reads_the_latest_jobs_since_a_time(self, store: StatusStore) -> None:
+        clock = store.clock  # type: ignore[attr-defined]
+        for i in range(6):  # j0..j5 a second apart; j2 and j3 at the same time (then by id)
+            store.create(f"j{i}", user_id="alice" if i % 2 == 0 else "bob")
+            if i != 2:
+                clock.advance(1.0)
+        t0 = store.get("j0").created_at  # type: ignore[union-attr]
+        ids = lambda recs: [r.job_id for r in recs]  # noqa: E731
+        assert ids(store.query(limit=3)) == ["j3", "j4", "j5"]  # the latest, oldest first
+        assert ids(store.query(limit=4)) == ["j2", "j3", "j4", "j5"]
+        assert ids(store.query(limit=100)) == ids(store.query()) == [f"j{i}" for i in range(6)]
+        assert store.query(limit=0) == [] and store.query(limit=-1) == []
+        assert ids(store.query(since=t0 + 2)) == ["j2", "j3", "j4", "j5"]
+        assert ids(store.query(user_id="alice", limit=2)) == ["j2", "j4"]
+        assert ids(store.query(status=JobStatus.PENDING, since=t0 + 3, limit=1)) == ["j5"]
+        assert ids(store.query(since=t0 + 100)) == [] and ids(store.query(limit=2**70)) == ids(store.query())
+
     @pytest.mark.parametrize("bad", ["a\x00b", "\ud800", "x" * 600, "", " "])
     def test_a_job_or_user_no_store_can_hold_is_not_found(self, store: StatusStore, bad: str) -> None:
         # (a dashboard's URL, an API call: not an error of the database's, a job that is not there)

@@ -245,3 +245,36 @@ def test_in_chromium_find_a_failed_job_see_its_traceback_redrive_and_watch_the_c
         b.add_cookie({"name": COOKIE, "value": old})
         b.get(f"{url}/jobs")
         assert "/signin" in b.current_url
+
+
+def test_a_search_reads_the_latest_page_and_finds_by_stage_among_the_latest(tmp_path: Path) -> None:
+    from orchestrator.clock import SimClock
+    from orchestrator.controllers.submit import submit_many
+    from orchestrator.web import views
+
+    clock = SimClock()
+    backend = sqlite_backend(tmp_path / "many.db", clock=clock)
+    p = shop()
+    p.setup(backend)
+    for start in range(0, 300, 100):
+        submit_many(backend, [(f"o{i:03}", {"amount": 1, "card": "ok"}, "ann") for i in range(start, start + 100)],
+                    queue="orders")
+        clock.advance(60)
+    reads: list[dict[str, Any]] = []
+    query = backend.store.query
+
+    def counted(**kw: Any) -> Any:
+        reads.append(kw)
+        return query(**kw)
+
+    backend.store.query = counted  # type: ignore[method-assign]
+    page = views.search(backend, limit=5)
+    assert [r.job_id for r in page] == ["o299", "o298", "o297", "o296", "o295"]  # the latest first
+    assert reads[-1]["limit"] == 5  # the store read the page, not the 300
+    # a job of the first batch that moved on to a later stage is found by that stage
+    run(backend, p)
+    assert {r.job_id for r in views.search(backend, stage="ship", limit=500)} == {f"o{i:03}" for i in range(300)}
+    assert [r.job_id for r in views.search(backend, since=clock.now() - 90, limit=2)] == ["o299", "o298"]
+    rows = views.overview(p, backend)
+    assert reads[-1]["limit"] == views.CHART_JOBS and sum(rows[0].committed) == 300
+    backend.close()

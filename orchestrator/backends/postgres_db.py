@@ -257,6 +257,8 @@ class PostgresDatabase:
                 for statement in tables.migrate_to_2("postgres", s):
                     c.conn.execute(statement)
                 c.execute(f"UPDATE {s}.schema_version SET version=?", (SCHEMA_VERSION,))
+            for statement in tables.added_indexes("postgres", s):
+                c.conn.execute(statement)
 
         # Straight to the server, without the pool's retries: a wrong URL or a server that is
         # down fails the command at once, with the reason.

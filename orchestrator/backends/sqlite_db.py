@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from orchestrator.errors import ConfigError, DatabaseGone
-from orchestrator.tables import migrate_to_2
+from orchestrator.tables import added_indexes, migrate_to_2
 from orchestrator.tables import schema as table_schema
 
 T = TypeVar("T")
@@ -119,6 +119,8 @@ class SqliteDatabase:
                 raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
                                   f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
             self._migrate(c, found)
+            for statement in added_indexes("sqlite"):
+                c.execute(statement)
             return
         ours = tables & OUR_TABLES
         jobs_cols = {r[1] for r in c.execute("PRAGMA table_info(jobs)")} if "jobs" in tables else set()

@@ -36,7 +36,7 @@ def effective_settings(pipeline: Pipeline) -> list[dict[str, Any]]:
 def handler_p99(backend: Backend, stage: str) -> tuple[float, int] | None:
     """The 99th percentile of the stage's committed steps' durations (begin to commit) over
     the latest jobs, and how many steps it saw; None without enough of them."""
-    jobs = backend.store.query()[-SAMPLE_JOBS:]
+    jobs = backend.store.query(limit=SAMPLE_JOBS)
     took = sorted(s.finished_at - s.started_at for j in jobs for k, s in j.steps.items()
                   if (k == stage or k.startswith(f"{stage}#")) and s.state == "committed"
                   and s.started_at is not None and s.finished_at is not None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator import jobdoc
 from orchestrator.base import PreparedWrites
@@ -20,6 +20,8 @@ from orchestrator.errors import ConflictError, JobNotFound, StoreError
 from orchestrator.jobdoc import Doc, to_record
 from orchestrator.status import BeginItem, CommitItem, JobRecord, JobStatus, JoinTrigger, NewJob, OutMessage
 from orchestrator.storable import id_problem
+
+T = TypeVar("T")
 
 MAX_CAS_RETRIES = 50
 
@@ -38,6 +40,13 @@ class Prepared:
 
 class VersionConflict(Exception):
     """Internal: the record changed between load and swap."""
+
+
+def latest(found: list[T], limit: int | None) -> list[T]:
+    """The last ``limit`` of ``found`` (all of it for None; none for 0 or less)."""
+    if limit is None:
+        return found
+    return found[-limit:] if limit > 0 else []
 
 
 def holdable(job_ids: Iterable[str]) -> list[str]:
@@ -80,7 +89,8 @@ class CasStatusStore(ABC):
         self._swap(record, 0)
 
     @abstractmethod
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]: ...
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None, since: float | None = None,
+              limit: int | None = None) -> list[JobRecord]: ...
 
     @abstractmethod
     def delete(self, job_id: str, *, version: int) -> bool:

@@ -32,7 +32,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import RecordTooLarge, StoreError
 from orchestrator.jobdoc import Doc, full, lean, to_record
 from orchestrator.status import JobRecord, JobStatus
-from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict, holdable, unholdable
+from orchestrator.stores.cas import CasStatusStore, Prepared, VersionConflict, holdable, latest, unholdable
 
 BATCH_GET_MAX = 100
 ACCESS_DENIED = FORBIDDEN
@@ -324,10 +324,13 @@ class DynamoDBStatusStore(CasStatusStore):
             raise
         return True
 
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None, since: float | None = None,
+              limit: int | None = None) -> list[JobRecord]:
+        """As the protocol says; without a user, a scan of the table (DynamoDB keeps no order
+        by creation time across users), so ``limit`` saves the records' conversion, not the read."""
         from boto3.dynamodb.conditions import Attr, Key
 
-        if unholdable(user_id):
+        if unholdable(user_id) or (limit is not None and limit <= 0):
             return []
         items: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {}
@@ -346,8 +349,9 @@ class DynamoDBStatusStore(CasStatusStore):
             if "LastEvaluatedKey" not in resp:
                 break
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-        recs = [to_record(self._from_item(i)) for i in items]
-        return sorted(recs, key=lambda r: (r.created_at, r.job_id))
+        docs = sorted((d for d in map(self._from_item, items) if since is None or d["created_at"] >= since),
+                      key=lambda d: (d["created_at"], d["job_id"]))
+        return [to_record(d) for d in latest(docs, limit)]
 
 
 _: type[StatusStore] = DynamoDBStatusStore

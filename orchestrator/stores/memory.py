@@ -9,7 +9,7 @@ from orchestrator.base import StatusStore
 from orchestrator.clock import Clock
 from orchestrator.jobdoc import Doc, to_record
 from orchestrator.status import JobRecord, JobStatus
-from orchestrator.stores.cas import CasStatusStore, VersionConflict
+from orchestrator.stores.cas import CasStatusStore, VersionConflict, latest
 
 
 class MemoryStatusStore(CasStatusStore):
@@ -40,15 +40,16 @@ class MemoryStatusStore(CasStatusStore):
             del self._jobs[job_id]
             return True
 
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None, since: float | None = None,
+              limit: int | None = None) -> list[JobRecord]:
         status = None if status is None else JobStatus(status)  # (an unknown name: ValueError, as elsewhere)
         with self._lock:
             docs = list(self._jobs.values())
-        return sorted(
-            (to_record(d) for d in docs
-             if (user_id is None or d["user_id"] == user_id) and (status is None or d["status"] == status)),
-            key=lambda r: (r.created_at, r.job_id),
-        )
+        found = sorted((d for d in docs if (user_id is None or d["user_id"] == user_id)
+                        and (status is None or d["status"] == status)
+                        and (since is None or d["created_at"] >= since)),
+                       key=lambda d: (d["created_at"], d["job_id"]))
+        return [to_record(d) for d in latest(found, limit)]
 
 
 _: type[StatusStore] = MemoryStatusStore

@@ -132,16 +132,19 @@ class SqlStatusStore(CasStatusStore):
         return bool(self.db.run(lambda c: c.execute(
             "DELETE FROM jobs WHERE job_id=? AND version=?", (job_id, version)).rowcount))
 
-    def query(self, *, user_id: str | None = None, status: JobStatus | None = None) -> list[JobRecord]:
-        if unholdable(user_id):
+    def query(self, *, user_id: str | None = None, status: JobStatus | None = None, since: float | None = None,
+              limit: int | None = None) -> list[JobRecord]:
+        if unholdable(user_id) or (limit is not None and limit <= 0):
             return []
-        sql, params = "SELECT doc FROM jobs WHERE 1=1", []
-        if user_id is not None:
-            sql += " AND user_id=?"
-            params.append(user_id)
-        if status is not None:
-            sql += " AND status=?"
-            params.append(JobStatus(status).value)  # (the name as text is taken too)
+        sql, params = "SELECT doc, created_at, job_id FROM jobs WHERE 1=1", []
+        for column, value in (("user_id=?", user_id), ("created_at>=?", since),
+                              ("status=?", None if status is None else JobStatus(status).value)):  # (a name too)
+            if value is not None:
+                sql += f" AND {column}"
+                params.append(value)
+        if limit is not None:  # the latest, newest first through the index, then put back in order
+            sql = f"SELECT doc FROM ({sql} ORDER BY created_at DESC, job_id DESC LIMIT ?) AS latest"
+            params.append(min(limit, 2**63 - 1))
         rows = self.db.read(sql + " ORDER BY created_at, job_id", tuple(params))
         return [to_record(full(decode(r[0]))) for r in rows]
 

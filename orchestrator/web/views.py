@@ -18,6 +18,8 @@ WINDOW_S = 3600.0
 BUCKETS = 12  # five-minute bars over the hour
 #: jobs read for the charts (the latest; a busy pipeline's older hour is sampled away)
 CHART_JOBS = 5000
+#: jobs a search by stage or id prefix looks through (the latest of the status, user and time asked)
+SEARCH_SCAN = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class StageRow:
 
 def overview(pipeline: Pipeline, backend: Backend, *, now: float | None = None) -> list[StageRow]:
     now = backend.clock.now() if now is None else now
-    jobs = backend.store.query()[-CHART_JOBS:]
+    jobs = backend.store.query(limit=CHART_JOBS)
     rows = []
     for st in pipeline.stages.values():
         depth = backend.transport.depth(st.source)
@@ -59,14 +61,16 @@ def overview(pipeline: Pipeline, backend: Backend, *, now: float | None = None) 
 
 def search(backend: Backend, *, status: str | None = None, stage: str | None = None, user: str | None = None,
            since: float | None = None, job_id: str | None = None, limit: int = 100) -> list[JobRecord]:
-    """Jobs by status, stage, user, creation time and id (a prefix), the latest first."""
+    """Jobs by status, stage, user, creation time and id (a prefix), the latest first. The
+    store reads only the latest ``limit`` (of the status, user and time asked for); a search
+    by stage or id prefix looks through the latest ``SEARCH_SCAN`` of those."""
     if job_id:
         exact = backend.store.get(job_id)
         if exact is not None:
             return [exact]
-    found = [r for r in backend.store.query(user_id=user or None, status=JobStatus(status) if status else None)
-             if (since is None or r.created_at >= since)
-             and (not stage or any(k == stage or k.startswith(f"{stage}#") for k in r.steps))
+    found = backend.store.query(user_id=user or None, status=JobStatus(status) if status else None, since=since,
+                                limit=SEARCH_SCAN if stage or job_id else limit)
+    found = [r for r in found if (not stage or any(k == stage or k.startswith(f"{stage}#") for k in r.steps))
              and (not job_id or r.job_id.startswith(job_id))]
     return list(reversed(found))[:limit]
 

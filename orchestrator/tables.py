@@ -65,9 +65,14 @@ def migrate_to_2(dialect: Dialect, schema_name: str | None = None) -> tuple[str,
     return tuple(s.format(**_words(dialect, schema_name)) for s in _MIGRATE_TO_2)
 
 
-def added_indexes(dialect: Dialect, schema_name: str | None = None) -> tuple[str, ...]:
-    """Indexes added since a file or schema was made, created where missing each time one is
-    opened: an index changes no row, so an earlier orchestrator still reads the tables (no
-    schema version is bumped for one)."""
-    return tuple(line.strip().rstrip(";").format(**_words(dialect, schema_name))
-                 for line in _TABLES.splitlines() if line.startswith("CREATE INDEX IF NOT EXISTS jobs_created"))
+#: indexes added since a file or schema was first made
+_ADDED_INDEXES = ("jobs_created",)
+
+
+def added_indexes(dialect: Dialect, schema_name: str | None = None) -> dict[str, str]:
+    """Index name -> its statement, for the indexes added since a file or schema was made,
+    created where missing each time one is opened: an index changes no row, so an earlier
+    orchestrator still reads the tables (no schema version is bumped for one)."""
+    words = _words(dialect, schema_name)
+    return {name: line.strip().rstrip(";").format(**words) for name in _ADDED_INDEXES
+            for line in _TABLES.splitlines() if line.startswith(f"CREATE INDEX IF NOT EXISTS {name} ")}

@@ -196,7 +196,7 @@ def test_a_database_from_before_priorities_is_migrated_in_place_and_keeps_its_me
     sqlite_backend(path).close()
     c = sqlite3.connect(path)
     c.executescript("""
-        DROP INDEX messages_ready_p;
+        DROP INDEX messages_ready_p; DROP INDEX jobs_created;
         ALTER TABLE messages DROP COLUMN priority;
         ALTER TABLE queues DROP COLUMN priorities;
         CREATE INDEX messages_ready ON messages(queue, visible_at, seq);
@@ -215,6 +215,8 @@ def test_a_database_from_before_priorities_is_migrated_in_place_and_keeps_its_me
         assert [d.message_id for d in got] == ["new", "old"]
         version = b.transport.db.read("SELECT MAX(version) FROM schema_version")[0][0]  # type: ignore[attr-defined]
         assert version == 2
+        # and the index a page of the latest jobs reads is there (added with no version bump)
+        assert b.transport.db.read("SELECT name FROM sqlite_master WHERE name='jobs_created'")  # type: ignore[attr-defined]
     finally:
         b.close()
 
@@ -229,6 +231,7 @@ def test_a_postgres_schema_from_before_priorities_is_migrated_in_place(pg_url: s
     schema = pg_url.rsplit("schema=", 1)[1]
     with psycopg.connect(pg_url.split("?")[0], autocommit=True) as conn:
         conn.execute(f"DROP INDEX {schema}.messages_ready_p")
+        conn.execute(f"DROP INDEX {schema}.jobs_created")
         conn.execute(f"ALTER TABLE {schema}.messages DROP COLUMN priority")
         conn.execute(f"ALTER TABLE {schema}.queues DROP COLUMN priorities")
         conn.execute(f"CREATE INDEX messages_ready ON {schema}.messages(queue, visible_at, seq)")
@@ -240,6 +243,8 @@ def test_a_postgres_schema_from_before_priorities_is_migrated_in_place(pg_url: s
         b.transport.send("q", Outgoing(body="urgent", message_id="new", priority=9))
         got = b.transport.receive("q", max_messages=10, wait_s=0, visibility_s=30)
         assert sorted(d.message_id for d in got) == ["new", "old"] and got[0].message_id == "new"
+        assert b.transport.db.read("SELECT indexname FROM pg_indexes WHERE schemaname=? AND indexname='jobs_created'",  # type: ignore[attr-defined]
+                                   (schema,))
     finally:
         b.close()
 

@@ -257,8 +257,12 @@ class PostgresDatabase:
                 for statement in tables.migrate_to_2("postgres", s):
                     c.conn.execute(statement)
                 c.execute(f"UPDATE {s}.schema_version SET version=?", (SCHEMA_VERSION,))
-            for statement in tables.added_indexes("postgres", s):
-                c.conn.execute(statement)
+            # looked up first: CREATE INDEX IF NOT EXISTS locks the table against writes even
+            # when the index is there, and every worker's start would wait for the writers
+            have = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE schemaname=?", (s,)).fetchall()}
+            for name, statement in tables.added_indexes("postgres", s).items():
+                if name not in have:
+                    c.conn.execute(statement)
 
         # Straight to the server, without the pool's retries: a wrong URL or a server that is
         # down fails the command at once, with the reason.

@@ -119,7 +119,7 @@ class SqliteDatabase:
                 raise ConfigError(f"database {self.path} is at schema version {found}, newer than this orchestrator "
                                   f"knows ({SCHEMA_VERSION}): upgrade orchestrator before using it")
             self._migrate(c, found)
-            for statement in added_indexes("sqlite"):
+            for statement in added_indexes("sqlite").values():
                 c.execute(statement)
             return
         ours = tables & OUR_TABLES

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from orchestrator import ConfigError, JobStatus, Pipeline, Result
 from orchestrator.backends import Backend, sqlite_backend
 from orchestrator.clock import SimClock
+from orchestrator.controllers.submit import submit, submit_many
 from orchestrator.errors import InvalidArgument, InvalidSubmission
 from orchestrator.ops import dlq, purge, sweep
 
@@ -129,3 +130,36 @@ def test_a_bulk_submit_of_no_list_is_refused(tmp_path: Any, jobs: Any) -> None:
     with pytest.raises(InvalidSubmission, match="jobs must be a list"):
         p.submit_many(backend, jobs, queue="in")
     assert backend.store.query() == []
+
+
+#: (argument, a value, whether a submit takes it)
+SUBMIT_ARGS = st.sampled_from([
+    ("priority", 0, True), ("priority", 9, True), ("priority", None, False), ("priority", 10, False),
+    ("priority", -1, False), ("priority", 2.5, False), ("priority", True, False), ("priority", "1", False),
+    ("delay_s", 0, True), ("delay_s", 3600.5, True), ("delay_s", None, False), ("delay_s", math.nan, False),
+    ("delay_s", -1, False), ("delay_s", "5", False), ("user_id", "ann", True), ("user_id", None, True),
+    ("user_id", 5, False), ("user_id", "", False), ("user_id", "a\x00", False),
+])
+
+
+@given(arg=SUBMIT_ARGS, many=st.booleans())
+def test_a_submit_takes_its_timing_and_owner_or_refuses_them_with_invalid_submission(
+        tmp_path_factory: pytest.TempPathFactory, arg: tuple[str, Any, bool], many: bool) -> None:
+    name, value, good = arg
+    p = Pipeline("ops")
+    p.stage("s", source="in")(lambda ctx, msg: None)
+    backend = sqlite_backend(tmp_path_factory.mktemp("s") / "s.db", clock=SimClock())
+    p.setup(backend)
+    try:
+        if many:
+            submit_many(backend, [("j", {})], queue="in", **{name: value})
+        else:
+            submit(backend, job_id="j", payload={}, queue="in", **{name: value})
+    except InvalidSubmission as exc:  # (InvalidPayload is one)
+        assert not good, exc
+        assert backend.store.get("j") is None and backend.transport.depth("in").total == 0  # nothing written
+    else:
+        assert good, f"{name}={value!r} was taken"
+        assert backend.store.get("j") is not None and backend.transport.depth("in").total == 1
+    finally:
+        backend.close()

@@ -162,6 +162,8 @@ def _check_same(doc: Doc, r: _Request) -> None:
 def check_submission(job_id: str, payload: dict[str, Any], *, user_id: str | None,
                      fields: dict[str, Any] | None, priority: int, task: str | None = None) -> None:
     """Refuse, with the reason, what no store could keep or no consumer could read."""
+    if priority is None:  # (an Emit's None is its stage's priority; a submit has no stage)
+        raise InvalidSubmission(f"priority must be an integer 0..{MAX_PRIORITY}, got None")
     check_timing(priority=priority)
     problem = (id_problem(job_id) or id_problem(user_id, "user id", optional=True)
                or id_problem(task or None, "task", optional=True))  # (no task: the target's)

@@ -33,6 +33,13 @@ class FatalBackendError(OrchestratorError):
     replaced): the worker stops with this error instead of working on."""
 
 
+class WorkerDied(OrchestratorError):
+    """Every thread of a worker ended on something a handler raised past the protocol (a
+    ``KeyboardInterrupt`` or a ``BaseException`` of its own, raised in the thread): the worker
+    stops with this error instead of returning as if its queue were done. The batches those
+    threads held come back after their visibility timeout."""
+
+
 class DatabaseGone(FatalBackendError, ConfigError):
     pass
 

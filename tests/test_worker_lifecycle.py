@@ -240,3 +240,52 @@ def test_a_worker_polling_an_empty_queue_without_waiting_leaves_the_other_thread
     rec = backend.store.get("j")
     assert rec is not None and rec.status == JobStatus.COMPLETED
     backend.close()
+
+
+def _exiting(raised: BaseException) -> Pipeline:
+    p = Pipeline("exits")
+
+    @p.stage("s", source="in", max_receives=2, visibility_timeout_s=1, retry_base_s=0, retry_max_s=0, wait_s=0.05)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        if msg.job_id == "bad":
+            raise raised
+        return Result(status=JobStatus.COMPLETED)
+
+    return p
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_handler_that_calls_sys_exit_fails_its_own_step_and_the_worker_works_on(concurrency: int) -> None:
+    # a script turned into a handler often ends with sys.exit(n): in a worker thread that
+    # ended the thread, its batch-mates with it, and a worker whose threads had all ended
+    # returned as if its queue were done
+    from orchestrator.backends import memory_backend
+    from orchestrator.controllers.submit import submit_many
+
+    p = _exiting(SystemExit(3))
+    backend = memory_backend()
+    p.setup(backend)
+    submit_many(backend, [("bad", {}), ("good", {}), ("good2", {})], queue="in")
+    w = Worker(p, "s", backend, concurrency=concurrency, wait_s=0.05)
+    w.run(until_idle=True)
+    status = {j: backend.store.get(j).status for j in ("bad", "good", "good2")}  # type: ignore[union-attr]
+    assert status == {"bad": JobStatus.FAILED, "good": JobStatus.COMPLETED, "good2": JobStatus.COMPLETED}
+    assert "SystemExit: 3" in (backend.store.get("bad").steps["s"].reason or "")  # type: ignore[union-attr]
+    assert not w.died
+
+
+def test_a_worker_whose_threads_all_ended_on_an_exception_says_so() -> None:
+    from structlog.testing import capture_logs
+
+    from orchestrator.backends import memory_backend
+    from orchestrator.controllers.submit import submit_many
+    from orchestrator.errors import WorkerDied
+
+    p = _exiting(KeyboardInterrupt())  # raised in a worker thread: no signal, the handler's own
+    backend = memory_backend()
+    p.setup(backend)
+    submit_many(backend, [("bad", {})], queue="in")
+    w = Worker(p, "s", backend, concurrency=1, wait_s=0.05)
+    with capture_logs() as logs, pytest.raises(WorkerDied, match="KeyboardInterrupt"):
+        w.run(until_idle=True)
+    assert [e for e in logs if e["event"].startswith("worker thread ended") and "KeyboardInterrupt" in e["exception"]]

@@ -662,7 +662,7 @@ class Controller:
                 check_fields(result.fields)
                 it.outbox = outbox.build_outbox(st, self.backend, it.env, result)
                 it.result = outcome = result
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (a script's sys.exit(): this step failed, not the worker)
             it.error = outcome = exc
         action = self._decide(it, outcome)
         took = time.monotonic() - started

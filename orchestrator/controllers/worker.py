@@ -15,7 +15,7 @@ from orchestrator.controllers.batching import BatchSizer
 from orchestrator.controllers.controller import Controller, Outcome
 from orchestrator.controllers.faults import FaultPlan
 from orchestrator.controllers.lease import Lease
-from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash
+from orchestrator.errors import ConfigError, FatalBackendError, SimulatedCrash, WorkerDied
 from orchestrator.kinds import seconds, whole
 from orchestrator.logging import error_text, exception_text
 from orchestrator.middleware import Middleware
@@ -76,6 +76,8 @@ class Worker:
         self.idle_queues = idle_queues
         #: a ``FatalBackendError`` that stopped the worker; ``run`` raises it
         self.fatal: FatalBackendError | None = None
+        #: what ended a thread past the protocol (``run`` raises ``WorkerDied`` when all ended)
+        self.died: list[BaseException] = []
         # what each thread holds right now, so a stop past the grace period can hand it back
         self._holding: dict[str, tuple[list[Delivery], list[Lease]]] = {}
         self.middleware = list(middleware or [])
@@ -167,9 +169,20 @@ class Worker:
         self.stop(drain=True, timeout=self.grace_s)
         if self.fatal is not None:
             raise self.fatal
+        if self.died and not any(t.is_alive() for t in self._threads):
+            raise WorkerDied(f"worker for stage {self.stage.name}: every thread ended on an exception "
+                             f"({error_text(self.died[0])})") from self.died[0]
 
     # -- the loop ---------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # past the protocol: the thread ends, loudly, and is counted
+            self.died.append(exc)
+            log.error("worker thread ended; its batch comes back after the visibility timeout",
+                      stage=self.stage.name, thread=threading.current_thread().name, exception=exception_text(exc))
+
+    def _serve(self) -> None:
         ctrl = Controller(self.pipeline, self.stage, self.backend, faults=self.faults, worker_id=self.id,
                           middleware=self.middleware)
         transport, st = self.backend.transport, self.stage

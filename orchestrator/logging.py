@@ -8,7 +8,7 @@ import traceback
 
 import structlog
 
-from orchestrator.storable import said, storable_text
+from orchestrator.storable import MAX_REASON_CHARS, described, storable_text
 
 #: the most of an exception's traceback one log line carries (its head and its tail): a
 #: handler's exception may hold megabytes, and a console renderer given the live exception
@@ -55,6 +55,6 @@ def exception_text(error: BaseException) -> str:
     return storable_text("".join(traceback.format_exception(error)), MAX_LOGGED_TRACEBACK_CHARS)
 
 
-def error_text(error: BaseException) -> str:
+def error_text(error: BaseException, limit: int = MAX_REASON_CHARS) -> str:
     """``error`` as a log line's ``error`` field: its type and message, bounded (head and tail)."""
-    return storable_text(f"{type(error).__name__}: {said(error)}")
+    return storable_text(described(error), limit)

@@ -64,6 +64,11 @@ def said(value: object) -> str:
         return f"<{type(value).__name__}: str() raised>"
 
 
+def described(error: BaseException) -> str:
+    """``error`` as a reason or a log's error: its type and what it says (``said``)."""
+    return f"{type(error).__name__}: {said(error)}"
+
+
 def shown(value: object) -> str:
     """``repr(value)`` for a message, or its type where that raises, and at most 100 characters."""
     try:

@@ -382,7 +382,7 @@ class Controller:
             if not is_outage(exc):
                 raise
             self.log.warning("deferred begin not written; the commits will record the steps",
-                             error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+                             error=error_text(exc, 300), batch=len(items))
             return
         for it, res in zip(items, begun, strict=True):
             if isinstance(res, Exception):
@@ -512,7 +512,7 @@ class Controller:
                 if len(items) == 1:
                     return [exc]
                 self.log.warning("a batch write was refused; isolating the message it fails for",
-                                 error=f"{type(exc).__name__}: {exc}"[:300], batch=len(items))
+                                 error=error_text(exc, 300), batch=len(items))
                 break
         mid = len(items) // 2
         first = yield from self._isolate_steps(items[:mid], write)

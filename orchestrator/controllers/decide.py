@@ -27,7 +27,7 @@ from orchestrator.errors import (
 from orchestrator.jobdoc import CANCELLED, FAILED, TERMINAL
 from orchestrator.stage import Result, Snooze
 from orchestrator.status import JobStatus
-from orchestrator.storable import said
+from orchestrator.storable import described, said
 
 
 class Verdict(StrEnum):
@@ -186,9 +186,9 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Undecodable(reason=reason):
             return Action(Verdict.REJECT, reason, cause=outcome)
         case Unreadable(error=exc) if attempt < max_receives:
-            return Action(Verdict.RETRY, f"{type(exc).__name__}: {said(exc)}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, described(exc), delay_s=backoff_s)
         case Unreadable(error=exc):
-            return Action(Verdict.REJECT, f"undecodable: {type(exc).__name__}: {said(exc)} (attempt {attempt} of "
+            return Action(Verdict.REJECT, f"undecodable: {described(exc)} (attempt {attempt} of "
                                           f"{max_receives})")
         case NothingAsked(reason=reason):
             return Action(Verdict.SKIP, reason)
@@ -204,7 +204,7 @@ def _before_handling(outcome: object, *, attempt: int, max_receives: int, backof
         case Stopping():
             return Action(Verdict.RELEASE, "the worker stopped before the handler started")
         case Refused(error=exc, what=what):
-            return Action(Verdict.REFUSED, f"the backend refused {what}: {type(exc).__name__}: {said(exc)}"[:1000],
+            return Action(Verdict.REFUSED, f"the backend refused {what}: {described(exc)}"[:1000],
                           cause=outcome)
     raise TypeError(f"not a situation: {outcome!r}")
 
@@ -220,6 +220,6 @@ def _failure(exc: BaseException, *, attempt: int, max_receives: int, backoff_s: 
         case NoResult():
             return Action(Verdict.DEAD_LETTER, said(exc))
         case _ if attempt >= max_receives:
-            return Action(Verdict.DEAD_LETTER, f"{type(exc).__name__}: {said(exc)} (attempt {attempt} of {max_receives})")
+            return Action(Verdict.DEAD_LETTER, f"{described(exc)} (attempt {attempt} of {max_receives})")
         case _:
-            return Action(Verdict.RETRY, f"{type(exc).__name__}: {said(exc)}", delay_s=backoff_s)
+            return Action(Verdict.RETRY, described(exc), delay_s=backoff_s)

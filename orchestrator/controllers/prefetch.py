@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from orchestrator.base import Delivery, Transport
 from orchestrator.errors import TransactionConflict
+from orchestrator.storable import described
 
 
 @dataclass(slots=True)
@@ -46,4 +47,4 @@ class Prefetch:
             return transport.receive(self.queue, max_messages=want, wait_s=0, visibility_s=self.visibility_s)
         except Exception as exc:
             raise TransactionConflict(f"claiming the next batch failed, so the unit runs again without it: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+                                      f"{described(exc)}") from exc

@@ -261,7 +261,7 @@ class Worker:
                 self.backend.transport.release(d, 0)
             except Exception as exc:
                 log.warning("message not handed back; it returns after its visibility timeout",
-                            stage=self.stage.name, error=f"{type(exc).__name__}: {exc}"[:300])
+                            stage=self.stage.name, error=error_text(exc, 300))
                 return
 
     def _back_off(self, ctrl: Controller, exc: Exception, outages: int, what: str) -> int:
@@ -275,7 +275,7 @@ class Worker:
         delay = min(UNAVAILABLE_BACKOFF_MAX_S, UNAVAILABLE_BACKOFF_S * 2 ** min(outages, 20))
         self.stats["unavailable"] += 1
         log.warning("backend unavailable; trying again", what=what, stage=self.stage.name, delay_s=delay,
-                    error=f"{type(exc).__name__}: {exc}"[:300])
+                    error=error_text(exc, 300))
         ctrl.hook("on_backend_unavailable", self.stage, exc, delay)
         self._stopping.wait(delay)
         return outages + 1

@@ -77,11 +77,13 @@ def ours_stage(batch: int | None, begin: str = "deferred") -> Stage:
     def run(db: str, stage: int, counter: Any) -> None:
         from orchestrator import Worker
         from orchestrator.backends import sqlite_backend
+        from orchestrator.controllers.worker import settle_process
 
         configure_logging(level="error")
         w = Worker(PIPELINES[begin], ("one", "two")[stage], sqlite_backend(db), batch_size=batch,
                    wait_s=0.02)
         w.middleware.append(Counting(counter))
+        settle_process()  # as `orchestrator worker` does before it runs
         w.run()
     return run
 
@@ -283,10 +285,12 @@ def memory_single_thread(n: int) -> float:
     from orchestrator.controllers.batching import BatchSizer
     from orchestrator.controllers.controller import Controller
     from orchestrator.controllers.submit import submit_many
+    from orchestrator.controllers.worker import settle_process
 
     backend = memory_backend()
     pipeline.setup(backend)
     submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
+    settle_process()  # as a worker process is readied
     start = time.perf_counter()
     for stage in ("one", "two"):
         st = pipeline.get(stage)

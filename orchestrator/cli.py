@@ -7,7 +7,6 @@ clear line and no traceback.
 from __future__ import annotations
 
 import argparse
-import gc
 import getpass
 import json
 import os
@@ -46,7 +45,7 @@ from orchestrator.cli_args import (
     wait_arg,
 )
 from orchestrator.controllers.faults import FaultPlan
-from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker
+from orchestrator.controllers.worker import DEFAULT_GRACE_S, Worker, settle_process
 from orchestrator.errors import OrchestratorError
 from orchestrator.logging import configure_logging, error_text
 from orchestrator.ops import cli as ops_cli
@@ -189,10 +188,8 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
     if args.sweep_every:
         _start_sweeper(pipeline, backend, every_s=args.sweep_every, older_than_s=args.sweep_older_than,
                        stop=worker.stopping_event)
-    # What is alive now (modules, the pipeline, the backend) lives as long as the process: a
-    # full garbage collection need not walk it again and again. `make bench` runs its stage
-    # processes the same way.
-    gc.freeze()
+    # `make bench` readies its stage processes the same way.
+    settle_process()
     worker.run(until_idle=args.until_idle)
     print(json.dumps({"stage": stage.name, **worker.stats}), file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator import JobStatus, Pipeline, Result, Worker
 from orchestrator.backends import sqlite_backend
+from orchestrator.controllers.worker import WORKER_GC_THRESHOLD
 from orchestrator.errors import BackendUnavailable, DatabaseGone
 from orchestrator.middleware import Middleware
 
@@ -289,3 +290,44 @@ def test_a_worker_whose_threads_all_ended_on_an_exception_says_so() -> None:
     with capture_logs() as logs, pytest.raises(WorkerDied, match="KeyboardInterrupt"):
         w.run(until_idle=True)
     assert [e for e in logs if e["event"].startswith("worker thread ended") and "KeyboardInterrupt" in e["exception"]]
+
+
+GC_SEEN = textwrap.dedent(
+    """
+    import gc
+    from orchestrator import Pipeline, Result, JobStatus
+
+    pipeline = Pipeline("gcseen")
+
+    @pipeline.stage("work", source="in", wait_s=0.05)
+    def work(ctx, msg):
+        return Result(status=JobStatus.COMPLETED,
+                      fields={"gen0": gc.get_threshold()[0], "frozen": gc.get_freeze_count()})
+    """
+)
+
+
+def test_the_cli_worker_readies_its_collector_before_it_runs(tmp_path: Path) -> None:
+    # Given a pipeline whose handler reports the collector's settings as it runs
+    (tmp_path / "gcseen.py").write_text(GC_SEEN)
+    db = tmp_path / "w.db"
+    backend = sqlite_backend(db)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from gcseen import pipeline  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(tmp_path))
+    pipeline.setup(backend)
+    pipeline.submit(backend, job_id="j", payload={}, queue="in")
+    # When `orchestrator worker` runs it
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    cmd = [sys.executable, "-m", "orchestrator", "worker", "gcseen:pipeline", "--backend", f"sqlite:///{db}",
+           "--stage", "work", "--log-level", "warning", "--until-idle"]
+    assert subprocess.run(cmd, cwd=tmp_path, env=env, timeout=60).returncode == 0
+    # Then what it loaded was frozen and young collections run no more often than the
+    # worker's threshold (not CPython's 700)
+    job = backend.store.get("j")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    assert job.fields["gen0"] == WORKER_GC_THRESHOLD
+    assert job.fields["frozen"] > 1000
+    backend.close()

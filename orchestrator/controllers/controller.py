@@ -625,9 +625,11 @@ class Controller:
         # only a raised error can be released with a backoff: a result needs no random draw
         backoff = self._backoff(it.delivery) if isinstance(outcome, BaseException | Unreadable) else 0.0
         d = it.delivery
+        # only a snooze is judged by how long its message has waited (a clock read a message)
+        waited = isinstance(outcome, Snooze) and d.first_received_at
         return decide(outcome, attempt=d.receive_count, max_receives=self.stage.max_receives,
                       lease_lost=it.lease.lost, backoff_s=backoff,
-                      waited_s=max(0.0, self.backend.clock.now() - d.first_received_at) if d.first_received_at else 0.0,
+                      waited_s=max(0.0, self.backend.clock.now() - d.first_received_at) if waited else 0.0,
                       max_snooze_s=self.stage.max_snooze_s, job_status=it.job["status"] if it.job else None)
 
     def _settle_by(self, it: _Item, situation: object) -> Outcome:

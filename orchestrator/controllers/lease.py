@@ -74,6 +74,7 @@ class Lease:
         on_extend: Callable[[Delivery], None] | None = None,
         on_lost: Callable[[Delivery], None] | None = None,
         _heartbeat: _Heartbeat | None = None,
+        _started: float | None = None,
     ) -> None:
         self.on_extend = on_extend
         self.on_lost = on_lost
@@ -82,7 +83,7 @@ class Lease:
         self.clock = clock
         self.visibility_s = visibility_s
         self.time_limit_s = time_limit_s
-        self.started = clock.now()
+        self.started = clock.now() if _started is None else _started
         self.lost = False
         self.extensions = 0
         self.active = True  # still extending (not stopped)
@@ -97,8 +98,9 @@ class Lease:
               on_lost: Callable[[Delivery], None] | None = None) -> list[Lease]:
         """A lease per delivery, all beaten by one timer."""
         heartbeat = _Heartbeat(clock, visibility_s / 3.0)
+        now = clock.now()  # (a clock read a batch: they were received together)
         leases = [cls(transport, d, clock, visibility_s=visibility_s, time_limit_s=time_limit_s,
-                      on_extend=on_extend, on_lost=on_lost, _heartbeat=heartbeat) for d in deliveries]
+                      on_extend=on_extend, on_lost=on_lost, _heartbeat=heartbeat, _started=now) for d in deliveries]
         heartbeat.start(leases)
         return leases
 

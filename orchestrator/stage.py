@@ -115,7 +115,9 @@ class Context:
     envelope: Envelope
     delivery: Delivery
     clock: Clock
-    log: FilteringBoundLogger
+    #: makes ``log``, when the handler first uses it (a logger bound for every message, used
+    #: by few, was 1.7% of a no-op pipeline's instructions)
+    bind_log: Callable[[], FilteringBoundLogger]
     objects: ObjectStore | None
     lease: Lease
     #: reads whether the job was cancelled (the controller's; None: never)
@@ -159,6 +161,11 @@ class Context:
             self._next_cancel_check = now + self.stage.visibility_timeout_s / 3
             self._cancelled = self.cancel_check()
         return self._cancelled
+
+    @cached_property
+    def log(self) -> FilteringBoundLogger:
+        """The message's logger: bound to its stage, worker, message id, attempt and job."""
+        return self.bind_log()
 
     @cached_property
     def job(self) -> JobRecord:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import structlog
 from helpers import drain
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,3 +228,38 @@ def test_a_middleware_hook_that_raises_anything_is_logged_small_and_changes_noth
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+@pytest.mark.parametrize("level", ["info", "warning"])
+def test_each_message_logs_with_its_own_context_and_info_lines_follow_the_level(level: str) -> None:
+    # Given a stage whose handler logs through ctx.log for one job and raises for another
+    p = Pipeline("t")
+
+    @p.stage("s", source="in", max_receives=3)
+    def s(ctx, msg):  # type: ignore[no-untyped-def]
+        ctx.log.warning("handler says", n=msg.payload["n"])
+        if msg.job_id == "bad":
+            raise RuntimeError("card declined")
+        return Result(status=JobStatus.COMPLETED)
+
+    backend = memory_backend(clock=SimClock())
+    p.setup(backend)
+    submit_many(backend, [("good", {"n": 1}), ("bad", {"n": 2})], queue="in")
+    configure_logging(level=level)
+    try:
+        with capture_logs() as logs:
+            got = backend.transport.receive("in", max_messages=10, wait_s=0, visibility_s=30)
+            Controller(p, "s", backend, seed=1).handle_batch(got)
+    finally:
+        structlog.reset_defaults()
+    ids = {d.envelope.job_id: d.envelope.id for d in got if d.envelope is not None}
+    # Then every line about a message carries that message's id, job and attempt (the
+    # handler's own lines too), and the per-commit info line is written only at info
+    said = {e["job_id"]: e for e in logs if e["event"] == "handler says"}
+    assert {j: (e["n"], e["message_id"], e["attempt"]) for j, e in said.items()} == \
+        {"good": (1, ids["good"], 1), "bad": (2, ids["bad"], 1)}
+    retried = [e for e in logs if e["event"] == "handler failed; retrying"]
+    assert [(e["job_id"], e["message_id"]) for e in retried] == [("bad", ids["bad"])]
+    committed = [e for e in logs if e["event"] == "step committed"]
+    assert [(e["job_id"], e["message_id"], e["stage"]) for e in committed] == \
+        ([("good", ids["good"], "s")] if level == "info" else [])

@@ -52,8 +52,8 @@ class Codec:
         problem = id_problem(env.job_id)
         if problem is not None:
             raise MalformedMessage(problem)
-        for name, value in (("id", env.id), ("task", env.task)):
-            if _text_or_none(value) is None:
+        for name, value in (("id", env.id), ("task", env.task)):  # text, as the envelope's fields are
+            if not value.isascii() and _text_or_none(value) is None:
                 raise MalformedMessage(f"{name} {value!r} is not valid Unicode text")
         problem = value_problem(env.payload, "payload") or id_problem(user_of(env), "payload.user_id", optional=True)
         if problem is not None:

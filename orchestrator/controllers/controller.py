@@ -246,7 +246,8 @@ class Controller:
         finally:
             if own:
                 for lease in held:
-                    lease.stop()
+                    if lease.active:  # (most were stopped as their delivery was settled)
+                        lease.stop()
 
     def take_prefetched(self) -> list[Delivery]:
         """The messages the last batch claimed for the next one (leased, not yet handled)."""

@@ -267,7 +267,8 @@ class Worker:
         finally:
             self._holding.pop(me, None)
             for lease in leases:
-                lease.stop()
+                if lease.active:  # (most were stopped as their delivery was settled)
+                    lease.stop()
             with self._lock:
                 self._busy -= len(batch)
         return outages

@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -110,3 +111,17 @@ def test_an_emitted_body_is_the_envelope_models_own_json(parent: Envelope, stage
     assert value_problem(payload, "payload") is None
     child = parent.child(stage=stage, index=index, task=task, payload=payload, now=now)
     assert parent.child_json(stage=stage, index=index, task=task, payload=payload, now=now) == (child.id, child.to_json())
+
+
+@pytest.mark.parametrize("field", ["id", "task"])
+@pytest.mark.parametrize("text,ok", [("\u00e9t\u00e9", True), ("\u6f22\u5b57", True), ("x\ud800", False),
+                                     ("\udfff", False)])
+def test_an_envelopes_id_and_task_are_taken_as_unicode_text_or_refused(field: str, text: str, ok: bool) -> None:
+    fields = {"v": 1, "id": "m", "task": "t", "job_id": "j", field: text}
+    body = json.dumps(fields)  # ASCII, with the non-ASCII written as \u escapes
+    if ok:
+        assert getattr(Codec().decode(body), field) == text
+        assert getattr(Codec().decode(json.dumps(fields, ensure_ascii=False)), field) == text
+    else:
+        with pytest.raises(MalformedMessage):
+            Codec().decode(body)

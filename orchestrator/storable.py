@@ -133,9 +133,13 @@ def _find(v: Any, depth: int) -> tuple[str, str] | None:
         if depth >= MAX_DEPTH:
             return "", f"nested more than {MAX_DEPTH} deep"
         for k, item in v.items():
-            if not isinstance(k, str):
-                return "", f"key {shown(k)} is not text"
-            bad = _find(k, depth) or _find(item, depth + 1)
+            if type(k) is not str or not k.isascii():  # (the usual key needs no call to tell)
+                if not isinstance(k, str):
+                    return "", f"key {shown(k)} is not text"
+                bad = _find(k, depth)
+                if bad is not None:
+                    return f".{k}{bad[0]}", bad[1]
+            bad = _find(item, depth + 1)
             if bad is not None:
                 return f".{k}{bad[0]}", bad[1]
         return None
@@ -179,6 +183,8 @@ def fields_problem(fields: object, where: str = "fields") -> str | None:
     """Why ``fields`` cannot be a job's fields (storable values under non-empty names), or None."""
     if not isinstance(fields, dict):
         return f"{where} must be a JSON object (a dict), got {type(fields).__name__}"
+    if not fields:  # a result that sets no fields, the commonest
+        return None
     for name in fields:
         if not isinstance(name, str) or not name:
             return f"{where}: field name {shown(name)} must be non-empty text"

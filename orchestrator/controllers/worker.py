@@ -41,7 +41,7 @@ DEFAULT_GRACE_S = 30.0
 #: objects allocated (less those freed) between young-generation collections in a worker
 #: process; CPython's default is 700. A message's protocol makes some hundreds of short-lived
 #: containers, nearly all freed by reference counting within the batch: at 700 the collector
-#: ran several times a batch over objects about to go anyway (2.6% of a no-op pipeline's
+#: ran several times a batch over objects about to go anyway (2.7% of a no-op pipeline's
 #: instructions; collecting no more often than every 5,000 saved all of it).
 WORKER_GC_THRESHOLD = 5000
 

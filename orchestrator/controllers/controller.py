@@ -575,12 +575,14 @@ class Controller:
     # -- pieces -----------------------------------------------------------------------------
     def _commit_item(self, it: _Item) -> CommitItem:
         fields = it.result.fields if it.result else {}
-        part = it.env.part is not None
+        if it.env.part is None:  # the usual message (no part, so no join): built once a message
+            return CommitItem(it.job_id, self.stage.name, it.env.id, self.claim_of(it), it.status, fields, it.outbox,
+                              None, None, it.delivery.receive_count, it.started_at)
         # a part keeps its fields in its own step, for the join (the parts would overwrite
         # each other's in the job's fields)
-        return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it), it.status,
-                          {} if part else fields, it.outbox, result=dict(fields) if part else None,
-                          join=self._join(it), attempt=it.delivery.receive_count, started_at=it.started_at)
+        return CommitItem(it.job_id, it.key(self.stage.name), it.env.id, self.claim_of(it), it.status, {},
+                          it.outbox, result=dict(fields), join=self._join(it), attempt=it.delivery.receive_count,
+                          started_at=it.started_at)
 
     def _join(self, it: _Item) -> JoinTrigger | None:
         """For a part of a stage that has a join: the join's one message, which the commit
@@ -667,8 +669,9 @@ class Controller:
             # process or hung): poison.
             return self._decide(it, NoResult(
                 f"gave up after {st.max_receives} attempts without a result (receive {d.receive_count})"))
-        ctx = Context(job_doc=job, stage=st, envelope=it.env, delivery=d, clock=self.backend.clock,
-                      bind_log=lambda: it.log, objects=self.backend.objects, lease=it.lease, cancel_check=self._cancel_check(it))
+        # (positional, in its fields' order: a dataclass built with keywords costs twice as much)
+        ctx = Context(job, st, it.env, d, self.backend.clock, lambda: it.log, self.backend.objects, it.lease,
+                      self._cancel_check(it))
         self.hook("before_handle", ctx)
         it.started_at = self.backend.clock.now()
         started = time.monotonic()

@@ -68,8 +68,7 @@ class Lease:
         transport: Transport,
         delivery: Delivery,
         clock: Clock,
-        *,
-        visibility_s: float,
+        visibility_s: float,  # (not keyword-only: ``batch`` makes one a message, positionally)
         time_limit_s: float | None = None,
         on_extend: Callable[[Delivery], None] | None = None,
         on_lost: Callable[[Delivery], None] | None = None,
@@ -99,8 +98,8 @@ class Lease:
         """A lease per delivery, all beaten by one timer."""
         heartbeat = _Heartbeat(clock, visibility_s / 3.0)
         now = clock.now()  # (a clock read a batch: they were received together)
-        leases = [cls(transport, d, clock, visibility_s=visibility_s, time_limit_s=time_limit_s,
-                      on_extend=on_extend, on_lost=on_lost, _heartbeat=heartbeat, _started=now) for d in deliveries]
+        leases = [cls(transport, d, clock, visibility_s, time_limit_s, on_extend, on_lost, heartbeat, now)
+                  for d in deliveries]
         heartbeat.start(leases)
         return leases
 

@@ -650,10 +650,10 @@ class Controller:
         d = it.delivery
         # only a snooze is judged by how long its message has waited (a clock read a message)
         waited = isinstance(outcome, Snooze) and d.first_received_at
-        return decide(outcome, attempt=d.receive_count, max_receives=self.stage.max_receives,
-                      lease_lost=it.lease.lost, backoff_s=backoff,
-                      waited_s=max(0.0, self.backend.clock.now() - d.first_received_at) if waited else 0.0,
-                      max_snooze_s=self.stage.max_snooze_s, job_status=it.job["status"] if it.job else None)
+        # (positionally, in decide's order: it is asked once a message)
+        return decide(outcome, d.receive_count, self.stage.max_receives, it.lease.lost, backoff,
+                      max(0.0, self.backend.clock.now() - d.first_received_at) if waited else 0.0,
+                      self.stage.max_snooze_s, it.job["status"] if it.job else None)
 
     def _settle_by(self, it: _Item, situation: object) -> Outcome:
         """Decide on ``situation`` and carry the decision out."""

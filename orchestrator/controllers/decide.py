@@ -134,7 +134,7 @@ def recorded(job: dict[str, Any], step_key: str) -> Recorded | None:
 
 
 def decide(
-    outcome: object, *, attempt: int, max_receives: int, lease_lost: bool, backoff_s: float,
+    outcome: object, attempt: int, max_receives: int, lease_lost: bool, backoff_s: float,
     waited_s: float = 0.0, max_snooze_s: float | None = None, job_status: str | None = None,
 ) -> Action:
     """The action for ``outcome``: a situation above, a handler's ``Result`` or ``Snooze`` (any

@@ -246,8 +246,7 @@ class Controller:
         finally:
             if own:
                 for lease in held:
-                    if lease.active:  # (most were stopped as their delivery was settled)
-                        lease.stop()
+                    lease.stop()
 
     def take_prefetched(self) -> list[Delivery]:
         """The messages the last batch claimed for the next one (leased, not yet handled)."""

@@ -132,4 +132,5 @@ class Lease:
             timer.paused = paused
 
     def stop(self) -> None:
-        self._heartbeat.release(self)
+        if self.active:  # (a lease stopped already needs no turn at the heartbeat's lock)
+            self._heartbeat.release(self)

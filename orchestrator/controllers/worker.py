@@ -267,8 +267,7 @@ class Worker:
         finally:
             self._holding.pop(me, None)
             for lease in leases:
-                if lease.active:  # (most were stopped as their delivery was settled)
-                    lease.stop()
+                lease.stop()
             with self._lock:
                 self._busy -= len(batch)
         return outages

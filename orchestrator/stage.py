@@ -116,7 +116,7 @@ class Context:
     delivery: Delivery
     clock: Clock
     #: makes ``log``, when the handler first uses it (a logger bound for every message, used
-    #: by few, was 1.7% of a no-op pipeline's instructions)
+    #: by few, was 1% of a no-op pipeline's instructions)
     bind_log: Callable[[], FilteringBoundLogger]
     objects: ObjectStore | None
     lease: Lease

@@ -120,7 +120,7 @@ class _Item:
     @property
     def log(self) -> Any:
         """The message's logger (its id, attempt and job), bound when a line is first logged:
-        most messages log nothing below the info level, and binding one for each was 1.7% of
+        most messages log nothing below the info level, and binding one for each was 1% of
         a no-op pipeline's instructions."""
         if self.bound is None:
             d = self.delivery

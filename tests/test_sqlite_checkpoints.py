@@ -3,6 +3,7 @@ thread of each process, not by the worker commit that happens to cross a size li
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import sqlite_backend
+from orchestrator.backends import sqlite_backend, sqlite_db
 from orchestrator.backends.sqlite_db import CHECKPOINT_INTERVAL_S, WAL_AUTOCHECKPOINT_PAGES
 
 
@@ -68,6 +69,43 @@ def test_the_checkpointer_ends_with_its_database_and_never_recreates_a_deleted_f
     assert _wait_for(lambda: not any(t.is_alive() for t in ours), timeout=20 * CHECKPOINT_INTERVAL_S)
     time.sleep(2 * CHECKPOINT_INTERVAL_S)
     assert not paths[1].exists()
+
+
+def test_a_fork_waits_until_the_checkpointer_is_out_of_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A child forked while the checkpointer held one of SQLite's own mutexes would inherit it
+    # held: its first connect would wait forever.
+    # Given a checkpointer caught inside SQLite (its checkpoint held open)
+    inside, release = threading.Event(), threading.Event()
+    real = sqlite_db._checkpoint
+
+    def held(conn: sqlite3.Connection | None, path: str) -> sqlite3.Connection:
+        inside.set()
+        release.wait(10)
+        return real(conn, path)
+
+    monkeypatch.setattr(sqlite_db, "_checkpoint", held)
+    b = sqlite_backend(tmp_path / "f.db")
+    b.store.create("j")
+    assert inside.wait(20 * CHECKPOINT_INTERVAL_S)
+    # When the process forks meanwhile
+    children: list[int] = []
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        children.append(pid)
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    # Then the fork waits for the checkpoint to end, and goes ahead once it has
+    forker.join(0.5)
+    assert forker.is_alive() and not children
+    release.set()
+    forker.join(10)
+    assert len(children) == 1
+    assert os.waitpid(children[0], 0)[1] == 0
+    b.close()
 
 
 def _page_size(path: Path) -> int:

@@ -44,15 +44,30 @@ SCHEMA_VERSION = 2
 OUR_TABLES = frozenset({"queues", "messages", "topics", "subscriptions", "jobs"})
 
 _CHECKPOINTERS_LOCK = threading.Lock()
+#: held by a checkpointer thread while it is inside SQLite, and taken by ``os.fork`` before it
+#: forks: a child forked while that thread held one of SQLite's own mutexes inherits it held,
+#: and its first ``connect`` waits forever (seen: a stage process forked by a process that had
+#: seeded the file)
+_IN_SQLITE = threading.Lock()
 
 
-def _new_lock_in_child() -> None:
-    # a fork while another thread held the lock would leave the child's copy locked forever
-    global _CHECKPOINTERS_LOCK
+def _before_fork() -> None:
+    _IN_SQLITE.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _IN_SQLITE.release()
+
+
+def _new_locks_in_child() -> None:
+    # a fork while another thread held a lock would leave the child's copy locked forever
+    # (no checkpointer thread lives on in the child: it starts its own)
+    global _CHECKPOINTERS_LOCK, _IN_SQLITE
     _CHECKPOINTERS_LOCK = threading.Lock()
+    _IN_SQLITE = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_new_locks_in_child)
 
 
 def _checkpoint_loop(db: weakref.ref[SqliteDatabase], stop: threading.Event, path: str) -> None:
@@ -64,17 +79,25 @@ def _checkpoint_loop(db: weakref.ref[SqliteDatabase], stop: threading.Event, pat
     conn = None
     try:
         while not stop.wait(CHECKPOINT_INTERVAL_S) and db() is not None:
-            try:
-                if conn is None:
-                    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True,
-                                           isolation_level=None, timeout=0, check_same_thread=False)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error:
-                if not os.path.exists(path):
-                    return
+            with _IN_SQLITE:
+                try:
+                    conn = _checkpoint(conn, path)
+                except sqlite3.Error:
+                    if not os.path.exists(path):
+                        return
     finally:
         if conn is not None:
-            conn.close()
+            with _IN_SQLITE:
+                conn.close()
+
+
+def _checkpoint(conn: sqlite3.Connection | None, path: str) -> sqlite3.Connection:
+    """One passive checkpoint (the connection opened on the first); the connection."""
+    if conn is None:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, isolation_level=None,
+                               timeout=0, check_same_thread=False)
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    return conn
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:

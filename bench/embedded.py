@@ -70,6 +70,7 @@ def ours_seed(db: str, n: int) -> None:
     backend = sqlite_backend(db)
     pipeline.setup(backend)
     submit_many(backend, [(f"b{i}", {}) for i in range(n)], queue="bench_a")
+    backend.close()  # its checkpointer thread would run on in this process beside the stages
 
 
 def ours_stage(batch: int | None, begin: str = "deferred") -> Stage:

@@ -36,6 +36,7 @@ BASELINE ?= 04b95ba
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/embedded.py --jobs 4000 --rounds 5 --out bench/RESULTS.md
+	$(BIN)/python bench/stages.py --jobs 8000 --rounds 3 --out bench/RESULTS.md --append
 	$(BIN)/python bench/scaling.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/recovery.py --out bench/RESULTS.md --append
 	$(BIN)/python bench/postgres.py --jobs 1500 --rounds 3 --out bench/RESULTS.md --append

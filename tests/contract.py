@@ -598,6 +598,33 @@ class UnitContract:
             assert [m.body for m in sent] == ([] if crash == "after_commit" else ["out"])
         assert backend.transport.depth("unit-in").in_flight == 1  # never acked
 
+    def test_a_batch_commit_that_loses_a_swap_keeps_the_writes_made_before_it_in_the_unit(
+            self, backend: Backend) -> None:
+        from orchestrator.status import CommitItem
+
+        # Given three jobs read, then two of them written by someone else: j1's step
+        # committed (its commit must lose), j2 given a field (its commit is judged again)
+        backend.transport.ensure_queue(QueueSpec("unit-out"))
+        for i in range(3):
+            backend.store.create(f"j{i}")
+        known = backend.store.get_docs(["j0", "j1", "j2"])
+        records.commit_step(backend.store, "j1", stage="s", message_id="m", claim=None, status=None, fields={},
+                            outbox=[])
+        backend.store.update_fields("j2", {"other": "writer"})
+        # When one unit sends a message, then commits the batch
+        with backend.unit():
+            backend.transport.send("unit-out", Outgoing(body="before"))
+            done = backend.store.commit_docs([CommitItem(f"j{i}", "s", "m", None, JobStatus.COMPLETED, {"i": i}, [])
+                                              for i in range(3)], known=known)
+        # Then j0 and j2 are committed, j1's commit lost, and the message sent first is there
+        assert [type(r).__name__ for r in done] == ["dict", "ConflictError", "dict"]
+        j0, j1, j2 = (backend.store.get(f"j{i}") for i in range(3))
+        assert j0 is not None and j0.status == JobStatus.COMPLETED and j0.fields == {"i": 0}
+        assert j1 is not None and j1.status == JobStatus.RUNNING and j1.commits("s") == 1 and j1.fields == {}
+        assert j2 is not None and j2.status == JobStatus.COMPLETED and j2.fields == {"other": "writer", "i": 2}
+        sent = backend.transport.receive("unit-out", max_messages=10, wait_s=0, visibility_s=VIS)
+        assert [m.body for m in sent] == ["before"]
+
     def test_a_unit_inside_a_unit_joins_it(self, backend: Backend) -> None:
         job_id, _ = self._job_and_message(backend)
         with pytest.raises(RuntimeError), backend.unit():

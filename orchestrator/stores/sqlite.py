@@ -22,10 +22,9 @@ class SqliteStatusStore(SqlStatusStore):
         super().__init__(db, clock=clock)
 
     def _swap_many(self, prepared: Sequence[tuple[int, Prepared]]) -> dict[int, Doc | StoreError]:
-        """A batch's swaps in one write transaction: the versions of its jobs read by one
-        statement, then the rows whose version is the expected one updated by one
-        ``executemany`` (the others are judged again by ``_write_many``). The read and the
-        writes hold SQLite's one write lock, so no other writer comes between them, and the
+        """A batch's swaps in one write transaction, by one ``executemany`` of conditional
+        updates (``_swap_chunk``; those that lost are judged again by ``_write_many``). The
+        statements hold SQLite's one write lock, so no other writer comes between them, and the
         lock, which every process of every stage queues for, is held for less: the swaps as one
         ``UPDATE ... FROM (VALUES ...)`` took 1.4x to 1.7x as long a row (the VALUES, each
         row's JSON, are first copied into a table of their own)."""
@@ -38,12 +37,23 @@ class SqliteStatusStore(SqlStatusStore):
         return out
 
     def _swap_chunk(self, c: Conn, chunk: Sequence[tuple[int, Prepared]]) -> list[tuple[int, Prepared]]:
+        # (the version stays a condition: each statement alone is still a compare and swap)
+        update = "UPDATE jobs SET status=?, version=?, doc=? WHERE job_id=? AND version=?"
+        rows = [(p.record["status"], p.record["version"], self._doc(p.record, p.encoded), p.record["job_id"],
+                 p.expected_version) for _, p in chunk]
+        # Every swap of a batch usually wins: then one ``executemany`` says so by its count of
+        # changed rows (the jobs are distinct, so one row each), and no read of the versions
+        # is needed first (2% of a no-op pipeline's instructions). Otherwise the batch is
+        # undone to the savepoint, and only the rows found at their expected version are swapped.
+        c.execute("SAVEPOINT swap_chunk")
+        if c.executemany(update, rows).rowcount == len(rows):
+            c.execute("RELEASE swap_chunk")
+            return list(chunk)
+        c.execute("ROLLBACK TO swap_chunk")
+        c.execute("RELEASE swap_chunk")
         ids = [p.record["job_id"] for _, p in chunk]
         current = dict(c.execute(f"SELECT job_id, version FROM jobs WHERE job_id IN ({','.join('?' * len(ids))})",
                                  ids).fetchall())
-        won = [(pos, p) for pos, p in chunk if current.get(p.record["job_id"]) == p.expected_version]
-        # (the version stays a condition: the statement alone is then still a compare and swap)
-        c.executemany("UPDATE jobs SET status=?, version=?, doc=? WHERE job_id=? AND version=?",
-                      [(p.record["status"], p.record["version"], self._doc(p.record, p.encoded), p.record["job_id"],
-                        p.expected_version) for _, p in won])
-        return won
+        won = [n for n, (_, p) in enumerate(chunk) if current.get(p.record["job_id"]) == p.expected_version]
+        c.executemany(update, [rows[n] for n in won])
+        return [chunk[n] for n in won]

@@ -36,7 +36,9 @@ def main() -> None:
     ap.add_argument("--why", type=Path, default=HERE / "why.md")
     args = ap.parse_args()
     all_rows = table_rows(args.results.read_text())
-    r = {cells[0]: cells[1:] for cells in all_rows}
+    r: dict[str, list[str]] = {}
+    for cells in all_rows:  # a row's first table: a later table may show the same system again
+        r.setdefault(cells[0], cells[1:])
     ours = num(r["ours, SQLite default, 1 proc/stage"][0])
     checks = []
 

@@ -13,7 +13,7 @@ from orchestrator.jobdoc import Doc
 from orchestrator.stores.cas import Prepared
 from orchestrator.stores.sql import SqlStatusStore
 
-#: jobs per version read (one parameter each; SQLite allows 32,766)
+#: jobs per batch of swaps (a lost swap's version read binds one parameter a job; SQLite allows 32,766)
 SWAP_CHUNK = 500
 
 
@@ -43,7 +43,7 @@ class SqliteStatusStore(SqlStatusStore):
                  p.expected_version) for _, p in chunk]
         # Every swap of a batch usually wins: then one ``executemany`` says so by its count of
         # changed rows (the jobs are distinct, so one row each), and no read of the versions
-        # is needed first (2% of a no-op pipeline's instructions). Otherwise the batch is
+        # is needed first (2.6% of a no-op pipeline's instructions). Otherwise the batch is
         # undone to the savepoint, and only the rows found at their expected version are swapped.
         c.execute("SAVEPOINT swap_chunk")
         if c.executemany(update, rows).rowcount == len(rows):

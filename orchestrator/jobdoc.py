@@ -52,8 +52,16 @@ def lean(doc: Doc) -> Doc:
     puts them back."""
     out = dict(doc)
     steps = {}
-    for k, s in doc["steps"].items():  # every write of every message: kept to one lookup a key
-        t = {n: v for n, v in s.items() if v != _default(n, _NO_DEFAULT)}
+    for k, s in doc["steps"].items():  # every write of every message
+        # a copy with deletions: a comprehension asking each of a dozen keys for its default
+        # cost half as much again
+        t = dict(s)
+        for n in _NONE_BY_DEFAULT:
+            if t.get(n, _PRESENT) is None:
+                del t[n]
+        for n, default in _OTHER_DEFAULTS:
+            if n in t and t[n] == default:
+                del t[n]
         if t.get("stage") == k:
             del t["stage"]
         steps[k] = t
@@ -62,8 +70,9 @@ def lean(doc: Doc) -> Doc:
     return out
 
 
-_NO_DEFAULT = object()
-_default = STEP_DEFAULTS.get
+_PRESENT = object()
+_NONE_BY_DEFAULT = tuple(n for n, v in STEP_DEFAULTS.items() if v is None)
+_OTHER_DEFAULTS = tuple((n, v) for n, v in STEP_DEFAULTS.items() if v is not None)
 
 
 def full(doc: Doc) -> Doc:

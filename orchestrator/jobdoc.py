@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pydantic_core
 
 from orchestrator.errors import ConflictError, InvalidTransition, JobCancelled
@@ -97,9 +98,21 @@ def encode(doc: Doc) -> str:
 
 
 def decode(text: str | bytes) -> Doc:
-    # pydantic_core, not orjson: orjson reads an integer beyond 64 bits as a float
-    doc: Doc = pydantic_core.from_json(text)
+    """The document of a row's JSON, as ``pydantic_core.from_json`` reads it.
+
+    msgspec reads it first (a fifth fewer instructions for a one-step job's document, read
+    on every step; orjson would be faster still, but it reads an integer beyond 64 bits as a
+    float). What msgspec refuses but pydantic reads (``NaN``, ``Infinity``, a number beyond a
+    double's range, a lone surrogate) is read by pydantic, as is what neither reads, so an
+    error is pydantic's as before."""
+    try:
+        doc: Doc = _msgspec_decode(text)
+    except msgspec.DecodeError:
+        doc = pydantic_core.from_json(text)
     return doc
+
+
+_msgspec_decode = msgspec.json.decode
 
 
 def out_doc(m: OutMessage) -> Doc:

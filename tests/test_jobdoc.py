@@ -14,6 +14,7 @@ Two promises make that safe, checked here on random sequences of rule applicatio
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from hypothesis import given
@@ -138,3 +139,50 @@ def test_a_consumers_commit_takes_its_message_out_of_the_senders_outbox() -> Non
     kept = jobdoc.lean(doc)
     assert set(kept["steps"]["a"]) == {"message_id", "state", "started_at", "finished_at"}
     assert jobdoc.full(jobdoc.decode(jobdoc.encode(kept))) == doc
+
+
+# JSON values of every kind a row may hold: integers past 64 bits, floats past a double's
+# range (written as 1e400) and NaN, escapes, lone surrogates, text outside the BMP
+_scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**62, max_value=2**80)
+            | st.floats(allow_nan=True, allow_infinity=True) | st.text())
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12)
+
+
+def _texts() -> st.SearchStrategy[str]:
+    written = st.builds(lambda v, ascii_only: json.dumps(v, ensure_ascii=ascii_only), _values,
+                        st.booleans())
+    odd = st.sampled_from(['{"a":1e400}', '{"a":-1e400}', '{"a":"\\ud800"}', '{"a":1,"a":2}', '{"a":1} x',
+                           '{"a":Infinity}', ' [1 , 2 ] ', '{"a":"\\u00e9"}', '', '{'])
+    return written | odd | st.text(max_size=20)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN equal to NaN, and a float never equal to an integer."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@given(_texts(), st.booleans())
+def test_a_row_reads_back_exactly_as_pydantic_reads_it_or_fails_as_pydantic_fails(text: str, as_bytes: bool) -> None:
+    import pydantic_core
+
+    raw: str | bytes = text.encode("utf-8", "surrogatepass") if as_bytes else text
+    try:
+        expected = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        try:
+            jobdoc.decode(raw)
+        except ValueError as got:
+            assert str(got) == str(exc)
+        else:
+            raise AssertionError(f"{raw!r} was read, where pydantic refuses it ({exc})")
+        return
+    assert _same(jobdoc.decode(raw), expected)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,19 @@ def versions(*packages: str) -> str:
         except PackageNotFoundError:
             out.append(f"{pkg} missing")
     return ", ".join(out)
+
+
+def machine_pace(repeat: int = 3) -> str:
+    """How fast this machine runs Python right now, for the table's header: the median time of
+    a 10M-addition loop, and the load average. A shared machine's pace moves within a run,
+    and the figures with it: this says which kind of stretch a table was measured on."""
+    took = []
+    for _ in range(repeat):
+        start, total = time.perf_counter(), 0
+        for i in range(10_000_000):
+            total += i
+        took.append(time.perf_counter() - start)
+    return f"a 10M-addition loop {statistics.median(took):.2f} s, load average {os.getloadavg()[0]:.2f}"
 
 
 def emit_table(table: str, out: Path | None, *, append: bool) -> None:

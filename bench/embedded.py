@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from common import Counting, emit_table, versions  # noqa: E402
+from common import Counting, emit_table, machine_pace, versions  # noqa: E402
 from noop_pipeline import PIPELINES, pipeline  # noqa: E402
 
 from orchestrator.logging import configure_logging  # noqa: E402
@@ -314,6 +314,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in SYSTEMS}
     rss: dict[str, list[int]] = {name: [] for name in SYSTEMS}
     mem: list[float] = []
+    pace_before = machine_pace()
     for r in range(args.rounds):
         for name in SYSTEMS:
             rate, peak = run_system(name, args.jobs)
@@ -327,6 +328,8 @@ def main() -> None:
         f"Embedded, {args.jobs} jobs ({2 * args.jobs} messages), median of {args.rounds} interleaved rounds; "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"SQLite {sqlite3.sqlite_version}; {versions('huey', 'persist-queue', 'pydantic')}",
+        "",
+        f"The machine's pace before the rounds: {pace_before}; after: {machine_pace()}",
         "",
         "| system | msgs/s | ours (default, 1 proc) ÷ this | private memory per process |",
         "|---|---|---|---|",

@@ -70,10 +70,13 @@ class _Queue:
         m = self.messages.get(seq)
         return m if m is not None and m.visible_at == at else None
 
-    def add(self, m: _Msg) -> None:
+    def add(self, m: _Msg, now: float) -> None:
         self.messages[m.seq] = m
         self.by_id[m.message_id] = m.seq
-        self.schedule(m, m.visible_at)
+        if m.visible_at <= now:  # visible at once (most sends): ready now, without a trip through ``heap``
+            heapq.heappush(self.ready, (-m.priority, m.visible_at, m.seq))
+        else:
+            self.schedule(m, m.visible_at)
 
     def remove(self, m: _Msg) -> None:
         del self.messages[m.seq]
@@ -171,7 +174,7 @@ class MemoryTransport:
                 seq = next(self._seq)
                 # any delay: a queue held in memory has no cap to chain around
                 delay = m.delay_s or q.spec.delay_s
-                q.add(_Msg(seq, mid, m.body, dict(m.attributes), now + delay, priority=m.priority))
+                q.add(_Msg(seq, mid, m.body, dict(m.attributes), now + delay, priority=m.priority), now)
             self._cond.notify_all()
         return ids
 

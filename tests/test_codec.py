@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.codec import Codec
-from orchestrator.envelope import Envelope
+from orchestrator.envelope import TIME_DIGITS, Envelope, child_id
 from orchestrator.errors import MalformedMessage
 from orchestrator.status import JobStatus
 from orchestrator.storable import id_problem, value_problem
@@ -111,6 +111,36 @@ def test_an_emitted_body_is_the_envelope_models_own_json(parent: Envelope, stage
     assert value_problem(payload, "payload") is None
     child = parent.child(stage=stage, index=index, task=task, payload=payload, now=now)
     assert parent.child_json(stage=stage, index=index, task=task, payload=payload, now=now) == (child.id, child.to_json())
+
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_sent_at = st.floats(0, 16**TIME_DIGITS / 1000 - 1, allow_nan=False)  # while the time digits last
+
+
+@given(parent_id=_utf8.filter(bool), other_id=_utf8.filter(bool), a=_sent_at, b=_sent_at, stage=_utf8,
+       index=st.integers(0, 1000), part=st.none() | st.integers(0, 1000))
+def test_an_emitted_id_is_its_parents_own_and_sorts_by_when_the_parent_was_sent(
+        parent_id: str, other_id: str, a: float, b: float, stage: str, index: int, part: int | None) -> None:
+    # The same parent, stage and index give the same id (a re-emission is recognised), and
+    # messages whose parents were sent in different milliseconds sort in that order whatever
+    # their other parts, so a queue's index of ids takes a batch of sends in a few pages.
+    first, again = (Envelope(id=parent_id, task="t", job_id="j", created_at=a) for _ in range(2))
+    later = Envelope(id=other_id, task="t", job_id="j", created_at=b)
+    mine = first.child(stage=stage, index=index, task="next", payload={}, now=0.0, part=part).id
+    assert _HEX32.fullmatch(mine)
+    assert mine == again.child(stage=stage, index=index, task="next", payload={}, now=5.0, part=part).id
+    other = first.child(stage=stage, index=index + 1, task="next", payload={}, now=0.0,
+                        part=None if part is None else part + 1)  # (a part's id is its part's, not its index's)
+    assert mine != other.id
+    theirs = later.child(stage=stage, index=index, task="next", payload={}, now=0.0, part=part).id
+    if int(a * 1000) != int(b * 1000):
+        assert (mine < theirs) == (a < b)
+
+
+@given(sent_at=st.floats() | st.integers(-(2**70), 2**70))
+def test_an_emitted_id_is_32_hex_digits_whenever_its_parent_says_it_was_sent(sent_at: float) -> None:
+    parent = Envelope.model_construct(id="p", task="t", job_id="j", created_at=sent_at, trace_id=None)
+    assert _HEX32.fullmatch(child_id(parent.id, parent.created_at, "s", 0))
 
 
 @pytest.mark.parametrize("field", ["id", "task"])

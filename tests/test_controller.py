@@ -317,6 +317,22 @@ def test_resubmitting_a_job_is_idempotent(backend: Backend) -> None:
     assert job is not None and job.commits("double") == 1
 
 
+def test_a_later_resubmission_sends_the_first_message_again_under_its_id(backend: Backend) -> None:
+    # A first message's id says when it was submitted; a resubmission a minute later still
+    # sends the message the job was first given, so the copy waiting in the queue takes it in.
+    p = two_stage()
+    p.setup(backend)
+    job, _ = p.submit(backend, job_id="j", payload={"x": 1}, queue="numbers", delay_s=30)
+    clock = backend.clock
+    assert isinstance(clock, SimClock) and job.origin is not None
+    clock.advance(60)
+    _, again = p.submit(backend, job_id="j", payload={"x": 1}, queue="numbers", delay_s=30)
+    assert not again
+    [waiting] = backend.transport.peek("numbers", 10)
+    assert (waiting.message_id, waiting.body) == (job.origin.id, job.origin.body)
+    assert drain(backend, p, "double") == [Outcome.COMMITTED]
+
+
 def test_heartbeat_on_the_system_clock_keeps_a_long_handler_leased(tmp_path: Path) -> None:
     # Given a 1 s visibility timeout and a handler that takes 2.5 s
     b = sqlite_backend(tmp_path / "hb.db")

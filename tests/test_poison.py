@@ -34,7 +34,7 @@ from orchestrator.base import Outgoing
 from orchestrator.cli import main
 from orchestrator.clock import SimClock
 from orchestrator.controllers.controller import Controller, Outcome
-from orchestrator.envelope import Envelope, submit_id
+from orchestrator.envelope import Envelope
 
 MAX_RECEIVES = 3
 
@@ -214,8 +214,9 @@ def _send(backend: Backend, p: Pipeline, kind: str, n: int) -> tuple[str, str | 
         backend.transport.send("b", Outgoing(body=env.to_json(), message_id=env.id))
         return env.id, job
     payload = {"poison": kind} if kind in HANDLER else {"n": n}
-    p.submit(backend, job_id=job, payload=payload, queue="a")
-    return submit_id(job, "a"), job
+    rec, _ = p.submit(backend, job_id=job, payload=payload, queue="a")
+    assert rec.origin is not None
+    return rec.origin.id, job
 
 
 def _run(backend: Backend, p: Pipeline, stage: str) -> list[Outcome]:

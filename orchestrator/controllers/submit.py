@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator import jobdoc
 from orchestrator.backends import Backend
 from orchestrator.base import MAX_PRIORITY, Outgoing
-from orchestrator.envelope import Envelope, submit_id
+from orchestrator.envelope import Envelope, legacy_submit_id, submit_id
 from orchestrator.errors import ConfigError, DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.jobdoc import Doc, to_record
 from orchestrator.kinds import seconds, whole
@@ -63,6 +63,7 @@ class _Request:
     job: NewJob
     payload: dict[str, Any]
     first: Outgoing
+    envelope: Envelope  # the first message's
 
 
 def submit(
@@ -85,8 +86,8 @@ def submit(
     then, any length of time; the job shows PENDING with its ``due_at`` meanwhile.
     ``priority`` (0..9) orders it among the queue's ready messages.
 
-    Idempotent: the message id derives from the job id and target, so resubmitting adds no
-    second job and the consumer treats a second copy as a duplicate. On the embedded backend
+    Idempotent: resubmitting adds no second job, and sends the job's first message again,
+    under its first id, so the consumer treats a second copy as a duplicate. On the embedded backend
     both writes are one transaction; elsewhere a crash between them leaves a PENDING job
     that resubmitting (or the sweeper) completes.
     """
@@ -105,14 +106,14 @@ def _request(backend: Backend, job_id: str, payload: dict[str, Any], *, queue: s
     assert target is not None
     check_submission(job_id, payload, user_id=user_id, fields=fields, priority=priority, task=task)
     now = backend.clock.now()
-    mid = submit_id(job_id, target)  # a job's trace is its first message's id
+    mid = submit_id(job_id, target, now)  # a job's trace is its first message's id
     env = Envelope(id=mid, task=task or target, job_id=job_id, payload=payload, created_at=now, trace_id=mid)
     body = travelling_body(env)
     origin = OutMessage(kind="queue" if queue is not None else "topic", target=target, id=env.id, body=body,
                         due_at=due, priority=priority)
     first = Outgoing(body=body, message_id=env.id, group_id=job_id, priority=priority,
                      delay_s=max(0.0, due - now) if due is not None else 0.0)
-    return _Request(NewJob(job_id, user_id, fields, origin), payload, first)
+    return _Request(NewJob(job_id, user_id, fields, origin), payload, first, env)
 
 
 def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None, topic: str | None
@@ -138,20 +139,31 @@ def _write(backend: Backend, requests: Sequence[_Request], *, queue: str | None,
         made = backend.store.create_docs([r.job for r in requests])
         outs = []
         for r, (doc, created) in zip(requests, made, strict=True):
-            out = r.first
             if not created:
                 _check_same(doc, r)  # (created meanwhile by another submitter)
-                due = (doc.get("origin") or {}).get("due_at")
-                if due is not None:
-                    # a resubmission keeps the first submission's time, not a new delay from now
-                    out = replace(out, delay_s=max(0.0, due - backend.clock.now()))
-            outs.append(out)
+            outs.append(r.first if created else _again(backend, doc, r))
         if queue is not None:
             backend.transport.send_batch(queue, outs)
         else:
             assert topic is not None
             backend.topic.publish_batch(topic, outs)
     return made
+
+
+def _again(backend: Backend, doc: Doc, r: _Request) -> Outgoing:
+    """What a resubmission sends: the job's first message again, under its id and at its
+    time, not a new delay from now (the same message, so a copy still waiting takes it in).
+    A job that keeps no first message (created by another writer) gets the id its first
+    message had before ids had a time."""
+    origin = doc.get("origin")
+    if origin is None:
+        assert r.job.origin is not None
+        mid = legacy_submit_id(doc["job_id"], r.job.origin.target)
+        return replace(r.first, body=travelling_body(r.envelope.model_copy(update={"id": mid, "trace_id": mid})),
+                       message_id=mid)
+    due = origin.get("due_at")
+    delay = max(0.0, due - backend.clock.now()) if due is not None else 0.0
+    return replace(r.first, body=origin["body"], message_id=origin["id"], delay_s=delay)
 
 
 def _check_same(doc: Doc, r: _Request) -> None:

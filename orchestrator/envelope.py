@@ -27,13 +27,14 @@ def derive_id(*parts: object) -> str:
     A step that is re-emitted after a crash therefore carries the id of the first emission,
     and the downstream step record recognises it as the same message.
     """
-    raw = "\x1f".join(str(p) for p in parts).encode()
-    return hashlib.sha256(raw).hexdigest()[:32]
+    return _sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-#: hex digits of a message id that say when it was first due (milliseconds since the epoch,
-#: enough until the year 2527); the rest of the id's 32 is its hash
+_sha256 = hashlib.sha256
+#: hex digits of a message id that say when it was made (milliseconds since the epoch, enough
+#: until the year 2527); the rest of the id's 32 is its hash
 TIME_DIGITS = 11
+_STAMP, _SPAN = f"%0{TIME_DIGITS}x", 16**TIME_DIGITS
 
 
 def timed_id(at: float, *parts: object) -> str:
@@ -41,15 +42,17 @@ def timed_id(at: float, *parts: object) -> str:
     ids made close in time sort together. A queue's index of message ids (which keeps a message
     sent twice from being enqueued twice) then takes a batch of sends, and of acks, in a few of
     its pages: with ids in random order, each one wrote a page of its own to the database's log."""
-    ms = at * 1000.0  # (a float: past a double's range it is infinite, not an error)
-    stamp = int(ms) % 16**TIME_DIGITS if math.isfinite(ms) and ms > 0 else 0
-    return f"{stamp:0{TIME_DIGITS}x}" + derive_id(*parts)[:32 - TIME_DIGITS]
+    ms = at * 1000.0  # (a float: past a double's range it is infinite, not an error; NaN is neither)
+    return _STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0) + derive_id(*parts)[:32 - TIME_DIGITS]
 
 
-def child_id(parent_id: str, parent_created_at: float, *parts: object) -> str:
-    """The id of a message a step emits: its parent's and ``parts``', led by when the parent
-    was sent (so a re-emission has the id of the first emission)."""
-    return timed_id(parent_created_at, parent_id, *parts)
+def child_id(parent_id: str, parent_created_at: float, stage: str, index: int) -> str:
+    """The id of a message a step emits, ``timed_id(parent_created_at, parent_id, stage,
+    index)``: its parent's, led by when the parent was sent (so a re-emission has the id of
+    the first emission). Written out, as one is made for every message a step emits."""
+    ms = parent_created_at * 1000.0
+    return (_STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0)
+            + _sha256(f"{parent_id}\x1f{stage}\x1f{index}".encode()).hexdigest()[:32 - TIME_DIGITS])
 
 
 def submit_id(job_id: str, queue: str, now: float) -> str:
@@ -102,7 +105,7 @@ class Envelope(BaseModel):
         """The envelope a step emits: deterministic id, same job and trace."""
         return Envelope(
             id=child_id(self.id, self.created_at, stage, index) if part is None
-            else child_id(self.id, self.created_at, stage, "part", part),
+            else timed_id(self.created_at, self.id, stage, "part", part),
             task=task,
             job_id=self.job_id,
             payload=payload,

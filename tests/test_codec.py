@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.codec import Codec
-from orchestrator.envelope import TIME_DIGITS, Envelope, child_id
+from orchestrator.envelope import TIME_DIGITS, Envelope, child_id, timed_id
 from orchestrator.errors import MalformedMessage
 from orchestrator.status import JobStatus
 from orchestrator.storable import id_problem, value_problem
@@ -137,10 +137,13 @@ def test_an_emitted_id_is_its_parents_own_and_sorts_by_when_the_parent_was_sent(
         assert (mine < theirs) == (a < b)
 
 
-@given(sent_at=st.floats() | st.integers(-(2**70), 2**70))
-def test_an_emitted_id_is_32_hex_digits_whenever_its_parent_says_it_was_sent(sent_at: float) -> None:
-    parent = Envelope.model_construct(id="p", task="t", job_id="j", created_at=sent_at, trace_id=None)
-    assert _HEX32.fullmatch(child_id(parent.id, parent.created_at, "s", 0))
+@given(sent_at=st.floats() | st.integers(-(2**70), 2**70), parent_id=_utf8, stage=_utf8, index=st.integers())
+def test_an_emitted_id_is_32_hex_digits_whenever_its_parent_says_it_was_sent(
+        sent_at: float, parent_id: str, stage: str, index: int) -> None:
+    # (the id every emitted message gets is the general timed id, written out for speed)
+    mid = child_id(parent_id, sent_at, stage, index)
+    assert _HEX32.fullmatch(mid)
+    assert mid == timed_id(sent_at, parent_id, stage, index)
 
 
 @pytest.mark.parametrize("field", ["id", "task"])

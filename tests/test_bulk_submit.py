@@ -7,12 +7,14 @@ import itertools
 import json
 
 import pytest
+from helpers import drain
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import Pipeline
+from orchestrator import Pipeline, Result
 from orchestrator.backends import Backend
 from orchestrator.base import QueueSpec
+from orchestrator.clock import SimClock
 from orchestrator.controllers.submit import BULK_CHUNK, submit, submit_many
 from orchestrator.errors import DuplicateJob, InvalidPayload, InvalidSubmission
 from orchestrator.status import JobStatus
@@ -100,3 +102,66 @@ def test_a_bulk_larger_than_a_chunk_submits_every_job_once(backend: Backend) -> 
     assert p.submit_many(backend, [(f"k{i}", {"i": i}) for i in range(n)], queue="in") == 0  # idempotent
     assert backend.transport.depth("in").total == n
     assert len([r for r in backend.store.query() if r.job_id.startswith("k")]) == n
+
+
+class _LostSend(Exception):
+    """The process died between writing the job and sending its first message."""
+
+
+# each example works under a job id and queue of its own, so the backend is shared safely
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lost=st.booleans(), later=st.lists(st.tuples(st.floats(0, 7200), st.booleans()), max_size=5),
+       bulk=st.booleans())
+def test_resubmissions_at_any_later_time_send_the_job_one_first_message(
+        backend: Backend, lost: bool, later: list[tuple[float, bool]], bulk: bool) -> None:
+    # Given a job whose first send may have been lost, resubmitted at later times (a first
+    # message's id says when it was made), the queue drained or not in between
+    n = next(_runs)
+    queue, job = f"first{n}", f"f{n}"
+    p = Pipeline(f"first{n}")
+    p.stage("done", source=queue)(lambda ctx, msg: Result(status=JobStatus.COMPLETED))
+    p.setup(backend)
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+
+    def again() -> None:
+        if bulk:
+            submit_many(backend, [(job, {"x": 1})], queue=queue)
+        else:
+            submit(backend, job_id=job, payload={"x": 1}, queue=queue)
+
+    if lost:
+        sent = backend.transport.send_batch
+
+        def dies(*args: object, **kwargs: object) -> list[str]:
+            raise _LostSend()
+
+        backend.transport.send_batch = dies  # type: ignore[method-assign]
+        try:
+            with pytest.raises(_LostSend):
+                again()
+        finally:
+            backend.transport.send_batch = sent  # type: ignore[method-assign]
+    else:
+        again()
+    for wait_s, drained in later:
+        clock.advance(wait_s)
+        again()
+        # Then one copy at most waits, and it is the job's first message, as the job keeps it
+        rec = backend.store.get(job)
+        assert rec is not None and rec.origin is not None
+        waiting = backend.transport.peek(queue, 10)
+        assert len(waiting) <= 1
+        assert [(m.message_id, m.body) for m in waiting] in ([], [(rec.origin.id, rec.origin.body)])
+        if drained:
+            drain(backend, p, "done")
+    drain(backend, p, "done")
+    # And the job is done once, whoever sent what
+    rec = backend.store.get(job)
+    if rec is None:  # the first submit's unit was undone with its send, and none followed
+        assert lost and not later and backend.transactional
+        return
+    if rec.status == JobStatus.PENDING:  # written without its message, and never resubmitted
+        assert lost and not later and not backend.transactional
+        return
+    assert rec.status == JobStatus.COMPLETED and rec.commits("done") == 1

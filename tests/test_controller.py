@@ -333,6 +333,22 @@ def test_a_later_resubmission_sends_the_first_message_again_under_its_id(backend
     assert drain(backend, p, "double") == [Outcome.COMMITTED]
 
 
+def test_resubmissions_to_a_job_another_writer_created_send_one_message(backend: Backend) -> None:
+    # A job created without a first message (a web app writes its own row) is given one by a
+    # submit; later submits send the same one, whatever the time, so one copy waits
+    p = two_stage()
+    p.setup(backend)
+    backend.store.create("j", fields={"by": "web"})
+    clock = backend.clock
+    assert isinstance(clock, SimClock)
+    for _ in range(3):
+        _, created = p.submit(backend, job_id="j", payload={"x": 1}, queue="numbers")
+        assert not created
+        clock.advance(60)
+    [waiting] = backend.transport.peek("numbers", 10)
+    assert Envelope.model_validate_json(waiting.body).id == waiting.message_id
+
+
 def test_heartbeat_on_the_system_clock_keeps_a_long_handler_leased(tmp_path: Path) -> None:
     # Given a 1 s visibility timeout and a handler that takes 2.5 s
     b = sqlite_backend(tmp_path / "hb.db")

@@ -42,7 +42,7 @@ def timed_id(at: float, *parts: object) -> str:
     ids made close in time sort together. A queue's index of message ids (which keeps a message
     sent twice from being enqueued twice) then takes a batch of sends, and of acks, in a few of
     its pages: with ids in random order, each one wrote a page of its own to the database's log."""
-    ms = at * 1000.0  # (a float: past a double's range it is infinite, not an error; NaN is neither)
+    ms = at * 1000.0  # (past a double's range: infinite, not an error; it and NaN stamp 0)
     return _STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0) + derive_id(*parts)[:32 - TIME_DIGITS]
 
 
@@ -98,7 +98,7 @@ class Envelope(BaseModel):
         is declared, an ``Emit``'s when it is emitted), and ``payload`` must be storable."""
         mid = child_id(self.id, self.created_at, stage, index)
         return mid, dumps({"v": 1, "id": mid, "task": task, "job_id": self.job_id, "payload": payload,
-                                "parent_id": self.id, "trace_id": self.trace_id or self.id, "created_at": float(now)})
+                           "parent_id": self.id, "trace_id": self.trace_id or self.id, "created_at": float(now)})
 
     def child(self, *, stage: str, index: int, task: str, payload: dict[str, Any], now: float,
               part: int | None = None, parts: int | None = None) -> Envelope:

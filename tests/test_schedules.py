@@ -166,8 +166,10 @@ def test_three_worker_processes_killed_at_random_fire_each_tick_once(tmp_path: P
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"}
 
     def spawn() -> subprocess.Popen[bytes]:
+        # (a grace well inside the 30 s each is given to exit after SIGTERM: a thread still
+        # busy then is abandoned, its messages handed back, as the default 30 s grace would)
         return subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "tickpipe:pipeline", "--backend", db,
-                                 "--stage", "tick", "--log-level", "error", "--wait", "0.05"],
+                                 "--stage", "tick", "--log-level", "error", "--wait", "0.05", "--grace", "10"],
                                 cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     procs = [spawn() for _ in range(3)]

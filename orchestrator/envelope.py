@@ -42,17 +42,19 @@ def timed_id(at: float, *parts: object) -> str:
     ids made close in time sort together. A queue's index of message ids (which keeps a message
     sent twice from being enqueued twice) then takes a batch of sends, and of acks, in a few of
     its pages: with ids in random order, each one wrote a page of its own to the database's log."""
+    return _stamp(at) + derive_id(*parts)[:32 - TIME_DIGITS]
+
+
+def _stamp(at: float) -> str:
     ms = at * 1000.0  # (past a double's range: infinite, not an error; it and NaN stamp 0)
-    return _STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0) + derive_id(*parts)[:32 - TIME_DIGITS]
+    return _STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0)
 
 
 def child_id(parent_id: str, parent_created_at: float, stage: str, index: int) -> str:
     """The id of a message a step emits, ``timed_id(parent_created_at, parent_id, stage,
     index)``: its parent's, led by when the parent was sent (so a re-emission has the id of
-    the first emission). Written out, as one is made for every message a step emits."""
-    ms = parent_created_at * 1000.0
-    return (_STAMP % (int(ms) % _SPAN if 0 < ms < math.inf else 0)
-            + _sha256(f"{parent_id}\x1f{stage}\x1f{index}".encode()).hexdigest()[:32 - TIME_DIGITS])
+    the first emission). Its hash is written out, as one is made for every message a step emits."""
+    return _stamp(parent_created_at) + _sha256(f"{parent_id}\x1f{stage}\x1f{index}".encode()).hexdigest()[:32 - TIME_DIGITS]
 
 
 def submit_id(job_id: str, queue: str, now: float) -> str:

@@ -10,7 +10,6 @@ import argparse
 import getpass
 import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -180,11 +179,7 @@ def cmd_worker(args: argparse.Namespace, backend: Backend) -> int:
                              f"{exc.strerror or exc}") from exc
         print(json.dumps({"metrics": f"http://{args.metrics_host}:{server.port}/metrics"}), file=sys.stderr)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        worker.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    worker.stop_on_signals()
     if args.sweep_every:
         _start_sweeper(pipeline, backend, every_s=args.sweep_every, older_than_s=args.sweep_older_than,
                        stop=worker.stopping_event)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from orchestrator.stop_signals import StopSignals
+
 log = structlog.get_logger("orchestrator.supervisor")
 
 BACKOFF_START_S = 1.0
@@ -51,6 +53,7 @@ class Supervisor:
     idle: Callable[[], bool] | None = None
     slots: list[_Slot] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
+    _signals: StopSignals = field(default_factory=StopSignals)
 
     def _spawn(self, stage: str) -> subprocess.Popen[bytes]:
         # children log straight to our stderr: a pipe nobody reads would hide their errors
@@ -59,22 +62,20 @@ class Supervisor:
         return proc
 
     def request_stop(self) -> None:
-        """Stop the children (safe in a signal handler)."""
+        """Stop the children. From any thread; a signal handler uses ``install_signals``."""
         self._stopping.set()
 
     def install_signals(self) -> None:
-        def on_signal(signum: int, _frame: object) -> None:
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        """Stop on SIGTERM or SIGINT, within ``POLL_S`` (the handler only notes the signal: see
+        ``stop_signals``)."""
+        self._signals.install()
 
     def run(self) -> int:
         """Supervise until stopped (or idle); 0 when every child stopped cleanly."""
         now = time.monotonic()
         self.slots = [_Slot(s, self._spawn(s), now) for s in self.stages for _ in range(self.processes)]
         idle_seen = 0
-        while not self._stopping.wait(POLL_S):
+        while self._signals.received is None and not self._stopping.wait(POLL_S):
             now = time.monotonic()
             for slot in self.slots:
                 self._tend(slot, now)

@@ -213,8 +213,7 @@ def run_worker(gas: Gas, stage: str, *, until_idle: bool = False, concurrency: i
     leave while annotate still works); otherwise this stage's queue."""
     queues = [st.source for st in gas.pipeline.stages.values()] if chain else None
     worker = Worker(gas.pipeline, stage, gas.backend, concurrency=concurrency, idle_queues=queues)
-    signal.signal(signal.SIGTERM, lambda *_: worker.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: worker.request_stop())
+    worker.stop_on_signals()
     worker.run(until_idle=until_idle)
     return dict(worker.stats)
 

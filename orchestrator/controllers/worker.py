@@ -23,6 +23,7 @@ from orchestrator.middleware import Middleware
 from orchestrator.outage import is_outage
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.schedules import Scheduler
+from orchestrator.stop_signals import StopSignals
 
 IDLE_CHECK_INTERVAL_S = 0.1
 #: an empty receive that came back sooner than this (a stage with ``wait_s=0``, or a transport
@@ -114,6 +115,7 @@ class Worker:
         # the latest errors, for tests and operators; bounded, as a worker may run for months
         self.errors: deque[BaseException] = deque(maxlen=100)
         self._stopping = threading.Event()
+        self._signals = StopSignals()
         self._lock = threading.Lock()
         self._busy = 0
         self._threads: list[threading.Thread] = []
@@ -135,8 +137,15 @@ class Worker:
         log.info("worker started", stage=self.stage.name, worker=self.id, concurrency=self.concurrency)
 
     def request_stop(self) -> None:
-        """Ask the threads to stop after their current message (safe in a signal handler)."""
+        """Ask the threads to stop after their current message. From any thread; a signal
+        handler uses ``stop_on_signals`` instead (this takes a lock)."""
         self._stopping.set()
+
+    def stop_on_signals(self) -> None:
+        """Stop on SIGTERM or SIGINT (call from the main thread, before ``run``): ``run`` acts
+        on the signal within ``IDLE_CHECK_INTERVAL_S`` (see ``stop_signals`` for why the
+        handler itself does not stop the threads)."""
+        self._signals.install()
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop the threads. With ``drain``, wait up to ``timeout`` seconds in all (None:
@@ -164,7 +173,7 @@ class Worker:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self._stopping.is_set() or self._signals.received is not None
 
     def is_idle(self) -> bool:
         with self._lock:
@@ -178,7 +187,7 @@ class Worker:
         if not self._threads:
             self.start()
         quiet = 0
-        while not self._stopping.wait(IDLE_CHECK_INTERVAL_S):
+        while self._signals.received is None and not self._stopping.wait(IDLE_CHECK_INTERVAL_S):
             if until_idle:
                 quiet = quiet + 1 if self.is_idle() else 0
                 if quiet >= idle_checks:

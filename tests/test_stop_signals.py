@@ -1,0 +1,71 @@
+"""SIGTERM stops a worker and a supervisor whenever it lands, even while the main thread holds
+the lock of the Event that tells the threads to stop (a handler that set that Event there would
+wait for its own thread forever: the process would outlive every grace period)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    from orchestrator import JobStatus, Pipeline, Result
+    from orchestrator.backends import memory_backend
+    from orchestrator.controllers.worker import Worker
+    from orchestrator.supervisor import Supervisor
+
+    p = Pipeline("signals")
+
+    @p.stage("s", source="in")
+    def s(ctx, msg):
+        return Result(status=JobStatus.COMPLETED)
+
+    runner_kind, moment = sys.argv[1], sys.argv[2]
+    if runner_kind == "worker":
+        backend = memory_backend()
+        p.setup(backend)
+        runner = Worker(p, "s", backend, wait_s=0.05)
+        runner.stop_on_signals()
+        event = runner.stopping_event
+    else:
+        runner = Supervisor(lambda stage: [sys.executable, "-c", "import time; time.sleep(60)"], ["s"], grace_s=5)
+        runner.install_signals()
+        event = runner._stopping
+    term = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    if moment == "holding the stop event's lock":
+        # as the main thread does on its way into and out of Event.wait; the handler runs here
+        with event._cond:
+            term()
+    elif moment == "before run":
+        term()
+    else:
+        threading.Timer(0.5, term).start()
+    runner.run()
+    print("stopped", flush=True)
+    """
+)
+
+MOMENTS = ["holding the stop event's lock", "before run", "while run waits"]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+@pytest.mark.parametrize("runner_kind", ["worker", "supervisor"])
+def test_sigterm_stops_the_process_wherever_the_main_thread_is(runner_kind: str, moment: str) -> None:
+    # Given a worker (or a supervisor) with its stop signals installed
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    started = time.monotonic()
+    # When SIGTERM lands at this moment of its main thread
+    try:
+        done = subprocess.run([sys.executable, "-c", SCRIPT, runner_kind, moment], env=env, capture_output=True,
+                              text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the {runner_kind} never stopped after SIGTERM {moment}")
+    # Then it stops, cleanly and well inside its grace period
+    assert done.stdout.strip().splitlines()[-1:] == ["stopped"], done.stderr
+    assert time.monotonic() - started < 30

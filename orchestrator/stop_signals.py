@@ -1,28 +1,26 @@
-"""SIGTERM and SIGINT as a stop request that a polling loop acts on.
+"""SIGTERM and SIGINT as a stop request, with a handler that takes no lock.
 
 A Python signal handler runs in the main thread, between two of its bytecodes. A handler that
-sets a ``threading.Event`` takes that Event's lock; if the main thread held it at that moment
-(it does, briefly, on the way into and out of its own ``Event.wait``), the handler waits for
-itself forever and the process never stops. So the handler here only notes the signal, a plain
-assignment, and the loop that polls anyway sets the Event, outside the handler.
+takes a lock the main thread holds at that moment waits for its own thread forever: one that
+set a ``threading.Event`` did, when the signal landed while the main thread was on its way
+into or out of that Event's ``wait`` (which holds the Event's lock for a few bytecodes), and
+the process then outlived every grace period. So a stop request is a plain flag that the
+polling loops read (``Worker.request_stop``, ``Supervisor.request_stop``), and the loop, not
+the handler, wakes whatever sleeps.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopSignals:
-    """The stop signal received, if any; ``install`` from the main thread."""
+def on_stop_signals(request_stop: Callable[[], None]) -> None:
+    """Call ``request_stop`` on SIGTERM or SIGINT; it must take no lock. From the main thread."""
+    def handler(_signum: int, _frame: object) -> None:
+        request_stop()
 
-    def __init__(self) -> None:
-        self.received: int | None = None
-
-    def install(self) -> None:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._note)
-
-    def _note(self, signum: int, _frame: object) -> None:
-        self.received = signum
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)

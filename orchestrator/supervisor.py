@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from orchestrator.stop_signals import StopSignals
+from orchestrator.stop_signals import on_stop_signals
 
 log = structlog.get_logger("orchestrator.supervisor")
 
@@ -52,8 +51,7 @@ class Supervisor:
     #: with until-idle: True when every queue of the pipeline is empty
     idle: Callable[[], bool] | None = None
     slots: list[_Slot] = field(default_factory=list)
-    _stopping: threading.Event = field(default_factory=threading.Event)
-    _signals: StopSignals = field(default_factory=StopSignals)
+    _stop_requested: bool = False
 
     def _spawn(self, stage: str) -> subprocess.Popen[bytes]:
         # children log straight to our stderr: a pipe nobody reads would hide their errors
@@ -62,20 +60,23 @@ class Supervisor:
         return proc
 
     def request_stop(self) -> None:
-        """Stop the children. From any thread; a signal handler uses ``install_signals``."""
-        self._stopping.set()
+        """Stop the children, within ``POLL_S``. Safe anywhere, a signal handler included: it
+        takes no lock (see ``stop_signals``)."""
+        self._stop_requested = True
 
     def install_signals(self) -> None:
-        """Stop on SIGTERM or SIGINT, within ``POLL_S`` (the handler only notes the signal: see
-        ``stop_signals``)."""
-        self._signals.install()
+        """``request_stop`` on SIGTERM or SIGINT (call from the main thread)."""
+        on_stop_signals(self.request_stop)
 
     def run(self) -> int:
         """Supervise until stopped (or idle); 0 when every child stopped cleanly."""
         now = time.monotonic()
         self.slots = [_Slot(s, self._spawn(s), now) for s in self.stages for _ in range(self.processes)]
         idle_seen = 0
-        while self._signals.received is None and not self._stopping.wait(POLL_S):
+        while True:
+            time.sleep(POLL_S)
+            if self._stop_requested:
+                break
             now = time.monotonic()
             for slot in self.slots:
                 self._tend(slot, now)

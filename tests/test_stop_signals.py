@@ -1,6 +1,7 @@
-"""SIGTERM stops a worker and a supervisor whenever it lands, even while the main thread holds
-the lock of the Event that tells the threads to stop (a handler that set that Event there would
-wait for its own thread forever: the process would outlive every grace period)."""
+"""SIGTERM stops a worker and a supervisor wherever it lands, even while the main thread holds
+the lock of the worker's stop Event, whether the handler is ours (``stop_on_signals``) or a
+program's own calling ``request_stop``: a handler that set that Event there would wait for its
+own thread forever, and the process would outlive every grace period."""
 
 from __future__ import annotations
 
@@ -27,20 +28,21 @@ SCRIPT = textwrap.dedent(
         return Result(status=JobStatus.COMPLETED)
 
     runner_kind, moment = sys.argv[1], sys.argv[2]
-    if runner_kind == "worker":
+    if runner_kind == "supervisor":
+        runner = Supervisor(lambda stage: [sys.executable, "-c", "import time; time.sleep(60)"], ["s"], grace_s=5)
+        runner.install_signals()
+    else:
         backend = memory_backend()
         p.setup(backend)
         runner = Worker(p, "s", backend, wait_s=0.05)
-        runner.stop_on_signals()
-        event = runner.stopping_event
-    else:
-        runner = Supervisor(lambda stage: [sys.executable, "-c", "import time; time.sleep(60)"], ["s"], grace_s=5)
-        runner.install_signals()
-        event = runner._stopping
+        if runner_kind == "worker":
+            runner.stop_on_signals()
+        else:  # a program's own handler, as an embedding program writes it
+            signal.signal(signal.SIGTERM, lambda *_: runner.request_stop())
     term = lambda: os.kill(os.getpid(), signal.SIGTERM)
     if moment == "holding the stop event's lock":
         # as the main thread does on its way into and out of Event.wait; the handler runs here
-        with event._cond:
+        with runner.stopping_event._cond:
             term()
     elif moment == "before run":
         term()
@@ -51,13 +53,14 @@ SCRIPT = textwrap.dedent(
     """
 )
 
-MOMENTS = ["holding the stop event's lock", "before run", "while run waits"]
+WORKERS = ["worker", "worker, the program's own handler calling request_stop"]
+CASES = [(w, m) for w in WORKERS for m in ("holding the stop event's lock", "before run", "while run waits")]
+CASES += [("supervisor", m) for m in ("before run", "while run waits")]
 
 
-@pytest.mark.parametrize("moment", MOMENTS)
-@pytest.mark.parametrize("runner_kind", ["worker", "supervisor"])
+@pytest.mark.parametrize(("runner_kind", "moment"), CASES)
 def test_sigterm_stops_the_process_wherever_the_main_thread_is(runner_kind: str, moment: str) -> None:
-    # Given a worker (or a supervisor) with its stop signals installed
+    # Given a worker (or a supervisor) with a stop signal handler
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     started = time.monotonic()
     # When SIGTERM lands at this moment of its main thread

@@ -23,7 +23,7 @@ from orchestrator.middleware import Middleware
 from orchestrator.outage import is_outage
 from orchestrator.pipeline import Pipeline, Stage
 from orchestrator.schedules import Scheduler
-from orchestrator.stop_signals import StopSignals
+from orchestrator.stop_signals import on_stop_signals
 
 IDLE_CHECK_INTERVAL_S = 0.1
 #: an empty receive that came back sooner than this (a stage with ``wait_s=0``, or a transport
@@ -114,8 +114,10 @@ class Worker:
         self.stats: Counter[str] = Counter()
         # the latest errors, for tests and operators; bounded, as a worker may run for months
         self.errors: deque[BaseException] = deque(maxlen=100)
+        # stop was asked for: a plain flag, which a signal handler may set (``request_stop``);
+        # ``_stopping`` wakes what sleeps, and is set outside any handler
+        self._stop_requested = False
         self._stopping = threading.Event()
-        self._signals = StopSignals()
         self._lock = threading.Lock()
         self._busy = 0
         self._threads: list[threading.Thread] = []
@@ -137,15 +139,15 @@ class Worker:
         log.info("worker started", stage=self.stage.name, worker=self.id, concurrency=self.concurrency)
 
     def request_stop(self) -> None:
-        """Ask the threads to stop after their current message. From any thread; a signal
-        handler uses ``stop_on_signals`` instead (this takes a lock)."""
-        self._stopping.set()
+        """Ask the threads to stop after their current message. Safe anywhere, a signal
+        handler included: it takes no lock (``stop_signals`` says why that matters). The
+        threads see it at their next check; ``run`` wakes what sleeps within
+        ``IDLE_CHECK_INTERVAL_S``."""
+        self._stop_requested = True
 
     def stop_on_signals(self) -> None:
-        """Stop on SIGTERM or SIGINT (call from the main thread, before ``run``): ``run`` acts
-        on the signal within ``IDLE_CHECK_INTERVAL_S`` (see ``stop_signals`` for why the
-        handler itself does not stop the threads)."""
-        self._signals.install()
+        """``request_stop`` on SIGTERM or SIGINT (call from the main thread)."""
+        on_stop_signals(self.request_stop)
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Stop the threads. With ``drain``, wait up to ``timeout`` seconds in all (None:
@@ -173,7 +175,7 @@ class Worker:
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set() or self._signals.received is not None
+        return self._stop_requested or self._stopping.is_set()
 
     def is_idle(self) -> bool:
         with self._lock:
@@ -187,7 +189,7 @@ class Worker:
         if not self._threads:
             self.start()
         quiet = 0
-        while self._signals.received is None and not self._stopping.wait(IDLE_CHECK_INTERVAL_S):
+        while not self._stop_requested and not self._stopping.wait(IDLE_CHECK_INTERVAL_S):
             if until_idle:
                 quiet = quiet + 1 if self.is_idle() else 0
                 if quiet >= idle_checks:
@@ -216,7 +218,7 @@ class Worker:
         transport, st = self.backend.transport, self.stage
         sizer = BatchSizer(limit=transport.max_batch, fixed=self.batch_size)
         outages = 0  # in a row
-        while not self._stopping.is_set():
+        while not self.stopping:
             polled_at = time.monotonic()
             try:
                 # the last batch's commit may have claimed this one in its transaction
@@ -248,7 +250,7 @@ class Worker:
         me = threading.current_thread().name
         self._holding[me] = (batch, leases)
         try:
-            if self._stopping.is_set():  # stopped while receiving: hand them back at once
+            if self.stopping:  # stopped while receiving: hand them back at once
                 self._hand_back(batch)
                 return outages
             handled_before = ctrl.handler_seconds
@@ -256,7 +258,7 @@ class Worker:
             def next_size() -> int:  # sized by this batch's handlers, as ``record`` below sizes it
                 return sizer.next_size(len(batch), ctrl.handler_seconds - handled_before)
 
-            outcomes = ctrl.handle_batch(batch, leases, should_stop=self._stopping.is_set, prefetch=next_size)
+            outcomes = ctrl.handle_batch(batch, leases, should_stop=lambda: self.stopping, prefetch=next_size)
             sizer.record(len(batch), ctrl.handler_seconds - handled_before)
             self.stats.update(outcome.value for outcome in outcomes)
         except FatalBackendError as exc:
